@@ -1,0 +1,119 @@
+//! Types shared by nodeward's kernel programs and its userspace proxy.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding fields: the BPF
+//! verifier rejects map updates that read uninitialised stack bytes, and
+//! userspace must agree with the kernel on every byte of a key.
+#![no_std]
+
+/// Address words are stored as IPv6, with IPv4 as `::ffff:a.b.c.d`, all in
+/// network byte order, so one key type and one LPM trie serve both families.
+pub type Addr = [u32; 4];
+
+/// The second word of an IPv4-mapped IPv6 address (`::ffff:0:0/96`), in network order.
+pub const V4_MAPPED_WORD: u32 = 0x0000_ffffu32.to_be();
+
+/// Socket family values recorded in [`OrigDst::family`].
+pub const AF_INET: u16 = 2;
+/// Socket family value for IPv6.
+pub const AF_INET6: u16 = 10;
+
+/// Key of [`FLOWS`](self): a redirected connection's 4-tuple as the pod's
+/// socket sees it (source = pod, destination = node proxy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr: Addr,
+    pub dst_addr: Addr,
+    /// Host byte order.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+}
+
+/// What the kernel recorded about a redirected connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    /// The destination the pod asked for.
+    pub addr: Addr,
+    /// Host byte order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`]: the family of the connecting socket.
+    pub family: u16,
+    pub _pad: u32,
+    /// cgroup v2 id of the task that called `connect()`.
+    pub cgroup_id: u64,
+}
+
+/// Redirection settings, written by the proxy into index 0 of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// Node proxy IPv4 address (network order), used for IPv4 and v4-mapped destinations.
+    pub proxy_addr4: u32,
+    /// Outbound capture port, host order; 0 disables redirection.
+    pub proxy_port: u16,
+    /// 1 when [`Self::proxy_addr6`] is set.
+    pub has_addr6: u8,
+    pub _pad: u8,
+    /// Node proxy IPv6 address (network order words).
+    pub proxy_addr6: Addr,
+    /// Network namespace cookie of the proxy: sockets there are never redirected.
+    pub proxy_netns_cookie: u64,
+}
+
+/// LPM trie data: an address as 16 bytes in network order (IPv4 mapped).
+pub type LpmAddr = [u8; 16];
+
+/// Indexes of the per-CPU statistics array.
+pub mod stat {
+    /// IPv4 connections redirected to the proxy.
+    pub const REDIRECTED4: u32 = 0;
+    /// IPv6 (including v4-mapped) connections redirected to the proxy.
+    pub const REDIRECTED6: u32 = 1;
+    /// Connections from the proxy's own network namespace, left alone.
+    pub const SKIPPED_PROXY: u32 = 2;
+    /// Redirect records that could not be stored (map full or error).
+    pub const RECORD_FAILED: u32 = 3;
+    /// Records moved from the cookie map to the flow map at SYN time.
+    pub const FLOW_RECORDED: u32 = 4;
+    /// Flow records removed by the kernel when the pod's socket closed.
+    pub const FLOW_CLOSED: u32 = 5;
+    /// Number of statistics slots.
+    pub const COUNT: u32 = 8;
+}
+
+/// Map names, shared so userspace looks up exactly what the programs define.
+pub mod maps {
+    /// `Array<RedirectConfig>` with one entry.
+    pub const CONFIG: &str = "NW_CONFIG";
+    /// `LpmTrie<LpmAddr, u8>`: destinations that are meshed.
+    pub const MESH_CIDRS: &str = "NW_MESH_CIDRS";
+    /// `LruHashMap<u64 socket cookie, OrigDst>`: written at connect, moved at SYN.
+    pub const BY_COOKIE: &str = "NW_BY_COOKIE";
+    /// `LruHashMap<FlowKey, OrigDst>`: read (and removed) by the proxy on accept.
+    pub const FLOWS: &str = "NW_FLOWS";
+    /// `PerCpuArray<u64>` of [`super::stat`] counters.
+    pub const STATS: &str = "NW_STATS";
+}
+
+/// Program names as they appear in the object file.
+pub mod programs {
+    pub const CONNECT4: &str = "nw_connect4";
+    pub const CONNECT6: &str = "nw_connect6";
+    pub const SOCK_OPS: &str = "nw_sockops";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all three are `#[repr(C)]`, `Copy`, made only of integers, and
+    // have explicit padding fields, so every byte pattern is a valid value.
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: see above.
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::OrigDst {}
+    // SAFETY: see above.
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::RedirectConfig {}
+}

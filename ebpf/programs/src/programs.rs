@@ -1,0 +1,266 @@
+// The kernel boundary: raw context pointers and helpers need `unsafe`.
+#![allow(unsafe_code)]
+
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{
+    bindings::{bpf_sock_addr, BPF_SOCK_OPS_STATE_CB_FLAG},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
+    programs::{SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use aya_log_ebpf::debug;
+use nodeward_common::{
+    stat, Addr, FlowKey, LpmAddr, OrigDst, RedirectConfig, AF_INET, AF_INET6, V4_MAPPED_WORD,
+};
+
+const IPPROTO_TCP: u32 = 6;
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const TCP_CLOSE: u32 = 7;
+/// Verdict of a cgroup sock_addr program that lets the call proceed.
+const ALLOW: i32 = 1;
+
+#[map(name = "NW_CONFIG")]
+static NW_CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "NW_MESH_CIDRS")]
+static NW_MESH_CIDRS: LpmTrie<LpmAddr, u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map(name = "NW_BY_COOKIE")]
+static NW_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(65536, 0);
+
+#[map(name = "NW_FLOWS")]
+static NW_FLOWS: LruHashMap<FlowKey, OrigDst> = LruHashMap::with_max_entries(65536, 0);
+
+#[map(name = "NW_STATS")]
+static NW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[cgroup_sock_addr(connect4)]
+pub fn nw_connect4(ctx: SockAddrContext) -> i32 {
+    // A failure to redirect must never break the application's connect():
+    // the proxy counts what was not redirected, the pod keeps working.
+    let _ = try_connect(&ctx, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn nw_connect6(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect(&ctx, true);
+    ALLOW
+}
+
+#[sock_ops]
+pub fn nw_sockops(ctx: SockOpsContext) -> u32 {
+    let _ = try_sockops(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<(), ()> {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the kernel hands every sock_addr program a valid context.
+    let (protocol, user_port) = unsafe { ((*sa).protocol, (*sa).user_port) };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let cfg = NW_CONFIG.get(0).ok_or(())?;
+    if cfg.proxy_port == 0 {
+        return Ok(());
+    }
+    // SAFETY: sock_addr programs may call bpf_get_netns_cookie with their context.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.proxy_netns_cookie {
+        bump(stat::SKIPPED_PROXY);
+        return Ok(());
+    }
+    let dst = read_dst(sa, v6);
+    let port = u16::from_be(user_port as u16);
+    let mapped = is_v4_mapped(&dst);
+    if !v6 || mapped {
+        if dst[3] == cfg.proxy_addr4 && port == cfg.proxy_port {
+            // A direct dial of the proxy stays unrecorded, so the proxy refuses it.
+            return Ok(());
+        }
+    } else if cfg.has_addr6 == 0 || (dst == cfg.proxy_addr6 && port == cfg.proxy_port) {
+        return Ok(());
+    }
+    if NW_MESH_CIDRS.get(Key::new(128, to_bytes(&dst))).is_none() {
+        return Ok(());
+    }
+    record(ctx, dst, port, v6)?;
+    rewrite(sa, cfg, v6, mapped);
+    bump(if v6 { stat::REDIRECTED6 } else { stat::REDIRECTED4 });
+    debug!(ctx, "redirected connection to port {}", port);
+    Ok(())
+}
+
+#[inline(always)]
+fn read_dst(sa: *mut bpf_sock_addr, v6: bool) -> Addr {
+    // SAFETY: valid context; user_ip4/user_ip6 are readable for connect4/6.
+    // The verifier only allows 4-byte context loads at constant offsets, so
+    // each word is read on its own (a plain array copy becomes a memcpy).
+    unsafe {
+        if v6 {
+            let w = &raw const (*sa).user_ip6;
+            [
+                read_volatile(&raw const (*w)[0]),
+                read_volatile(&raw const (*w)[1]),
+                read_volatile(&raw const (*w)[2]),
+                read_volatile(&raw const (*w)[3]),
+            ]
+        } else {
+            [0, 0, V4_MAPPED_WORD, (*sa).user_ip4]
+        }
+    }
+}
+
+#[inline(always)]
+fn record(ctx: &SockAddrContext, addr: Addr, port: u16, v6: bool) -> Result<(), ()> {
+    let value = OrigDst {
+        addr,
+        port,
+        family: if v6 { AF_INET6 } else { AF_INET },
+        _pad: 0,
+        // SAFETY: helper without preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    };
+    // SAFETY: sock_addr programs may call bpf_get_socket_cookie with their context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    NW_BY_COOKIE.insert(&cookie, &value, 0).map_err(|_| {
+        bump(stat::RECORD_FAILED);
+    })
+}
+
+/// `v6` must be a constant per program: connect4 may only write `user_ip4`,
+/// connect6 only `user_ip6`, and the verifier checks each path.
+#[inline(always)]
+fn rewrite(sa: *mut bpf_sock_addr, cfg: &RedirectConfig, v6: bool, mapped: bool) {
+    // SAFETY: user_ip4 (connect4) / user_ip6 (connect6) and user_port are writable.
+    unsafe {
+        if !v6 {
+            (*sa).user_ip4 = cfg.proxy_addr4;
+        } else if mapped {
+            write_ip6(sa, [0, 0, V4_MAPPED_WORD, cfg.proxy_addr4]);
+        } else {
+            write_ip6(sa, cfg.proxy_addr6);
+        }
+        (*sa).user_port = u32::from(cfg.proxy_port.to_be());
+    }
+}
+
+/// Writes `user_ip6` one word at a time (see [`read_dst`]).
+#[inline(always)]
+unsafe fn write_ip6(sa: *mut bpf_sock_addr, a: Addr) {
+    // SAFETY: the caller passes a connect6 context, where user_ip6 is writable.
+    unsafe {
+        let w = &raw mut (*sa).user_ip6;
+        write_volatile(&raw mut (*w)[0], a[0]);
+        write_volatile(&raw mut (*w)[1], a[1]);
+        write_volatile(&raw mut (*w)[2], a[2]);
+        write_volatile(&raw mut (*w)[3], a[3]);
+    }
+}
+
+fn try_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_syn(ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            let _ = NW_FLOWS.remove(&flow_key(ctx));
+            bump(stat::FLOW_CLOSED);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn on_syn(ctx: &SockOpsContext) -> Result<(), ()> {
+    // SAFETY: sock_ops programs may call bpf_get_socket_cookie with their context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once; a concurrent delete can only
+    // race with this socket's own close, which cannot happen during SYN.
+    let value = unsafe { *NW_BY_COOKIE.get(&cookie).ok_or(())? };
+    let _ = NW_BY_COOKIE.remove(&cookie);
+    NW_FLOWS.insert(&flow_key(ctx), &value, 0).map_err(|_| {
+        bump(stat::RECORD_FAILED);
+    })?;
+    bump(stat::FLOW_RECORDED);
+    // Ask for state callbacks so the record goes away when the socket closes.
+    ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+        .map_err(|_| ())
+}
+
+fn flow_key(ctx: &SockOpsContext) -> FlowKey {
+    let (src_addr, dst_addr) = if ctx.family() == AF_INET6 as u32 {
+        let ops = ctx.ops;
+        // SAFETY: sock_ops contexts are valid; the address words are
+        // readable one 4-byte load at a time (see `read_dst`).
+        unsafe {
+            let (l, r) = (&raw const (*ops).local_ip6, &raw const (*ops).remote_ip6);
+            (
+                [
+                    read_volatile(&raw const (*l)[0]),
+                    read_volatile(&raw const (*l)[1]),
+                    read_volatile(&raw const (*l)[2]),
+                    read_volatile(&raw const (*l)[3]),
+                ],
+                [
+                    read_volatile(&raw const (*r)[0]),
+                    read_volatile(&raw const (*r)[1]),
+                    read_volatile(&raw const (*r)[2]),
+                    read_volatile(&raw const (*r)[3]),
+                ],
+            )
+        }
+    } else {
+        (
+            [0, 0, V4_MAPPED_WORD, ctx.local_ip4()],
+            [0, 0, V4_MAPPED_WORD, ctx.remote_ip4()],
+        )
+    };
+    FlowKey {
+        src_addr,
+        dst_addr,
+        src_port: ctx.local_port() as u16,
+        dst_port: remote_port(ctx.remote_port()),
+    }
+}
+
+/// sock_ops exposes the remote port in network order; kernels since 4.19
+/// put those 16 bits in the upper half of the word on little-endian hosts
+/// (merbridge#100), older ones in the lower half.
+fn remote_port(raw: u32) -> u16 {
+    let be = if raw > 0xffff { raw >> 16 } else { raw };
+    u16::from_be(be as u16)
+}
+
+fn is_v4_mapped(a: &Addr) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED_WORD
+}
+
+fn to_bytes(a: &Addr) -> LpmAddr {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = a[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+fn bump(index: u32) {
+    if let Some(p) = NW_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *p += 1 };
+    }
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,17 @@
+//! nodeward: an eBPF-accelerated, node-level transparent proxy for Kubernetes.
+//!
+//! The binary is a thin shell over this library: [`config`] reads the node's
+//! settings, [`workloads`] says who is who, [`redirect`] loads the kernel
+//! programs that hand meshed connections to the proxy, [`outbound`] relays
+//! them, and [`metrics`]/[`admin`] make all of it visible.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod cgroup;
+pub mod config;
+pub mod metrics;
+pub mod outbound;
+pub mod redirect;
+pub mod run;
+pub mod workloads;
+mod yaml;

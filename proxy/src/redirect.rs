@@ -1,0 +1,385 @@
+//! Kernel redirection: load and attach nodeward's BPF programs and read what
+//! they record.
+//!
+//! [`Redirector::attach`] loads the embedded object, fills the config and
+//! mesh-CIDR maps, and attaches `connect4`, `connect6` and `sock_ops` to the
+//! pods' cgroup. Dropping the [`Redirector`] detaches them (the links are
+//! owned, never pinned), so a stopped proxy leaves pods connecting directly.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps},
+    Ebpf, EbpfError,
+};
+use ipnet::IpNet;
+use nodeward_common::{maps, programs, stat, Addr, FlowKey, LpmAddr, OrigDst, RedirectConfig};
+
+/// The kernel programs, built by `build.rs` and embedded in the binary.
+static BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodeward-ebpf.o"));
+
+/// On kernels ≥ 5.7 aya attaches through bpf_link, which is always
+/// multi-attach (other cgroup BPF users such as a CNI keep working) and
+/// rejects explicit attach flags with EINVAL, so "Single" is the right mode.
+const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+/// Errors loading, attaching or talking to the kernel programs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedirectError {
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] EbpfError),
+    #[error("BPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("BPF object has no {0}")]
+    Missing(&'static str),
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the proxy's network namespace cookie: {0}")]
+    NetnsCookie(#[source] std::io::Error),
+}
+
+/// What to redirect and where.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// cgroup v2 directory the node's pods live below.
+    pub pod_cgroup: PathBuf,
+    pub mesh_cidrs: Vec<IpNet>,
+    pub proxy_ipv4: Ipv4Addr,
+    pub proxy_ipv6: Option<Ipv6Addr>,
+    pub outbound_port: u16,
+}
+
+/// Attached programs. Dropping this detaches them.
+pub struct Redirector {
+    _ebpf: Ebpf,
+}
+
+/// The proxy's handle on the flow records (single owner: the accept loop).
+pub struct FlowTable {
+    flows: HashMap<MapData, FlowKey, OrigDst>,
+}
+
+/// Read-only views of the kernel state, for metrics and tests.
+pub struct KernelStats {
+    stats: PerCpuArray<MapData, u64>,
+    flows: HashMap<MapData, FlowKey, OrigDst>,
+    by_cookie: HashMap<MapData, u64, OrigDst>,
+}
+
+/// Counters and map occupancy read from the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub redirected4: u64,
+    pub redirected6: u64,
+    pub skipped_proxy: u64,
+    pub record_failed: u64,
+    pub flows_recorded: u64,
+    pub flows_closed: u64,
+    pub flow_entries: u64,
+    pub cookie_entries: u64,
+}
+
+impl Redirector {
+    /// Loads the programs, fills their maps and attaches them to `settings.pod_cgroup`.
+    pub fn attach(settings: &Settings) -> Result<(Self, FlowTable, KernelStats), RedirectError> {
+        let mut ebpf = Ebpf::load(BPF_OBJECT)?;
+        if cfg!(debug_assertions) {
+            start_bpf_logger(&mut ebpf);
+        }
+        write_config(&mut ebpf, settings)?;
+        write_cidrs(&mut ebpf, &settings.mesh_cidrs)?;
+        let cgroup = File::open(&settings.pod_cgroup).map_err(|source| RedirectError::Cgroup {
+            path: settings.pod_cgroup.clone(),
+            source,
+        })?;
+        for name in [programs::CONNECT4, programs::CONNECT6] {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| RedirectError::Program { name, source })?;
+            prog.attach(&cgroup, ATTACH_MODE)
+                .map_err(|source| RedirectError::Program { name, source })?;
+        }
+        let name = programs::SOCK_OPS;
+        let prog: &mut SockOps = program(&mut ebpf, name)?;
+        prog.load().map_err(|source| RedirectError::Program { name, source })?;
+        prog.attach(&cgroup, ATTACH_MODE)
+            .map_err(|source| RedirectError::Program { name, source })?;
+        let flows_map = take(&mut ebpf, maps::FLOWS)?;
+        let flows_id = map_id(&flows_map, maps::FLOWS)?;
+        let flows = FlowTable { flows: hash_map(flows_map, maps::FLOWS)? };
+        let stats = KernelStats::open(&mut ebpf, flows_id)?;
+        Ok((Self { _ebpf: ebpf }, flows, stats))
+    }
+}
+
+impl FlowTable {
+    /// Takes the kernel's record for an accepted connection (`peer` = the
+    /// pod's address, `local` = the proxy address it was redirected to).
+    pub fn take(&mut self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
+        let key = flow_key(peer, local);
+        let value = self.flows.get(&key, 0).ok()?;
+        // The kernel also removes it when the pod's socket closes; whichever
+        // runs second finds nothing, which is fine.
+        let _ = self.flows.remove(&key);
+        Some(value)
+    }
+}
+
+impl KernelStats {
+    fn open(ebpf: &mut Ebpf, flows_id: u32) -> Result<Self, RedirectError> {
+        let stats = take(ebpf, maps::STATS)?;
+        let stats = PerCpuArray::try_from(stats)
+            .map_err(|source| RedirectError::Map { name: maps::STATS, source })?;
+        let by_cookie = hash_map(take(ebpf, maps::BY_COOKIE)?, maps::BY_COOKIE)?;
+        // A second descriptor for the flow map, so the accept loop keeps sole
+        // ownership of the one it mutates.
+        let second = MapData::from_id(flows_id)
+            .map_err(|source| RedirectError::Map { name: maps::FLOWS, source })?;
+        let flows = hash_map(Map::LruHashMap(second), maps::FLOWS)?;
+        Ok(Self { stats, flows, by_cookie })
+    }
+
+    /// Reads the counters (summed over CPUs) and counts live map entries.
+    pub fn read(&self) -> KernelCounters {
+        let sum = |i: u32| {
+            self.stats
+                .get(&i, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            redirected4: sum(stat::REDIRECTED4),
+            redirected6: sum(stat::REDIRECTED6),
+            skipped_proxy: sum(stat::SKIPPED_PROXY),
+            record_failed: sum(stat::RECORD_FAILED),
+            flows_recorded: sum(stat::FLOW_RECORDED),
+            flows_closed: sum(stat::FLOW_CLOSED),
+            flow_entries: self.flows.keys().count() as u64,
+            cookie_entries: self.by_cookie.keys().count() as u64,
+        }
+    }
+}
+
+impl std::fmt::Debug for KernelStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelStats").finish_non_exhaustive()
+    }
+}
+
+/// The original destination as a socket address.
+pub fn orig_dst_addr(o: &OrigDst) -> SocketAddr {
+    SocketAddr::new(words_to_ip(o.addr), o.port)
+}
+
+/// The key the kernel used for this connection (pod's view: src = pod).
+pub fn flow_key(peer: SocketAddr, local: SocketAddr) -> FlowKey {
+    FlowKey {
+        src_addr: ip_to_words(peer.ip()),
+        dst_addr: ip_to_words(local.ip()),
+        src_port: peer.port(),
+        dst_port: local.port(),
+    }
+}
+
+/// Network-order words, IPv4 as `::ffff:a.b.c.d`, as the kernel programs store them.
+pub fn ip_to_words(ip: IpAddr) -> Addr {
+    let v6 = match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    };
+    let o = v6.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+/// Inverse of [`ip_to_words`]; v4-mapped addresses come back as IPv4.
+pub fn words_to_ip(words: Addr) -> IpAddr {
+    let mut o = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    IpAddr::V6(Ipv6Addr::from(o)).to_canonical()
+}
+
+/// LPM trie key of a CIDR (IPv4 as its mapped /96 + prefix).
+pub fn cidr_key(net: &IpNet) -> Key<LpmAddr> {
+    let (bytes, prefix) = match net {
+        IpNet::V4(n) => (n.network().to_ipv6_mapped().octets(), 96 + u32::from(n.prefix_len())),
+        IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
+    };
+    Key::new(prefix, bytes)
+}
+
+/// The network namespace cookie of the calling thread's namespace.
+pub fn netns_cookie() -> Result<u64, RedirectError> {
+    use std::os::fd::AsRawFd;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(RedirectError::NetnsCookie)?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `sock` is an open socket for the whole call; `cookie` and `len`
+    // are valid, writable and sized as SO_NETNS_COOKIE requires (a u64).
+    #[expect(unsafe_code, reason = "no safe wrapper exposes SO_NETNS_COOKIE")]
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(RedirectError::NetnsCookie(std::io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}
+
+fn write_config(ebpf: &mut Ebpf, s: &Settings) -> Result<(), RedirectError> {
+    let name = maps::CONFIG;
+    let mut config: Array<_, RedirectConfig> = Array::try_from(
+        ebpf.map_mut(name).ok_or(RedirectError::Missing(name))?,
+    )
+    .map_err(|source| RedirectError::Map { name, source })?;
+    let value = RedirectConfig {
+        proxy_addr4: ip_to_words(IpAddr::V4(s.proxy_ipv4))[3],
+        proxy_port: s.outbound_port,
+        has_addr6: u8::from(s.proxy_ipv6.is_some()),
+        _pad: 0,
+        proxy_addr6: s.proxy_ipv6.map(|a| ip_to_words(IpAddr::V6(a))).unwrap_or_default(),
+        proxy_netns_cookie: netns_cookie()?,
+    };
+    config.set(0, value, 0).map_err(|source| RedirectError::Map { name, source })
+}
+
+fn write_cidrs(ebpf: &mut Ebpf, cidrs: &[IpNet]) -> Result<(), RedirectError> {
+    let name = maps::MESH_CIDRS;
+    let mut trie: LpmTrie<_, LpmAddr, u8> =
+        LpmTrie::try_from(ebpf.map_mut(name).ok_or(RedirectError::Missing(name))?)
+            .map_err(|source| RedirectError::Map { name, source })?;
+    for net in cidrs {
+        trie.insert(&cidr_key(net), 1, 0)
+            .map_err(|source| RedirectError::Map { name, source })?;
+    }
+    Ok(())
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, RedirectError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(RedirectError::Missing(name))?;
+    prog.try_into().map_err(|source| RedirectError::Program { name, source })
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, RedirectError> {
+    ebpf.take_map(name).ok_or(RedirectError::Missing(name))
+}
+
+fn map_id(map: &Map, name: &'static str) -> Result<u32, RedirectError> {
+    match map {
+        Map::HashMap(data) | Map::LruHashMap(data) => data
+            .info()
+            .map(|info| info.id())
+            .map_err(|source| RedirectError::Map { name, source }),
+        _ => Err(RedirectError::Missing(name)),
+    }
+}
+
+fn hash_map<K: aya::Pod, V: aya::Pod>(
+    map: Map,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, RedirectError> {
+    HashMap::try_from(map).map_err(|source| RedirectError::Map { name, source })
+}
+
+/// Forwards the programs' aya-log records to `log` (and so to tracing).
+fn start_bpf_logger(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "BPF logging unavailable");
+            return;
+        }
+    };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    // Debug builds only: a short poll keeps this free of unsafe fd registration.
+    let mut logger = logger;
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            logger.flush();
+        }
+    });
+}
+
+/// Where `Path`s in settings come from is the caller's business; this helper
+/// keeps `Settings` construction readable in `run`.
+pub fn settings(
+    pod_cgroup: &Path,
+    cfg: &crate::config::Config,
+) -> Settings {
+    Settings {
+        pod_cgroup: pod_cgroup.to_owned(),
+        mesh_cidrs: cfg.mesh_cidrs.clone(),
+        proxy_ipv4: cfg.proxy_ipv4,
+        proxy_ipv6: cfg.proxy_ipv6,
+        outbound_port: cfg.outbound_port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_and_v4_is_mapped() {
+        let v4: IpAddr = "10.20.1.7".parse().expect("ip");
+        let w = ip_to_words(v4);
+        assert_eq!(w[0..2], [0, 0]);
+        assert_eq!(w[2], nodeward_common::V4_MAPPED_WORD);
+        assert_eq!(w[3].to_ne_bytes(), [10, 20, 1, 7]);
+        assert_eq!(words_to_ip(w), v4);
+        let v6: IpAddr = "fd00:20:1::9".parse().expect("ip");
+        assert_eq!(words_to_ip(ip_to_words(v6)), v6);
+    }
+
+    #[test]
+    fn flow_key_of_v4_mapped_peer_equals_plain_v4() {
+        let local: SocketAddr = "10.20.1.1:15001".parse().expect("addr");
+        let a = flow_key("10.20.1.10:40000".parse().expect("addr"), local);
+        let b = flow_key("[::ffff:10.20.1.10]:40000".parse().expect("addr"), local);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn cidr_keys_put_v4_under_the_mapped_prefix() {
+        let k = cidr_key(&"10.20.0.0/16".parse().expect("net"));
+        assert_eq!({ k.prefix_len() }, 112);
+        assert_eq!(&k.data()[10..14], &[0xff, 0xff, 10, 20]);
+        let k = cidr_key(&"fd00::/8".parse().expect("net"));
+        assert_eq!({ k.prefix_len() }, 8);
+    }
+}

@@ -1,0 +1,178 @@
+//! The programs the test cluster runs inside pods and nodes.
+//!
+//! `nw-pod [--netns NAME] [--cgroup DIR] <command>` first joins the cgroup and
+//! the network namespace (before any thread exists, so every later thread
+//! inherits both), then runs a small TCP tool or execs a program. Output is
+//! one JSON object per line so the harness can assert on it.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use nodeward_tests::payload;
+use serde_json::json;
+
+#[derive(Parser)]
+struct Cli {
+    /// Network namespace (a name under /run/netns) to enter.
+    #[arg(long)]
+    netns: Option<String>,
+    /// cgroup v2 directory to join.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Replace this process with PROGRAM (after joining netns and cgroup).
+    Exec {
+        #[arg(trailing_var_arg = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Echo server: echoes every byte, then after the client's EOF sends `#eof:<n>`.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Connect, send N bytes, half-close, read to EOF, and report.
+    Call {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        send: usize,
+        /// Repeat this many times (sequential short connections).
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// HTTP/1.0 GET of PATH from ADDR; prints the body.
+    HttpGet {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        path: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(dir) = &cli.cgroup {
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("joining cgroup {}", dir.display()))?;
+    }
+    if let Some(ns) = &cli.netns {
+        let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    }
+    match cli.command {
+        Cmd::Exec { argv } => Err(Command::new(&argv[0]).args(&argv[1..]).exec().into()),
+        Cmd::Echo { listen } => echo(listen),
+        Cmd::Call { to, send, count } => {
+            let mut ok = 0;
+            for i in 0..count {
+                let report = call(to, send, i as u64);
+                if report["intact"] == true {
+                    ok += 1;
+                }
+                if count == 1 {
+                    println!("{report}");
+                }
+            }
+            if count > 1 {
+                println!("{}", json!({"count": count, "intact": ok}));
+            }
+            Ok(())
+        }
+        Cmd::HttpGet { addr, path } => http_get(addr, &path),
+    }
+}
+
+fn echo(addr: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    println!("{}", json!({"listening": addr.to_string()}));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let peer = stream.peer_addr().map(|p| canonical(p).to_string()).unwrap_or_default();
+        println!("{}", json!({"accepted": peer}));
+        std::thread::spawn(move || echo_one(stream));
+    }
+    Ok(())
+}
+
+fn echo_one(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        stream.write_all(&buf[..n])?;
+    }
+    stream.write_all(format!("#eof:{total}").as_bytes())?;
+    stream.shutdown(Shutdown::Write)
+}
+
+/// One connection: returns a JSON report; never panics on network errors.
+fn call(to: SocketAddr, send: usize, seed: u64) -> serde_json::Value {
+    let mut stream = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return json!({"connected": false, "error": e.to_string(), "intact": false}),
+    };
+    let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let data = payload(send, seed);
+    let writer = stream.try_clone().map(|mut w| {
+        let data = data.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            w.write_all(&data)?;
+            w.shutdown(Shutdown::Write)
+        })
+    });
+    let mut received = Vec::new();
+    let read = stream.read_to_end(&mut received);
+    let wrote = match writer {
+        Ok(h) => h.join().map_err(|_| "writer panicked".to_owned()).and_then(|r| r.map_err(|e| e.to_string())),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut expected = data;
+    expected.extend_from_slice(format!("#eof:{send}").as_bytes());
+    json!({
+        "connected": true,
+        "local": local,
+        "sent": send,
+        "received": received.len(),
+        "read_error": read.err().map(|e| e.to_string()),
+        "write_error": wrote.err(),
+        "intact": received == expected,
+    })
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let Some((head, body)) = resp.split_once("\r\n\r\n") else { bail!("bad response") };
+    if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
+        bail!("{head}");
+    }
+    print!("{body}");
+    Ok(())
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}

@@ -1,0 +1,597 @@
+//! A throwaway Kubernetes-like cluster built from network namespaces.
+//!
+//! Two nodes (`node-a`, `node-b`), each a netns with a bridge for its pods and
+//! a veth link to the other node; four pods, each a netns with a veth on its
+//! node's bridge and its own cgroup v2 directory below its node's cgroup. A
+//! real `nodeward` runs in each node netns with its BPF programs attached to
+//! the node cgroup. Every name starts with a per-cluster prefix that embeds the
+//! creating pid, so clusters run in parallel and [`sweep`] can remove what a
+//! killed run left behind. Nothing is added to the root network namespace.
+
+use std::{
+    fs,
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The mesh CIDRs every cluster configures.
+pub const MESH_CIDRS: [&str; 2] = ["10.20.0.0/16", "fd00:20::/32"];
+/// The outbound capture port.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// The admin port (loopback inside each node netns).
+pub const ADMIN_PORT: u16 = 15020;
+
+/// A node of the test cluster.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: &'static str,
+    /// Third octet of its pod CIDR and link address index.
+    pub index: u8,
+}
+
+/// A pod of the test cluster.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: &'static str,
+    pub namespace: &'static str,
+    pub service_account: &'static str,
+    pub node: &'static str,
+    /// Last octet of its addresses.
+    pub host: u8,
+}
+
+/// The standard topology: two nodes, two pods on each.
+pub fn standard_pods() -> Vec<PodSpec> {
+    let pod = |name, namespace, service_account, node, host| PodSpec { name, namespace, service_account, node, host };
+    vec![
+        pod("frontend", "shop", "frontend", "node-a", 10),
+        pod("cache", "shop", "cache", "node-a", 11),
+        pod("backend", "shop", "backend", "node-b", 10),
+        pod("db", "data", "db", "node-b", 11),
+    ]
+}
+
+const NODES: [NodeSpec; 2] = [NodeSpec { name: "node-a", index: 1 }, NodeSpec { name: "node-b", index: 2 }];
+
+/// Pseudo-random bytes (xorshift), so corruption or reordering is detected.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Paths of the binaries the cluster runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub nodeward: PathBuf,
+    pub nw_pod: PathBuf,
+}
+
+impl Binaries {
+    /// `NODEWARD_BIN`/`NW_POD_BIN`, else siblings in the running executable's target dir.
+    pub fn locate() -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut dir = exe.parent().context("exe dir")?.to_owned();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let pick = |var: &str, name: &str| -> Result<PathBuf> {
+            let p = std::env::var_os(var).map_or_else(|| dir.join(name), PathBuf::from);
+            if !p.exists() {
+                bail!("{} not found: build it first (`cargo xtask test` does) or set {var}", p.display());
+            }
+            Ok(p)
+        };
+        Ok(Self { nodeward: pick("NODEWARD_BIN", "nodeward")?, nw_pod: pick("NW_POD_BIN", "nw-pod")? })
+    }
+}
+
+/// True when the process may create namespaces, cgroups and BPF links.
+/// Without root: in CI this panics (a skipped e2e suite must not pass), locally it says so.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: end-to-end tests need root (netns, cgroups, eBPF); CI must run them as root");
+    }
+    eprintln!("SKIPPED {test}: needs root (netns, cgroups, eBPF)");
+    false
+}
+
+/// A running test cluster; dropping it tears everything down.
+pub struct Cluster {
+    pub prefix: String,
+    pub bins: Binaries,
+    pub pods: Vec<PodSpec>,
+    dir: PathBuf,
+    cgroup_root: PathBuf,
+    netns: Vec<String>,
+    proxies: Vec<(String, Child)>,
+    others: Vec<Child>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Cluster {
+    /// A unique prefix for a test cluster: `nwt<pid>x<seq>`.
+    pub fn unique_prefix() -> String {
+        format!("nwt{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Builds the topology and starts both node proxies.
+    pub fn start() -> Self {
+        Self::start_with_prefix(&Self::unique_prefix(), standard_pods())
+            .unwrap_or_else(|e| panic!("starting the test cluster: {e:#}"))
+    }
+
+    /// Builds the topology under `prefix` and starts both node proxies.
+    pub fn start_with_prefix(prefix: &str, pods: Vec<PodSpec>) -> Result<Self> {
+        sweep();
+        let mount = cgroup2_mount()?;
+        let dir = std::env::temp_dir().join(prefix);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let mut c = Self {
+            prefix: prefix.to_owned(),
+            bins: Binaries::locate()?,
+            pods,
+            dir,
+            cgroup_root: mount.join(prefix),
+            netns: Vec::new(),
+            proxies: Vec::new(),
+            others: Vec::new(),
+        };
+        fs::write(c.cgroup_root_marker(), std::process::id().to_string())?;
+        c.build_network()?;
+        c.write_files()?;
+        for node in NODES {
+            c.start_proxy(node.name)?;
+        }
+        Ok(c)
+    }
+
+    fn cgroup_root_marker(&self) -> PathBuf {
+        self.dir.join("owner")
+    }
+
+    /// Network namespace name of a node or pod.
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// cgroup directory of a node's pods.
+    pub fn node_cgroup(&self, node: &str) -> PathBuf {
+        self.cgroup_root.join(node)
+    }
+
+    /// The spec of pod `name`.
+    pub fn pod(&self, name: &str) -> &PodSpec {
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    fn pod_cgroup(&self, pod: &PodSpec) -> PathBuf {
+        self.node_cgroup(pod.node).join(pod.name)
+    }
+
+    /// A pod's IPv4 address.
+    pub fn ip4(&self, pod: &str) -> IpAddr {
+        let p = self.pod(pod);
+        format!("10.20.{}.{}", node_index(p.node), p.host).parse().expect("static address")
+    }
+
+    /// A pod's IPv6 address.
+    pub fn ip6(&self, pod: &str) -> IpAddr {
+        let p = self.pod(pod);
+        format!("fd00:20:{}::{}", node_index(p.node), p.host).parse().expect("static address")
+    }
+
+    /// A node's address on the inter-node link (outside the mesh CIDRs).
+    pub fn node_ip(&self, node: &str) -> IpAddr {
+        format!("10.99.0.{}", node_index(node)).parse().expect("static address")
+    }
+
+    /// The proxy address pods of `node` are redirected to.
+    pub fn gateway4(&self, node: &str) -> IpAddr {
+        format!("10.20.{}.1", node_index(node)).parse().expect("static address")
+    }
+
+    fn build_network(&mut self) -> Result<()> {
+        for node in NODES {
+            let ns = self.ns(node.name);
+            self.add_netns(&ns)?;
+            let i = node.index;
+            ip(&ns, &["link", "add", "br0", "type", "bridge"])?;
+            ip(&ns, &["addr", "add", &format!("10.20.{i}.1/24"), "dev", "br0"])?;
+            ip(&ns, &["addr", "add", &format!("fd00:20:{i}::1/64"), "dev", "br0", "nodad"])?;
+            ip(&ns, &["link", "set", "br0", "up"])?;
+            for (k, v) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
+                run_cmd(Command::new("ip").args(["netns", "exec", &ns, "sysctl", "-qw", &format!("{k}={v}")]))?;
+            }
+        }
+        let (a, b) = (self.ns("node-a"), self.ns("node-b"));
+        ip(&a, &["link", "add", "link0", "type", "veth", "peer", "name", "link0", "netns", &b])?;
+        for (ns, i, other) in [(&a, 1, 2), (&b, 2, 1)] {
+            ip(ns, &["addr", "add", &format!("10.99.0.{i}/24"), "dev", "link0"])?;
+            ip(ns, &["addr", "add", &format!("fd00:99::{i}/64"), "dev", "link0", "nodad"])?;
+            ip(ns, &["link", "set", "link0", "up"])?;
+            ip(ns, &["route", "add", &format!("10.20.{other}.0/24"), "via", &format!("10.99.0.{other}")])?;
+            ip(ns, &["-6", "route", "add", &format!("fd00:20:{other}::/64"), "via", &format!("fd00:99::{other}")])?;
+        }
+        for node in NODES {
+            fs::create_dir_all(self.node_cgroup(node.name))?;
+        }
+        for pod in self.pods.clone() {
+            self.add_pod(&pod)?;
+        }
+        Ok(())
+    }
+
+    fn add_netns(&mut self, ns: &str) -> Result<()> {
+        run_cmd(Command::new("ip").args(["netns", "add", ns]))?;
+        self.netns.push(ns.to_owned());
+        ip(ns, &["link", "set", "lo", "up"])
+    }
+
+    fn add_pod(&mut self, pod: &PodSpec) -> Result<()> {
+        let ns = self.ns(pod.name);
+        self.add_netns(&ns)?;
+        let node_ns = self.ns(pod.node);
+        let host_if = format!("v-{}", pod.name.chars().take(12).collect::<String>());
+        ip(&node_ns, &["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip(&node_ns, &["link", "set", &host_if, "master", "br0", "up"])?;
+        let (i, h) = (node_index(pod.node), pod.host);
+        ip(&ns, &["addr", "add", &format!("10.20.{i}.{h}/24"), "dev", "eth0"])?;
+        ip(&ns, &["addr", "add", &format!("fd00:20:{i}::{h}/64"), "dev", "eth0", "nodad"])?;
+        ip(&ns, &["link", "set", "eth0", "up"])?;
+        ip(&ns, &["route", "add", "default", "via", &format!("10.20.{i}.1")])?;
+        ip(&ns, &["-6", "route", "add", "default", "via", &format!("fd00:20:{i}::1")])?;
+        fs::create_dir_all(self.pod_cgroup(pod))?;
+        Ok(())
+    }
+
+    fn write_files(&self) -> Result<()> {
+        let mut w = String::from("workloads:\n");
+        for p in &self.pods {
+            w += &format!(
+                "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    node: {}\n    ips: [{}, '{}']\n    labels: {{app: {}}}\n    cgroup: {}\n",
+                p.name, p.namespace, p.service_account, p.node, self.ip4(p.name), self.ip6(p.name), p.name,
+                self.pod_cgroup(p).display()
+            );
+        }
+        fs::write(self.dir.join("workloads.yaml"), w)?;
+        for node in NODES {
+            let i = node.index;
+            let cfg = format!(
+                "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\n",
+                node.name,
+                self.node_cgroup(node.name).display(),
+                MESH_CIDRS[0],
+                MESH_CIDRS[1]
+            );
+            fs::write(self.config_path(node.name), cfg)?;
+        }
+        Ok(())
+    }
+
+    /// The config file of a node's proxy.
+    pub fn config_path(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.yaml"))
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// Starts the node proxy of `node` and waits until it is ready.
+    pub fn start_proxy(&mut self, node: &str) -> Result<()> {
+        let log = self.log_path(node);
+        let cg = self.cgroup_root.join(format!("proxy-{node}"));
+        fs::create_dir_all(&cg)?;
+        let child = Command::new(&self.bins.nw_pod)
+            .arg("--netns")
+            .arg(self.ns(node))
+            .arg("--cgroup")
+            .arg(&cg)
+            .args(["exec", "--"])
+            .arg(&self.bins.nodeward)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(self.config_path(node))
+            .env("NODEWARD_LOG", "info")
+            .stdout(append(&log)?)
+            .stderr(append(&log)?)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning nodeward")?;
+        self.proxies.push((node.to_owned(), child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if fs::read_to_string(&log).unwrap_or_default().contains("nodeward ready") {
+                return Ok(());
+            }
+            let exited = self.proxies.last_mut().and_then(|(_, c)| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                bail!("proxy {node} did not become ready ({exited:?}):\n{}", self.proxy_log(node));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the node proxy of `node` with SIGTERM and waits for it to exit.
+    pub fn stop_proxy(&mut self, node: &str) -> std::process::ExitStatus {
+        let i = self.proxies.iter().position(|(n, _)| n == node).expect("proxy running");
+        let (_, mut child) = self.proxies.remove(i);
+        terminate(&mut child)
+    }
+
+    /// Runs an echo server in `pod` on `port` (all addresses, both families).
+    pub fn serve_echo(&mut self, pod: &str, port: u16) {
+        let p = self.pod(pod).clone();
+        let (ns, cg) = (self.ns(pod), self.pod_cgroup(&p));
+        self.serve_echo_in(&ns, Some(&cg), &format!("echo-{pod}-{port}"), port);
+    }
+
+    /// Runs an echo server in a node's netns (outside the mesh, for bypass tests).
+    pub fn serve_echo_on_node(&mut self, node: &str, port: u16) {
+        let ns = self.ns(node);
+        self.serve_echo_in(&ns, None, &format!("echo-{node}-{port}"), port);
+    }
+
+    fn serve_echo_in(&mut self, ns: &str, cgroup: Option<&Path>, name: &str, port: u16) {
+        let log = self.log_path(name);
+        let mut cmd = Command::new(&self.bins.nw_pod);
+        cmd.arg("--netns").arg(ns);
+        if let Some(cg) = cgroup {
+            cmd.arg("--cgroup").arg(cg);
+        }
+        let child = cmd
+            .args(["echo", "--listen", &format!("[::]:{port}")])
+            .stdout(append(&log).expect("log file"))
+            .stderr(append(&log).expect("log file"))
+            .spawn()
+            .expect("spawn echo server");
+        self.others.push(child);
+        wait_for(&log, "listening", Duration::from_secs(10)).expect("echo server listening");
+    }
+
+    /// Peers an echo server accepted, in order.
+    pub fn accepted(&self, server: &str, port: u16) -> Vec<String> {
+        json_lines(&self.log_path(&format!("echo-{server}-{port}")))
+            .iter()
+            .filter_map(|v| v["accepted"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// From `pod`: connect to `to`, send `bytes`, half-close, read the echo.
+    pub fn call(&self, pod: &str, to: SocketAddr, bytes: usize) -> Value {
+        self.pod_tool(pod, &["call", "--to", &to.to_string(), "--send", &bytes.to_string()])
+    }
+
+    /// From `pod`: `count` sequential short calls; returns how many were intact.
+    pub fn call_many(&self, pod: &str, to: SocketAddr, bytes: usize, count: usize) -> u64 {
+        let v = self.pod_tool(pod, &["call", "--to", &to.to_string(), "--send", &bytes.to_string(), "--count", &count.to_string()]);
+        v["intact"].as_u64().expect("intact count")
+    }
+
+    fn pod_tool(&self, pod: &str, args: &[&str]) -> Value {
+        let p = self.pod(pod);
+        let out = Command::new(&self.bins.nw_pod)
+            .arg("--netns")
+            .arg(self.ns(pod))
+            .arg("--cgroup")
+            .arg(self.pod_cgroup(p))
+            .args(args)
+            .output()
+            .expect("run nw-pod");
+        assert!(out.status.success(), "nw-pod {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("nw-pod output {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// A node proxy's access-log records (`target = nodeward::access`).
+    pub fn access_log(&self, node: &str) -> Vec<Value> {
+        json_lines(&self.log_path(node))
+            .into_iter()
+            .filter(|v| v["target"] == "nodeward::access")
+            .collect()
+    }
+
+    /// The raw log of a node proxy.
+    pub fn proxy_log(&self, node: &str) -> String {
+        fs::read_to_string(self.log_path(node)).unwrap_or_default()
+    }
+
+    /// A node proxy's Prometheus text, fetched from inside its netns.
+    pub fn metrics(&self, node: &str) -> String {
+        let out = Command::new(&self.bins.nw_pod)
+            .arg("--netns")
+            .arg(self.ns(node))
+            .args(["http-get", "--addr", &format!("127.0.0.1:{ADMIN_PORT}"), "--path", "/metrics"])
+            .output()
+            .expect("run nw-pod http-get");
+        assert!(out.status.success(), "metrics: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sum of the samples of `name` whose labels include every `k="v"` in `labels`.
+    pub fn metric(&self, node: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(node), name, labels)
+    }
+
+    /// Runs `argv` inside a node netns (no cgroup) and returns its output.
+    pub fn exec_in_node(&self, node: &str, argv: &[&str]) -> std::process::Output {
+        Command::new("ip").args(["netns", "exec", &self.ns(node)]).args(argv).output().expect("ip netns exec")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.proxies {
+            terminate(child);
+        }
+        for child in &mut self.others {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        teardown(&self.cgroup_root, &self.netns);
+        if std::env::var_os("NW_KEEP_LOGS").is_none() && !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Parses Prometheus text and sums the matching samples.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Removes clusters whose creating process is gone (killed test runs).
+pub fn sweep() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    let mut dead_prefixes = std::collections::BTreeSet::new();
+    for name in &names {
+        if let Some(prefix) = name.split('-').next().filter(|p| p.starts_with("nwt")) {
+            let pid = prefix.trim_start_matches("nwt").split('x').next().unwrap_or("");
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                dead_prefixes.insert(prefix.to_owned());
+            }
+        }
+    }
+    let Ok(mount) = cgroup2_mount() else { return };
+    for prefix in dead_prefixes {
+        let netns: Vec<String> = names.iter().filter(|n| n.starts_with(&format!("{prefix}-"))).cloned().collect();
+        teardown(&mount.join(&prefix), &netns);
+        let _ = fs::remove_dir_all(std::env::temp_dir().join(&prefix));
+    }
+}
+
+/// Kills every process in the cgroup tree, then removes namespaces and cgroups.
+pub fn teardown(cgroup_root: &Path, netns: &[String]) {
+    if cgroup_root.exists() {
+        let _ = fs::write(cgroup_root.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !cgroup_empty(cgroup_root) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        remove_cgroup_tree(cgroup_root);
+    }
+    for ns in netns {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+}
+
+fn cgroup_empty(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.events")).map_or(true, |e| e.contains("populated 0"))
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// The cgroup2 mount point (hybrid hosts mount it at `/sys/fs/cgroup/unified`).
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount_point = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .context("no cgroup2 mount")
+}
+
+fn node_index(node: &str) -> u8 {
+    NODES.iter().find(|n| n.name == node).map_or_else(|| panic!("no node {node}"), |n| n.index)
+}
+
+fn ip(ns: &str, args: &[&str]) -> Result<()> {
+    run_cmd(Command::new("ip").arg("-n").arg(ns).args(args))
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn append(path: &Path) -> Result<fs::File> {
+    Ok(fs::OpenOptions::new().create(true).append(true).open(path)?)
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().expect("wait for killed child");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `path` contains `needle`.
+pub fn wait_for(path: &Path, needle: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} never contained {needle:?}; it says:\n{text}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn json_lines(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Writes `text` to stdout and flushes (for the demo's table).
+pub fn print_flush(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
