@@ -13,23 +13,43 @@ fn main() -> Result<()> {
     let dest = out_dir.join("nodeward-ebpf.o");
     println!("cargo:rerun-if-env-changed=NODEWARD_BPF_OBJECT");
     if let Some(prebuilt) = env::var_os("NODEWARD_BPF_OBJECT") {
-        println!("cargo:rerun-if-changed={}", PathBuf::from(&prebuilt).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            PathBuf::from(&prebuilt).display()
+        );
         std::fs::copy(&prebuilt, &dest).context("copying NODEWARD_BPF_OBJECT")?;
         return Ok(());
     }
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("..");
-    for dir in ["ebpf/programs/src", "ebpf/common/src", "ebpf/programs/Cargo.toml"] {
+    for dir in [
+        "ebpf/programs/src",
+        "ebpf/common/src",
+        "ebpf/programs/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let target_dir = out_dir.join("bpf-target");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(&root)
-        .args(["run", "nightly", "cargo", "build", "--release", "-p", "nodeward-ebpf"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "-p",
+            "nodeward-ebpf",
+        ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir);
     // The outer cargo's settings are for the host build, not the BPF one.
-    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS"] {
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+    ] {
         cmd.env_remove(var);
     }
     for (var, _) in env::vars() {

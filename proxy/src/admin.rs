@@ -13,7 +13,11 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::metrics::Metrics;
 
 /// Serves admin requests until `shutdown` flips to true.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -28,12 +32,17 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: w
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, metrics.clone()));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
-async fn handle<B>(req: Request<B>, metrics: Arc<Metrics>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle<B>(
+    req: Request<B>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = match req.uri().path() {
         "/metrics" => (StatusCode::OK, metrics.render()),
         "/healthz" | "/ready" => (StatusCode::OK, "ok\n".to_owned()),

@@ -47,7 +47,9 @@ fn unescape_octal(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(c) => {
                 out.push(char::from(c));
@@ -100,12 +102,18 @@ mod tests {
 
     #[test]
     fn finds_the_v2_mount_on_a_hybrid_host() {
-        assert_eq!(find_cgroup2(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            find_cgroup2(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]
     fn no_v2_mount_is_none() {
-        assert_eq!(find_cgroup2(&HYBRID.replace("cgroup2 cgroup2", "tmpfs x")), None);
+        assert_eq!(
+            find_cgroup2(&HYBRID.replace("cgroup2 cgroup2", "tmpfs x")),
+            None
+        );
     }
 
     #[test]

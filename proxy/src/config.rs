@@ -11,14 +11,13 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use crate::yaml::FileError as ConfigError;
 use crate::yaml;
+pub use crate::yaml::FileError as ConfigError;
 
 /// Default outbound capture port (Istio's and ztunnel's).
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 /// Default admin (metrics, health) address: loopback, so pods cannot reach it.
-pub const DEFAULT_ADMIN_ADDR: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
+pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
 
 /// The YAML configuration as written.
 #[derive(Debug, Deserialize)]

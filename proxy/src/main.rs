@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "nodeward", version, about = "eBPF-accelerated node proxy for Kubernetes")]
+#[command(
+    name = "nodeward",
+    version,
+    about = "eBPF-accelerated node proxy for Kubernetes"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -42,7 +46,16 @@ fn main() {
 }
 
 fn run(config: &std::path::Path) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A blocked SIGTERM/SIGINT inherited from the parent would make the
+    // graceful stop impossible.
+    let mut stop = nix::sys::signal::SigSet::empty();
+    stop.add(nix::sys::signal::Signal::SIGINT);
+    stop.add(nix::sys::signal::Signal::SIGTERM);
+    let _ = stop.thread_unblock();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nodeward: starting the runtime: {e}");
@@ -61,9 +74,15 @@ fn run(config: &std::path::Path) -> i32 {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("NODEWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
 }

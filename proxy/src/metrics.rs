@@ -35,8 +35,8 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("nodeward".into()), None)
-            .unwrap_or_else(|_| Registry::new());
+        let registry =
+            Registry::new_custom(Some("nodeward".into()), None).unwrap_or_else(|_| Registry::new());
         let vec = |name: &str, help: &str| {
             let v = IntCounterVec::new(Opts::new(name, help), CONN_LABELS)
                 .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
@@ -45,11 +45,19 @@ impl Metrics {
         };
         let connections_opened = vec("connections_opened_total", "Connections the proxy relayed");
         let connections_closed = vec("connections_closed_total", "Relayed connections that ended");
-        let bytes_sent = vec("sent_bytes_total", "Bytes from the source workload to the destination");
-        let bytes_received =
-            vec("received_bytes_total", "Bytes from the destination back to the source workload");
+        let bytes_sent = vec(
+            "sent_bytes_total",
+            "Bytes from the source workload to the destination",
+        );
+        let bytes_received = vec(
+            "received_bytes_total",
+            "Bytes from the destination back to the source workload",
+        );
         let refused = IntCounterVec::new(
-            Opts::new("outbound_refused_total", "Connections refused at the outbound listener"),
+            Opts::new(
+                "outbound_refused_total",
+                "Connections refused at the outbound listener",
+            ),
             &["reason"],
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
@@ -78,7 +86,9 @@ impl Metrics {
 
     /// Adds the kernel programs' counters, read at scrape time.
     pub fn register_kernel(&self, stats: KernelStats) {
-        let _ = self.registry.register(Box::new(KernelCollector::new(stats)));
+        let _ = self
+            .registry
+            .register(Box::new(KernelCollector::new(stats)));
     }
 
     /// Renders the text exposition format.
@@ -111,20 +121,22 @@ struct KernelCollector {
 impl KernelCollector {
     fn new(stats: KernelStats) -> Self {
         let redirects = IntCounterVec::new(
-            Opts::new("bpf_redirects_total", "Pod connections the kernel redirected to the proxy")
-,
+            Opts::new(
+                "bpf_redirects_total",
+                "Pod connections the kernel redirected to the proxy",
+            ),
             &["family"],
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let skipped = IntCounter::with_opts(
-            Opts::new("bpf_proxy_sockets_skipped_total", "Connects from the proxy's namespace left alone")
-,
-        )
+        let skipped = IntCounter::with_opts(Opts::new(
+            "bpf_proxy_sockets_skipped_total",
+            "Connects from the proxy's namespace left alone",
+        ))
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let record_failures = IntCounter::with_opts(
-            Opts::new("bpf_record_failures_total", "Original-destination records the kernel could not store")
-,
-        )
+        let record_failures = IntCounter::with_opts(Opts::new(
+            "bpf_record_failures_total",
+            "Original-destination records the kernel could not store",
+        ))
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let map_entries = IntGaugeVec::new(
             Opts::new("bpf_map_entries", "Live entries in the redirect maps"),
@@ -141,7 +153,14 @@ impl KernelCollector {
         .flatten()
         .cloned()
         .collect();
-        Self { stats, redirects, skipped, record_failures, map_entries, descs }
+        Self {
+            stats,
+            redirects,
+            skipped,
+            record_failures,
+            map_entries,
+            descs,
+        }
     }
 }
 
@@ -159,7 +178,9 @@ impl Collector for KernelCollector {
         catch_up(&self.skipped, k.skipped_proxy);
         catch_up(&self.record_failures, k.record_failed);
         let gauge = |map: &str, v: u64| {
-            self.map_entries.with_label_values(&[map]).set(i64::try_from(v).unwrap_or(i64::MAX));
+            self.map_entries
+                .with_label_values(&[map])
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
         };
         gauge("flows", k.flow_entries);
         gauge("by_cookie", k.cookie_entries);

@@ -72,7 +72,10 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let own: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let own: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let (first, second) = split(listeners);
     loop {
         let accepted = tokio::select! {
@@ -121,15 +124,25 @@ fn classify(
 ) -> Result<Accepted, Refusal> {
     let local = stream.local_addr().map_err(|_| Refusal::NoKernelRecord)?;
     let record: OrigDst = flows.take(peer, local).ok_or(Refusal::NoKernelRecord)?;
-    let source = registry.identify(record.cgroup_id, peer.ip()).map_err(|u| match u {
-        crate::workloads::Unknown::Cgroup => Refusal::UnknownCgroup,
-        crate::workloads::Unknown::SourceIp => Refusal::SourceIpMismatch,
-    })?;
+    let source = registry
+        .identify(record.cgroup_id, peer.ip())
+        .map_err(|u| match u {
+            crate::workloads::Unknown::Cgroup => Refusal::UnknownCgroup,
+            crate::workloads::Unknown::SourceIp => Refusal::SourceIpMismatch,
+        })?;
     let dst = orig_dst_addr(&record);
-    if own.iter().any(|o| o.port() == dst.port() && (o.ip() == dst.ip() || o.ip().is_unspecified())) {
+    if own
+        .iter()
+        .any(|o| o.port() == dst.port() && (o.ip() == dst.ip() || o.ip().is_unspecified()))
+    {
         return Err(Refusal::Loop);
     }
-    Ok(Accepted { stream, peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()), dst, source: source.clone() })
+    Ok(Accepted {
+        stream,
+        peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+        dst,
+        source: source.clone(),
+    })
 }
 
 fn refuse(reason: Refusal, peer: SocketAddr, metrics: &Metrics) {
@@ -144,7 +157,12 @@ fn refuse(reason: Refusal, peer: SocketAddr, metrics: &Metrics) {
 }
 
 async fn relay(conn: Accepted, shared: Arc<Shared>) {
-    let Accepted { mut stream, peer, dst, source } = conn;
+    let Accepted {
+        mut stream,
+        peer,
+        dst,
+        source,
+    } = conn;
     let start = Instant::now();
     let metrics = &shared.metrics;
     let dest = shared.registry.by_ip(dst.ip());
@@ -174,7 +192,8 @@ async fn relay(conn: Accepted, shared: Arc<Shared>) {
     let _ = upstream.set_nodelay(true);
     metrics.connections_opened.with_label_values(&labels).inc();
     metrics.active_connections.inc();
-    let result = copy_bidirectional_with_sizes(&mut stream, &mut upstream, RELAY_BUF, RELAY_BUF).await;
+    let result =
+        copy_bidirectional_with_sizes(&mut stream, &mut upstream, RELAY_BUF, RELAY_BUF).await;
     metrics.active_connections.dec();
     metrics.connections_closed.with_label_values(&labels).inc();
     let (sent, received, error) = match result {
@@ -182,7 +201,10 @@ async fn relay(conn: Accepted, shared: Arc<Shared>) {
         Err(e) => (0, 0, Some(e.to_string())),
     };
     metrics.bytes_sent.with_label_values(&labels).inc_by(sent);
-    metrics.bytes_received.with_label_values(&labels).inc_by(received);
+    metrics
+        .bytes_received
+        .with_label_values(&labels)
+        .inc_by(received);
     tracing::info!(
         target: "nodeward::access",
         event = "connection",

@@ -115,18 +115,22 @@ impl Redirector {
         })?;
         for name in [programs::CONNECT4, programs::CONNECT6] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| RedirectError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| RedirectError::Program { name, source })?;
             prog.attach(&cgroup, ATTACH_MODE)
                 .map_err(|source| RedirectError::Program { name, source })?;
         }
         let name = programs::SOCK_OPS;
         let prog: &mut SockOps = program(&mut ebpf, name)?;
-        prog.load().map_err(|source| RedirectError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| RedirectError::Program { name, source })?;
         prog.attach(&cgroup, ATTACH_MODE)
             .map_err(|source| RedirectError::Program { name, source })?;
         let flows_map = take(&mut ebpf, maps::FLOWS)?;
         let flows_id = map_id(&flows_map, maps::FLOWS)?;
-        let flows = FlowTable { flows: hash_map(flows_map, maps::FLOWS)? };
+        let flows = FlowTable {
+            flows: hash_map(flows_map, maps::FLOWS)?,
+        };
         let stats = KernelStats::open(&mut ebpf, flows_id)?;
         Ok((Self { _ebpf: ebpf }, flows, stats))
     }
@@ -148,15 +152,23 @@ impl FlowTable {
 impl KernelStats {
     fn open(ebpf: &mut Ebpf, flows_id: u32) -> Result<Self, RedirectError> {
         let stats = take(ebpf, maps::STATS)?;
-        let stats = PerCpuArray::try_from(stats)
-            .map_err(|source| RedirectError::Map { name: maps::STATS, source })?;
+        let stats = PerCpuArray::try_from(stats).map_err(|source| RedirectError::Map {
+            name: maps::STATS,
+            source,
+        })?;
         let by_cookie = hash_map(take(ebpf, maps::BY_COOKIE)?, maps::BY_COOKIE)?;
         // A second descriptor for the flow map, so the accept loop keeps sole
         // ownership of the one it mutates.
-        let second = MapData::from_id(flows_id)
-            .map_err(|source| RedirectError::Map { name: maps::FLOWS, source })?;
+        let second = MapData::from_id(flows_id).map_err(|source| RedirectError::Map {
+            name: maps::FLOWS,
+            source,
+        })?;
         let flows = hash_map(Map::LruHashMap(second), maps::FLOWS)?;
-        Ok(Self { stats, flows, by_cookie })
+        Ok(Self {
+            stats,
+            flows,
+            by_cookie,
+        })
     }
 
     /// Reads the counters (summed over CPUs) and counts live map entries.
@@ -208,7 +220,9 @@ pub fn ip_to_words(ip: IpAddr) -> Addr {
         IpAddr::V6(a) => a,
     };
     let o = v6.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 /// Inverse of [`ip_to_words`]; v4-mapped addresses come back as IPv4.
@@ -223,7 +237,10 @@ pub fn words_to_ip(words: Addr) -> IpAddr {
 /// LPM trie key of a CIDR (IPv4 as its mapped /96 + prefix).
 pub fn cidr_key(net: &IpNet) -> Key<LpmAddr> {
     let (bytes, prefix) = match net {
-        IpNet::V4(n) => (n.network().to_ipv6_mapped().octets(), 96 + u32::from(n.prefix_len())),
+        IpNet::V4(n) => (
+            n.network().to_ipv6_mapped().octets(),
+            96 + u32::from(n.prefix_len()),
+        ),
         IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
     };
     Key::new(prefix, bytes)
@@ -233,7 +250,8 @@ pub fn cidr_key(net: &IpNet) -> Key<LpmAddr> {
 pub fn netns_cookie() -> Result<u64, RedirectError> {
     use std::os::fd::AsRawFd;
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(RedirectError::NetnsCookie)?;
+    let sock =
+        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(RedirectError::NetnsCookie)?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: `sock` is an open socket for the whole call; `cookie` and `len`
@@ -256,19 +274,23 @@ pub fn netns_cookie() -> Result<u64, RedirectError> {
 
 fn write_config(ebpf: &mut Ebpf, s: &Settings) -> Result<(), RedirectError> {
     let name = maps::CONFIG;
-    let mut config: Array<_, RedirectConfig> = Array::try_from(
-        ebpf.map_mut(name).ok_or(RedirectError::Missing(name))?,
-    )
-    .map_err(|source| RedirectError::Map { name, source })?;
+    let mut config: Array<_, RedirectConfig> =
+        Array::try_from(ebpf.map_mut(name).ok_or(RedirectError::Missing(name))?)
+            .map_err(|source| RedirectError::Map { name, source })?;
     let value = RedirectConfig {
         proxy_addr4: ip_to_words(IpAddr::V4(s.proxy_ipv4))[3],
         proxy_port: s.outbound_port,
         has_addr6: u8::from(s.proxy_ipv6.is_some()),
         _pad: 0,
-        proxy_addr6: s.proxy_ipv6.map(|a| ip_to_words(IpAddr::V6(a))).unwrap_or_default(),
+        proxy_addr6: s
+            .proxy_ipv6
+            .map(|a| ip_to_words(IpAddr::V6(a)))
+            .unwrap_or_default(),
         proxy_netns_cookie: netns_cookie()?,
     };
-    config.set(0, value, 0).map_err(|source| RedirectError::Map { name, source })
+    config
+        .set(0, value, 0)
+        .map_err(|source| RedirectError::Map { name, source })
 }
 
 fn write_cidrs(ebpf: &mut Ebpf, cidrs: &[IpNet]) -> Result<(), RedirectError> {
@@ -288,7 +310,8 @@ where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
     let prog = ebpf.program_mut(name).ok_or(RedirectError::Missing(name))?;
-    prog.try_into().map_err(|source| RedirectError::Program { name, source })
+    prog.try_into()
+        .map_err(|source| RedirectError::Program { name, source })
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, RedirectError> {
@@ -337,10 +360,7 @@ fn start_bpf_logger(ebpf: &mut Ebpf) {
 
 /// Where `Path`s in settings come from is the caller's business; this helper
 /// keeps `Settings` construction readable in `run`.
-pub fn settings(
-    pod_cgroup: &Path,
-    cfg: &crate::config::Config,
-) -> Settings {
+pub fn settings(pod_cgroup: &Path, cfg: &crate::config::Config) -> Settings {
     Settings {
         pod_cgroup: pod_cgroup.to_owned(),
         mesh_cidrs: cfg.mesh_cidrs.clone(),

@@ -66,7 +66,10 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         admin = %cfg.admin_addr, "nodeward ready");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(outbound::Shared { registry, metrics: metrics.clone() });
+    let shared = Arc::new(outbound::Shared {
+        registry,
+        metrics: metrics.clone(),
+    });
     let accept = tokio::spawn(outbound::serve(listeners, flows, shared, stop_rx.clone()));
     let admin_task = tokio::spawn(admin::serve(admin_listener, metrics.clone(), stop_rx));
 
@@ -84,7 +87,8 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
 }
 
 async fn bind_outbound(cfg: &Config) -> Result<Vec<TcpListener>, RunError> {
-    let mut listeners = vec![bind(SocketAddr::new(cfg.proxy_ipv4.into(), cfg.outbound_port)).await?];
+    let mut listeners =
+        vec![bind(SocketAddr::new(cfg.proxy_ipv4.into(), cfg.outbound_port)).await?];
     if let Some(v6) = cfg.proxy_ipv6 {
         listeners.push(bind(SocketAddr::new(v6.into(), cfg.outbound_port)).await?);
     }
@@ -92,7 +96,9 @@ async fn bind_outbound(cfg: &Config) -> Result<Vec<TcpListener>, RunError> {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })
 }
 
 async fn wait_for_signal() -> Result<(), RunError> {

@@ -103,11 +103,16 @@ impl Registry {
         let mut names = HashSet::new();
         for (i, entry) in file.workloads.into_iter().enumerate() {
             let field = |f: &str| format!("workloads[{i}].{f}");
-            let w = Arc::new(Workload::try_from(entry).map_err(|(f, m)| {
-                FileError::invalid(path, field(f), m)
-            })?);
+            let w = Arc::new(
+                Workload::try_from(entry)
+                    .map_err(|(f, m)| FileError::invalid(path, field(f), m))?,
+            );
             if !names.insert((w.namespace.clone(), w.name.clone())) {
-                return Err(FileError::invalid(path, field("name"), format!("{w} is listed twice")));
+                return Err(FileError::invalid(
+                    path,
+                    field("name"),
+                    format!("{w} is listed twice"),
+                ));
             }
             for ip in &w.ips {
                 if let Some(other) = reg.by_ip.insert(*ip, w.clone()) {

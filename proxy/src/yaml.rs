@@ -58,9 +58,7 @@ pub fn decode<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileErr
             p => p,
         };
         let inner = err.into_inner();
-        let (line, column) = inner
-            .location()
-            .map_or((1, 1), |l| (l.line(), l.column()));
+        let (line, column) = inner.location().map_or((1, 1), |l| (l.line(), l.column()));
         FileError::Decode {
             path: path.to_owned(),
             line,

@@ -49,7 +49,13 @@ pub struct PodSpec {
 
 /// The standard topology: two nodes, two pods on each.
 pub fn standard_pods() -> Vec<PodSpec> {
-    let pod = |name, namespace, service_account, node, host| PodSpec { name, namespace, service_account, node, host };
+    let pod = |name, namespace, service_account, node, host| PodSpec {
+        name,
+        namespace,
+        service_account,
+        node,
+        host,
+    };
     vec![
         pod("frontend", "shop", "frontend", "node-a", 10),
         pod("cache", "shop", "cache", "node-a", 11),
@@ -58,7 +64,16 @@ pub fn standard_pods() -> Vec<PodSpec> {
     ]
 }
 
-const NODES: [NodeSpec; 2] = [NodeSpec { name: "node-a", index: 1 }, NodeSpec { name: "node-b", index: 2 }];
+const NODES: [NodeSpec; 2] = [
+    NodeSpec {
+        name: "node-a",
+        index: 1,
+    },
+    NodeSpec {
+        name: "node-b",
+        index: 2,
+    },
+];
 
 /// Pseudo-random bytes (xorshift), so corruption or reordering is detected.
 pub fn payload(len: usize, seed: u64) -> Vec<u8> {
@@ -91,11 +106,17 @@ impl Binaries {
         let pick = |var: &str, name: &str| -> Result<PathBuf> {
             let p = std::env::var_os(var).map_or_else(|| dir.join(name), PathBuf::from);
             if !p.exists() {
-                bail!("{} not found: build it first (`cargo xtask test` does) or set {var}", p.display());
+                bail!(
+                    "{} not found: build it first (`cargo xtask test` does) or set {var}",
+                    p.display()
+                );
             }
             Ok(p)
         };
-        Ok(Self { nodeward: pick("NODEWARD_BIN", "nodeward")?, nw_pod: pick("NW_POD_BIN", "nw-pod")? })
+        Ok(Self {
+            nodeward: pick("NODEWARD_BIN", "nodeward")?,
+            nw_pod: pick("NW_POD_BIN", "nw-pod")?,
+        })
     }
 }
 
@@ -106,7 +127,9 @@ pub fn require_root(test: &str) -> bool {
         return true;
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{test}: end-to-end tests need root (netns, cgroups, eBPF); CI must run them as root");
+        panic!(
+            "{test}: end-to-end tests need root (netns, cgroups, eBPF); CI must run them as root"
+        );
     }
     eprintln!("SKIPPED {test}: needs root (netns, cgroups, eBPF)");
     false
@@ -129,7 +152,11 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 impl Cluster {
     /// A unique prefix for a test cluster: `nwt<pid>x<seq>`.
     pub fn unique_prefix() -> String {
-        format!("nwt{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "nwt{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Builds the topology and starts both node proxies.
@@ -180,7 +207,10 @@ impl Cluster {
 
     /// The spec of pod `name`.
     pub fn pod(&self, name: &str) -> &PodSpec {
-        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
     fn pod_cgroup(&self, pod: &PodSpec) -> PathBuf {
@@ -190,23 +220,31 @@ impl Cluster {
     /// A pod's IPv4 address.
     pub fn ip4(&self, pod: &str) -> IpAddr {
         let p = self.pod(pod);
-        format!("10.20.{}.{}", node_index(p.node), p.host).parse().expect("static address")
+        format!("10.20.{}.{}", node_index(p.node), p.host)
+            .parse()
+            .expect("static address")
     }
 
     /// A pod's IPv6 address.
     pub fn ip6(&self, pod: &str) -> IpAddr {
         let p = self.pod(pod);
-        format!("fd00:20:{}::{}", node_index(p.node), p.host).parse().expect("static address")
+        format!("fd00:20:{}::{}", node_index(p.node), p.host)
+            .parse()
+            .expect("static address")
     }
 
     /// A node's address on the inter-node link (outside the mesh CIDRs).
     pub fn node_ip(&self, node: &str) -> IpAddr {
-        format!("10.99.0.{}", node_index(node)).parse().expect("static address")
+        format!("10.99.0.{}", node_index(node))
+            .parse()
+            .expect("static address")
     }
 
     /// The proxy address pods of `node` are redirected to.
     pub fn gateway4(&self, node: &str) -> IpAddr {
-        format!("10.20.{}.1", node_index(node)).parse().expect("static address")
+        format!("10.20.{}.1", node_index(node))
+            .parse()
+            .expect("static address")
     }
 
     fn build_network(&mut self) -> Result<()> {
@@ -215,21 +253,81 @@ impl Cluster {
             self.add_netns(&ns)?;
             let i = node.index;
             ip(&ns, &["link", "add", "br0", "type", "bridge"])?;
-            ip(&ns, &["addr", "add", &format!("10.20.{i}.1/24"), "dev", "br0"])?;
-            ip(&ns, &["addr", "add", &format!("fd00:20:{i}::1/64"), "dev", "br0", "nodad"])?;
+            ip(
+                &ns,
+                &["addr", "add", &format!("10.20.{i}.1/24"), "dev", "br0"],
+            )?;
+            ip(
+                &ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("fd00:20:{i}::1/64"),
+                    "dev",
+                    "br0",
+                    "nodad",
+                ],
+            )?;
             ip(&ns, &["link", "set", "br0", "up"])?;
-            for (k, v) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
-                run_cmd(Command::new("ip").args(["netns", "exec", &ns, "sysctl", "-qw", &format!("{k}={v}")]))?;
+            for (k, v) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ] {
+                run_cmd(Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("{k}={v}"),
+                ]))?;
             }
         }
         let (a, b) = (self.ns("node-a"), self.ns("node-b"));
-        ip(&a, &["link", "add", "link0", "type", "veth", "peer", "name", "link0", "netns", &b])?;
+        ip(
+            &a,
+            &[
+                "link", "add", "link0", "type", "veth", "peer", "name", "link0", "netns", &b,
+            ],
+        )?;
         for (ns, i, other) in [(&a, 1, 2), (&b, 2, 1)] {
-            ip(ns, &["addr", "add", &format!("10.99.0.{i}/24"), "dev", "link0"])?;
-            ip(ns, &["addr", "add", &format!("fd00:99::{i}/64"), "dev", "link0", "nodad"])?;
+            ip(
+                ns,
+                &["addr", "add", &format!("10.99.0.{i}/24"), "dev", "link0"],
+            )?;
+            ip(
+                ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("fd00:99::{i}/64"),
+                    "dev",
+                    "link0",
+                    "nodad",
+                ],
+            )?;
             ip(ns, &["link", "set", "link0", "up"])?;
-            ip(ns, &["route", "add", &format!("10.20.{other}.0/24"), "via", &format!("10.99.0.{other}")])?;
-            ip(ns, &["-6", "route", "add", &format!("fd00:20:{other}::/64"), "via", &format!("fd00:99::{other}")])?;
+            ip(
+                ns,
+                &[
+                    "route",
+                    "add",
+                    &format!("10.20.{other}.0/24"),
+                    "via",
+                    &format!("10.99.0.{other}"),
+                ],
+            )?;
+            ip(
+                ns,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("fd00:20:{other}::/64"),
+                    "via",
+                    &format!("fd00:99::{other}"),
+                ],
+            )?;
         }
         for node in NODES {
             fs::create_dir_all(self.node_cgroup(node.name))?;
@@ -251,14 +349,45 @@ impl Cluster {
         self.add_netns(&ns)?;
         let node_ns = self.ns(pod.node);
         let host_if = format!("v-{}", pod.name.chars().take(12).collect::<String>());
-        ip(&node_ns, &["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip(
+            &node_ns,
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
         ip(&node_ns, &["link", "set", &host_if, "master", "br0", "up"])?;
         let (i, h) = (node_index(pod.node), pod.host);
-        ip(&ns, &["addr", "add", &format!("10.20.{i}.{h}/24"), "dev", "eth0"])?;
-        ip(&ns, &["addr", "add", &format!("fd00:20:{i}::{h}/64"), "dev", "eth0", "nodad"])?;
+        ip(
+            &ns,
+            &["addr", "add", &format!("10.20.{i}.{h}/24"), "dev", "eth0"],
+        )?;
+        ip(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("fd00:20:{i}::{h}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
         ip(&ns, &["link", "set", "eth0", "up"])?;
-        ip(&ns, &["route", "add", "default", "via", &format!("10.20.{i}.1")])?;
-        ip(&ns, &["-6", "route", "add", "default", "via", &format!("fd00:20:{i}::1")])?;
+        ip(
+            &ns,
+            &["route", "add", "default", "via", &format!("10.20.{i}.1")],
+        )?;
+        ip(
+            &ns,
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:20:{i}::1"),
+            ],
+        )?;
         fs::create_dir_all(self.pod_cgroup(pod))?;
         Ok(())
     }
@@ -319,12 +448,21 @@ impl Cluster {
         self.proxies.push((node.to_owned(), child));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if fs::read_to_string(&log).unwrap_or_default().contains("nodeward ready") {
+            if fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("nodeward ready")
+            {
                 return Ok(());
             }
-            let exited = self.proxies.last_mut().and_then(|(_, c)| c.try_wait().ok().flatten());
+            let exited = self
+                .proxies
+                .last_mut()
+                .and_then(|(_, c)| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() > deadline {
-                bail!("proxy {node} did not become ready ({exited:?}):\n{}", self.proxy_log(node));
+                bail!(
+                    "proxy {node} did not become ready ({exited:?}):\n{}",
+                    self.proxy_log(node)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -332,7 +470,11 @@ impl Cluster {
 
     /// Stops the node proxy of `node` with SIGTERM and waits for it to exit.
     pub fn stop_proxy(&mut self, node: &str) -> std::process::ExitStatus {
-        let i = self.proxies.iter().position(|(n, _)| n == node).expect("proxy running");
+        let i = self
+            .proxies
+            .iter()
+            .position(|(n, _)| n == node)
+            .expect("proxy running");
         let (_, mut child) = self.proxies.remove(i);
         terminate(&mut child)
     }
@@ -377,12 +519,32 @@ impl Cluster {
 
     /// From `pod`: connect to `to`, send `bytes`, half-close, read the echo.
     pub fn call(&self, pod: &str, to: SocketAddr, bytes: usize) -> Value {
-        self.pod_tool(pod, &["call", "--to", &to.to_string(), "--send", &bytes.to_string()])
+        self.pod_tool(
+            pod,
+            &[
+                "call",
+                "--to",
+                &to.to_string(),
+                "--send",
+                &bytes.to_string(),
+            ],
+        )
     }
 
     /// From `pod`: `count` sequential short calls; returns how many were intact.
     pub fn call_many(&self, pod: &str, to: SocketAddr, bytes: usize, count: usize) -> u64 {
-        let v = self.pod_tool(pod, &["call", "--to", &to.to_string(), "--send", &bytes.to_string(), "--count", &count.to_string()]);
+        let v = self.pod_tool(
+            pod,
+            &[
+                "call",
+                "--to",
+                &to.to_string(),
+                "--send",
+                &bytes.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+        );
         v["intact"].as_u64().expect("intact count")
     }
 
@@ -396,8 +558,17 @@ impl Cluster {
             .args(args)
             .output()
             .expect("run nw-pod");
-        assert!(out.status.success(), "nw-pod {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("nw-pod output {e}: {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "nw-pod {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "nw-pod output {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// A node proxy's access-log records (`target = nodeward::access`).
@@ -418,10 +589,20 @@ impl Cluster {
         let out = Command::new(&self.bins.nw_pod)
             .arg("--netns")
             .arg(self.ns(node))
-            .args(["http-get", "--addr", &format!("127.0.0.1:{ADMIN_PORT}"), "--path", "/metrics"])
+            .args([
+                "http-get",
+                "--addr",
+                &format!("127.0.0.1:{ADMIN_PORT}"),
+                "--path",
+                "/metrics",
+            ])
             .output()
             .expect("run nw-pod http-get");
-        assert!(out.status.success(), "metrics: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "metrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -432,7 +613,11 @@ impl Cluster {
 
     /// Runs `argv` inside a node netns (no cgroup) and returns its output.
     pub fn exec_in_node(&self, node: &str, argv: &[&str]) -> std::process::Output {
-        Command::new("ip").args(["netns", "exec", &self.ns(node)]).args(argv).output().expect("ip netns exec")
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(node)])
+            .args(argv)
+            .output()
+            .expect("ip netns exec")
     }
 }
 
@@ -459,15 +644,20 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-                .then(|| value.parse::<f64>().ok())?
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
 
 /// Removes clusters whose creating process is gone (killed test runs).
 pub fn sweep() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
     let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
@@ -475,7 +665,11 @@ pub fn sweep() {
     let mut dead_prefixes = std::collections::BTreeSet::new();
     for name in &names {
         if let Some(prefix) = name.split('-').next().filter(|p| p.starts_with("nwt")) {
-            let pid = prefix.trim_start_matches("nwt").split('x').next().unwrap_or("");
+            let pid = prefix
+                .trim_start_matches("nwt")
+                .split('x')
+                .next()
+                .unwrap_or("");
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 dead_prefixes.insert(prefix.to_owned());
             }
@@ -483,7 +677,11 @@ pub fn sweep() {
     }
     let Ok(mount) = cgroup2_mount() else { return };
     for prefix in dead_prefixes {
-        let netns: Vec<String> = names.iter().filter(|n| n.starts_with(&format!("{prefix}-"))).cloned().collect();
+        let netns: Vec<String> = names
+            .iter()
+            .filter(|n| n.starts_with(&format!("{prefix}-")))
+            .cloned()
+            .collect();
         teardown(&mount.join(&prefix), &netns);
         let _ = fs::remove_dir_all(std::env::temp_dir().join(&prefix));
     }
@@ -532,7 +730,10 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 }
 
 fn node_index(node: &str) -> u8 {
-    NODES.iter().find(|n| n.name == node).map_or_else(|| panic!("no node {node}"), |n| n.index)
+    NODES
+        .iter()
+        .find(|n| n.name == node)
+        .map_or_else(|| panic!("no node {node}"), |n| n.index)
 }
 
 fn ip(ns: &str, args: &[&str]) -> Result<()> {
@@ -548,11 +749,17 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
 }
 
 fn append(path: &Path) -> Result<fs::File> {
-    Ok(fs::OpenOptions::new().create(true).append(true).open(path)?)
+    Ok(fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?)
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -575,7 +782,10 @@ pub fn wait_for(path: &Path, needle: &str, timeout: Duration) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{} never contained {needle:?}; it says:\n{text}", path.display());
+            bail!(
+                "{} never contained {needle:?}; it says:\n{text}",
+                path.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -1,7 +1,10 @@
 //! End-to-end: transparent redirection of pod connections into the node proxy,
 //! with real BPF programs in the kernel and real network namespaces.
 
-use std::{net::SocketAddr, time::{Duration, Instant}};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use nodeward_tests::{require_root, Cluster};
 
@@ -12,7 +15,12 @@ fn addr(ip: std::net::IpAddr, port: u16) -> SocketAddr {
 }
 
 /// Waits for a proxy's access log to hold `n` records matching `pred`.
-fn access_records(c: &Cluster, node: &str, n: usize, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+fn access_records(
+    c: &Cluster,
+    node: &str,
+    n: usize,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let found: Vec<_> = c.access_log(node).into_iter().filter(|r| pred(r)).collect();
@@ -34,11 +42,18 @@ fn cross_node_bytes_arrive_intact_through_the_proxy() {
     for (i, size) in [1usize, 1 << 20].into_iter().enumerate() {
         let r = c.call("frontend", to, size);
         assert_eq!(r["intact"], true, "size {size}: {r}");
-        assert_eq!(r["received"].as_u64(), Some(size as u64 + format!("#eof:{size}").len() as u64));
+        assert_eq!(
+            r["received"].as_u64(),
+            Some(size as u64 + format!("#eof:{size}").len() as u64)
+        );
         // The server saw the proxy's node address, not the pod: it went through node-a's proxy.
         let peers = c.accepted("backend", PORT);
         assert_eq!(peers.len(), i + 1);
-        assert!(peers[i].starts_with(&format!("{}:", c.node_ip("node-a"))), "peer {}", peers[i]);
+        assert!(
+            peers[i].starts_with(&format!("{}:", c.node_ip("node-a"))),
+            "peer {}",
+            peers[i]
+        );
     }
     let recs = access_records(&c, "node-a", 2, |r| r["event"] == "connection");
     assert_eq!(recs.len(), 2, "{recs:?}");
@@ -46,14 +61,33 @@ fn cross_node_bytes_arrive_intact_through_the_proxy() {
         assert_eq!(r["source"], "shop/frontend");
         assert_eq!(r["orig_dst"], to.to_string());
         assert_eq!(r["destination"], "shop/backend");
-        assert_eq!(r["peer"].as_str().map(|p| p.starts_with("10.20.1.10:")), Some(true), "{r}");
+        assert_eq!(
+            r["peer"].as_str().map(|p| p.starts_with("10.20.1.10:")),
+            Some(true),
+            "{r}"
+        );
     }
     assert_eq!(recs[1]["bytes_sent"], 1 << 20);
-    assert_eq!(recs[1]["bytes_received"].as_u64(), Some((1 << 20) + "#eof:1048576".len() as u64));
-    let opened = c.metric("node-a", "nodeward_connections_opened_total",
-        &[("source_workload", "frontend"), ("destination_workload", "backend")]);
+    assert_eq!(
+        recs[1]["bytes_received"].as_u64(),
+        Some((1 << 20) + "#eof:1048576".len() as u64)
+    );
+    let opened = c.metric(
+        "node-a",
+        "nodeward_connections_opened_total",
+        &[
+            ("source_workload", "frontend"),
+            ("destination_workload", "backend"),
+        ],
+    );
     assert_eq!(opened, 2.0);
-    assert!(c.metric("node-a", "nodeward_bpf_redirects_total", &[("family", "ipv4")]) >= 2.0);
+    assert!(
+        c.metric(
+            "node-a",
+            "nodeward_bpf_redirects_total",
+            &[("family", "ipv4")]
+        ) >= 2.0
+    );
 }
 
 #[test]
@@ -66,14 +100,26 @@ fn ipv6_and_v4_mapped_destinations_are_redirected() {
     let v6 = addr(c.ip6("db"), PORT);
     let r = c.call("cache", v6, 4096);
     assert_eq!(r["intact"], true, "{r}");
-    let mapped: SocketAddr = format!("[::ffff:{}]:{PORT}", c.ip4("db")).parse().expect("addr");
+    let mapped: SocketAddr = format!("[::ffff:{}]:{PORT}", c.ip4("db"))
+        .parse()
+        .expect("addr");
     let r = c.call("cache", mapped, 4096);
     assert_eq!(r["intact"], true, "{r}");
     let recs = access_records(&c, "node-a", 2, |r| r["event"] == "connection");
-    let dsts: Vec<_> = recs.iter().map(|r| r["orig_dst"].as_str().unwrap_or("").to_owned()).collect();
+    let dsts: Vec<_> = recs
+        .iter()
+        .map(|r| r["orig_dst"].as_str().unwrap_or("").to_owned())
+        .collect();
     assert_eq!(dsts, [v6.to_string(), addr(c.ip4("db"), PORT).to_string()]);
     assert!(recs.iter().all(|r| r["source"] == "shop/cache"));
-    assert_eq!(c.metric("node-a", "nodeward_bpf_redirects_total", &[("family", "ipv6")]), 2.0);
+    assert_eq!(
+        c.metric(
+            "node-a",
+            "nodeward_bpf_redirects_total",
+            &[("family", "ipv6")]
+        ),
+        2.0
+    );
 }
 
 #[test]
@@ -87,11 +133,17 @@ fn same_node_pod_to_pod_goes_through_the_proxy() {
     let r = c.call("frontend", to, 10_000);
     assert_eq!(r["intact"], true, "{r}");
     let peers = c.accepted("cache", PORT);
-    assert!(peers[0].starts_with(&format!("{}:", c.gateway4("node-a"))), "{peers:?}");
+    assert!(
+        peers[0].starts_with(&format!("{}:", c.gateway4("node-a"))),
+        "{peers:?}"
+    );
     let recs = access_records(&c, "node-a", 1, |r| r["event"] == "connection");
     assert_eq!(recs[0]["source"], "shop/frontend");
     assert_eq!(recs[0]["destination"], "shop/cache");
-    assert!(c.access_log("node-b").iter().all(|r| r["event"] != "connection"));
+    assert!(c
+        .access_log("node-b")
+        .iter()
+        .all(|r| r["event"] != "connection"));
 }
 
 #[test]
@@ -106,7 +158,10 @@ fn destinations_outside_the_mesh_are_not_redirected() {
     assert_eq!(r["intact"], true, "{r}");
     // The server sees the pod itself: no proxy in between.
     let peers = c.accepted("node-b", PORT);
-    assert!(peers[0].starts_with(&format!("{}:", c.ip4("frontend"))), "{peers:?}");
+    assert!(
+        peers[0].starts_with(&format!("{}:", c.ip4("frontend"))),
+        "{peers:?}"
+    );
     assert_eq!(c.metric("node-a", "nodeward_bpf_redirects_total", &[]), 0.0);
     assert!(c.access_log("node-a").is_empty());
 }
@@ -123,8 +178,18 @@ fn direct_dial_of_the_outbound_port_is_refused_and_counted() {
     assert_eq!(r["received"], 0, "{r}");
     let refused = access_records(&c, "node-a", 1, |r| r["event"] == "refused");
     assert_eq!(refused[0]["reason"], "no_kernel_record");
-    assert_eq!(c.metric("node-a", "nodeward_outbound_refused_total", &[("reason", "no_kernel_record")]), 1.0);
-    assert_eq!(c.metric("node-a", "nodeward_connections_opened_total", &[]), 0.0);
+    assert_eq!(
+        c.metric(
+            "node-a",
+            "nodeward_outbound_refused_total",
+            &[("reason", "no_kernel_record")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        c.metric("node-a", "nodeward_connections_opened_total", &[]),
+        0.0
+    );
 }
 
 #[test]
@@ -137,13 +202,23 @@ fn after_the_proxy_stops_connections_go_direct() {
     let to = addr(c.ip4("backend"), PORT);
     assert_eq!(c.call("frontend", to, 100)["intact"], true);
     let status = c.stop_proxy("node-a");
-    assert!(status.success(), "proxy exit {status:?}: {}", c.proxy_log("node-a"));
+    assert!(
+        status.success(),
+        "proxy exit {status:?}: {}",
+        c.proxy_log("node-a")
+    );
     assert!(c.proxy_log("node-a").contains("stopped"));
     let r = c.call("frontend", to, 100);
     assert_eq!(r["intact"], true, "{r}");
     let peers = c.accepted("backend", PORT);
-    assert!(peers[0].starts_with(&format!("{}:", c.node_ip("node-a"))), "{peers:?}");
-    assert!(peers[1].starts_with(&format!("{}:", c.ip4("frontend"))), "{peers:?}");
+    assert!(
+        peers[0].starts_with(&format!("{}:", c.node_ip("node-a"))),
+        "{peers:?}"
+    );
+    assert!(
+        peers[1].starts_with(&format!("{}:", c.ip4("frontend"))),
+        "{peers:?}"
+    );
 }
 
 #[test]
@@ -154,22 +229,42 @@ fn short_connections_leave_the_kernel_maps_empty() {
     let mut c = Cluster::start();
     c.serve_echo("backend", PORT);
     c.serve_echo("cache", PORT);
-    assert_eq!(c.call_many("frontend", addr(c.ip4("backend"), PORT), 64, 100), 100);
-    assert_eq!(c.call_many("frontend", addr(c.ip4("cache"), PORT), 64, 100), 100);
+    assert_eq!(
+        c.call_many("frontend", addr(c.ip4("backend"), PORT), 64, 100),
+        100
+    );
+    assert_eq!(
+        c.call_many("frontend", addr(c.ip4("cache"), PORT), 64, 100),
+        100
+    );
     // A connection to a closed port fails after its SYN: the record must still go.
     let r = c.call("frontend", addr(c.ip4("backend"), PORT + 1), 1);
     assert_eq!(r["intact"], false);
     let deadline = Instant::now() + Duration::from_secs(10);
     let entries = loop {
         let text = c.metrics("node-a");
-        let flows = nodeward_tests::metric_value(&text, "nodeward_bpf_map_entries", &[("map", "flows")]);
-        let cookies = nodeward_tests::metric_value(&text, "nodeward_bpf_map_entries", &[("map", "by_cookie")]);
+        let flows =
+            nodeward_tests::metric_value(&text, "nodeward_bpf_map_entries", &[("map", "flows")]);
+        let cookies = nodeward_tests::metric_value(
+            &text,
+            "nodeward_bpf_map_entries",
+            &[("map", "by_cookie")],
+        );
         if (flows, cookies) == (0.0, 0.0) || Instant::now() > deadline {
             break (flows, cookies);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(entries, (0.0, 0.0));
-    assert!(c.metric("node-a", "nodeward_bpf_redirects_total", &[("family", "ipv4")]) >= 201.0);
-    assert_eq!(c.metric("node-a", "nodeward_connections_opened_total", &[]), 200.0);
+    assert!(
+        c.metric(
+            "node-a",
+            "nodeward_bpf_redirects_total",
+            &[("family", "ipv4")]
+        ) >= 201.0
+    );
+    assert_eq!(
+        c.metric("node-a", "nodeward_connections_opened_total", &[]),
+        200.0
+    );
 }

@@ -1,1 +1,161 @@
-fn main() {}
+//! `cargo xtask`: setup, build, test and demo for nodeward.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker series known to match the nightly's LLVM.
+const BPF_LINKER_SERIES: &str = "0.10.";
+/// Debian packages the end-to-end tests need (`ip`, `sysctl`).
+const APT_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("sysctl", "procps")];
+
+#[derive(Parser)]
+#[command(about = "nodeward's build and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh Debian machine lacks (quick when nothing is missing).
+    Setup,
+    /// Build the BPF objects and a release `nodeward` that embeds them.
+    Build,
+    /// Setup, lint, unit tests and the end-to-end suite (needs root).
+    Test,
+    /// Bring up the two-node demo cluster and show what flows through the proxies.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    // Every task runs from the workspace root, wherever cargo was invoked.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::set_current_dir(&root).context("entering the workspace root")?;
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Build => build(),
+        Task::Test => test(),
+        Task::Demo => demo(),
+    }
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask setup: installing {missing:?}");
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing))?;
+    }
+    if !nightly_has_rust_src() {
+        eprintln!("xtask setup: adding rust-src to the nightly toolchain");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "-c",
+            "rust-src",
+        ]))?;
+    }
+    let linker = Command::new("bpf-linker").arg("--version").output();
+    let version = linker
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !version
+        .trim()
+        .trim_start_matches("bpf-linker ")
+        .starts_with(BPF_LINKER_SERIES)
+    {
+        eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_SERIES}x (about a minute)");
+        run(Command::new("cargo").args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "~0.10",
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            "rust-llvm-22",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn nightly_has_rust_src() -> bool {
+    Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.starts_with("rust-src"))
+        })
+}
+
+fn build() -> Result<()> {
+    setup()?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "nodeward",
+        "-p",
+        "nodeward-tests",
+        "--bins",
+    ])?;
+    eprintln!("xtask build: target/release/nodeward (BPF programs embedded)");
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    // The e2e suite runs the real binaries; build them before the tests look for them.
+    cargo(&["build", "-p", "nodeward", "-p", "nodeward-tests", "--bins"])?;
+    cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])
+}
+
+fn demo() -> Result<()> {
+    build()?;
+    let status = Command::new("target/release/nw-demo")
+        .env("NODEWARD_BIN", "target/release/nodeward")
+        .env("NW_POD_BIN", "target/release/nw-pod")
+        .status()
+        .context("running nw-demo")?;
+    if !status.success() {
+        bail!("demo failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(bin).is_file())
+}

@@ -91,7 +91,11 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<(), ()> {
     }
     record(ctx, dst, port, v6)?;
     rewrite(sa, cfg, v6, mapped);
-    bump(if v6 { stat::REDIRECTED6 } else { stat::REDIRECTED4 });
+    bump(if v6 {
+        stat::REDIRECTED6
+    } else {
+        stat::REDIRECTED4
+    });
     debug!(ctx, "redirected connection to port {}", port);
     Ok(())
 }

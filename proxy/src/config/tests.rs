@@ -20,13 +20,19 @@ fn defaults_fill_ports_and_admin_and_paths_are_relative_to_the_file() {
     let cfg = parse(GOOD).expect("valid");
     assert_eq!(cfg.outbound_port, 15001);
     assert_eq!(cfg.admin_addr, DEFAULT_ADMIN_ADDR);
-    assert_eq!(cfg.workloads_file, Path::new("/etc/nodeward/workloads.yaml"));
+    assert_eq!(
+        cfg.workloads_file,
+        Path::new("/etc/nodeward/workloads.yaml")
+    );
     assert_eq!(cfg.mesh_cidrs.len(), 2);
 }
 
 #[test]
 fn unknown_field_is_rejected_with_file_line_and_field() {
-    let text = GOOD.replace("proxyAddresses:\n  ipv4", "proxyAddresses:\n  ipv5: 1.2.3.4\n  ipv4");
+    let text = GOOD.replace(
+        "proxyAddresses:\n  ipv4",
+        "proxyAddresses:\n  ipv5: 1.2.3.4\n  ipv4",
+    );
     let err = parse(&text).expect_err("unknown field").to_string();
     assert!(err.starts_with("/etc/nodeward/config.yaml:5:"), "{err}");
     assert!(err.contains("field `proxyAddresses`"), "{err}");

@@ -62,6 +62,8 @@ fn unknown_field_and_bad_names_are_rejected() {
 fn missing_local_cgroup_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = sample(dir.path()).replace("pods/client", "pods/nope");
-    let err = build(&text, dir.path()).expect_err("missing cgroup").to_string();
+    let err = build(&text, dir.path())
+        .expect_err("missing cgroup")
+        .to_string();
     assert!(err.contains("workloads[0].cgroup"), "{err}");
 }

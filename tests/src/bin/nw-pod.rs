@@ -65,6 +65,11 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // A parent (the demo) may block SIGINT/SIGTERM to wait for them; a
+    // blocked mask survives exec, so clear it for what runs here.
+    nix::sys::signal::SigSet::all()
+        .thread_unblock()
+        .context("unblocking signals")?;
     if let Some(dir) = &cli.cgroup {
         std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("joining cgroup {}", dir.display()))?;
@@ -101,7 +106,10 @@ fn echo(addr: SocketAddr) -> Result<()> {
     println!("{}", json!({"listening": addr.to_string()}));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let peer = stream.peer_addr().map(|p| canonical(p).to_string()).unwrap_or_default();
+        let peer = stream
+            .peer_addr()
+            .map(|p| canonical(p).to_string())
+            .unwrap_or_default();
         println!("{}", json!({"accepted": peer}));
         std::thread::spawn(move || echo_one(stream));
     }
@@ -130,7 +138,10 @@ fn call(to: SocketAddr, send: usize, seed: u64) -> serde_json::Value {
         Ok(s) => s,
         Err(e) => return json!({"connected": false, "error": e.to_string(), "intact": false}),
     };
-    let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let local = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let data = payload(send, seed);
     let writer = stream.try_clone().map(|mut w| {
@@ -143,7 +154,10 @@ fn call(to: SocketAddr, send: usize, seed: u64) -> serde_json::Value {
     let mut received = Vec::new();
     let read = stream.read_to_end(&mut received);
     let wrote = match writer {
-        Ok(h) => h.join().map_err(|_| "writer panicked".to_owned()).and_then(|r| r.map_err(|e| e.to_string())),
+        Ok(h) => h
+            .join()
+            .map_err(|_| "writer panicked".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string())),
         Err(e) => Err(e.to_string()),
     };
     let mut expected = data;
@@ -165,7 +179,9 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<()> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let Some((head, body)) = resp.split_once("\r\n\r\n") else { bail!("bad response") };
+    let Some((head, body)) = resp.split_once("\r\n\r\n") else {
+        bail!("bad response")
+    };
     if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
         bail!("{head}");
     }
