@@ -17,7 +17,10 @@ fn run_with_config(text: &str) -> (Option<i32>, String) {
         .output()
         .expect("run nodeward");
     let _ = std::fs::remove_dir_all(&dir);
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
