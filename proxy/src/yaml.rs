@@ -64,15 +64,20 @@ pub fn decode<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileErr
             line,
             column,
             field,
-            message: strip_location(&inner.to_string()),
+            message: strip_context(&inner.to_string()),
         }
     })
 }
 
-/// serde_norway appends " at line L column C"; we print the location up front.
-fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
+/// serde_norway prefixes the parent path ("a.b: ") and appends
+/// " at line L column C"; both are already printed up front.
+fn strip_context(message: &str) -> String {
+    let message = match message.find(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    match message.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => rest.to_owned(),
+        _ => message.to_owned(),
     }
 }

@@ -35,7 +35,7 @@ fn unknown_field_is_rejected_with_file_line_and_field() {
     );
     let err = parse(&text).expect_err("unknown field").to_string();
     assert!(err.starts_with("/etc/nodeward/config.yaml:5:"), "{err}");
-    assert!(err.contains("field `proxyAddresses`"), "{err}");
+    assert!(err.contains("field `proxyAddresses.ipv5`"), "{err}");
     assert!(err.contains("ipv5"), "{err}");
 }
 

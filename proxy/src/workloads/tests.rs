@@ -52,7 +52,8 @@ fn unknown_field_and_bad_names_are_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = sample(dir.path()).replace("labels:", "label:");
     let err = build(&text, dir.path()).expect_err("unknown").to_string();
-    assert!(err.contains("workloads.yaml:2:"), "{err}");
+    assert!(err.contains("workloads.yaml:3:"), "{err}");
+    assert!(err.contains("workloads[0].label"), "{err}");
     let text = sample(dir.path()).replace("namespace: prod", "namespace: Prod_1");
     let err = build(&text, dir.path()).expect_err("bad name").to_string();
     assert!(err.contains("workloads[1].namespace"), "{err}");
