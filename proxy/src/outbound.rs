@@ -198,7 +198,13 @@ async fn relay(conn: Accepted, shared: Arc<Shared>) {
     metrics.connections_closed.with_label_values(&labels).inc();
     let (sent, received, error) = match result {
         Ok((s, r)) => (s, r, None),
-        Err(e) => (0, 0, Some(e.to_string())),
+        Err(e) => {
+            // A broken relay must not look like a complete exchange: reset
+            // both sides instead of closing them cleanly.
+            let _ = stream.set_zero_linger();
+            let _ = upstream.set_zero_linger();
+            (0, 0, Some(e.to_string()))
+        }
     };
     metrics.bytes_sent.with_label_values(&labels).inc_by(sent);
     metrics

@@ -281,7 +281,7 @@ fn write_config(ebpf: &mut Ebpf, s: &Settings) -> Result<(), RedirectError> {
         proxy_addr4: ip_to_words(IpAddr::V4(s.proxy_ipv4))[3],
         proxy_port: s.outbound_port,
         has_addr6: u8::from(s.proxy_ipv6.is_some()),
-        _pad: 0,
+        log: u8::from(cfg!(debug_assertions)),
         proxy_addr6: s
             .proxy_ipv6
             .map(|a| ip_to_words(IpAddr::V6(a)))

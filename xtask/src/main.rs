@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 /// The bpf-linker series known to match the nightly's LLVM.
 const BPF_LINKER_SERIES: &str = "0.10.";
 /// Debian packages the end-to-end tests need (`ip`, `sysctl`).
-const APT_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("sysctl", "procps")];
+const APT_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("sysctl", "procps"), ("cc", "gcc")];
 
 #[derive(Parser)]
 #[command(about = "nodeward's build and test tasks")]
@@ -30,6 +30,11 @@ enum Task {
 }
 
 fn main() -> Result<()> {
+    // `ip` and `sysctl` live in sbin, which `su` without `-` leaves off PATH.
+    let path = std::env::var("PATH").unwrap_or_default();
+    if !path.split(':').any(|d| d == "/usr/sbin") {
+        std::env::set_var("PATH", format!("{path}:/usr/sbin:/sbin"));
+    }
     // Every task runs from the workspace root, wherever cargo was invoked.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).context("entering the workspace root")?;
@@ -53,6 +58,16 @@ fn setup() -> Result<()> {
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing))?;
+    }
+    for (probe, component) in [("rustfmt", "rustfmt"), ("cargo-clippy", "clippy")] {
+        if Command::new(probe)
+            .arg("--version")
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            eprintln!("xtask setup: adding {component}");
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
     }
     if !nightly_has_rust_src() {
         eprintln!("xtask setup: adding rust-src to the nightly toolchain");

@@ -55,7 +55,8 @@ pub struct RedirectConfig {
     pub proxy_port: u16,
     /// 1 when [`Self::proxy_addr6`] is set.
     pub has_addr6: u8,
-    pub _pad: u8,
+    /// 1 to emit aya-log records (debug builds of the proxy read them).
+    pub log: u8,
     /// Node proxy IPv6 address (network order words).
     pub proxy_addr6: Addr,
     /// Network namespace cookie of the proxy: sockets there are never redirected.
@@ -77,7 +78,8 @@ pub mod stat {
     pub const RECORD_FAILED: u32 = 3;
     /// Records moved from the cookie map to the flow map at SYN time.
     pub const FLOW_RECORDED: u32 = 4;
-    /// Flow records removed by the kernel when the pod's socket closed.
+    /// Flow records the kernel removed because the pod's socket closed
+    /// before the proxy read them.
     pub const FLOW_CLOSED: u32 = 5;
     /// Number of statistics slots.
     pub const COUNT: u32 = 8;

@@ -55,7 +55,9 @@ pub fn nw_connect6(ctx: SockAddrContext) -> i32 {
 #[sock_ops]
 pub fn nw_sockops(ctx: SockOpsContext) -> u32 {
     let _ = try_sockops(&ctx);
-    0
+    // 1 = "ok": a 0 would make the kernel discard the replies of other
+    // sock_ops programs (e.g. a CNI's) attached for the same sockets.
+    1
 }
 
 #[inline(always)]
@@ -96,7 +98,9 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<(), ()> {
     } else {
         stat::REDIRECTED4
     });
-    debug!(ctx, "redirected connection to port {}", port);
+    if cfg.log != 0 {
+        debug!(ctx, "redirected connection to port {}", port);
+    }
     Ok(())
 }
 
@@ -171,8 +175,10 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_syn(ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
-            let _ = NW_FLOWS.remove(&flow_key(ctx));
-            bump(stat::FLOW_CLOSED);
+            // Usually the proxy took the record already; count only real cleanups.
+            if NW_FLOWS.remove(&flow_key(ctx)).is_ok() {
+                bump(stat::FLOW_CLOSED);
+            }
             Ok(())
         }
         _ => Ok(()),

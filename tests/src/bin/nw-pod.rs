@@ -118,6 +118,7 @@ fn echo(addr: SocketAddr) -> Result<()> {
 
 fn echo_one(mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0usize;
     loop {
@@ -143,6 +144,7 @@ fn call(to: SocketAddr, send: usize, seed: u64) -> serde_json::Value {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     let data = payload(send, seed);
     let writer = stream.try_clone().map(|mut w| {
         let data = data.clone();
