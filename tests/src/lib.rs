@@ -428,6 +428,7 @@ impl Cluster {
     /// Starts the node proxy of `node` and waits until it is ready.
     pub fn start_proxy(&mut self, node: &str) -> Result<()> {
         let log = self.log_path(node);
+        let start = fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let cg = self.cgroup_root.join(format!("proxy-{node}"));
         fs::create_dir_all(&cg)?;
         let child = Command::new(&self.bins.nw_pod)
@@ -448,9 +449,11 @@ impl Cluster {
         self.proxies.push((node.to_owned(), child));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("nodeward ready")
+            // Only this run's lines count: a restarted proxy appends to the same log.
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if text
+                .get(start..)
+                .is_some_and(|t| t.contains("nodeward ready"))
             {
                 return Ok(());
             }

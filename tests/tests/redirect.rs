@@ -268,3 +268,22 @@ fn short_connections_leave_the_kernel_maps_empty() {
         200.0
     );
 }
+
+#[test]
+fn a_restarted_proxy_captures_again() {
+    if !require_root("a_restarted_proxy_captures_again") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo("backend", PORT);
+    let to = addr(c.ip4("backend"), PORT);
+    assert!(c.stop_proxy("node-a").success());
+    c.start_proxy("node-a").expect("restart");
+    let r = c.call("frontend", to, 1000);
+    assert_eq!(r["intact"], true, "{r}");
+    let peers = c.accepted("backend", PORT);
+    assert!(
+        peers[0].starts_with(&format!("{}:", c.node_ip("node-a"))),
+        "{peers:?}"
+    );
+}
