@@ -1,8 +1,6 @@
 //! Prometheus metrics. Every label value is bounded: workloads come from the
 //! workloads file and anything else is `unknown`.
 
-use std::sync::Arc;
-
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
@@ -191,6 +189,3 @@ impl Collector for KernelCollector {
         out
     }
 }
-
-/// Shared handle.
-pub type SharedMetrics = Arc<Metrics>;

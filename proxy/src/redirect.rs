@@ -70,6 +70,20 @@ pub struct Settings {
     pub outbound_port: u16,
 }
 
+impl Settings {
+    /// The redirect part of a validated config; `pod_cgroup` is the config's
+    /// `podCgroup` already resolved against the cgroup2 mount.
+    pub fn new(pod_cgroup: &Path, cfg: &crate::config::Config) -> Self {
+        Self {
+            pod_cgroup: pod_cgroup.to_owned(),
+            mesh_cidrs: cfg.mesh_cidrs.clone(),
+            proxy_ipv4: cfg.proxy_ipv4,
+            proxy_ipv6: cfg.proxy_ipv6,
+            outbound_port: cfg.outbound_port,
+        }
+    }
+}
+
 /// Attached programs. Dropping this detaches them.
 pub struct Redirector {
     _ebpf: Ebpf,
@@ -356,18 +370,6 @@ fn start_bpf_logger(ebpf: &mut Ebpf) {
             logger.flush();
         }
     });
-}
-
-/// Where `Path`s in settings come from is the caller's business; this helper
-/// keeps `Settings` construction readable in `run`.
-pub fn settings(pod_cgroup: &Path, cfg: &crate::config::Config) -> Settings {
-    Settings {
-        pod_cgroup: pod_cgroup.to_owned(),
-        mesh_cidrs: cfg.mesh_cidrs.clone(),
-        proxy_ipv4: cfg.proxy_ipv4,
-        proxy_ipv6: cfg.proxy_ipv6,
-        outbound_port: cfg.outbound_port,
-    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,8 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
 
     let listeners = bind_outbound(&cfg).await?;
     let admin_listener = bind(cfg.admin_addr).await?;
-    let (redirector, flows, kernel) = Redirector::attach(&redirect::settings(&pod_cgroup, &cfg))?;
+    let (redirector, flows, kernel) =
+        Redirector::attach(&redirect::Settings::new(&pod_cgroup, &cfg))?;
     let metrics = Arc::new(Metrics::new());
     metrics.register_kernel(kernel);
     tracing::info!(node = %cfg.node, cgroup = %pod_cgroup.display(), workloads = registry.all().len(),

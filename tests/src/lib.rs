@@ -522,36 +522,16 @@ impl Cluster {
 
     /// From `pod`: connect to `to`, send `bytes`, half-close, read the echo.
     pub fn call(&self, pod: &str, to: SocketAddr, bytes: usize) -> Value {
-        self.pod_tool(
-            pod,
-            &[
-                "call",
-                "--to",
-                &to.to_string(),
-                "--send",
-                &bytes.to_string(),
-            ],
-        )
+        self.pod_tool(pod, &call_args(to, bytes, 1))
     }
 
     /// From `pod`: `count` sequential short calls; returns how many were intact.
     pub fn call_many(&self, pod: &str, to: SocketAddr, bytes: usize, count: usize) -> u64 {
-        let v = self.pod_tool(
-            pod,
-            &[
-                "call",
-                "--to",
-                &to.to_string(),
-                "--send",
-                &bytes.to_string(),
-                "--count",
-                &count.to_string(),
-            ],
-        );
+        let v = self.pod_tool(pod, &call_args(to, bytes, count));
         v["intact"].as_u64().expect("intact count")
     }
 
-    fn pod_tool(&self, pod: &str, args: &[&str]) -> Value {
+    fn pod_tool(&self, pod: &str, args: &[String]) -> Value {
         let p = self.pod(pod);
         let out = Command::new(&self.bins.nw_pod)
             .arg("--netns")
@@ -613,15 +593,6 @@ impl Cluster {
     pub fn metric(&self, node: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_value(&self.metrics(node), name, labels)
     }
-
-    /// Runs `argv` inside a node netns (no cgroup) and returns its output.
-    pub fn exec_in_node(&self, node: &str, argv: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns(node)])
-            .args(argv)
-            .output()
-            .expect("ip netns exec")
-    }
 }
 
 impl Drop for Cluster {
@@ -638,6 +609,21 @@ impl Drop for Cluster {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Arguments of `nw-pod call`.
+fn call_args(to: SocketAddr, bytes: usize, count: usize) -> Vec<String> {
+    [
+        "call",
+        "--to",
+        &to.to_string(),
+        "--send",
+        &bytes.to_string(),
+        "--count",
+        &count.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Parses Prometheus text and sums the matching samples.
