@@ -6,6 +6,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -16,6 +17,12 @@ pub use crate::yaml::FileError as ConfigError;
 
 /// Default outbound capture port (Istio's and ztunnel's).
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
+/// Default tunnel (HBONE) port, as in ztunnel.
+pub const DEFAULT_TUNNEL_PORT: u16 = 15008;
+/// Default workload certificate lifetime.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Shortest certificate lifetime accepted (tests use a few seconds).
+pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(2);
 /// Default admin (metrics, health) address: loopback, so pods cannot reach it.
 pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
 
@@ -38,6 +45,44 @@ pub struct ConfigFile {
     pub admin: AdminFile,
     /// Workloads file; relative paths are taken from the config file's directory.
     pub workloads_file: PathBuf,
+    /// Where this node's certificate authority material lives.
+    pub identity: IdentityFile,
+    /// Inbound mTLS mode for the node's pods (default `STRICT`).
+    #[serde(default)]
+    pub mtls: Option<MtlsMode>,
+}
+
+/// `identity`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentityFile {
+    /// Directory written by `nodeward ca issue-node` (node.pem, node.key, bundle.pem);
+    /// relative paths are taken from the config file's directory.
+    pub dir: PathBuf,
+    /// Workload certificate lifetime, e.g. `24h`, `30m`, `10s`.
+    #[serde(default)]
+    pub cert_lifetime: Option<String>,
+}
+
+/// Whether a meshed pod accepts connections that bypass its node proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum MtlsMode {
+    /// Only through the node proxy (and so only over mTLS from other nodes).
+    #[serde(rename = "STRICT")]
+    Strict,
+    /// Plaintext connections straight to the pod are let in (and counted).
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+}
+
+impl MtlsMode {
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "STRICT",
+            Self::Permissive => "PERMISSIVE",
+        }
+    }
 }
 
 /// `proxyAddresses`: the node proxy's addresses as pods reach them.
@@ -55,6 +100,8 @@ pub struct ProxyAddressesFile {
 pub struct PortsFile {
     #[serde(default)]
     pub outbound: Option<u16>,
+    #[serde(default)]
+    pub tunnel: Option<u16>,
 }
 
 /// `admin`.
@@ -74,8 +121,12 @@ pub struct Config {
     pub proxy_ipv4: Ipv4Addr,
     pub proxy_ipv6: Option<Ipv6Addr>,
     pub outbound_port: u16,
+    pub tunnel_port: u16,
     pub admin_addr: SocketAddr,
     pub workloads_file: PathBuf,
+    pub identity_dir: PathBuf,
+    pub cert_lifetime: Duration,
+    pub mtls: MtlsMode,
     /// The file this came from, for error messages.
     pub source: PathBuf,
 }
@@ -94,9 +145,11 @@ impl Config {
             pod_cgroup,
             mesh_cidrs,
             proxy_addresses: ProxyAddressesFile { ipv4, ipv6 },
-            ports: PortsFile { outbound },
+            ports: PortsFile { outbound, tunnel },
             admin: AdminFile { address },
             workloads_file,
+            identity: IdentityFile { dir, cert_lifetime },
+            mtls,
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
         if node.trim().is_empty() {
@@ -115,6 +168,24 @@ impl Config {
         if outbound_port == 0 {
             return Err(bad("ports.outbound", "must be between 1 and 65535"));
         }
+        let tunnel_port = tunnel.unwrap_or(DEFAULT_TUNNEL_PORT);
+        if tunnel_port == 0 || tunnel_port == outbound_port {
+            return Err(bad(
+                "ports.tunnel",
+                "must be between 1 and 65535 and differ from ports.outbound",
+            ));
+        }
+        let cert_lifetime = match cert_lifetime {
+            None => DEFAULT_CERT_LIFETIME,
+            Some(text) => parse_duration(&text)
+                .filter(|d| *d >= MIN_CERT_LIFETIME)
+                .ok_or_else(|| {
+                    bad(
+                        "identity.certLifetime",
+                        "must be a duration of at least 2s, like `24h`, `30m` or `10s`",
+                    )
+                })?,
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(Self {
             node,
@@ -123,10 +194,31 @@ impl Config {
             proxy_ipv4: ipv4,
             proxy_ipv6: ipv6,
             outbound_port,
+            tunnel_port,
             admin_addr: address.unwrap_or(DEFAULT_ADMIN_ADDR),
             workloads_file: base.join(workloads_file),
+            identity_dir: base.join(dir),
+            cert_lifetime,
+            mtls: mtls.unwrap_or(MtlsMode::Strict),
             source: path.to_owned(),
         })
+    }
+}
+
+/// Parses `500ms`, `10s`, `30m`, `24h` or `7d` (one number, one unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => None,
     }
 }
 

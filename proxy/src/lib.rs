@@ -3,15 +3,23 @@
 //! The binary is a thin shell over this library: [`config`] reads the node's
 //! settings, [`workloads`] says who is who, [`redirect`] loads the kernel
 //! programs that hand meshed connections to the proxy, [`outbound`] relays
-//! them, and [`metrics`]/[`admin`] make all of it visible.
+//! them, [`identity`] mints every local workload's SPIFFE certificate,
+//! [`tls`] verifies peers, [`tunnel`] carries cross-node connections over
+//! mTLS, [`control`] keeps state current, and [`metrics`]/[`admin`] make all
+//! of it visible.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod cgroup;
 pub mod config;
+pub mod control;
+pub mod identity;
 pub mod metrics;
 pub mod outbound;
 pub mod redirect;
+pub mod relay;
 pub mod run;
+pub mod tls;
+pub mod tunnel;
 pub mod workloads;
 mod yaml;

@@ -34,6 +34,43 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Certificate authority tooling.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the mesh's root CA (ca.pem, ca.key).
+    Init {
+        /// SPIFFE trust domain of the mesh.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Directory to write into (created 0700 if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node proxy's intermediate CA (node.pem, node.key, bundle.pem).
+    IssueNode {
+        /// Directory holding the root CA (from `ca init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Node name, as in the workloads file.
+        #[arg(long)]
+        node: String,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime of the intermediate, e.g. `365d`.
+        #[arg(long, default_value = "365d")]
+        lifetime: String,
+        /// Overwrite an existing key.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() {
@@ -41,6 +78,7 @@ fn main() {
     init_tracing(cli.log_format);
     let code = match cli.command {
         Command::Run { config } => run(&config),
+        Command::Ca(cmd) => ca(cmd),
     };
     std::process::exit(code);
 }
@@ -68,6 +106,44 @@ fn run(config: &std::path::Path) -> i32 {
             let code = e.exit_code();
             eprintln!("nodeward: {:#}", anyhow::Error::new(e));
             code
+        }
+    }
+}
+
+fn ca(cmd: CaCommand) -> i32 {
+    use nodeward::identity::ca;
+    let result = match cmd {
+        CaCommand::Init {
+            trust_domain,
+            out,
+            force,
+        } => ca::init(&trust_domain, &out, force).map(|_| {
+            println!(
+                "root CA for trust domain {trust_domain} written to {}",
+                out.display()
+            );
+        }),
+        CaCommand::IssueNode {
+            ca: ca_dir,
+            node,
+            out,
+            lifetime,
+            force,
+        } => {
+            let Some(lifetime) = nodeward::config::parse_duration(&lifetime) else {
+                eprintln!("nodeward: --lifetime: {lifetime:?} is not a duration like 365d or 12h");
+                return 64;
+            };
+            ca::issue_node(&ca_dir, &node, &out, lifetime, force).map(|_| {
+                println!("node CA for {node} written to {}", out.display());
+            })
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("nodeward: {:#}", anyhow::Error::new(e));
+            1
         }
     }
 }

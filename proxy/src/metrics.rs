@@ -4,7 +4,7 @@
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
-    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::redirect::KernelStats;
@@ -26,8 +26,25 @@ pub struct Metrics {
     pub bytes_sent: IntCounterVec,
     pub bytes_received: IntCounterVec,
     pub refused: IntCounterVec,
-    pub connect_failures: IntCounter,
+    /// Outbound connections that could not reach their destination, by reason.
+    pub connect_failures: IntCounterVec,
     pub active_connections: IntGauge,
+    /// Completed tunnel TLS handshakes, `side` = client|server.
+    pub tunnel_handshakes: IntCounterVec,
+    /// Handshake duration, `side` = client|server.
+    pub tunnel_handshake_seconds: HistogramVec,
+    /// Tunnel connections the server side rejected, by reason.
+    pub tunnel_rejected: IntCounterVec,
+    /// CONNECT streams, by side and response status.
+    pub tunnel_streams: IntCounterVec,
+    /// Workload certificates minted, by cause (new|renewal).
+    pub certificates_issued: IntCounterVec,
+    /// Expiry (Unix seconds) of the current certificate of each local identity.
+    pub certificate_expiry: IntGaugeVec,
+    /// Workloads file reloads, by result (ok|error).
+    pub workloads_reloads: IntCounterVec,
+    /// 1 for the configured inbound mTLS mode.
+    pub mtls_mode: IntGaugeVec,
 }
 
 impl Metrics {
@@ -35,50 +52,103 @@ impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("nodeward".into()), None).unwrap_or_else(|_| Registry::new());
-        let vec = |name: &str, help: &str| {
-            let v = IntCounterVec::new(Opts::new(name, help), CONN_LABELS)
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels)
                 .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
             let _ = registry.register(Box::new(v.clone()));
             v
         };
-        let connections_opened = vec("connections_opened_total", "Connections the proxy relayed");
-        let connections_closed = vec("connections_closed_total", "Relayed connections that ended");
-        let bytes_sent = vec(
-            "sent_bytes_total",
-            "Bytes from the source workload to the destination",
-        );
-        let bytes_received = vec(
-            "received_bytes_total",
-            "Bytes from the destination back to the source workload",
-        );
-        let refused = IntCounterVec::new(
-            Opts::new(
-                "outbound_refused_total",
-                "Connections refused at the outbound listener",
-            ),
-            &["reason"],
-        )
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let _ = registry.register(Box::new(refused.clone()));
-        let connect_failures = IntCounter::new(
-            "outbound_connect_failures_total",
-            "Outbound connections whose destination could not be reached",
-        )
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let _ = registry.register(Box::new(connect_failures.clone()));
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntGaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+            let _ = registry.register(Box::new(v.clone()));
+            v
+        };
         let active_connections =
             IntGauge::new("active_connections", "Connections being relayed now")
                 .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let _ = registry.register(Box::new(active_connections.clone()));
+        let tunnel_handshake_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tunnel_handshake_seconds",
+                "Time to complete a tunnel TLS handshake",
+            )
+            .buckets(vec![
+                0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["side"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let _ = registry.register(Box::new(tunnel_handshake_seconds.clone()));
         Self {
-            registry,
-            connections_opened,
-            connections_closed,
-            bytes_sent,
-            bytes_received,
-            refused,
-            connect_failures,
+            connections_opened: counters(
+                "connections_opened_total",
+                "Connections the proxy relayed",
+                CONN_LABELS,
+            ),
+            connections_closed: counters(
+                "connections_closed_total",
+                "Relayed connections that ended",
+                CONN_LABELS,
+            ),
+            bytes_sent: counters(
+                "sent_bytes_total",
+                "Bytes from the source workload to the destination",
+                CONN_LABELS,
+            ),
+            bytes_received: counters(
+                "received_bytes_total",
+                "Bytes from the destination back to the source workload",
+                CONN_LABELS,
+            ),
+            refused: counters(
+                "outbound_refused_total",
+                "Connections refused at the outbound listener",
+                &["reason"],
+            ),
+            connect_failures: counters(
+                "outbound_connect_failures_total",
+                "Outbound connections whose destination could not be reached",
+                &["reason"],
+            ),
             active_connections,
+            tunnel_handshakes: counters(
+                "tunnel_handshakes_total",
+                "Completed mTLS handshakes of tunnel connections",
+                &["side"],
+            ),
+            tunnel_handshake_seconds,
+            tunnel_rejected: counters(
+                "tunnel_rejected_total",
+                "Connections to the tunnel port rejected before any stream",
+                &["reason"],
+            ),
+            tunnel_streams: counters(
+                "tunnel_streams_total",
+                "HTTP/2 CONNECT streams through tunnels",
+                &["side", "status"],
+            ),
+            certificates_issued: counters(
+                "certificates_issued_total",
+                "Workload certificates minted by this node",
+                &["cause"],
+            ),
+            certificate_expiry: gauges(
+                "certificate_expiry_timestamp_seconds",
+                "When each local identity's current certificate expires",
+                &["identity"],
+            ),
+            workloads_reloads: counters(
+                "workloads_reloads_total",
+                "Workloads file reloads",
+                &["result"],
+            ),
+            mtls_mode: gauges(
+                "mtls_mode",
+                "1 for the inbound mTLS mode in force (PERMISSIVE lets plaintext in)",
+                &["mode"],
+            ),
+            registry,
         }
     }
 
@@ -113,6 +183,7 @@ struct KernelCollector {
     skipped: IntCounter,
     record_failures: IntCounter,
     map_entries: IntGaugeVec,
+    inbound: IntCounterVec,
     descs: Vec<Desc>,
 }
 
@@ -141,7 +212,16 @@ impl KernelCollector {
             &["map"],
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let inbound = IntCounterVec::new(
+            Opts::new(
+                "bpf_inbound_direct_total",
+                "Connection attempts that reached a pod without its node proxy",
+            ),
+            &["verdict"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let descs = [
+            inbound.desc(),
             redirects.desc(),
             skipped.desc(),
             record_failures.desc(),
@@ -157,6 +237,7 @@ impl KernelCollector {
             skipped,
             record_failures,
             map_entries,
+            inbound,
             descs,
         }
     }
@@ -175,6 +256,14 @@ impl Collector for KernelCollector {
         catch_up(&self.redirects.with_label_values(&["ipv6"]), k.redirected6);
         catch_up(&self.skipped, k.skipped_proxy);
         catch_up(&self.record_failures, k.record_failed);
+        catch_up(
+            &self.inbound.with_label_values(&["dropped"]),
+            k.inbound_dropped,
+        );
+        catch_up(
+            &self.inbound.with_label_values(&["allowed"]),
+            k.inbound_allowed,
+        );
         let gauge = |map: &str, v: u64| {
             self.map_entries
                 .with_label_values(&[map])
@@ -186,6 +275,7 @@ impl Collector for KernelCollector {
         out.extend(self.skipped.collect());
         out.extend(self.record_failures.collect());
         out.extend(self.map_entries.collect());
+        out.extend(self.inbound.collect());
         out
     }
 }

@@ -1,32 +1,26 @@
 //! The outbound listener: pods' meshed connections arrive here (redirected by
 //! the kernel), are attributed to a workload, and are relayed to where the pod
-//! meant to go.
+//! meant to go: straight to a pod on this node, through the mTLS tunnel to a
+//! pod on another node, or as addressed for mesh addresses that are no
+//! known workload.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use nodeward_common::OrigDst;
 use tokio::{
-    io::copy_bidirectional_with_sizes,
     net::{TcpListener, TcpStream},
     sync::watch,
-    time::timeout,
 };
 
 use crate::{
+    identity::{CertStore, SpiffeId},
     metrics::Metrics,
     redirect::{orig_dst_addr, FlowTable},
+    relay::{self, Dialer, Path, Route},
+    tunnel::{pool, Pool, Target, TunnelError},
     workloads::{Registry, Workload},
 };
-
-/// How long to wait for the destination to accept.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Relay buffer per direction: large enough that bulk transfers are not
-/// syscall-bound.
-const RELAY_BUF: usize = 64 * 1024;
 
 /// Why a connection was refused before being relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +45,16 @@ impl Refusal {
     }
 }
 
-/// Everything connection tasks share (read-only).
+/// Everything connection tasks share.
 pub struct Shared {
-    pub registry: Arc<Registry>,
+    pub node: String,
+    pub registry: Arc<ArcSwap<Registry>>,
     pub metrics: Arc<Metrics>,
+    pub certs: Arc<CertStore>,
+    pub pool: Arc<Pool>,
+    pub dialer: Dialer,
+    /// Port of other nodes' tunnel listeners.
+    pub tunnel_port: u16,
 }
 
 /// A connection that passed the checks, ready to relay.
@@ -92,7 +92,7 @@ pub async fn serve(
                 continue;
             }
         };
-        match classify(stream, peer, &mut flows, &shared.registry, &own) {
+        match classify(stream, peer, &mut flows, &shared.registry.load(), &own) {
             Ok(conn) => {
                 tokio::spawn(relay(conn, shared.clone()));
             }
@@ -158,71 +158,102 @@ fn refuse(reason: Refusal, peer: SocketAddr, metrics: &Metrics) {
 
 async fn relay(conn: Accepted, shared: Arc<Shared>) {
     let Accepted {
-        mut stream,
+        stream,
         peer,
         dst,
         source,
     } = conn;
-    let start = Instant::now();
-    let metrics = &shared.metrics;
-    let dest = shared.registry.by_ip(dst.ip());
-    let labels = [
-        "outbound",
-        source.namespace.as_str(),
-        source.name.as_str(),
-        dest.map_or("unknown", |w| w.namespace.as_str()),
-        dest.map_or("unknown", |w| w.name.as_str()),
-    ];
     let _ = stream.set_nodelay(true);
-    let mut upstream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => s,
-        failed => {
-            let error = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_owned(),
-            };
-            metrics.connect_failures.inc();
-            // Reset rather than close: the pod sees a failed connection, not an empty reply.
-            let _ = stream.set_zero_linger();
-            tracing::info!(target: "nodeward::access", event = "connect_failed", source = %source,
-                peer = %peer, orig_dst = %dst, error, "outbound connect failed");
-            return;
-        }
+    let dest = shared.registry.load().by_ip(dst.ip()).cloned();
+    let path = match &dest {
+        Some(w) if w.node == shared.node => Path::Local,
+        Some(_) => Path::Tunnel,
+        None => Path::Passthrough,
     };
-    let _ = upstream.set_nodelay(true);
-    metrics.connections_opened.with_label_values(&labels).inc();
-    metrics.active_connections.inc();
-    let result =
-        copy_bidirectional_with_sizes(&mut stream, &mut upstream, RELAY_BUF, RELAY_BUF).await;
-    metrics.active_connections.dec();
-    metrics.connections_closed.with_label_values(&labels).inc();
-    let (sent, received, error) = match result {
-        Ok((s, r)) => (s, r, None),
-        Err(e) => {
-            // A broken relay must not look like a complete exchange: reset
-            // both sides instead of closing them cleanly.
-            let _ = stream.set_zero_linger();
-            let _ = upstream.set_zero_linger();
-            (0, 0, Some(e.to_string()))
-        }
+    let route = Route::Outbound {
+        source: source.clone(),
+        peer,
+        path,
     };
-    metrics.bytes_sent.with_label_values(&labels).inc_by(sent);
-    metrics
-        .bytes_received
-        .with_label_values(&labels)
-        .inc_by(received);
-    tracing::info!(
-        target: "nodeward::access",
-        event = "connection",
-        source = %source,
-        source_service_account = %source.service_account,
-        peer = %peer,
-        orig_dst = %dst,
-        destination = %dest.map_or_else(|| "unknown".to_owned(), |w| w.to_string()),
-        bytes_sent = sent,
-        bytes_received = received,
-        duration_ms = start.elapsed().as_millis() as u64,
-        error = error.as_deref().unwrap_or(""),
-        "outbound connection closed"
-    );
+    let metrics = &shared.metrics;
+    match (path, &dest) {
+        (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, w, peer, dst).await {
+            Ok(up) => relay::run(stream, up, route, dst, dest, metrics).await,
+            Err(e) => connect_failed(stream, &source, peer, dst, e.reason(), &e, metrics),
+        },
+        _ => match shared.dialer.dial(dst).await {
+            Ok(up) => relay::run(stream, up, route, dst, dest, metrics).await,
+            Err(e) => connect_failed(stream, &source, peer, dst, "connect", &e, metrics),
+        },
+    }
+}
+
+/// Opens a tunnel stream to `dest`'s node as `source`.
+async fn tunnel(
+    shared: &Shared,
+    source: &Workload,
+    dest: &Workload,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> Result<pool::Stream, TunnelFailure> {
+    let td = shared.certs.ca().trust_domain().to_owned();
+    let src_id = SpiffeId::workload(&td, &source.namespace, &source.service_account)
+        .map_err(|_| TunnelFailure::NoCertificate)?;
+    let dst_id = SpiffeId::workload(&td, &dest.namespace, &dest.service_account)
+        .map_err(|_| TunnelFailure::NoCertificate)?;
+    let issued = shared
+        .certs
+        .get(&src_id)
+        .ok_or(TunnelFailure::NoCertificate)?;
+    let node_ip = shared
+        .registry
+        .load()
+        .node_address(&dest.node)
+        .ok_or(TunnelFailure::UnknownNode)?;
+    let target = Target {
+        source: &issued,
+        destination: &dst_id,
+        node: &dest.node,
+        node_addr: SocketAddr::new(node_ip, shared.tunnel_port),
+        authority: dst,
+        client_ip: peer.ip(),
+    };
+    Ok(shared.pool.connect(target).await?)
+}
+
+/// Why an outbound connection could not get a tunnel stream.
+#[derive(Debug, thiserror::Error)]
+enum TunnelFailure {
+    #[error("no certificate for the source identity yet")]
+    NoCertificate,
+    #[error("the destination's node has no address in the workloads file")]
+    UnknownNode,
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+}
+
+impl TunnelFailure {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no_certificate",
+            Self::UnknownNode => "unknown_node",
+            Self::Tunnel(e) => e.reason(),
+        }
+    }
+}
+
+fn connect_failed(
+    stream: TcpStream,
+    source: &Workload,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    reason: &'static str,
+    error: &dyn std::fmt::Display,
+    metrics: &Metrics,
+) {
+    metrics.connect_failures.with_label_values(&[reason]).inc();
+    // Reset rather than close: the pod sees a failed connection, not an empty reply.
+    let _ = stream.set_zero_linger();
+    tracing::info!(target: "nodeward::access", event = "connect_failed", source = %source,
+        peer = %peer, orig_dst = %dst, reason, error = %error, "outbound connect failed");
 }

@@ -2,8 +2,8 @@
 //! they record.
 //!
 //! [`Redirector::attach`] loads the embedded object, fills the config and
-//! mesh-CIDR maps, and attaches `connect4`, `connect6` and `sock_ops` to the
-//! pods' cgroup. Dropping the [`Redirector`] detaches them (the links are
+//! mesh-CIDR maps, and attaches `connect4`, `connect6`, `sock_ops` and the
+//! inbound `cgroup_skb` filter (strict mTLS) to the pods' cgroup. Dropping the [`Redirector`] detaches them (the links are
 //! owned, never pinned), so a stopped proxy leaves pods connecting directly.
 
 use std::{
@@ -14,11 +14,17 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, SockOps,
+    },
     Ebpf, EbpfError,
 };
 use ipnet::IpNet;
-use nodeward_common::{maps, programs, stat, Addr, FlowKey, LpmAddr, OrigDst, RedirectConfig};
+use nodeward_common::{
+    inbound, maps, programs, stat, Addr, FlowKey, LpmAddr, OrigDst, RedirectConfig,
+};
+
+use crate::config::MtlsMode;
 
 /// The kernel programs, built by `build.rs` and embedded in the binary.
 static BPF_OBJECT: &[u8] =
@@ -68,6 +74,8 @@ pub struct Settings {
     pub proxy_ipv4: Ipv4Addr,
     pub proxy_ipv6: Option<Ipv6Addr>,
     pub outbound_port: u16,
+    /// What the inbound program does with connections that bypass the proxy.
+    pub mtls: MtlsMode,
 }
 
 impl Settings {
@@ -80,6 +88,7 @@ impl Settings {
             proxy_ipv4: cfg.proxy_ipv4,
             proxy_ipv6: cfg.proxy_ipv6,
             outbound_port: cfg.outbound_port,
+            mtls: cfg.mtls,
         }
     }
 }
@@ -112,6 +121,8 @@ pub struct KernelCounters {
     pub flows_closed: u64,
     pub flow_entries: u64,
     pub cookie_entries: u64,
+    pub inbound_dropped: u64,
+    pub inbound_allowed: u64,
 }
 
 impl Redirector {
@@ -139,6 +150,12 @@ impl Redirector {
         prog.load()
             .map_err(|source| RedirectError::Program { name, source })?;
         prog.attach(&cgroup, ATTACH_MODE)
+            .map_err(|source| RedirectError::Program { name, source })?;
+        let name = programs::INBOUND;
+        let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+        prog.load()
+            .map_err(|source| RedirectError::Program { name, source })?;
+        prog.attach(&cgroup, CgroupSkbAttachType::Ingress, ATTACH_MODE)
             .map_err(|source| RedirectError::Program { name, source })?;
         let flows_map = take(&mut ebpf, maps::FLOWS)?;
         let flows_id = map_id(&flows_map, maps::FLOWS)?;
@@ -202,6 +219,8 @@ impl KernelStats {
             flows_closed: sum(stat::FLOW_CLOSED),
             flow_entries: self.flows.keys().count() as u64,
             cookie_entries: self.by_cookie.keys().count() as u64,
+            inbound_dropped: sum(stat::INBOUND_DROPPED),
+            inbound_allowed: sum(stat::INBOUND_ALLOWED),
         }
     }
 }
@@ -301,6 +320,11 @@ fn write_config(ebpf: &mut Ebpf, s: &Settings) -> Result<(), RedirectError> {
             .map(|a| ip_to_words(IpAddr::V6(a)))
             .unwrap_or_default(),
         proxy_netns_cookie: netns_cookie()?,
+        inbound_mode: match s.mtls {
+            MtlsMode::Strict => inbound::STRICT,
+            MtlsMode::Permissive => inbound::PERMISSIVE,
+        },
+        _pad: 0,
     };
     config
         .set(0, value, 0)

@@ -2,14 +2,21 @@
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::{
     admin, cgroup,
     config::{Config, ConfigError},
+    control::Control,
+    identity::{CertStore, NodeCa, SpiffeId},
     metrics::Metrics,
     outbound,
     redirect::{self, RedirectError, Redirector},
+    relay::Dialer,
+    tls::{self, ClientVerifier, TrustBundle},
+    tunnel::{self, Pool},
     workloads::Registry,
 };
 
@@ -54,24 +61,75 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     let pod_cgroup = cgroup::resolve(&mount, &cfg.pod_cgroup);
     cgroup::cgroup_id(&pod_cgroup)
         .map_err(|e| ConfigError::invalid(&cfg.source, "podCgroup", e))?;
-    let registry = Arc::new(Registry::load(&cfg.workloads_file, &cfg.node, &mount)?);
+    let registry = Registry::load(&cfg.workloads_file, &cfg.node, &mount)?;
+    let registry = Arc::new(ArcSwap::from_pointee(registry));
+    let ca = NodeCa::load(&cfg.identity_dir)
+        .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?;
+    let bundle = Arc::new(
+        TrustBundle::from_der(ca.bundle().to_vec(), ca.trust_domain())
+            .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let certs = Arc::new(CertStore::new(ca, cfg.cert_lifetime));
+    let pool = Arc::new(Pool::new(bundle.clone(), metrics.clone()));
+    let control = Control {
+        node: cfg.node.clone(),
+        workloads_file: cfg.workloads_file.clone(),
+        cgroup_mount: mount.clone(),
+        registry: registry.clone(),
+        certs: certs.clone(),
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+    };
+    control.sync_certs();
 
     let listeners = bind_outbound(&cfg).await?;
+    let tunnel_listener = bind_tunnel(cfg.tunnel_port).await?;
     let admin_listener = bind(cfg.admin_addr).await?;
     let (redirector, flows, kernel) =
         Redirector::attach(&redirect::Settings::new(&pod_cgroup, &cfg))?;
-    let metrics = Arc::new(Metrics::new());
     metrics.register_kernel(kernel);
-    tracing::info!(node = %cfg.node, cgroup = %pod_cgroup.display(), workloads = registry.all().len(),
+    metrics
+        .mtls_mode
+        .with_label_values(&[cfg.mtls.as_str()])
+        .set(1);
+    tracing::info!(node = %cfg.node, cgroup = %pod_cgroup.display(), workloads = registry.load().all().len(),
         outbound = ?listeners.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>(),
+        tunnel = cfg.tunnel_port, mtls = cfg.mtls.as_str(), trust_domain = certs.ca().trust_domain(),
         admin = %cfg.admin_addr, "nodeward ready");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let dialer = Dialer {
+        ipv4: cfg.proxy_ipv4,
+        ipv6: cfg.proxy_ipv6,
+    };
+    let verifier = client_verifier(bundle, registry.clone());
+    let server_config = tls::server_config(certs.clone(), verifier)
+        .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?;
+    let inbound = Arc::new(tunnel::server::Inbound {
+        node: cfg.node.clone(),
+        registry: registry.clone(),
+        acceptor: TlsAcceptor::from(server_config),
+        certs: certs.clone(),
+        metrics: metrics.clone(),
+        dialer: dialer.clone(),
+    });
     let shared = Arc::new(outbound::Shared {
+        node: cfg.node.clone(),
         registry,
         metrics: metrics.clone(),
+        certs,
+        pool,
+        dialer,
+        tunnel_port: cfg.tunnel_port,
     });
     let accept = tokio::spawn(outbound::serve(listeners, flows, shared, stop_rx.clone()));
+    let tunnel_task = tokio::spawn(tunnel::server::serve(
+        tunnel_listener,
+        inbound,
+        stop_rx.clone(),
+    ));
+    let control_task = tokio::spawn(control.run(stop_rx.clone()));
     let admin_task = tokio::spawn(admin::serve(admin_listener, metrics.clone(), stop_rx));
 
     wait_for_signal().await?;
@@ -81,10 +139,40 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     drop(redirector);
     let _ = stop_tx.send(true);
     let _ = accept.await;
+    let _ = tunnel_task.await;
+    let _ = control_task.await;
     drain(&metrics).await;
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The tunnel server's client check: a valid SVID whose identity runs on
+/// the node that signed it (per the workloads file).
+fn client_verifier(
+    bundle: Arc<TrustBundle>,
+    registry: Arc<ArcSwap<Registry>>,
+) -> Arc<ClientVerifier> {
+    let authorize = move |id: &SpiffeId, node: &str| {
+        id.namespace_and_sa()
+            .is_some_and(|(ns, sa)| registry.load().hosts(node, ns, sa))
+    };
+    Arc::new(ClientVerifier::new(bundle, Arc::new(authorize)))
+}
+
+/// Binds the tunnel port on every address (dual-stack where IPv6 exists).
+async fn bind_tunnel(port: u16) -> Result<TcpListener, RunError> {
+    let any6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port);
+    match TcpListener::bind(any6).await {
+        Ok(l) => Ok(l),
+        Err(_) => {
+            bind(SocketAddr::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                port,
+            ))
+            .await
+        }
+    }
 }
 
 async fn bind_outbound(cfg: &Config) -> Result<Vec<TcpListener>, RunError> {

@@ -5,7 +5,7 @@
 //! of that workload's IPs. Anything else is unknown and refused, never guessed.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -21,6 +21,18 @@ use crate::{cgroup, yaml, yaml::FileError};
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadsFile {
     pub workloads: Vec<WorkloadFile>,
+    /// Node proxies and the address their tunnel listens on.
+    #[serde(default)]
+    pub nodes: Vec<NodeFile>,
+}
+
+/// One entry of `nodes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeFile {
+    pub name: String,
+    /// The node proxy's address for tunnels from other nodes.
+    pub address: IpAddr,
 }
 
 /// One entry of the workloads file.
@@ -82,6 +94,10 @@ pub struct Registry {
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     by_cgroup: HashMap<u64, Arc<Workload>>,
     all: Vec<Arc<Workload>>,
+    nodes: HashMap<String, IpAddr>,
+    /// (node, namespace, service account) of every workload: which identities
+    /// each node's proxy may speak for.
+    hosted: HashSet<(String, String, String)>,
 }
 
 impl Registry {
@@ -100,6 +116,12 @@ impl Registry {
         cgroup_mount: &Path,
     ) -> Result<Self, FileError> {
         let mut reg = Self::default();
+        for (i, n) in file.nodes.into_iter().enumerate() {
+            if n.name.is_empty() || reg.nodes.insert(n.name.clone(), n.address).is_some() {
+                let msg = format!("node {:?} is empty or listed twice", n.name);
+                return Err(FileError::invalid(path, format!("nodes[{i}].name"), msg));
+            }
+        }
         let mut names = HashSet::new();
         for (i, entry) in file.workloads.into_iter().enumerate() {
             let field = |f: &str| format!("workloads[{i}].{f}");
@@ -120,6 +142,15 @@ impl Registry {
                     return Err(FileError::invalid(path, field("ips"), msg));
                 }
             }
+            if w.node != node && !reg.nodes.contains_key(&w.node) {
+                let msg = format!("node {:?} has no entry under `nodes`", w.node);
+                return Err(FileError::invalid(path, field("node"), msg));
+            }
+            reg.hosted.insert((
+                w.node.clone(),
+                w.namespace.clone(),
+                w.service_account.clone(),
+            ));
             if w.node == node {
                 if let Some(dir) = &w.cgroup {
                     let id = cgroup::cgroup_id(&cgroup::resolve(cgroup_mount, dir))
@@ -150,6 +181,31 @@ impl Registry {
     /// Every workload, in file order.
     pub fn all(&self) -> &[Arc<Workload>] {
         &self.all
+    }
+
+    /// The tunnel address of `node`'s proxy.
+    pub fn node_address(&self, node: &str) -> Option<IpAddr> {
+        self.nodes.get(node).copied()
+    }
+
+    /// Whether `node` runs a workload with this namespace and service account.
+    pub fn hosts(&self, node: &str, namespace: &str, service_account: &str) -> bool {
+        // Borrowed lookups into a tuple set need owned keys; identities are
+        // checked once per tunnel handshake, not per stream.
+        self.hosted.contains(&(
+            node.to_owned(),
+            namespace.to_owned(),
+            service_account.to_owned(),
+        ))
+    }
+
+    /// (namespace, service account) of every workload on `node`.
+    pub fn identities_on(&self, node: &str) -> BTreeSet<(String, String)> {
+        self.all
+            .iter()
+            .filter(|w| w.node == node)
+            .map(|w| (w.namespace.clone(), w.service_account.clone()))
+            .collect()
     }
 }
 

@@ -145,6 +145,25 @@ pub struct Cluster {
     netns: Vec<String>,
     proxies: Vec<(String, Child)>,
     others: Vec<Child>,
+    options: Options,
+}
+
+/// Proxy settings a test can change.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `STRICT` or `PERMISSIVE`.
+    pub mtls: &'static str,
+    /// Workload certificate lifetime (`identity.certLifetime`).
+    pub cert_lifetime: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mtls: "STRICT",
+            cert_lifetime: "24h",
+        }
+    }
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -161,12 +180,17 @@ impl Cluster {
 
     /// Builds the topology and starts both node proxies.
     pub fn start() -> Self {
-        Self::start_with_prefix(&Self::unique_prefix(), standard_pods())
+        Self::start_with(Options::default())
+    }
+
+    /// Like [`Cluster::start`], with non-default proxy settings.
+    pub fn start_with(options: Options) -> Self {
+        Self::start_with_prefix(&Self::unique_prefix(), standard_pods(), options)
             .unwrap_or_else(|e| panic!("starting the test cluster: {e:#}"))
     }
 
     /// Builds the topology under `prefix` and starts both node proxies.
-    pub fn start_with_prefix(prefix: &str, pods: Vec<PodSpec>) -> Result<Self> {
+    pub fn start_with_prefix(prefix: &str, pods: Vec<PodSpec>, options: Options) -> Result<Self> {
         sweep();
         let mount = cgroup2_mount()?;
         let dir = std::env::temp_dir().join(prefix);
@@ -181,6 +205,7 @@ impl Cluster {
             netns: Vec::new(),
             proxies: Vec::new(),
             others: Vec::new(),
+            options,
         };
         fs::write(c.cgroup_root_marker(), std::process::id().to_string())?;
         c.build_network()?;
@@ -392,8 +417,42 @@ impl Cluster {
         Ok(())
     }
 
-    fn write_files(&self) -> Result<()> {
-        let mut w = String::from("workloads:\n");
+    /// Root CA directory (`ca init`); node CAs are in `<ca_dir>/<node>`.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.join("ca")
+    }
+
+    /// Creates the root CA and one intermediate per node with the real CLI.
+    fn make_ca(&self) -> Result<()> {
+        let ca = self.ca_dir();
+        run_cmd(
+            Command::new(&self.bins.nodeward)
+                .args(["ca", "init", "--out"])
+                .arg(&ca),
+        )?;
+        for node in NODES {
+            run_cmd(
+                Command::new(&self.bins.nodeward)
+                    .args(["ca", "issue-node", "--ca"])
+                    .arg(&ca)
+                    .args(["--node", node.name, "--out"])
+                    .arg(ca.join(node.name)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the workloads file from `self.pods` (proxies reload it).
+    pub fn write_workloads(&self) -> Result<()> {
+        let mut w = String::from("nodes:\n");
+        for node in NODES {
+            w += &format!(
+                "  - {{name: {}, address: {}}}\n",
+                node.name,
+                self.node_ip(node.name)
+            );
+        }
+        w += "workloads:\n";
         for p in &self.pods {
             w += &format!(
                 "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    node: {}\n    ips: [{}, '{}']\n    labels: {{app: {}}}\n    cgroup: {}\n",
@@ -401,15 +460,27 @@ impl Cluster {
                 self.pod_cgroup(p).display()
             );
         }
-        fs::write(self.dir.join("workloads.yaml"), w)?;
+        // Write then rename, so a proxy never reads half a file.
+        let tmp = self.dir.join("workloads.yaml.tmp");
+        fs::write(&tmp, w)?;
+        fs::rename(tmp, self.dir.join("workloads.yaml"))?;
+        Ok(())
+    }
+
+    fn write_files(&self) -> Result<()> {
+        self.make_ca()?;
+        self.write_workloads()?;
         for node in NODES {
             let i = node.index;
             let cfg = format!(
-                "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\n",
+                "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\n",
                 node.name,
                 self.node_cgroup(node.name).display(),
                 MESH_CIDRS[0],
-                MESH_CIDRS[1]
+                MESH_CIDRS[1],
+                node.name,
+                self.options.cert_lifetime,
+                self.options.mtls,
             );
             fs::write(self.config_path(node.name), cfg)?;
         }
@@ -531,13 +602,33 @@ impl Cluster {
         v["intact"].as_u64().expect("intact count")
     }
 
+    /// From `pod`: one call with extra `nw-pod call` flags (`--chunks`,
+    /// `--pace-ms`, `--marker`).
+    pub fn call_with(&self, pod: &str, to: SocketAddr, bytes: usize, extra: &[&str]) -> Value {
+        let mut args = call_args(to, bytes, 1);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.pod_tool(pod, &args)
+    }
+
+    /// From `pod`'s network namespace but outside the mesh cgroup, so the
+    /// connection is not redirected: a pod bypassing its proxy.
+    pub fn call_bypassing_proxy(&self, pod: &str, to: SocketAddr, bytes: usize) -> Value {
+        let cg = self.cgroup_root.join(format!("bypass-{pod}"));
+        fs::create_dir_all(&cg).expect("bypass cgroup");
+        self.tool_in(&self.ns(pod), &cg, &call_args(to, bytes, 1))
+    }
+
     fn pod_tool(&self, pod: &str, args: &[String]) -> Value {
         let p = self.pod(pod);
+        self.tool_in(&self.ns(pod), &self.pod_cgroup(p), args)
+    }
+
+    fn tool_in(&self, ns: &str, cgroup: &Path, args: &[String]) -> Value {
         let out = Command::new(&self.bins.nw_pod)
             .arg("--netns")
-            .arg(self.ns(pod))
+            .arg(ns)
             .arg("--cgroup")
-            .arg(self.pod_cgroup(p))
+            .arg(cgroup)
             .args(args)
             .output()
             .expect("run nw-pod");
@@ -560,6 +651,56 @@ impl Cluster {
             .into_iter()
             .filter(|v| v["target"] == "nodeward::access")
             .collect()
+    }
+
+    /// Waits (up to 10 s) for `node`'s access log to hold `n` records
+    /// matching `pred`, and returns the matching ones.
+    pub fn access_records(
+        &self,
+        node: &str,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<_> = self
+                .access_log(node)
+                .into_iter()
+                .filter(|r| pred(r))
+                .collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (up to `timeout`) until `node`'s metric reaches `at_least`;
+    /// returns the last value read.
+    pub fn wait_metric(
+        &self,
+        node: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: f64,
+        timeout: Duration,
+    ) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(node, name, labels);
+            if v >= at_least || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Adds a pod to a running cluster and to the workloads file (the
+    /// proxies pick it up on their next reload).
+    pub fn add_pod_live(&mut self, pod: PodSpec) -> Result<()> {
+        self.add_pod(&pod)?;
+        self.pods.push(pod);
+        self.write_workloads()
     }
 
     /// The raw log of a node proxy.
@@ -609,6 +750,128 @@ impl Drop for Cluster {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Opens a TCP connection from inside network namespace `ns` (a socket
+/// keeps the namespace it was created in, whichever thread uses it later).
+pub fn connect_from(ns: &str, to: SocketAddr) -> Result<std::net::TcpStream> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || -> Result<std::net::TcpStream> {
+        enter_netns(&ns)?;
+        Ok(std::net::TcpStream::connect_timeout(
+            &to,
+            Duration::from_secs(5),
+        )?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("connect thread panicked"))?
+}
+
+/// Moves the calling thread into network namespace `ns`.
+fn enter_netns(ns: &str) -> Result<()> {
+    let f = fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    Ok(())
+}
+
+/// A packet capture on one interface of a network namespace (AF_PACKET,
+/// both directions), collecting raw frames until [`Capture::finish`].
+pub struct Capture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Captured>>,
+}
+
+/// What a capture saw.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub frames: usize,
+    /// Every captured frame, concatenated.
+    pub bytes: Vec<u8>,
+}
+
+impl Captured {
+    /// Whether `needle` occurs anywhere in the captured bytes.
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        self.bytes.windows(needle.len()).any(|w| w == needle)
+    }
+}
+
+/// Upper bound on captured bytes, so a runaway test cannot eat memory.
+const CAPTURE_LIMIT: usize = 512 << 20;
+
+impl Capture {
+    /// Starts capturing on `iface` inside `ns`; returns once the socket is open.
+    pub fn start(ns: &str, iface: &str) -> Result<Self> {
+        use std::sync::{atomic::AtomicBool, mpsc, Arc};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (ns, name, flag) = (ns.to_owned(), iface.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let opened = open_capture(&ns, &name);
+            let (fd, ifindex) = match opened {
+                Ok(v) => {
+                    let _ = ready_tx.send(Ok(()));
+                    v
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return Err(e);
+                }
+            };
+            capture_loop(&fd, ifindex, &flag)
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => Ok(Self { stop, thread }),
+            Ok(Err(e)) => bail!("capture on {iface}: {e}"),
+            Err(_) => bail!("capture on {iface} did not start"),
+        }
+    }
+
+    /// Stops and returns what was captured.
+    pub fn finish(self) -> Result<Captured> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("capture thread panicked"))?
+    }
+}
+
+fn open_capture(ns: &str, iface: &str) -> Result<(std::os::fd::OwnedFd, u32)> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockProtocol, SockType};
+    enter_netns(ns)?;
+    let ifindex = nix::net::if_::if_nametoindex(iface).with_context(|| format!("no {iface}"))?;
+    let fd = socket::socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::empty(),
+        SockProtocol::EthAll,
+    )
+    .context("AF_PACKET socket")?;
+    let tick = nix::sys::time::TimeVal::new(0, 100_000);
+    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &tick).context("SO_RCVTIMEO")?;
+    Ok((fd, ifindex))
+}
+
+fn capture_loop(
+    fd: &std::os::fd::OwnedFd,
+    ifindex: u32,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Captured> {
+    use std::os::fd::AsRawFd;
+    let mut out = Captured::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    while !stop.load(Ordering::Relaxed) && out.bytes.len() < CAPTURE_LIMIT {
+        match nix::sys::socket::recvfrom::<nix::sys::socket::LinkAddr>(fd.as_raw_fd(), &mut buf) {
+            Ok((n, Some(addr))) if addr.ifindex() == ifindex as usize => {
+                out.frames += 1;
+                out.bytes.extend_from_slice(&buf[..n]);
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(e) => bail!("capture: {e}"),
+        }
+    }
+    Ok(out)
 }
 
 /// Arguments of `nw-pod call`.

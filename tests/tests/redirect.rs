@@ -21,14 +21,7 @@ fn access_records(
     n: usize,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found: Vec<_> = c.access_log(node).into_iter().filter(|r| pred(r)).collect();
-        if found.len() >= n || Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.access_records(node, n, pred)
 }
 
 #[test]
@@ -46,11 +39,12 @@ fn cross_node_bytes_arrive_intact_through_the_proxy() {
             r["received"].as_u64(),
             Some(size as u64 + format!("#eof:{size}").len() as u64)
         );
-        // The server saw the proxy's node address, not the pod: it went through node-a's proxy.
+        // The server saw its own node proxy's address, not the pod: the
+        // connection went through both proxies.
         let peers = c.accepted("backend", PORT);
         assert_eq!(peers.len(), i + 1);
         assert!(
-            peers[i].starts_with(&format!("{}:", c.node_ip("node-a"))),
+            peers[i].starts_with(&format!("{}:", c.gateway4("node-b"))),
             "peer {}",
             peers[i]
         );
@@ -198,9 +192,10 @@ fn after_the_proxy_stops_connections_go_direct() {
         return;
     }
     let mut c = Cluster::start();
+    c.serve_echo("cache", PORT);
     c.serve_echo("backend", PORT);
-    let to = addr(c.ip4("backend"), PORT);
-    assert_eq!(c.call("frontend", to, 100)["intact"], true);
+    let to_cache = addr(c.ip4("cache"), PORT);
+    assert_eq!(c.call("frontend", to_cache, 100)["intact"], true);
     let status = c.stop_proxy("node-a");
     assert!(
         status.success(),
@@ -208,13 +203,22 @@ fn after_the_proxy_stops_connections_go_direct() {
         c.proxy_log("node-a")
     );
     assert!(c.proxy_log("node-a").contains("stopped"));
-    let r = c.call("frontend", to, 100);
+    // Same node: nothing is attached any more, the pod reaches its neighbour itself.
+    let r = c.call("frontend", to_cache, 100);
     assert_eq!(r["intact"], true, "{r}");
-    let peers = c.accepted("backend", PORT);
+    let peers = c.accepted("cache", PORT);
     assert!(
-        peers[0].starts_with(&format!("{}:", c.node_ip("node-a"))),
+        peers[0].starts_with(&format!("{}:", c.gateway4("node-a"))),
         "{peers:?}"
     );
+    assert!(
+        peers[1].starts_with(&format!("{}:", c.ip4("frontend"))),
+        "{peers:?}"
+    );
+    // Another node still enforces STRICT: plaintext from the proxy-less node fails closed.
+    let r = c.call("frontend", addr(c.ip4("backend"), PORT), 100);
+    assert_eq!(r["connected"], false, "{r}");
+    assert!(c.accepted("backend", PORT).is_empty());
     assert!(
         peers[1].starts_with(&format!("{}:", c.ip4("frontend"))),
         "{peers:?}"
@@ -283,7 +287,13 @@ fn a_restarted_proxy_captures_again() {
     assert_eq!(r["intact"], true, "{r}");
     let peers = c.accepted("backend", PORT);
     assert!(
-        peers[0].starts_with(&format!("{}:", c.node_ip("node-a"))),
+        peers[0].starts_with(&format!("{}:", c.gateway4("node-b"))),
         "{peers:?}"
+    );
+    let tunnelled = access_records(&c, "node-a", 1, |r| r["path"] == "tunnel");
+    assert_eq!(
+        tunnelled.len(),
+        1,
+        "the restarted proxy captured and tunnelled"
     );
 }

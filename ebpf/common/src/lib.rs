@@ -61,6 +61,20 @@ pub struct RedirectConfig {
     pub proxy_addr6: Addr,
     /// Network namespace cookie of the proxy: sockets there are never redirected.
     pub proxy_netns_cookie: u64,
+    /// What `nw_inbound` does with new connections that reach a pod without
+    /// coming from its node proxy: one of [`inbound`]'s values.
+    pub inbound_mode: u32,
+    pub _pad: u32,
+}
+
+/// Values of [`RedirectConfig::inbound_mode`].
+pub mod inbound {
+    /// No inbound check (the program lets everything through).
+    pub const OFF: u32 = 0;
+    /// Let direct connections in, but count them (`PERMISSIVE`).
+    pub const PERMISSIVE: u32 = 1;
+    /// Drop them (`STRICT`): pods are reachable only through their node proxy.
+    pub const STRICT: u32 = 2;
 }
 
 /// LPM trie data: an address as 16 bytes in network order (IPv4 mapped).
@@ -81,6 +95,10 @@ pub mod stat {
     /// Flow records the kernel removed because the pod's socket closed
     /// before the proxy read them.
     pub const FLOW_CLOSED: u32 = 5;
+    /// Direct (not from the node proxy) connection attempts dropped under STRICT.
+    pub const INBOUND_DROPPED: u32 = 6;
+    /// Direct connection attempts let in under PERMISSIVE.
+    pub const INBOUND_ALLOWED: u32 = 7;
     /// Number of statistics slots.
     pub const COUNT: u32 = 8;
 }
@@ -104,6 +122,7 @@ pub mod programs {
     pub const CONNECT4: &str = "nw_connect4";
     pub const CONNECT6: &str = "nw_connect6";
     pub const SOCK_OPS: &str = "nw_sockops";
+    pub const INBOUND: &str = "nw_inbound";
 }
 
 #[cfg(feature = "user")]

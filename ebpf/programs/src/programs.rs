@@ -4,22 +4,33 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_SOCK_OPS_STATE_CB_FLAG},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map, sock_ops},
+    bindings::{bpf_sock, bpf_sock_addr, BPF_SOCK_OPS_STATE_CB_FLAG},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_fullsock,
+    },
+    macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockOpsContext},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
 use nodeward_common::{
-    stat, Addr, FlowKey, LpmAddr, OrigDst, RedirectConfig, AF_INET, AF_INET6, V4_MAPPED_WORD,
+    inbound, stat, Addr, FlowKey, LpmAddr, OrigDst, RedirectConfig, AF_INET, AF_INET6,
+    V4_MAPPED_WORD,
 };
 
 const IPPROTO_TCP: u32 = 6;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
 const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+/// cgroup_skb verdicts.
+const PASS: i32 = 1;
+const DROP: i32 = 0;
 /// Verdict of a cgroup sock_addr program that lets the call proceed.
 const ALLOW: i32 = 1;
 
@@ -58,6 +69,15 @@ pub fn nw_sockops(ctx: SockOpsContext) -> u32 {
     // 1 = "ok": a 0 would make the kernel discard the replies of other
     // sock_ops programs (e.g. a CNI's) attached for the same sockets.
     1
+}
+
+/// Strict inbound: packets that would open a TCP connection to a pod (they
+/// reach a listening socket) pass only when they come from the node proxy,
+/// from loopback, or from the pod itself. Replies to the pod's own outgoing
+/// connections and established traffic never meet a listener, so they pass.
+#[cgroup_skb(ingress)]
+pub fn nw_inbound(ctx: SkBuffContext) -> i32 {
+    try_inbound(&ctx).unwrap_or(PASS)
 }
 
 #[inline(always)]
@@ -169,6 +189,93 @@ unsafe fn write_ip6(sa: *mut bpf_sock_addr, a: Addr) {
         write_volatile(&raw mut (*w)[2], a[2]);
         write_volatile(&raw mut (*w)[3], a[3]);
     }
+}
+
+fn try_inbound(ctx: &SkBuffContext) -> Result<i32, ()> {
+    let cfg = NW_CONFIG.get(0).ok_or(())?;
+    if cfg.inbound_mode == inbound::OFF || !to_tcp_listener(ctx) {
+        return Ok(PASS);
+    }
+    let (src, dst, tcp_off) = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => read_ip4(ctx)?,
+        ETH_P_IPV6 => read_ip6(ctx)?,
+        _ => return Ok(PASS),
+    };
+    if from_proxy_or_self(cfg, &src, &dst) {
+        return Ok(PASS);
+    }
+    // Count connection attempts (SYN without ACK), not every packet; an
+    // unreadable header still gets the verdict, only the count is skipped.
+    let flags: u8 = ctx.load(tcp_off + 13).unwrap_or(0);
+    let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    if cfg.inbound_mode == inbound::STRICT {
+        if syn {
+            bump(stat::INBOUND_DROPPED);
+        }
+        return Ok(DROP);
+    }
+    if syn {
+        bump(stat::INBOUND_ALLOWED);
+    }
+    Ok(PASS)
+}
+
+/// True when the packet is headed for a TCP socket in LISTEN state (a new
+/// connection: the SYN, or the handshake's final ACK).
+#[inline(always)]
+fn to_tcp_listener(ctx: &SkBuffContext) -> bool {
+    // SAFETY: `sk` is readable in cgroup_skb programs; the verifier makes us
+    // null-check it and go through bpf_sk_fullsock before reading fields.
+    unsafe {
+        let sk: *mut bpf_sock = read_volatile(&raw const (*ctx.skb.skb).__bindgen_anon_2.sk);
+        if sk.is_null() {
+            return false;
+        }
+        let full = bpf_sk_fullsock(sk);
+        if full.is_null() {
+            return false;
+        }
+        read_volatile(&raw const (*full).protocol) == IPPROTO_TCP
+            && read_volatile(&raw const (*full).state) == TCP_LISTEN
+    }
+}
+
+/// (source, destination, TCP header offset) of an IPv4 packet; cgroup_skb
+/// data starts at the network header.
+#[inline(always)]
+fn read_ip4(ctx: &SkBuffContext) -> Result<(Addr, Addr, usize), ()> {
+    let ihl: u8 = ctx.load(0).map_err(|_| ())?;
+    let src: u32 = ctx.load(12).map_err(|_| ())?;
+    let dst: u32 = ctx.load(16).map_err(|_| ())?;
+    Ok((
+        [0, 0, V4_MAPPED_WORD, src],
+        [0, 0, V4_MAPPED_WORD, dst],
+        usize::from(ihl & 0x0f) * 4,
+    ))
+}
+
+/// Like [`read_ip4`]; the TCP offset assumes no extension headers (it is
+/// only used for counting).
+#[inline(always)]
+fn read_ip6(ctx: &SkBuffContext) -> Result<(Addr, Addr, usize), ()> {
+    let mut src = [0u32; 4];
+    let mut dst = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        src[i] = ctx.load(8 + 4 * i).map_err(|_| ())?;
+        dst[i] = ctx.load(24 + 4 * i).map_err(|_| ())?;
+        i += 1;
+    }
+    Ok((src, dst, 40))
+}
+
+#[inline(always)]
+fn from_proxy_or_self(cfg: &RedirectConfig, src: &Addr, dst: &Addr) -> bool {
+    let loopback4 = is_v4_mapped(src) && src[3].to_ne_bytes()[0] == 127;
+    let loopback6 = src[0] == 0 && src[1] == 0 && src[2] == 0 && src[3] == 1u32.to_be();
+    let proxy4 = is_v4_mapped(src) && src[3] == cfg.proxy_addr4;
+    let proxy6 = cfg.has_addr6 != 0 && *src == cfg.proxy_addr6;
+    loopback4 || loopback6 || proxy4 || proxy6 || src == dst
 }
 
 fn try_sockops(ctx: &SockOpsContext) -> Result<(), ()> {

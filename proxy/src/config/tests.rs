@@ -7,6 +7,8 @@ meshCidrs: [10.20.0.0/16, 'fd00:20::/32']
 proxyAddresses:
   ipv4: 10.20.1.1
 workloadsFile: workloads.yaml
+identity:
+  dir: ca/node-a
 ";
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -25,6 +27,44 @@ fn defaults_fill_ports_and_admin_and_paths_are_relative_to_the_file() {
         Path::new("/etc/nodeward/workloads.yaml")
     );
     assert_eq!(cfg.mesh_cidrs.len(), 2);
+    assert_eq!(cfg.tunnel_port, 15008);
+    assert_eq!(cfg.identity_dir, Path::new("/etc/nodeward/ca/node-a"));
+    assert_eq!(cfg.cert_lifetime, DEFAULT_CERT_LIFETIME);
+    assert_eq!(cfg.mtls, MtlsMode::Strict);
+}
+
+#[test]
+fn mtls_mode_and_lifetime_are_read_and_checked() {
+    let text = format!("{GOOD}mtls: PERMISSIVE\n")
+        .replace("dir: ca/node-a", "dir: x\n  certLifetime: 90m");
+    let cfg = parse(&text).expect("valid");
+    assert_eq!(cfg.mtls, MtlsMode::Permissive);
+    assert_eq!(cfg.cert_lifetime, Duration::from_secs(5400));
+    let err = parse(&format!("{GOOD}mtls: LOOSE\n"))
+        .expect_err("bad mode")
+        .to_string();
+    assert!(err.contains("field `mtls`"), "{err}");
+    let err = parse(&GOOD.replace("dir: ca/node-a", "dir: x\n  certLifetime: 1s"))
+        .expect_err("too short")
+        .to_string();
+    assert!(err.contains("identity.certLifetime"), "{err}");
+}
+
+#[test]
+fn tunnel_port_must_differ_from_outbound() {
+    let text = GOOD.replace("workloadsFile", "ports:\n  tunnel: 15001\nworkloadsFile");
+    let err = parse(&text).expect_err("clash").to_string();
+    assert!(err.contains("ports.tunnel"), "{err}");
+}
+
+#[test]
+fn durations_parse_with_units_only() {
+    assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86400)));
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("10"), None);
+    assert_eq!(parse_duration("h"), None);
+    assert_eq!(parse_duration("-5s"), None);
+    assert_eq!(parse_duration("99999999999999999999d"), None);
 }
 
 #[test]

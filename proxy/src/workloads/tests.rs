@@ -12,6 +12,8 @@ fn sample(mount: &Path) -> String {
   - {name: client, namespace: default, serviceAccount: client, node: node-a,
      ips: [10.20.1.10], labels: {app: client}, cgroup: pods/client}
   - {name: server, namespace: prod, serviceAccount: server, node: node-b, ips: [10.20.2.10]}
+nodes:
+  - {name: node-b, address: 10.99.0.2}
 "
     .to_owned()
 }
@@ -67,4 +69,31 @@ fn missing_local_cgroup_is_an_error() {
         .expect_err("missing cgroup")
         .to_string();
     assert!(err.contains("workloads[0].cgroup"), "{err}");
+}
+
+#[test]
+fn nodes_give_tunnel_addresses_and_hosted_identities() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = build(&sample(dir.path()), dir.path()).expect("valid");
+    assert_eq!(
+        reg.node_address("node-b"),
+        Some("10.99.0.2".parse().expect("ip"))
+    );
+    assert!(reg.hosts("node-b", "prod", "server"));
+    assert!(!reg.hosts("node-a", "prod", "server"));
+    let local = reg.identities_on("node-a");
+    assert_eq!(
+        local.into_iter().collect::<Vec<_>>(),
+        [("default".to_owned(), "client".to_owned())]
+    );
+}
+
+#[test]
+fn remote_workload_without_a_node_entry_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = sample(dir.path()).replace("  - {name: node-b, address: 10.99.0.2}\n", "");
+    let err = build(&text.replace("nodes:\n", ""), dir.path())
+        .expect_err("no node")
+        .to_string();
+    assert!(err.contains("workloads[1].node"), "{err}");
 }

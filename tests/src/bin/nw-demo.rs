@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path};
 
 use anyhow::{bail, Result};
 use nix::sys::signal::{SigSet, Signal};
-use nodeward_tests::{print_flush, standard_pods, teardown, Cluster};
+use nodeward_tests::{print_flush, standard_pods, teardown, Cluster, Options};
 use serde_json::Value;
 
 const PREFIX: &str = "nw-demo";
@@ -21,7 +21,7 @@ fn main() -> Result<()> {
     stop.add(Signal::SIGTERM);
     stop.thread_block()?;
     clean_stale_demo()?;
-    let mut c = Cluster::start_with_prefix(PREFIX, standard_pods())?;
+    let mut c = Cluster::start_with_prefix(PREFIX, standard_pods(), Options::default())?;
     for pod in ["backend", "cache", "db"] {
         c.serve_echo(pod, PORT);
     }

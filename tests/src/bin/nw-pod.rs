@@ -53,6 +53,15 @@ enum Cmd {
         /// Repeat this many times (sequential short connections).
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// Send in this many pieces...
+        #[arg(long, default_value_t = 1)]
+        chunks: usize,
+        /// ...pausing this long between them (a long-lived connection).
+        #[arg(long, default_value_t = 0)]
+        pace_ms: u64,
+        /// Send this text repeated instead of pseudo-random bytes.
+        #[arg(long)]
+        marker: Option<String>,
     },
     /// HTTP/1.0 GET of PATH from ADDR; prints the body.
     HttpGet {
@@ -81,10 +90,25 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Exec { argv } => Err(Command::new(&argv[0]).args(&argv[1..]).exec().into()),
         Cmd::Echo { listen } => echo(listen),
-        Cmd::Call { to, send, count } => {
+        Cmd::Call {
+            to,
+            send,
+            count,
+            chunks,
+            pace_ms,
+            marker,
+        } => {
             let mut ok = 0;
             for i in 0..count {
-                let report = call(to, send, i as u64);
+                let data = match &marker {
+                    Some(m) => m.bytes().cycle().take(send).collect(),
+                    None => payload(send, i as u64),
+                };
+                let pace = Pace {
+                    chunks: chunks.max(1),
+                    pause: Duration::from_millis(pace_ms),
+                };
+                let report = call(to, data, &pace);
                 if report["intact"] == true {
                     ok += 1;
                 }
@@ -133,8 +157,15 @@ fn echo_one(mut stream: TcpStream) -> std::io::Result<()> {
     stream.shutdown(Shutdown::Write)
 }
 
+/// How a call spreads its writes over time.
+struct Pace {
+    chunks: usize,
+    pause: Duration,
+}
+
 /// One connection: returns a JSON report; never panics on network errors.
-fn call(to: SocketAddr, send: usize, seed: u64) -> serde_json::Value {
+fn call(to: SocketAddr, data: Vec<u8>, pace: &Pace) -> serde_json::Value {
+    let send = data.len();
     let mut stream = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
         Ok(s) => s,
         Err(e) => return json!({"connected": false, "error": e.to_string(), "intact": false}),
@@ -145,11 +176,17 @@ fn call(to: SocketAddr, send: usize, seed: u64) -> serde_json::Value {
         .unwrap_or_default();
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
-    let data = payload(send, seed);
     let writer = stream.try_clone().map(|mut w| {
         let data = data.clone();
+        let (chunks, pause) = (pace.chunks, pace.pause);
         std::thread::spawn(move || -> std::io::Result<()> {
-            w.write_all(&data)?;
+            let size = data.len().div_ceil(chunks).max(1);
+            for (i, piece) in data.chunks(size).enumerate() {
+                if i > 0 {
+                    std::thread::sleep(pause);
+                }
+                w.write_all(piece)?;
+            }
             w.shutdown(Shutdown::Write)
         })
     });

@@ -1,0 +1,332 @@
+//! Tunnel client: pooled mTLS + HTTP/2 connections to other node proxies.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{client::conn::http2::SendRequest, upgrade::Upgraded, Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{net::TcpStream, time::timeout};
+use tokio_rustls::TlsConnector;
+
+use super::{
+    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE, MAX_FRAME,
+    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+};
+use crate::{
+    identity::{Issued, SpiffeId},
+    metrics::Metrics,
+    tls::{self, TrustBundle},
+};
+
+/// Why a tunnel stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TunnelError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("TLS handshake with {addr} failed ({reason}): {source}")]
+    Handshake {
+        addr: SocketAddr,
+        reason: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the TLS config: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("HTTP/2: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("tunnel refused the stream: {status} {message}")]
+    Status { status: StatusCode, message: String },
+}
+
+impl TunnelError {
+    /// Stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::Timeout(_) => "timeout",
+            Self::Handshake { reason, .. } => reason,
+            Self::Config(_) => "config",
+            Self::Http(_) => "http2",
+            Self::Status { .. } => "refused",
+        }
+    }
+}
+
+/// Where a stream goes and as whom.
+pub struct Target<'a> {
+    /// The calling workload's current certificate.
+    pub source: &'a Arc<Issued>,
+    /// The identity the destination must present.
+    pub destination: &'a SpiffeId,
+    /// The node running the destination, and its proxy's tunnel address.
+    pub node: &'a str,
+    pub node_addr: SocketAddr,
+    /// The original destination (the CONNECT authority).
+    pub authority: SocketAddr,
+    /// The calling pod's address, sent as `Forwarded: for=`.
+    pub client_ip: IpAddr,
+}
+
+/// An open tunnel stream; keep it alive as long as the stream is used.
+pub struct Stream {
+    pub io: TokioIo<Upgraded>,
+    _slot: StreamSlot,
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Client-side connection pool.
+pub struct Pool {
+    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    bundle: Arc<TrustBundle>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    source: SpiffeId,
+    destination: SpiffeId,
+    node: String,
+    addr: SocketAddr,
+}
+
+/// One key's connections. The async lock is held while a handshake runs,
+/// so a burst of streams for the same key waits for one handshake instead of
+/// starting many; other keys are not affected.
+#[derive(Default)]
+struct Slot {
+    conns: tokio::sync::Mutex<Vec<Pooled>>,
+}
+
+struct Pooled {
+    send: SendRequest<Empty<Bytes>>,
+    streams: Arc<AtomicUsize>,
+    generation: u64,
+    last_used: Instant,
+}
+
+/// Counts a stream against its connection until dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    /// An empty pool verifying servers against `bundle`.
+    pub fn new(bundle: Arc<TrustBundle>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            slots: Mutex::default(),
+            bundle,
+            metrics,
+        }
+    }
+
+    /// Opens a CONNECT stream to `target`, reusing a pooled connection when
+    /// one is open, uses the source's current certificate and has room.
+    pub async fn connect(&self, target: Target<'_>) -> Result<Stream, TunnelError> {
+        let (mut send, slot) = self.checkout(&target).await?;
+        let request = connect_request(&target);
+        let response = send.send_request(request).await?;
+        if response.status() != StatusCode::OK {
+            let message = response
+                .headers()
+                .get(super::ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            return Err(TunnelError::Status {
+                status: response.status(),
+                message,
+            });
+        }
+        let upgraded = hyper::upgrade::on(response).await?;
+        Ok(Stream {
+            io: TokioIo::new(upgraded),
+            _slot: slot,
+        })
+    }
+
+    /// Closes idle pooled connections and forgets empty keys.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, slot| match slot.conns.try_lock() {
+            Ok(mut conns) => {
+                conns.retain(|c| usable(c, now));
+                !conns.is_empty()
+            }
+            // Busy: in use right now, keep it.
+            Err(_) => true,
+        });
+    }
+
+    async fn checkout(
+        &self,
+        target: &Target<'_>,
+    ) -> Result<(SendRequest<Empty<Bytes>>, StreamSlot), TunnelError> {
+        let slot = self.slot(target);
+        let mut conns = slot.conns.lock().await;
+        let now = Instant::now();
+        let generation = target.source.generation;
+        conns.retain(|c| usable(c, now) && c.generation == generation);
+        let reuse = conns
+            .iter_mut()
+            .find(|c| c.streams.load(Ordering::Relaxed) < MAX_STREAMS_PER_CONNECTION);
+        let pooled = match reuse {
+            Some(c) => c,
+            None => {
+                let fresh = self.open(target).await?;
+                conns.push(fresh);
+                let last = conns.len() - 1;
+                &mut conns[last]
+            }
+        };
+        pooled.last_used = now;
+        pooled.streams.fetch_add(1, Ordering::Relaxed);
+        Ok((pooled.send.clone(), StreamSlot(pooled.streams.clone())))
+    }
+
+    fn slot(&self, target: &Target<'_>) -> Arc<Slot> {
+        let key = Key {
+            source: target.source.svid.id.clone(),
+            destination: target.destination.clone(),
+            node: target.node.to_owned(),
+            addr: target.node_addr,
+        };
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(key).or_default().clone()
+    }
+
+    /// TCP connect, TLS handshake as the source identity, HTTP/2 handshake.
+    async fn open(&self, target: &Target<'_>) -> Result<Pooled, TunnelError> {
+        let addr = target.node_addr;
+        let started = Instant::now();
+        let tcp = match timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(TunnelError::Connect { addr, source }),
+            Err(_) => return Err(TunnelError::Timeout(addr)),
+        };
+        let _ = tcp.set_nodelay(true);
+        let config = tls::client_config(
+            target.source,
+            self.bundle.clone(),
+            target.destination.clone(),
+            target.node.to_owned(),
+        )?;
+        let name = tls::server_name(target.destination);
+        let handshake = TlsConnector::from(config).connect(name, tcp);
+        let tls = match timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                let reason = tls::io_error_reason(&source);
+                return Err(TunnelError::Handshake {
+                    addr,
+                    reason,
+                    source,
+                });
+            }
+            Err(_) => return Err(TunnelError::Timeout(addr)),
+        };
+        self.metrics
+            .tunnel_handshake_seconds
+            .with_label_values(&["client"])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .tunnel_handshakes
+            .with_label_values(&["client"])
+            .inc();
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "tunnel connection ended");
+            }
+        });
+        Ok(Pooled {
+            send,
+            streams: Arc::new(AtomicUsize::new(0)),
+            generation: target.source.generation,
+            last_used: started,
+        })
+    }
+}
+
+fn usable(c: &Pooled, now: Instant) -> bool {
+    !c.send.is_closed()
+        && (c.streams.load(Ordering::Relaxed) > 0 || now.duration_since(c.last_used) < IDLE_TIMEOUT)
+}
+
+fn connect_request(target: &Target<'_>) -> Request<Empty<Bytes>> {
+    let forwarded = match target.client_ip {
+        IpAddr::V4(ip) => format!("for={ip}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    };
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = Method::CONNECT;
+    *request.uri_mut() = hyper::Uri::from(
+        hyper::http::uri::Authority::try_from(target.authority.to_string())
+            .unwrap_or_else(|_| unreachable!("a socket address is a valid authority")),
+    );
+    if let Ok(v) = hyper::http::HeaderValue::try_from(forwarded) {
+        request.headers_mut().insert(hyper::header::FORWARDED, v);
+    }
+    request
+}

@@ -1,0 +1,296 @@
+//! Tunnel server: accepts mTLS connections from other node proxies on the
+//! tunnel port and serves their CONNECT streams to local workloads.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    time::timeout,
+};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
+
+use super::{CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, SERVER_MAX_STREAMS, STREAM_WINDOW};
+use crate::{
+    identity::{CertStore, SpiffeId},
+    metrics::Metrics,
+    relay::{self, Route},
+    tls::{self, VerifiedPeer},
+    workloads::{Registry, Workload},
+};
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// HTTP/2 header block limit: CONNECT requests are tiny.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// What the tunnel server needs.
+pub struct Inbound {
+    pub node: String,
+    pub registry: Arc<ArcSwap<Registry>>,
+    pub acceptor: TlsAcceptor,
+    /// Local certificates; the SNI a client used names the one it got.
+    pub certs: Arc<CertStore>,
+    pub metrics: Arc<Metrics>,
+    pub dialer: relay::Dialer,
+}
+
+/// One authenticated tunnel connection.
+struct Peer {
+    verified: VerifiedPeer,
+    /// The local identity this connection authenticated as (picked by SNI).
+    served: SpiffeId,
+    addr: SocketAddr,
+}
+
+/// Accepts tunnel connections until `shutdown` flips.
+pub async fn serve(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tunnel accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        tokio::spawn(connection(stream, addr, inbound.clone()));
+    }
+}
+
+async fn connection(stream: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
+    let _ = stream.set_nodelay(true);
+    let (tls, peer) = match handshake(stream, addr, &inbound).await {
+        Ok(ok) => ok,
+        Err(reason) => {
+            inbound
+                .metrics
+                .tunnel_rejected
+                .with_label_values(&[reason])
+                .inc();
+            tracing::info!(target: "nodeward::access", event = "tunnel_rejected", reason,
+                peer = %addr, "tunnel connection rejected");
+            return;
+        }
+    };
+    let peer = Arc::new(peer);
+    let service = service_fn(move |req| {
+        let (inbound, peer) = (inbound.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(stream_request(req, &inbound, &peer).await) }
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(SERVER_MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, peer = %addr, "tunnel connection ended");
+    }
+}
+
+/// Refuses plaintext early, then runs the TLS handshake; the verifier does
+/// the SPIFFE checks. Returns the rejection label on failure.
+async fn handshake(
+    stream: TcpStream,
+    addr: SocketAddr,
+    inbound: &Inbound,
+) -> Result<(TlsStream<TcpStream>, Peer), &'static str> {
+    let started = Instant::now();
+    let mut first = [0u8; 1];
+    match timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+        Ok(Ok(1)) => {
+            let _ = stream.set_zero_linger();
+            return Err("plaintext");
+        }
+        Ok(_) => return Err("eof"),
+        Err(_) => return Err("timeout"),
+    }
+    let tls = match timeout(HANDSHAKE_TIMEOUT, inbound.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(tls::io_error_reason(&e)),
+        Err(_) => return Err("timeout"),
+    };
+    let (_, conn) = tls.get_ref();
+    let verified = tls::peer_from_chain(conn.peer_certificates().unwrap_or_default())
+        .map_err(|r| r.as_str())?;
+    let served = conn
+        .server_name()
+        .and_then(|sni| inbound.certs.by_sni(sni))
+        .map(|issued| issued.svid.id.clone())
+        .ok_or("unknown_server_name")?;
+    inbound
+        .metrics
+        .tunnel_handshake_seconds
+        .with_label_values(&["server"])
+        .observe(started.elapsed().as_secs_f64());
+    inbound
+        .metrics
+        .tunnel_handshakes
+        .with_label_values(&["server"])
+        .inc();
+    let peer = Peer {
+        verified,
+        served,
+        addr,
+    };
+    Ok((tls, peer))
+}
+
+/// Handles one CONNECT stream: checks, dials the workload, answers 200 and
+/// relays once the stream is upgraded. Nothing is forwarded before the 200.
+async fn stream_request(
+    mut req: Request<Incoming>,
+    inbound: &Arc<Inbound>,
+    peer: &Arc<Peer>,
+) -> Response<Full<Bytes>> {
+    let checked = check_request(&req, inbound, peer);
+    let (dst, dest, source) = match checked {
+        Ok(ok) => ok,
+        Err((status, why)) => return refuse(inbound, status, why),
+    };
+    let upstream = match inbound.dialer.dial(dst).await {
+        Ok(s) => s,
+        Err(e) => {
+            let status = match e.kind() {
+                std::io::ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return refuse(inbound, status, "destination unreachable");
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    inbound
+        .metrics
+        .tunnel_streams
+        .with_label_values(&["server", "200"])
+        .inc();
+    let (inbound, peer) = (inbound.clone(), peer.clone());
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let route = Route::Inbound {
+                    principal: peer.verified.id.clone(),
+                    source_node: peer.verified.node.clone(),
+                    source,
+                    peer: peer.addr,
+                };
+                let io = TokioIo::new(upgraded);
+                relay::run(io, upstream, route, dst, Some(dest), &inbound.metrics).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT stream never upgraded"),
+        }
+    });
+    Response::new(Full::new(Bytes::new()))
+}
+
+type Checked = (SocketAddr, Arc<Workload>, Option<Arc<Workload>>);
+
+/// The stream's destination (a local workload whose identity this
+/// connection authenticated as) and, from `Forwarded`, the calling workload.
+fn check_request(
+    req: &Request<Incoming>,
+    inbound: &Inbound,
+    peer: &Peer,
+) -> Result<Checked, (StatusCode, &'static str)> {
+    if req.method() != Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served"));
+    }
+    let dst: SocketAddr = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse().ok())
+        .ok_or((StatusCode::BAD_REQUEST, "authority must be ip:port"))?;
+    let registry = inbound.registry.load();
+    let dest = registry
+        .by_ip(dst.ip())
+        .filter(|w| w.node == inbound.node)
+        .filter(|w| same_identity(w, &peer.served))
+        .cloned()
+        .ok_or((
+            StatusCode::MISDIRECTED_REQUEST,
+            "destination is not a local workload with the identity this connection authenticated",
+        ))?;
+    let source = match forwarded_for(req) {
+        Ok(None) => None,
+        Ok(Some(ip)) => Some(
+            registry
+                .by_ip(ip)
+                .filter(|w| w.node == peer.verified.node && same_identity(w, &peer.verified.id))
+                .cloned()
+                .ok_or((
+                    StatusCode::BAD_REQUEST,
+                    "forwarded client is not a workload of the authenticated identity",
+                ))?,
+        ),
+        Err(()) => return Err((StatusCode::BAD_REQUEST, "malformed Forwarded header")),
+    };
+    Ok((
+        SocketAddr::new(dst.ip().to_canonical(), dst.port()),
+        dest,
+        source,
+    ))
+}
+
+fn same_identity(w: &Workload, id: &SpiffeId) -> bool {
+    id.namespace_and_sa() == Some((w.namespace.as_str(), w.service_account.as_str()))
+}
+
+/// `Forwarded: for=1.2.3.4` or `for="[fd00::1]"` (RFC 7239, first element).
+fn forwarded_for(req: &Request<Incoming>) -> Result<Option<IpAddr>, ()> {
+    let Some(value) = req.headers().get(hyper::header::FORWARDED) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| ())?;
+    let first = text.split(',').next().unwrap_or("");
+    let node = first
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case("for"))
+        .map(|(_, v)| {
+            v.trim_matches('"')
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+        })
+        .ok_or(())?;
+    node.parse::<IpAddr>()
+        .map(|ip| Some(ip.to_canonical()))
+        .map_err(|_| ())
+}
+
+fn refuse(inbound: &Inbound, status: StatusCode, why: &'static str) -> Response<Full<Bytes>> {
+    inbound
+        .metrics
+        .tunnel_streams
+        .with_label_values(&["server", status.as_str()])
+        .inc();
+    tracing::info!(target: "nodeward::access", event = "stream_refused", status = status.as_u16(),
+        reason = why, "tunnel stream refused");
+    let mut response = Response::new(Full::new(Bytes::from_static(why.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        super::ERROR_HEADER,
+        hyper::header::HeaderValue::from_static(why),
+    );
+    response
+}

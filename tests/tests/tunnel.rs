@@ -1,0 +1,553 @@
+//! End-to-end: workload identity and the mTLS tunnel between node proxies,
+//! and strict inbound (pods reachable only through their node proxy).
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use nodeward_tests::{connect_from, require_root, Capture, Cluster, Options, PodSpec};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    pki_types::{
+        pem::PemObject, CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
+    },
+    ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned,
+};
+
+const PORT: u16 = 9100;
+const TD: &str = "cluster.local";
+
+fn addr(ip: std::net::IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+fn spiffe(ns: &str, sa: &str) -> String {
+    format!("spiffe://{TD}/ns/{ns}/sa/{sa}")
+}
+
+#[test]
+fn cross_node_traffic_is_encrypted_and_the_caller_identified() {
+    if !require_root("cross_node_traffic_is_encrypted_and_the_caller_identified") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo("backend", PORT);
+    c.serve_echo_on_node("node-b", PORT);
+    let marker = "NODEWARD-PLAINTEXT-MARKER-7f3a";
+    let capture = Capture::start(&c.ns("node-a"), "link0").expect("capture");
+    let to_backend = addr(c.ip4("backend"), PORT);
+    for _ in 0..3 {
+        let r = c.call_with("frontend", to_backend, 64 * 1024, &["--marker", marker]);
+        assert_eq!(r["intact"], true, "{r}");
+    }
+    // Control: the same marker to a non-mesh address crosses the link in the clear.
+    let to_node = addr(c.node_ip("node-b"), PORT);
+    let plain = c.call_with(
+        "frontend",
+        to_node,
+        4096,
+        &["--marker", "CONTROL-MARKER-42"],
+    );
+    assert_eq!(plain["intact"], true, "{plain}");
+    let seen = capture.finish().expect("capture");
+    assert!(
+        seen.bytes.len() > 3 * 64 * 1024,
+        "capture saw the tunnel traffic: {}",
+        seen.bytes.len()
+    );
+    assert!(
+        seen.contains(b"CONTROL-MARKER-42"),
+        "the capture sees plaintext when there is some"
+    );
+    assert!(
+        !seen.contains(marker.as_bytes()),
+        "meshed bytes crossed the link in the clear"
+    );
+
+    let frontend = spiffe("shop", "frontend");
+    let inbound = c.access_records("node-b", 3, |r| {
+        r["event"] == "inbound" && r["destination"] == "shop/backend"
+    });
+    assert_eq!(inbound.len(), 3, "{inbound:?}");
+    for r in &inbound {
+        assert_eq!(r["source_principal"], frontend.as_str(), "{r}");
+        assert_eq!(r["source_node"], "node-a", "{r}");
+        assert_eq!(r["source"], "shop/frontend", "{r}");
+    }
+    let outbound = c.access_records("node-a", 3, |r| r["path"] == "tunnel");
+    assert_eq!(outbound.len(), 3, "{outbound:?}");
+    assert!(
+        c.metric(
+            "node-b",
+            "nodeward_tunnel_handshakes_total",
+            &[("side", "server")]
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn pooled_tunnels_open_far_fewer_handshakes_than_connections() {
+    if !require_root("pooled_tunnels_open_far_fewer_handshakes_than_connections") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo("backend", PORT);
+    let intact = c.call_many("frontend", addr(c.ip4("backend"), PORT), 100, 500);
+    assert_eq!(intact, 500);
+    let handshakes = c.metric(
+        "node-a",
+        "nodeward_tunnel_handshakes_total",
+        &[("side", "client")],
+    );
+    assert!(
+        (1.0..50.0).contains(&handshakes),
+        "{handshakes} handshakes for 500 connections"
+    );
+    let streams = c.metric(
+        "node-b",
+        "nodeward_tunnel_streams_total",
+        &[("status", "200")],
+    );
+    assert_eq!(streams, 500.0);
+}
+
+#[test]
+fn certificates_rotate_under_a_live_connection() {
+    if !require_root("certificates_rotate_under_a_live_connection") {
+        return;
+    }
+    let mut c = Cluster::start_with(Options {
+        cert_lifetime: "4s",
+        ..Options::default()
+    });
+    c.serve_echo("backend", PORT);
+    let to = addr(c.ip4("backend"), PORT);
+    // 10 s of paced writes: the certificates of both ends renew (at half
+    // life, every 2 s) several times while this connection stays open.
+    let long = c.call_with(
+        "frontend",
+        to,
+        20 * 1024,
+        &["--chunks", "20", "--pace-ms", "500"],
+    );
+    assert_eq!(long["intact"], true, "{long}");
+    let renewals = c.metric(
+        "node-a",
+        "nodeward_certificates_issued_total",
+        &[("cause", "renewal")],
+    );
+    assert!(
+        renewals >= 4.0,
+        "only {renewals} renewals during the connection"
+    );
+    // New connections after rotation use a new certificate: a new handshake.
+    let before = c.metric(
+        "node-a",
+        "nodeward_tunnel_handshakes_total",
+        &[("side", "client")],
+    );
+    assert_eq!(c.call("frontend", to, 1000)["intact"], true);
+    let after = c.metric(
+        "node-a",
+        "nodeward_tunnel_handshakes_total",
+        &[("side", "client")],
+    );
+    assert!(
+        after > before,
+        "a rotated certificate must not reuse the old tunnel"
+    );
+}
+
+#[test]
+fn a_workload_added_at_run_time_gets_an_identity_and_is_reachable() {
+    if !require_root("a_workload_added_at_run_time_gets_an_identity_and_is_reachable") {
+        return;
+    }
+    let mut c = Cluster::start();
+    let late = PodSpec {
+        name: "late",
+        namespace: "shop",
+        service_account: "late",
+        node: "node-b",
+        host: 12,
+    };
+    c.add_pod_live(late).expect("add pod");
+    c.serve_echo("late", PORT);
+    let id = spiffe("shop", "late");
+    let expiry = c.wait_metric(
+        "node-b",
+        "nodeward_certificate_expiry_timestamp_seconds",
+        &[("identity", &id)],
+        1.0,
+        Duration::from_secs(10),
+    );
+    assert!(expiry > 0.0, "no certificate for {id}");
+    c.wait_metric(
+        "node-a",
+        "nodeward_workloads_reloads_total",
+        &[("result", "ok")],
+        1.0,
+        Duration::from_secs(10),
+    );
+    let r = c.call("frontend", addr(c.ip4("late"), PORT), 2048);
+    assert_eq!(r["intact"], true, "{r}");
+    let inbound = c.access_records("node-b", 1, |r| r["destination"] == "shop/late");
+    assert_eq!(
+        inbound[0]["source_principal"],
+        spiffe("shop", "frontend").as_str()
+    );
+}
+
+#[test]
+fn strict_inbound_drops_connections_that_bypass_the_proxies() {
+    if !require_root("strict_inbound_drops_connections_that_bypass_the_proxies") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo("backend", PORT);
+    let to = addr(c.ip4("backend"), PORT);
+    let bypass = c.call_bypassing_proxy("frontend", to, 100);
+    assert_eq!(bypass["connected"], false, "{bypass}");
+    // An outsider (a process on the other node, not in any pod) fails too.
+    assert!(connect_from(&c.ns("node-a"), to).is_err());
+    let dropped = c.metric(
+        "node-b",
+        "nodeward_bpf_inbound_direct_total",
+        &[("verdict", "dropped")],
+    );
+    assert!(dropped >= 2.0, "{dropped}");
+    assert!(c.accepted("backend", PORT).is_empty());
+    // Through the proxies it works.
+    assert_eq!(c.call("frontend", to, 100)["intact"], true);
+    assert_eq!(
+        c.metric("node-b", "nodeward_mtls_mode", &[("mode", "STRICT")]),
+        1.0
+    );
+}
+
+#[test]
+fn permissive_inbound_lets_plaintext_in_and_says_so() {
+    if !require_root("permissive_inbound_lets_plaintext_in_and_says_so") {
+        return;
+    }
+    let mut c = Cluster::start_with(Options {
+        mtls: "PERMISSIVE",
+        ..Options::default()
+    });
+    c.serve_echo("backend", PORT);
+    let to = addr(c.ip4("backend"), PORT);
+    let bypass = c.call_bypassing_proxy("frontend", to, 100);
+    assert_eq!(bypass["intact"], true, "{bypass}");
+    assert_eq!(
+        c.metric("node-b", "nodeward_mtls_mode", &[("mode", "PERMISSIVE")]),
+        1.0
+    );
+    let allowed = c.metric(
+        "node-b",
+        "nodeward_bpf_inbound_direct_total",
+        &[("verdict", "allowed")],
+    );
+    assert!(allowed >= 1.0, "{allowed}");
+}
+
+/// One bad peer: what it presents and the reason the server must count.
+struct BadPeer {
+    name: &'static str,
+    reason: &'static str,
+    chain: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    tls12: bool,
+}
+
+#[test]
+fn tunnel_rejects_invalid_peers_and_counts_each_reason() {
+    if !require_root("tunnel_rejects_invalid_peers_and_counts_each_reason") {
+        return;
+    }
+    let c = Cluster::start();
+    let node_a = NodeCa::load(&c.ca_dir().join("node-a"));
+    let foreign = NodeCa::fresh("node-a");
+    let frontend = spiffe("shop", "frontend");
+    let leaf = |ca: &NodeCa, uris: &[&str], tweak: &dyn Fn(&mut CertificateParams)| {
+        Some(ca.leaf(uris, tweak))
+    };
+    let none = |_: &mut CertificateParams| {};
+    let cases = [
+        BadPeer {
+            name: "no client certificate",
+            reason: "no_client_certificate",
+            chain: None,
+            tls12: false,
+        },
+        BadPeer {
+            name: "expired",
+            reason: "expired",
+            chain: leaf(&node_a, &[&frontend], &|p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2020, 1, 2);
+            }),
+            tls12: false,
+        },
+        BadPeer {
+            name: "another CA",
+            reason: "unknown_ca",
+            chain: leaf(&foreign, &[&frontend], &none),
+            tls12: false,
+        },
+        BadPeer {
+            name: "another trust domain",
+            reason: "trust_domain",
+            chain: leaf(
+                &node_a,
+                &["spiffe://evil.example/ns/shop/sa/frontend"],
+                &none,
+            ),
+            tls12: false,
+        },
+        BadPeer {
+            name: "two URI SANs",
+            reason: "uri_san_count",
+            chain: leaf(&node_a, &[&frontend, &spiffe("shop", "cache")], &none),
+            tls12: false,
+        },
+        BadPeer {
+            name: "CA certificate as leaf",
+            reason: "leaf_is_ca",
+            chain: leaf(&node_a, &[&frontend], &|p| {
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                p.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyCertSign,
+                ];
+            }),
+            tls12: false,
+        },
+        BadPeer {
+            name: "identity the calling node does not host",
+            reason: "identity_not_on_node",
+            chain: leaf(&node_a, &[&spiffe("shop", "backend")], &none),
+            tls12: false,
+        },
+        BadPeer {
+            name: "TLS 1.2",
+            reason: "tls_version",
+            chain: leaf(&node_a, &[&frontend], &none),
+            tls12: true,
+        },
+    ];
+    let tunnel = addr(c.node_ip("node-b"), 15008);
+    let sni = sni_name(&spiffe("shop", "backend"));
+    // Positive control: a well-formed SVID of a workload node-a hosts gets through.
+    let good = node_a.leaf(&[&frontend], &none);
+    let ok = handshake(&c, tunnel, &sni, Some(good), false);
+    assert!(ok.is_ok(), "a valid peer was refused: {ok:?}");
+    for case in cases {
+        let result = handshake(&c, tunnel, &sni, case.chain, case.tls12);
+        assert!(result.is_err(), "{} was accepted", case.name);
+        let counted = c.wait_metric(
+            "node-b",
+            "nodeward_tunnel_rejected_total",
+            &[("reason", case.reason)],
+            1.0,
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            counted, 1.0,
+            "{}: reason {} not counted",
+            case.name, case.reason
+        );
+    }
+    let mut plain = connect_from(&c.ns("node-a"), tunnel).expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut buf = [0u8; 64];
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(
+        matches!(plain.read(&mut buf), Ok(0) | Err(_)),
+        "plaintext got an answer"
+    );
+    let counted = c.wait_metric(
+        "node-b",
+        "nodeward_tunnel_rejected_total",
+        &[("reason", "plaintext")],
+        1.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(counted, 1.0);
+}
+
+/// A TLS handshake from node-a's namespace to the tunnel, then one read so
+/// the server's verdict on our certificate (sent after our Finished) arrives.
+fn handshake(
+    c: &Cluster,
+    to: SocketAddr,
+    sni: &str,
+    chain: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    tls12: bool,
+) -> Result<(), String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let version: &'static rustls::SupportedProtocolVersion = if tls12 {
+        &rustls::version::TLS12
+    } else {
+        &rustls::version::TLS13
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer));
+    let mut config = match chain {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let tcp = connect_from(&c.ns("node-a"), to).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    // The HTTP/2 client preface; a server that accepted us answers with SETTINGS.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 9];
+    match tls.read(&mut buf) {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("closed".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The documented SNI: SHA-256 of the SPIFFE ID, first 16 bytes in hex, `.id.nodeward`.
+fn sni_name(id: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let hex: String = d.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{hex}.id.nodeward")
+}
+
+/// A node intermediate (ours from disk, or a foreign one) that mints test leaves.
+struct NodeCa {
+    cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl NodeCa {
+    fn load(dir: &std::path::Path) -> Self {
+        let pem = std::fs::read_to_string(dir.join("node.pem")).expect("node.pem");
+        let key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.join("node.key")).expect("node.key"))
+                .expect("node key");
+        let cert = CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
+        let issuer = Issuer::from_ca_cert_der(&cert, key).expect("issuer");
+        Self { cert, issuer }
+    }
+
+    /// A root and a node intermediate unrelated to the cluster's CA.
+    fn fresh(node: &str) -> Self {
+        let root_key = KeyPair::generate().expect("key");
+        let mut root = CertificateParams::new(Vec::<String>::new()).expect("params");
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root.distinguished_name = dn("foreign root");
+        let root_cert = root.self_signed(&root_key).expect("root");
+        let root_issuer = Issuer::from_ca_cert_der(root_cert.der(), root_key).expect("issuer");
+        let key = KeyPair::generate().expect("key");
+        let mut mid = CertificateParams::new(Vec::<String>::new()).expect("params");
+        mid.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        mid.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        mid.distinguished_name = dn("foreign node");
+        mid.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{TD}/nodeward/node/{node}")
+                .try_into()
+                .expect("uri"),
+        )];
+        let cert = mid.signed_by(&key, &root_issuer).expect("intermediate");
+        let cert = cert.der().clone();
+        let issuer = Issuer::from_ca_cert_der(&cert, key).expect("issuer");
+        Self { cert, issuer }
+    }
+
+    /// An SVID-shaped leaf with these URI SANs, after `tweak`.
+    fn leaf(
+        &self,
+        uris: &[&str],
+        tweak: &dyn Fn(&mut CertificateParams),
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().expect("uri")))
+            .collect();
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.distinguished_name = dn("test leaf");
+        tweak(&mut p);
+        let cert = p.signed_by(&key, &self.issuer).expect("leaf");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (vec![cert.der().clone(), self.cert.clone()], key)
+    }
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+/// The tests judge the server; the client accepts whatever it presents.
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
