@@ -44,6 +44,13 @@ fn main() -> Result<()> {
         "{:>9} -> {direct:<22} direct dial of the proxy port: received {} bytes (refused)",
         "frontend", r["received"]
     );
+    let bypass = c.call_bypassing_proxy("frontend", SocketAddr::new(c.ip4("backend"), PORT), 10);
+    println!(
+        "{:>9} -> {:<22} bypassing the proxies: connected={} (STRICT drops it)",
+        "frontend",
+        SocketAddr::new(c.ip4("backend"), PORT).to_string(),
+        bypass["connected"]
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     for node in ["node-a", "node-b"] {
         print_flush(&table(node, &c.access_log(node)));
@@ -62,20 +69,23 @@ fn main() -> Result<()> {
 fn table(node: &str, records: &[Value]) -> String {
     let mut out = format!("\nnode proxy {node}\n");
     out += &format!(
-        "{:<16} {:<24} {:<14} {:>10} {:>10}  {}\n",
-        "SOURCE", "ORIGINAL DST", "DESTINATION", "SENT", "RECEIVED", "RESULT"
+        "{:<44} {:<22} {:<14} {:>9} {:>9}  {}\n",
+        "CALLER", "ORIGINAL DST", "DESTINATION", "SENT", "RECEIVED", "RESULT"
     );
     for r in records {
         let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
         let n = |k: &str| r[k].as_u64().map_or("-".to_owned(), |v| v.to_string());
-        let result = match s("event").as_str() {
-            "connection" => "relayed".to_owned(),
-            "refused" => format!("refused ({})", s("reason")),
-            other => other.to_owned(),
+        let (caller, result) = match s("event").as_str() {
+            "connection" => (s("source"), format!("relayed ({})", s("path"))),
+            "inbound" => (
+                s("source_principal"),
+                format!("from tunnel ({})", s("source_node")),
+            ),
+            "refused" => (s("peer"), format!("refused ({})", s("reason"))),
+            other => (s("source"), other.to_owned()),
         };
         out += &format!(
-            "{:<16} {:<24} {:<14} {:>10} {:>10}  {result}\n",
-            s("source"),
+            "{caller:<44} {:<22} {:<14} {:>9} {:>9}  {result}\n",
             s("orig_dst"),
             s("destination"),
             n("bytes_sent"),
