@@ -12,8 +12,11 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::yaml;
 pub use crate::yaml::FileError as ConfigError;
+use crate::{
+    policy::{self, DefaultPolicy},
+    yaml,
+};
 
 /// Default outbound capture port (Istio's and ztunnel's).
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
@@ -23,6 +26,8 @@ pub const DEFAULT_TUNNEL_PORT: u16 = 15008;
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Shortest certificate lifetime accepted (tests use a few seconds).
 pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(2);
+/// Default root namespace: its selector-less policies apply mesh-wide (Istio's default).
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 /// Default admin (metrics, health) address: loopback, so pods cannot reach it.
 pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
 
@@ -47,9 +52,49 @@ pub struct ConfigFile {
     pub workloads_file: PathBuf,
     /// Where this node's certificate authority material lives.
     pub identity: IdentityFile,
-    /// Inbound mTLS mode for the node's pods (default `STRICT`).
+    /// Inbound mTLS mode for the node's pods (default `STRICT`);
+    /// PeerAuthentication policies override it per namespace or workload.
     #[serde(default)]
     pub mtls: Option<MtlsMode>,
+    /// Where authorization policies come from and what applies without one.
+    pub policy: PolicyFile,
+    /// Where audit records (one JSON line per decision) go.
+    #[serde(default)]
+    pub audit: AuditFile,
+}
+
+/// `policy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyFile {
+    /// Directory of policy files (a hostPath in production); relative paths
+    /// are taken from the config file's directory.
+    pub dir: PathBuf,
+    /// What applies to a workload no ALLOW policy selects: `deny` (default,
+    /// zero trust) or `allow` (Istio's behaviour).
+    #[serde(default)]
+    pub default_policy: Option<DefaultPolicy>,
+    /// Namespace whose selector-less policies apply to the whole mesh.
+    #[serde(default)]
+    pub root_namespace: Option<String>,
+}
+
+/// `audit`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditFile {
+    /// `stdout` (default), `stderr`, or a file path (appended to; relative
+    /// paths are taken from the config file's directory).
+    #[serde(default)]
+    pub sink: Option<String>,
+}
+
+/// Where audit records are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    Stdout,
+    Stderr,
+    File(PathBuf),
 }
 
 /// `identity`.
@@ -127,6 +172,9 @@ pub struct Config {
     pub identity_dir: PathBuf,
     pub cert_lifetime: Duration,
     pub mtls: MtlsMode,
+    pub policy_dir: PathBuf,
+    pub policy: policy::Settings,
+    pub audit_sink: AuditSink,
     /// The file this came from, for error messages.
     pub source: PathBuf,
 }
@@ -150,6 +198,13 @@ impl Config {
             workloads_file,
             identity: IdentityFile { dir, cert_lifetime },
             mtls,
+            policy:
+                PolicyFile {
+                    dir: policy_dir,
+                    default_policy,
+                    root_namespace,
+                },
+            audit: AuditFile { sink },
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
         if node.trim().is_empty() {
@@ -186,7 +241,20 @@ impl Config {
                     )
                 })?,
         };
+        let root_namespace = root_namespace.unwrap_or_else(|| DEFAULT_ROOT_NAMESPACE.to_owned());
+        if !is_dns_label(&root_namespace) {
+            return Err(bad(
+                "policy.rootNamespace",
+                "must be a namespace name (RFC 1123 label)",
+            ));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
+        let audit_sink = match sink.as_deref() {
+            None | Some("stdout") => AuditSink::Stdout,
+            Some("stderr") => AuditSink::Stderr,
+            Some("") => return Err(bad("audit.sink", "must be stdout, stderr or a file path")),
+            Some(file) => AuditSink::File(base.join(file)),
+        };
         Ok(Self {
             node,
             pod_cgroup,
@@ -200,9 +268,25 @@ impl Config {
             identity_dir: base.join(dir),
             cert_lifetime,
             mtls: mtls.unwrap_or(MtlsMode::Strict),
+            policy_dir: base.join(policy_dir),
+            policy: policy::Settings {
+                default_policy: default_policy.unwrap_or(DefaultPolicy::Deny),
+                root_namespace,
+            },
+            audit_sink,
             source: path.to_owned(),
         })
     }
+}
+
+/// True for an RFC 1123 label: what Kubernetes accepts as a namespace name.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Parses `500ms`, `10s`, `30m`, `24h` or `7d` (one number, one unit).

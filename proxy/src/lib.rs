@@ -5,11 +5,14 @@
 //! programs that hand meshed connections to the proxy, [`outbound`] relays
 //! them, [`identity`] mints every local workload's SPIFFE certificate,
 //! [`tls`] verifies peers, [`tunnel`] carries cross-node connections over
-//! mTLS, [`control`] keeps state current, and [`metrics`]/[`admin`] make all
-//! of it visible.
+//! mTLS, [`policy`] reads and evaluates authorization policies, [`authz`]
+//! enforces them (with [`http`] for per-request decisions) and audits,
+//! [`control`] keeps state current, and [`metrics`]/[`admin`] make all of it
+//! visible.
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod cgroup;
 pub mod config;
 pub mod control;

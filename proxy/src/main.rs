@@ -37,6 +37,67 @@ enum Command {
     /// Certificate authority tooling.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Policy tooling for CI/CD pipelines.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory: exit 0 with a summary, or 1 with every error.
+    Check {
+        /// Directory of policy files.
+        dir: PathBuf,
+    },
+    /// Print, as JSON, what the mesh would decide for one connection or request.
+    Explain(Box<ExplainCli>),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "to_namespace"])))]
+struct ExplainCli {
+    /// Directory of policy files.
+    #[arg(long)]
+    policies: PathBuf,
+    /// Caller: a SPIFFE ID, or `unauthenticated`.
+    #[arg(long)]
+    from: String,
+    /// Caller's IP.
+    #[arg(long)]
+    source_ip: Option<std::net::IpAddr>,
+    /// Workloads file, to find the destination by --to.
+    #[arg(long, requires = "to")]
+    workloads: Option<PathBuf>,
+    /// Destination IP:PORT (with --workloads).
+    #[arg(long, requires = "workloads")]
+    to: Option<std::net::SocketAddr>,
+    /// Destination namespace (without a workloads file).
+    #[arg(long, requires = "port")]
+    to_namespace: Option<String>,
+    /// Destination labels, k=v,k2=v2.
+    #[arg(long, default_value = "", requires = "to_namespace")]
+    to_labels: String,
+    /// Destination port (with --to-namespace).
+    #[arg(long, requires = "to_namespace")]
+    port: Option<u16>,
+    /// HTTP method.
+    #[arg(long)]
+    method: Option<String>,
+    /// HTTP path (normalised as the proxy does).
+    #[arg(long)]
+    path: Option<String>,
+    /// HTTP host.
+    #[arg(long)]
+    host: Option<String>,
+    /// HTTP header NAME=VALUE (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// What applies when no ALLOW policy selects the workload.
+    #[arg(long = "default", default_value = "deny")]
+    default_policy: nodeward::policy::DefaultPolicy,
+    /// Namespace whose selector-less policies apply mesh-wide.
+    #[arg(long, default_value = nodeward::config::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
 }
 
 #[derive(Subcommand)]
@@ -74,11 +135,15 @@ enum CaCommand {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_usage(e),
+    };
     init_tracing(cli.log_format);
     let code = match cli.command {
         Command::Run { config } => run(&config),
         Command::Ca(cmd) => ca(cmd),
+        Command::Policy(cmd) => policy(cmd),
     };
     std::process::exit(code);
 }
@@ -145,6 +210,65 @@ fn ca(cmd: CaCommand) -> i32 {
             eprintln!("nodeward: {:#}", anyhow::Error::new(e));
             1
         }
+    }
+}
+
+/// Usage errors exit 2 as clap does, except under `policy`, whose contract
+/// with pipelines is 1 for any invalid input.
+fn exit_usage(e: clap::Error) -> ! {
+    let policy = std::env::args().nth(1).is_some_and(|a| a == "policy");
+    let code = match (e.use_stderr(), policy) {
+        (false, _) => 0,
+        (true, true) => 1,
+        (true, false) => 2,
+    };
+    let _ = e.print();
+    std::process::exit(code);
+}
+
+fn policy(cmd: PolicyCommand) -> i32 {
+    use nodeward::authz::explain;
+    let result = match cmd {
+        PolicyCommand::Check { dir } => explain::check(&dir),
+        PolicyCommand::Explain(args) => {
+            explain::explain(&explain_args(*args)).map(|v| v.to_string())
+        }
+    };
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn explain_args(a: ExplainCli) -> nodeward::authz::explain::ExplainArgs {
+    use nodeward::authz::explain::{ExplainArgs, Target};
+    let to = match (a.workloads, a.to, a.to_namespace, a.port) {
+        (Some(workloads), Some(to), _, _) => Target::Workload { workloads, to },
+        (_, _, Some(namespace), Some(port)) => Target::Labels {
+            namespace,
+            labels: a.to_labels,
+            port,
+        },
+        // clap's groups and `requires` make these the only combinations.
+        _ => unreachable!("argument groups guarantee a target"),
+    };
+    ExplainArgs {
+        policies: a.policies,
+        from: a.from,
+        source_ip: a.source_ip,
+        to,
+        method: a.method,
+        path: a.path,
+        host: a.host,
+        headers: a.headers,
+        default_policy: a.default_policy,
+        root_namespace: a.root_namespace,
     }
 }
 

@@ -45,6 +45,17 @@ pub struct Metrics {
     pub workloads_reloads: IntCounterVec,
     /// 1 for the configured inbound mTLS mode.
     pub mtls_mode: IntGaugeVec,
+    /// Policy directory reloads, by result (ok|error).
+    pub policy_reloads: IntCounterVec,
+    /// 1 while a valid policy set is in force, 0 while failing closed.
+    pub policy_loaded: IntGauge,
+    /// Authorization decisions, by decision (allow|deny|audit), deciding
+    /// policy (`ns/name`, or `default`) and layer (connection|request).
+    pub authz_decisions: IntCounterVec,
+    /// Open connections closed because a reloaded policy denies them.
+    pub policy_revoked: IntCounter,
+    /// Audit records lost because the sink could not keep up.
+    pub audit_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -64,10 +75,11 @@ impl Metrics {
             let _ = registry.register(Box::new(v.clone()));
             v
         };
-        let active_connections =
-            IntGauge::new("active_connections", "Connections being relayed now")
-                .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let _ = registry.register(Box::new(active_connections.clone()));
+        let active_connections = int_gauge(
+            &registry,
+            "active_connections",
+            "Connections being relayed now",
+        );
         let tunnel_handshake_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "tunnel_handshake_seconds",
@@ -148,6 +160,31 @@ impl Metrics {
                 "1 for the inbound mTLS mode in force (PERMISSIVE lets plaintext in)",
                 &["mode"],
             ),
+            policy_reloads: counters(
+                "policy_reloads_total",
+                "Policy directory reloads",
+                &["result"],
+            ),
+            policy_loaded: int_gauge(
+                &registry,
+                "policy_loaded",
+                "1 while a valid policy set is in force, 0 while everything is denied because none ever loaded",
+            ),
+            authz_decisions: counters(
+                "authz_decisions_total",
+                "Authorization decisions",
+                &["decision", "policy", "layer"],
+            ),
+            policy_revoked: int_counter(
+                &registry,
+                "policy_revoked_connections_total",
+                "Open connections closed because a reloaded policy denies them",
+            ),
+            audit_dropped: int_counter(
+                &registry,
+                "audit_dropped_total",
+                "Audit records lost because the audit sink could not keep up",
+            ),
             registry,
         }
     }
@@ -168,6 +205,18 @@ impl Metrics {
         }
         out
     }
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
 }
 
 impl Default for Metrics {

@@ -14,6 +14,7 @@ use tokio::{
 };
 
 use crate::{
+    authz::{Admission, Authz, Subject},
     identity::{CertStore, SpiffeId},
     metrics::Metrics,
     redirect::{orig_dst_addr, FlowTable},
@@ -55,6 +56,9 @@ pub struct Shared {
     pub dialer: Dialer,
     /// Port of other nodes' tunnel listeners.
     pub tunnel_port: u16,
+    /// Authorization for same-node hops (remote ones are judged by the
+    /// destination's proxy).
+    pub authz: Arc<Authz>,
 }
 
 /// A connection that passed the checks, ready to relay.
@@ -176,15 +180,66 @@ async fn relay(conn: Accepted, shared: Arc<Shared>) {
         path,
     };
     let metrics = &shared.metrics;
-    match (path, &dest) {
-        (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, w, peer, dst).await {
-            Ok(up) => relay::run(stream, up, route, dst, dest, metrics).await,
+    match (path, dest) {
+        (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, &w, peer, dst).await {
+            Ok(up) => relay::run(stream, up, route, dst, Some(w), metrics, None).await,
             Err(e) => connect_failed(stream, &source, peer, dst, e.reason(), &e, metrics),
         },
-        _ => match shared.dialer.dial(dst).await {
-            Ok(up) => relay::run(stream, up, route, dst, dest, metrics).await,
+        (Path::Local, Some(w)) => local(&shared, stream, route, w, peer, dst).await,
+        (_, dest) => match shared.dialer.dial(dst).await {
+            Ok(up) => relay::run(stream, up, route, dst, dest, metrics, None).await,
             Err(e) => connect_failed(stream, &source, peer, dst, "connect", &e, metrics),
         },
+    }
+}
+
+/// A same-node hop: this proxy is also the destination's proxy, so it
+/// authorizes here, with the identity the kernel record vouched for.
+async fn local(
+    shared: &Shared,
+    stream: TcpStream,
+    route: Route,
+    dest: Arc<Workload>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) {
+    let Route::Outbound { source, .. } = &route else {
+        return;
+    };
+    let source = source.clone();
+    let td = shared.certs.ca().trust_domain();
+    let subject = Subject {
+        principal: SpiffeId::workload(td, &source.namespace, &source.service_account).ok(),
+        source_ip: Some(peer.ip()),
+        destination: dest.clone(),
+        dst,
+    };
+    let admission = shared.authz.admit(subject);
+    if let Admission::Denied(d) = &admission {
+        // Reset: the caller sees a refused connection, as with a remote denial.
+        let _ = stream.set_zero_linger();
+        tracing::info!(target: "nodeward::access", event = "denied", source = %source,
+            peer = %peer, orig_dst = %dst, destination = %dest, reason = %d.reason,
+            "outbound connection denied by policy");
+        return;
+    }
+    let up = match shared.dialer.dial(dst).await {
+        Ok(up) => up,
+        Err(e) => {
+            let m = &shared.metrics;
+            return connect_failed(stream, &source, peer, dst, "connect", &e, m);
+        }
+    };
+    let metrics = &shared.metrics;
+    match admission {
+        Admission::Relay(lease) => {
+            relay::run(stream, up, route, dst, Some(dest), metrics, Some(&lease)).await
+        }
+        Admission::Http(lease) => {
+            let gate = shared.authz.gate(&lease);
+            relay::run_http(stream, up, gate, route, dst, Some(dest), metrics, &lease).await
+        }
+        Admission::Denied(_) => {}
     }
 }
 

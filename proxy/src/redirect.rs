@@ -7,6 +7,7 @@
 //! owned, never pinned), so a stopped proxy leaves pods connecting directly.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -103,6 +104,13 @@ pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, OrigDst>,
 }
 
+/// Per-pod inbound mode overrides (PeerAuthentication), owned by the task
+/// that keeps them in line with the policy set and the workloads.
+pub struct InboundModes {
+    map: HashMap<MapData, LpmAddr, u32>,
+    current: BTreeMap<IpAddr, MtlsMode>,
+}
+
 /// Read-only views of the kernel state, for metrics and tests.
 pub struct KernelStats {
     stats: PerCpuArray<MapData, u64>,
@@ -127,7 +135,9 @@ pub struct KernelCounters {
 
 impl Redirector {
     /// Loads the programs, fills their maps and attaches them to `settings.pod_cgroup`.
-    pub fn attach(settings: &Settings) -> Result<(Self, FlowTable, KernelStats), RedirectError> {
+    pub fn attach(
+        settings: &Settings,
+    ) -> Result<(Self, FlowTable, KernelStats, InboundModes), RedirectError> {
         let mut ebpf = Ebpf::load(BPF_OBJECT)?;
         if cfg!(debug_assertions) {
             start_bpf_logger(&mut ebpf);
@@ -163,7 +173,11 @@ impl Redirector {
             flows: hash_map(flows_map, maps::FLOWS)?,
         };
         let stats = KernelStats::open(&mut ebpf, flows_id)?;
-        Ok((Self { _ebpf: ebpf }, flows, stats))
+        let modes = InboundModes {
+            map: hash_map(take(&mut ebpf, maps::INBOUND_MODES)?, maps::INBOUND_MODES)?,
+            current: BTreeMap::new(),
+        };
+        Ok((Self { _ebpf: ebpf }, flows, stats, modes))
     }
 }
 
@@ -177,6 +191,41 @@ impl FlowTable {
         // runs second finds nothing, which is fine.
         let _ = self.flows.remove(&key);
         Some(value)
+    }
+}
+
+impl InboundModes {
+    /// Makes the kernel's overrides exactly `wanted` (pod IP → mode); pods
+    /// not listed use the configured mode. Returns whether anything changed.
+    pub fn set(&mut self, wanted: BTreeMap<IpAddr, MtlsMode>) -> bool {
+        if wanted == self.current {
+            return false;
+        }
+        for ip in self.current.keys().filter(|ip| !wanted.contains_key(ip)) {
+            let _ = self.map.remove(&addr_key(*ip));
+        }
+        for (ip, mode) in &wanted {
+            if let Err(e) = self.map.insert(addr_key(*ip), mode_value(*mode), 0) {
+                tracing::error!(%ip, error = %e, "setting a pod's inbound mode");
+            }
+        }
+        self.current = wanted;
+        true
+    }
+}
+
+/// A pod address as the inbound program looks it up (IPv4 mapped).
+fn addr_key(ip: IpAddr) -> LpmAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn mode_value(mode: MtlsMode) -> u32 {
+    match mode {
+        MtlsMode::Strict => inbound::STRICT,
+        MtlsMode::Permissive => inbound::PERMISSIVE,
     }
 }
 
@@ -320,10 +369,7 @@ fn write_config(ebpf: &mut Ebpf, s: &Settings) -> Result<(), RedirectError> {
             .map(|a| ip_to_words(IpAddr::V6(a)))
             .unwrap_or_default(),
         proxy_netns_cookie: netns_cookie()?,
-        inbound_mode: match s.mtls {
-            MtlsMode::Strict => inbound::STRICT,
-            MtlsMode::Permissive => inbound::PERMISSIVE,
-        },
+        inbound_mode: mode_value(s.mtls),
         _pad: 0,
     };
     config

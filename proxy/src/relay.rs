@@ -16,7 +16,14 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{identity::SpiffeId, metrics::Metrics, tunnel::pool, workloads::Workload};
+use crate::{
+    authz::{Lease, RequestGate},
+    http,
+    identity::SpiffeId,
+    metrics::Metrics,
+    tunnel::pool,
+    workloads::Workload,
+};
 
 /// How long to wait for a destination to accept.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,7 +119,9 @@ impl Dialer {
     }
 }
 
-/// Relays until both directions are done, then logs and counts.
+/// Relays until both directions are done, then logs and counts. With a
+/// `lease`, a revocation (a reloaded policy denies the connection) resets
+/// both sides.
 pub async fn run<A, B>(
     mut a: A,
     mut b: B,
@@ -120,10 +129,96 @@ pub async fn run<A, B>(
     dst: SocketAddr,
     dest: Option<Arc<Workload>>,
     metrics: &Metrics,
+    lease: Option<&Lease>,
 ) where
     A: AsyncRead + AsyncWrite + Unpin + Abort,
     B: AsyncRead + AsyncWrite + Unpin + Abort,
 {
+    let pump = async {
+        let result = {
+            let copy = copy_bidirectional_with_sizes(&mut a, &mut b, RELAY_BUF, RELAY_BUF);
+            match lease {
+                Some(lease) => tokio::select! {
+                    r = copy => r,
+                    _ = lease.revoked() => Err(revoked()),
+                },
+                None => copy.await,
+            }
+        };
+        match result {
+            Ok((sent, received)) => Outcome {
+                sent,
+                received,
+                error: None,
+            },
+            Err(e) => {
+                a.abort();
+                b.abort();
+                Outcome {
+                    sent: 0,
+                    received: 0,
+                    error: Some(e.to_string()),
+                }
+            }
+        }
+    };
+    account(route, dst, dest, metrics, pump).await;
+}
+
+/// Serves an HTTP connection whose requests `gate` judges one by one, then
+/// logs and counts like [`run`]. A revocation closes both sides.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the same flow description as `run`, plus the gate"
+)]
+pub async fn run_http<A>(
+    client: A,
+    upstream: TcpStream,
+    gate: RequestGate,
+    route: Route,
+    dst: SocketAddr,
+    dest: Option<Arc<Workload>>,
+    metrics: &Metrics,
+    lease: &Lease,
+) where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let pump = async {
+        tokio::select! {
+            s = http::serve(client, upstream, Arc::new(gate)) => Outcome {
+                sent: s.bytes_in,
+                received: s.bytes_out,
+                error: s.error,
+            },
+            _ = lease.revoked() => Outcome {
+                sent: 0,
+                received: 0,
+                error: Some(revoked().to_string()),
+            },
+        }
+    };
+    account(route, dst, dest, metrics, pump).await;
+}
+
+fn revoked() -> std::io::Error {
+    std::io::Error::other("closed: a reloaded policy denies this connection")
+}
+
+/// What a relay moved, and how it ended.
+struct Outcome {
+    sent: u64,
+    received: u64,
+    error: Option<String>,
+}
+
+/// Counts the connection while `pump` moves its bytes, then logs it.
+async fn account(
+    route: Route,
+    dst: SocketAddr,
+    dest: Option<Arc<Workload>>,
+    metrics: &Metrics,
+    pump: impl std::future::Future<Output = Outcome>,
+) {
     let start = Instant::now();
     let labels = labels(&route, dest.as_deref());
     let labels = [
@@ -135,17 +230,13 @@ pub async fn run<A, B>(
     ];
     metrics.connections_opened.with_label_values(&labels).inc();
     metrics.active_connections.inc();
-    let result = copy_bidirectional_with_sizes(&mut a, &mut b, RELAY_BUF, RELAY_BUF).await;
+    let Outcome {
+        sent,
+        received,
+        error,
+    } = pump.await;
     metrics.active_connections.dec();
     metrics.connections_closed.with_label_values(&labels).inc();
-    let (sent, received, error) = match result {
-        Ok((s, r)) => (s, r, None),
-        Err(e) => {
-            a.abort();
-            b.abort();
-            (0, 0, Some(e.to_string()))
-        }
-    };
     metrics.bytes_sent.with_label_values(&labels).inc_by(sent);
     metrics
         .bytes_received

@@ -7,7 +7,9 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    admin, cgroup,
+    admin,
+    authz::{audit::Auditor, reload, Authz},
+    cgroup,
     config::{Config, ConfigError},
     control::Control,
     identity::{CertStore, NodeCa, SpiffeId},
@@ -70,6 +72,10 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
             .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?,
     );
     let metrics = Arc::new(Metrics::new());
+    let auditor = Auditor::open(&cfg.audit_sink, metrics.audit_dropped.clone())
+        .map_err(|e| ConfigError::invalid(&cfg.source, "audit.sink", e))?;
+    let (policies, sources) = reload::initial(&cfg.policy_dir, cfg.policy.clone(), &metrics);
+    let authz = Arc::new(Authz::new(policies, auditor, metrics.clone()));
     let certs = Arc::new(CertStore::new(ca, cfg.cert_lifetime));
     let pool = Arc::new(Pool::new(bundle.clone(), metrics.clone()));
     let control = Control {
@@ -86,7 +92,7 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     let listeners = bind_outbound(&cfg).await?;
     let tunnel_listener = bind_tunnel(cfg.tunnel_port).await?;
     let admin_listener = bind(cfg.admin_addr).await?;
-    let (redirector, flows, kernel) =
+    let (redirector, flows, kernel, inbound_modes) =
         Redirector::attach(&redirect::Settings::new(&pod_cgroup, &cfg))?;
     metrics.register_kernel(kernel);
     metrics
@@ -113,15 +119,17 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         certs: certs.clone(),
         metrics: metrics.clone(),
         dialer: dialer.clone(),
+        authz: authz.clone(),
     });
     let shared = Arc::new(outbound::Shared {
         node: cfg.node.clone(),
-        registry,
+        registry: registry.clone(),
         metrics: metrics.clone(),
         certs,
         pool,
         dialer,
         tunnel_port: cfg.tunnel_port,
+        authz: authz.clone(),
     });
     let accept = tokio::spawn(outbound::serve(listeners, flows, shared, stop_rx.clone()));
     let tunnel_task = tokio::spawn(tunnel::server::serve(
@@ -130,6 +138,20 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         stop_rx.clone(),
     ));
     let control_task = tokio::spawn(control.run(stop_rx.clone()));
+    let modes_task = tokio::spawn(reload::sync_inbound_modes(
+        authz.clone(),
+        registry.clone(),
+        cfg.node.clone(),
+        inbound_modes,
+        stop_rx.clone(),
+    ));
+    let policy_task = tokio::spawn(reload::watch(
+        authz,
+        cfg.policy_dir.clone(),
+        sources,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     let admin_task = tokio::spawn(admin::serve(admin_listener, metrics.clone(), stop_rx));
 
     wait_for_signal().await?;
@@ -141,6 +163,8 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     let _ = accept.await;
     let _ = tunnel_task.await;
     let _ = control_task.await;
+    let _ = policy_task.await;
+    let _ = modes_task.await;
     drain(&metrics).await;
     let _ = admin_task.await;
     tracing::info!("stopped");

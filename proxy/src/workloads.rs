@@ -108,12 +108,29 @@ impl Registry {
         Self::build(path, file, node, cgroup_mount)
     }
 
+    /// Reads `path` as a tool off the node sees it (`policy explain`): no
+    /// workload is local, so neither node entries nor cgroups are checked.
+    pub fn load_detached(path: &Path) -> Result<Self, FileError> {
+        let file: WorkloadsFile = yaml::read(path)?;
+        Self::build_with(path, file, None)
+    }
+
     /// Validates a decoded file and builds the indexes.
     pub fn build(
         path: &Path,
         file: WorkloadsFile,
         node: &str,
         cgroup_mount: &Path,
+    ) -> Result<Self, FileError> {
+        Self::build_with(path, file, Some((node, cgroup_mount)))
+    }
+
+    /// `local` is this node's name and cgroup2 mount, when the registry
+    /// serves a running proxy.
+    fn build_with(
+        path: &Path,
+        file: WorkloadsFile,
+        local: Option<(&str, &Path)>,
     ) -> Result<Self, FileError> {
         let mut reg = Self::default();
         for (i, n) in file.nodes.into_iter().enumerate() {
@@ -142,6 +159,10 @@ impl Registry {
                     return Err(FileError::invalid(path, field("ips"), msg));
                 }
             }
+            let Some((node, cgroup_mount)) = local else {
+                reg.all.push(w);
+                continue;
+            };
             if w.node != node && !reg.nodes.contains_key(&w.node) {
                 let msg = format!("node {:?} has no entry under `nodes`", w.node);
                 return Err(FileError::invalid(path, field("node"), msg));

@@ -155,13 +155,35 @@ pub struct Options {
     pub mtls: &'static str,
     /// Workload certificate lifetime (`identity.certLifetime`).
     pub cert_lifetime: &'static str,
+    /// `policy.defaultPolicy`: `deny` or `allow`.
+    pub default_policy: &'static str,
+    /// Files written to the shared policy directory before the proxies
+    /// start, as (file name, YAML).
+    pub policies: Vec<(&'static str, String)>,
+    /// Instead of writing `policies`, make the policy directory a symlink
+    /// to this one, so its files are used (and reloaded) where they are.
+    pub policy_link: Option<PathBuf>,
 }
+
+/// A mesh-wide policy that allows every connection: the default for tests
+/// that are not about authorization.
+pub const ALLOW_ALL: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: istio-system}
+spec:
+  action: ALLOW
+  rules: [{}]
+";
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             mtls: "STRICT",
             cert_lifetime: "24h",
+            default_policy: "deny",
+            policies: vec![("allow-all.yaml", ALLOW_ALL.to_owned())],
+            policy_link: None,
         }
     }
 }
@@ -470,10 +492,22 @@ impl Cluster {
     fn write_files(&self) -> Result<()> {
         self.make_ca()?;
         self.write_workloads()?;
+        if let Some(target) = &self.options.policy_link {
+            std::os::unix::fs::symlink(target, self.policy_dir())?;
+            return self.write_configs();
+        }
+        fs::create_dir_all(self.policy_dir())?;
+        for (name, text) in &self.options.policies {
+            self.write_policy(name, text);
+        }
+        self.write_configs()
+    }
+
+    fn write_configs(&self) -> Result<()> {
         for node in NODES {
             let i = node.index;
             let cfg = format!(
-                "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\n",
+                "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\n",
                 node.name,
                 self.node_cgroup(node.name).display(),
                 MESH_CIDRS[0],
@@ -481,10 +515,62 @@ impl Cluster {
                 node.name,
                 self.options.cert_lifetime,
                 self.options.mtls,
+                self.options.default_policy,
             );
             fs::write(self.config_path(node.name), cfg)?;
         }
         Ok(())
+    }
+
+    /// The policy directory both proxies watch (like a ConfigMap mounted on every node).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.join("policies")
+    }
+
+    /// Writes (or replaces) one policy file, atomically as a rename.
+    pub fn write_policy(&self, name: &str, text: &str) {
+        let tmp = self.policy_dir().join(format!(".{name}.tmp"));
+        fs::write(&tmp, text).expect("write policy");
+        fs::rename(&tmp, self.policy_dir().join(name)).expect("rename policy");
+    }
+
+    /// Removes one policy file.
+    pub fn remove_policy(&self, name: &str) {
+        fs::remove_file(self.policy_dir().join(name)).expect("remove policy");
+    }
+
+    /// Runs `change`, then waits until both proxies count one more policy
+    /// reload with `result` (`ok` or `error`).
+    pub fn change_policies(&self, result: &str, change: impl FnOnce(&Self)) {
+        let name = "nodeward_policy_reloads_total";
+        let before: Vec<f64> = NODES
+            .iter()
+            .map(|n| self.metric(n.name, name, &[("result", result)]))
+            .collect();
+        change(self);
+        for (node, was) in NODES.iter().zip(before) {
+            let now = self.wait_metric(
+                node.name,
+                name,
+                &[("result", result)],
+                was + 1.0,
+                Duration::from_secs(10),
+            );
+            assert!(
+                now > was,
+                "{}: no policy reload with result {result}:\n{}",
+                node.name,
+                self.proxy_log(node.name)
+            );
+        }
+    }
+
+    /// A node proxy's audit records (one per authorization decision).
+    pub fn audit_log(&self, node: &str) -> Vec<Value> {
+        json_lines(&self.log_path(node))
+            .into_iter()
+            .filter(|v| v["log"] == "audit")
+            .collect()
     }
 
     /// The config file of a node's proxy.
@@ -558,6 +644,50 @@ impl Cluster {
         let p = self.pod(pod).clone();
         let (ns, cg) = (self.ns(pod), self.pod_cgroup(&p));
         self.serve_echo_in(&ns, Some(&cg), &format!("echo-{pod}-{port}"), port);
+    }
+
+    /// Runs a small HTTP/1.1 server in `pod` on `port` that answers every
+    /// request with 200 and logs it (`{"request": "GET /path"}`).
+    pub fn serve_http(&mut self, pod: &str, port: u16) {
+        let p = self.pod(pod).clone();
+        let (ns, cg) = (self.ns(pod), self.pod_cgroup(&p));
+        let log = self.log_path(&format!("http-{pod}-{port}"));
+        let child = Command::new(&self.bins.nw_pod)
+            .arg("--netns")
+            .arg(&ns)
+            .arg("--cgroup")
+            .arg(&cg)
+            .args(["http-serve", "--listen", &format!("[::]:{port}")])
+            .stdout(append(&log).expect("log file"))
+            .stderr(append(&log).expect("log file"))
+            .spawn()
+            .expect("spawn http server");
+        self.others.push(child);
+        wait_for(&log, "listening", Duration::from_secs(10)).expect("http server listening");
+    }
+
+    /// Requests (`"METHOD /path"`) an HTTP server in `pod` received, in order.
+    pub fn http_requests_seen(&self, pod: &str, port: u16) -> Vec<String> {
+        json_lines(&self.log_path(&format!("http-{pod}-{port}")))
+            .iter()
+            .filter_map(|v| v["request"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// From `pod`: sends `requests` (`"METHOD /path"`) one after another on
+    /// one HTTP/1.1 connection to `to`; returns the tool's report, with
+    /// `statuses` (0 where no response came).
+    pub fn http_calls(&self, pod: &str, to: SocketAddr, requests: &[&str]) -> Value {
+        let mut args = vec![
+            "http-requests".to_owned(),
+            "--to".to_owned(),
+            to.to_string(),
+        ];
+        for r in requests {
+            args.push("--request".to_owned());
+            args.push((*r).to_owned());
+        }
+        self.pod_tool(pod, &args)
     }
 
     /// Runs an echo server in a node's netns (outside the mesh, for bypass tests).

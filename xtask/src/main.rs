@@ -26,7 +26,12 @@ enum Task {
     /// Setup, lint, unit tests and the end-to-end suite (needs root).
     Test,
     /// Bring up the two-node demo cluster and show what flows through the proxies.
-    Demo,
+    Demo {
+        /// Policy directory to run the mesh with (default: the examples in
+        /// `policies/`); edits to it are reloaded live.
+        #[arg(long)]
+        policies: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -35,14 +40,25 @@ fn main() -> Result<()> {
     if !path.split(':').any(|d| d == "/usr/sbin") {
         std::env::set_var("PATH", format!("{path}:/usr/sbin:/sbin"));
     }
+    let task = Cli::parse().task;
+    // A user's path means what it meant where they typed it.
+    let task = match task {
+        Task::Demo { policies: Some(p) } => Task::Demo {
+            policies: Some(
+                std::fs::canonicalize(&p)
+                    .with_context(|| format!("policy directory {}", p.display()))?,
+            ),
+        },
+        other => other,
+    };
     // Every task runs from the workspace root, wherever cargo was invoked.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).context("entering the workspace root")?;
-    match Cli::parse().task {
+    match task {
         Task::Setup => setup(),
         Task::Build => build(),
         Task::Test => test(),
-        Task::Demo => demo(),
+        Task::Demo { policies } => demo(policies),
     }
 }
 
@@ -142,9 +158,14 @@ fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])
 }
 
-fn demo() -> Result<()> {
+fn demo(policies: Option<std::path::PathBuf>) -> Result<()> {
+    let policies = match policies {
+        Some(p) => p,
+        None => std::fs::canonicalize("policies").context("the example policies")?,
+    };
     build()?;
     let status = Command::new("target/release/nw-demo")
+        .env("NW_DEMO_POLICIES", &policies)
         .env("NODEWARD_BIN", "target/release/nodeward")
         .env("NW_POD_BIN", "target/release/nw-pod")
         .status()

@@ -115,6 +115,8 @@ pub mod maps {
     pub const FLOWS: &str = "NW_FLOWS";
     /// `PerCpuArray<u64>` of [`super::stat`] counters.
     pub const STATS: &str = "NW_STATS";
+    /// Per-pod inbound mode overrides (PeerAuthentication).
+    pub const INBOUND_MODES: &str = "NW_INBOUND_MODES";
 }
 
 /// Program names as they appear in the object file.

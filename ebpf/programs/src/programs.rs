@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_fullsock,
     },
     macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
-    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
@@ -45,6 +45,11 @@ static NW_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(655
 
 #[map(name = "NW_FLOWS")]
 static NW_FLOWS: LruHashMap<FlowKey, OrigDst> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per-pod inbound mode (PeerAuthentication), keyed by the pod's address
+/// (IPv4 as `::ffff:a.b.c.d`); pods without an entry use the config's mode.
+#[map(name = "NW_INBOUND_MODES")]
+static NW_INBOUND_MODES: HashMap<LpmAddr, u32> = HashMap::with_max_entries(8192, 0);
 
 #[map(name = "NW_STATS")]
 static NW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -208,7 +213,12 @@ fn try_inbound(ctx: &SkBuffContext) -> Result<i32, ()> {
     // unreadable header still gets the verdict, only the count is skipped.
     let flags: u8 = ctx.load(tcp_off + 13).unwrap_or(0);
     let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    if cfg.inbound_mode == inbound::STRICT {
+    // SAFETY: the value is a plain u32 copied out at once; the map is only
+    // updated whole-entry by userspace.
+    let mode = unsafe { NW_INBOUND_MODES.get(&to_bytes(&dst)) }
+        .copied()
+        .unwrap_or(cfg.inbound_mode);
+    if mode != inbound::PERMISSIVE {
         if syn {
             bump(stat::INBOUND_DROPPED);
         }

@@ -9,6 +9,8 @@ proxyAddresses:
 workloadsFile: workloads.yaml
 identity:
   dir: ca/node-a
+policy:
+  dir: policies
 ";
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -104,4 +106,41 @@ fn semantic_errors_name_the_field() {
         .expect_err("port 0")
         .to_string();
     assert!(err.contains("ports.outbound"), "{err}");
+}
+
+#[test]
+fn policy_settings_default_to_zero_trust_and_stdout_audit() {
+    let cfg = parse(GOOD).expect("valid");
+    assert_eq!(cfg.policy_dir, Path::new("/etc/nodeward/policies"));
+    assert_eq!(cfg.policy.default_policy, DefaultPolicy::Deny);
+    assert_eq!(cfg.policy.root_namespace, "istio-system");
+    assert_eq!(cfg.audit_sink, AuditSink::Stdout);
+}
+
+#[test]
+fn policy_and_audit_fields_are_read_and_checked() {
+    let text = GOOD.replace(
+        "dir: policies\n",
+        "dir: /srv/p\n  defaultPolicy: allow\n  rootNamespace: mesh-root\naudit:\n  sink: audit.log\n",
+    );
+    let cfg = parse(&text).expect("valid");
+    assert_eq!(cfg.policy_dir, Path::new("/srv/p"));
+    assert_eq!(cfg.policy.default_policy, DefaultPolicy::Allow);
+    assert_eq!(cfg.policy.root_namespace, "mesh-root");
+    assert_eq!(
+        cfg.audit_sink,
+        AuditSink::File("/etc/nodeward/audit.log".into())
+    );
+    let err = parse(&GOOD.replace("dir: policies\n", "dir: p\n  defaultPolicy: maybe\n"))
+        .expect_err("bad default")
+        .to_string();
+    assert!(err.contains("policy.defaultPolicy"), "{err}");
+    let err = parse(&GOOD.replace("dir: policies\n", "dir: p\n  rootNamespace: Bad_NS\n"))
+        .expect_err("bad namespace")
+        .to_string();
+    assert!(err.contains("policy.rootNamespace"), "{err}");
+    let err = parse(&GOOD.replace("policy:\n  dir: policies\n", ""))
+        .expect_err("policy is required")
+        .to_string();
+    assert!(err.contains("policy"), "{err}");
 }

@@ -63,6 +63,8 @@ impl TunnelError {
             Self::Handshake { reason, .. } => reason,
             Self::Config(_) => "config",
             Self::Http(_) => "http2",
+            // The destination's policy said no: not a failure of the path.
+            Self::Status { status, .. } if *status == StatusCode::FORBIDDEN => "denied",
             Self::Status { .. } => "refused",
         }
     }

@@ -22,6 +22,7 @@ use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
 use super::{CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, SERVER_MAX_STREAMS, STREAM_WINDOW};
 use crate::{
+    authz::{Admission, Authz, Subject},
     identity::{CertStore, SpiffeId},
     metrics::Metrics,
     relay::{self, Route},
@@ -43,6 +44,8 @@ pub struct Inbound {
     pub certs: Arc<CertStore>,
     pub metrics: Arc<Metrics>,
     pub dialer: relay::Dialer,
+    /// Authorization for every stream (and every request on HTTP ports).
+    pub authz: Arc<Authz>,
 }
 
 /// One authenticated tunnel connection.
@@ -165,10 +168,29 @@ async fn stream_request(
     peer: &Arc<Peer>,
 ) -> Response<Full<Bytes>> {
     let checked = check_request(&req, inbound, peer);
-    let (dst, dest, source) = match checked {
+    let Checked {
+        dst,
+        dest,
+        source,
+        source_ip,
+    } = match checked {
         Ok(ok) => ok,
         Err((status, why)) => return refuse(inbound, status, why),
     };
+    let subject = Subject {
+        principal: Some(peer.verified.id.clone()),
+        source_ip,
+        destination: dest.clone(),
+        dst,
+    };
+    let admission = inbound.authz.admit(subject);
+    if let Admission::Denied(_) = admission {
+        return refuse(
+            inbound,
+            StatusCode::FORBIDDEN,
+            "denied by authorization policy",
+        );
+    }
     let upstream = match inbound.dialer.dial(dst).await {
         Ok(s) => s,
         Err(e) => {
@@ -196,7 +218,19 @@ async fn stream_request(
                     peer: peer.addr,
                 };
                 let io = TokioIo::new(upgraded);
-                relay::run(io, upstream, route, dst, Some(dest), &inbound.metrics).await;
+                let metrics = &inbound.metrics;
+                match admission {
+                    Admission::Relay(lease) => {
+                        relay::run(io, upstream, route, dst, Some(dest), metrics, Some(&lease))
+                            .await
+                    }
+                    Admission::Http(lease) => {
+                        let gate = inbound.authz.gate(&lease);
+                        relay::run_http(io, upstream, gate, route, dst, Some(dest), metrics, &lease)
+                            .await
+                    }
+                    Admission::Denied(_) => {}
+                }
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT stream never upgraded"),
         }
@@ -204,7 +238,15 @@ async fn stream_request(
     Response::new(Full::new(Bytes::new()))
 }
 
-type Checked = (SocketAddr, Arc<Workload>, Option<Arc<Workload>>);
+/// A CONNECT request that passed the protocol checks.
+struct Checked {
+    /// The original destination (a local workload's IP and port).
+    dst: SocketAddr,
+    dest: Arc<Workload>,
+    /// The calling workload and its IP, when the client named it (`Forwarded`).
+    source: Option<Arc<Workload>>,
+    source_ip: Option<IpAddr>,
+}
 
 /// The stream's destination (a local workload whose identity this
 /// connection authenticated as) and, from `Forwarded`, the calling workload.
@@ -231,9 +273,11 @@ fn check_request(
             StatusCode::MISDIRECTED_REQUEST,
             "destination is not a local workload with the identity this connection authenticated",
         ))?;
-    let source = match forwarded_for(req) {
-        Ok(None) => None,
-        Ok(Some(ip)) => Some(
+    let source_ip =
+        forwarded_for(req).map_err(|()| (StatusCode::BAD_REQUEST, "malformed Forwarded header"))?;
+    let source = match source_ip {
+        None => None,
+        Some(ip) => Some(
             registry
                 .by_ip(ip)
                 .filter(|w| w.node == peer.verified.node && same_identity(w, &peer.verified.id))
@@ -243,13 +287,13 @@ fn check_request(
                     "forwarded client is not a workload of the authenticated identity",
                 ))?,
         ),
-        Err(()) => return Err((StatusCode::BAD_REQUEST, "malformed Forwarded header")),
     };
-    Ok((
-        SocketAddr::new(dst.ip().to_canonical(), dst.port()),
+    Ok(Checked {
+        dst: SocketAddr::new(dst.ip().to_canonical(), dst.port()),
         dest,
         source,
-    ))
+        source_ip,
+    })
 }
 
 fn same_identity(w: &Workload, id: &SpiffeId) -> bool {

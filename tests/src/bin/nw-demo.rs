@@ -1,15 +1,19 @@
 //! `cargo xtask demo`: the two-node netns cluster with real node proxies,
 //! some traffic between pods, and a table of what went through each proxy.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Result};
 use nix::sys::signal::{SigSet, Signal};
-use nodeward_tests::{print_flush, standard_pods, teardown, Cluster, Options};
+use nodeward_tests::{print_flush, standard_pods, teardown, Cluster, Options, PodSpec};
 use serde_json::Value;
 
 const PREFIX: &str = "nw-demo";
 const PORT: u16 = 9000;
+const HTTP_PORT: u16 = 8080;
 
 fn main() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -21,49 +25,128 @@ fn main() -> Result<()> {
     stop.add(Signal::SIGTERM);
     stop.thread_block()?;
     clean_stale_demo()?;
-    let mut c = Cluster::start_with_prefix(PREFIX, standard_pods(), Options::default())?;
+    let policies = std::env::var_os("NW_DEMO_POLICIES").map(PathBuf::from);
+    let options = Options {
+        policy_link: policies.clone(),
+        ..Options::default()
+    };
+    let mut pods = standard_pods();
+    pods.push(PodSpec {
+        name: "ops-tool",
+        namespace: "ops",
+        service_account: "ops-tool",
+        node: "node-a",
+        host: 12,
+    });
+    let mut c = Cluster::start_with_prefix(PREFIX, pods, options)?;
     for pod in ["backend", "cache", "db"] {
         c.serve_echo(pod, PORT);
     }
-    let calls: [(&str, SocketAddr, usize); 4] = [
-        ("frontend", SocketAddr::new(c.ip4("backend"), PORT), 1 << 20),
-        ("frontend", SocketAddr::new(c.ip4("cache"), PORT), 4096),
-        ("cache", SocketAddr::new(c.ip6("db"), PORT), 65536),
-        ("backend", SocketAddr::new(c.ip4("cache"), PORT), 100),
-    ];
-    for (from, to, bytes) in calls {
-        let r = c.call(from, to, bytes);
-        println!(
-            "{from:>9} -> {to:<22} {bytes:>8} bytes  intact={}",
-            r["intact"]
-        );
-    }
-    let direct = SocketAddr::new(c.gateway4("node-a"), nodeward_tests::OUTBOUND_PORT);
-    let r = c.call("frontend", direct, 10);
-    println!(
-        "{:>9} -> {direct:<22} direct dial of the proxy port: received {} bytes (refused)",
-        "frontend", r["received"]
-    );
-    let bypass = c.call_bypassing_proxy("frontend", SocketAddr::new(c.ip4("backend"), PORT), 10);
-    println!(
-        "{:>9} -> {:<22} bypassing the proxies: connected={} (STRICT drops it)",
-        "frontend",
-        SocketAddr::new(c.ip4("backend"), PORT).to_string(),
-        bypass["connected"]
-    );
+    c.serve_http("backend", HTTP_PORT);
+    tcp_calls(&c);
+    http_calls(&c);
     std::thread::sleep(std::time::Duration::from_millis(300));
     for node in ["node-a", "node-b"] {
         print_flush(&table(node, &c.access_log(node)));
+        print_flush(&decisions(node, &c.audit_log(node)));
     }
     println!(
         "\nnetns: {0}-node-a {0}-node-b {0}-<pod>; logs in /tmp/{0}",
         PREFIX
+    );
+    if let Some(dir) = &policies {
+        println!(
+            "policies: {} (edit it: changes apply within 2 s; `nodeward policy check` it first)",
+            dir.display()
+        );
+    }
+    println!(
+        "try a call: target/release/nw-pod --netns {PREFIX}-frontend --cgroup {} http-requests --to {}:{HTTP_PORT} --request 'GET /api/items'",
+        c.node_cgroup("node-a").join("frontend").display(),
+        c.ip4("backend"),
     );
     print_flush("demo ready\n");
     let sig = stop.wait()?;
     println!("{sig:?}: tearing down");
     drop(c);
     Ok(())
+}
+
+/// Plain TCP calls: allowed and denied by the example policies.
+fn tcp_calls(c: &Cluster) {
+    let calls: [(&str, SocketAddr, usize); 5] = [
+        ("backend", SocketAddr::new(c.ip4("db"), PORT), 65536),
+        ("frontend", SocketAddr::new(c.ip4("cache"), PORT), 4096),
+        ("backend", SocketAddr::new(c.ip4("cache"), PORT), 100),
+        ("frontend", SocketAddr::new(c.ip4("db"), PORT), 100),
+        ("cache", SocketAddr::new(c.ip6("db"), PORT), 100),
+    ];
+    for (from, to, bytes) in calls {
+        let r = c.call(from, to, bytes);
+        let outcome = if r["intact"] == true {
+            "allowed, intact"
+        } else {
+            "refused"
+        };
+        println!("{from:>9} -> {to:<24} {bytes:>8} bytes  {outcome}");
+    }
+    let bypass = c.call_bypassing_proxy("frontend", SocketAddr::new(c.ip4("backend"), PORT), 10);
+    println!(
+        "{:>9} -> {:<24} bypassing the proxies: connected={} (STRICT drops it)",
+        "frontend",
+        SocketAddr::new(c.ip4("backend"), PORT).to_string(),
+        bypass["connected"]
+    );
+}
+
+/// HTTP requests on backend's API port, judged one by one.
+fn http_calls(c: &Cluster) {
+    let to = SocketAddr::new(c.ip4("backend"), HTTP_PORT);
+    for (from, requests) in [
+        (
+            "frontend",
+            &[
+                "GET /api/items",
+                "POST /api/items",
+                "GET /admin",
+                "GET /api/../admin",
+            ][..],
+        ),
+        ("ops-tool", &["GET /admin/stats"][..]),
+    ] {
+        let r = c.http_calls(from, to, requests);
+        for (i, req) in requests.iter().enumerate() {
+            let status = &r["statuses"][i];
+            println!("{from:>9} -> {to:<24} {req:<22} HTTP {status}");
+        }
+    }
+}
+
+/// The audit records of one node proxy, as a table.
+fn decisions(node: &str, records: &[Value]) -> String {
+    let mut out = format!("\nauthorization decisions at {node}\n");
+    out += &format!(
+        "{:<44} {:<14} {:>5} {:<24} {:<8} {}\n",
+        "CALLER", "DESTINATION", "PORT", "REQUEST", "DECISION", "POLICY / REASON"
+    );
+    for r in records {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
+        let request = match (r["method"].as_str(), r["path"].as_str()) {
+            (Some(m), Some(p)) => format!("{m} {p}"),
+            _ => "(connection)".to_owned(),
+        };
+        let why = r["policy"]
+            .as_str()
+            .map_or_else(|| s("reason"), str::to_owned);
+        out += &format!(
+            "{:<44} {:<14} {:>5} {request:<24} {:<8} {why}\n",
+            s("source_principal"),
+            s("destination"),
+            r["port"],
+            s("decision"),
+        );
+    }
+    out
 }
 
 fn table(node: &str, records: &[Value]) -> String {

@@ -63,6 +63,20 @@ enum Cmd {
         #[arg(long)]
         marker: Option<String>,
     },
+    /// Minimal HTTP/1.1 server: 200 for every request, keep-alive; logs
+    /// `{"request": "METHOD /path"}` per request.
+    HttpServe {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Sends each REQUEST ("METHOD /path") in turn on one HTTP/1.1
+    /// connection; reports the statuses.
+    HttpRequests {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long = "request", required = true)]
+        requests: Vec<String>,
+    },
     /// HTTP/1.0 GET of PATH from ADDR; prints the body.
     HttpGet {
         #[arg(long)]
@@ -122,6 +136,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::HttpGet { addr, path } => http_get(addr, &path),
+        Cmd::HttpServe { listen } => http_serve(listen),
+        Cmd::HttpRequests { to, requests } => {
+            println!("{}", http_requests(to, &requests));
+            Ok(())
+        }
     }
 }
 
@@ -226,6 +245,113 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<()> {
     }
     print!("{body}");
     Ok(())
+}
+
+fn http_serve(addr: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    println!("{}", json!({"listening": addr.to_string()}));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        std::thread::spawn(move || serve_http_conn(stream));
+    }
+    Ok(())
+}
+
+/// Answers requests on one connection until EOF or a malformed request.
+fn serve_http_conn(stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    while let Some(head) = read_head(&mut reader)? {
+        let line = head.lines().next().unwrap_or("").to_owned();
+        let mut parts = line.split(' ');
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let mut body = vec![0u8; content_length(&head)];
+        reader.read_exact(&mut body)?;
+        println!("{}", json!({"request": format!("{method} {target}")}));
+        let reply = json!({"method": method, "path": target, "body": body.len()}).to_string();
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{reply}",
+            reply.len()
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads a request or response head (through the blank line); None at EOF.
+fn read_head(r: &mut impl std::io::BufRead) -> std::io::Result<Option<String>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if line == "\r\n" || line == "\n" {
+            return Ok(Some(head));
+        }
+        head.push_str(&line);
+    }
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One connection, requests in turn; a status of 0 means no response.
+fn http_requests(to: SocketAddr, requests: &[String]) -> serde_json::Value {
+    let stream = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return json!({"connected": false, "error": e.to_string(), "statuses": []}),
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut statuses = Vec::new();
+    let mut bodies = Vec::new();
+    let mut error = None;
+    let (Ok(read_half), mut out) = (stream.try_clone(), stream) else {
+        return json!({"connected": true, "error": "clone", "statuses": []});
+    };
+    let mut reader = std::io::BufReader::new(read_half);
+    for r in requests {
+        let (method, path) = r.split_once(' ').unwrap_or(("GET", r));
+        let body = if method == "POST" { "payload" } else { "" };
+        let sent = write!(
+            out,
+            "{method} {path} HTTP/1.1\r\nhost: {to}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let reply = sent.and_then(|()| read_response(&mut reader));
+        match reply {
+            Ok((status, text)) => {
+                statuses.push(status);
+                bodies.push(text);
+            }
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    while statuses.len() < requests.len() {
+        statuses.push(0);
+    }
+    json!({"connected": true, "statuses": statuses, "bodies": bodies, "error": error})
+}
+
+fn read_response(r: &mut impl std::io::BufRead) -> std::io::Result<(u16, String)> {
+    let head = read_head(r)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; content_length(&head)];
+    r.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn canonical(a: SocketAddr) -> SocketAddr {

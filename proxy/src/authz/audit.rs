@@ -1,0 +1,208 @@
+//! Audit records: one JSON line per authorization decision, written by a
+//! dedicated thread so a slow sink never stalls a connection.
+//!
+//! Every string that came from a certificate or the network is cleaned of
+//! control and bidi-format characters before it is serialised, so a hostile
+//! SAN, header or path cannot forge or hide log lines (Envoy
+//! CVE-2023-27493, CVE-2024-45808). JSON escaping alone leaves DEL, C1
+//! controls and bidi overrides intact.
+
+use std::{
+    borrow::Cow,
+    fs::OpenOptions,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
+};
+
+use prometheus::IntCounter;
+use serde::Serialize;
+
+use crate::config::AuditSink;
+
+/// Records buffered between connections and the writer thread. When full,
+/// records are dropped and counted rather than blocking the data path.
+const QUEUE: usize = 16 * 1024;
+
+/// Where audit records go; cheap to share.
+pub struct Auditor {
+    tx: SyncSender<String>,
+    dropped: IntCounter,
+}
+
+/// One decision, as logged.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    /// Always `"audit"`, so records can be told apart on a shared stdout.
+    pub log: &'static str,
+    pub time: String,
+    pub connection_id: u64,
+    /// `connection` (L4, or a reload re-check) or `request` (HTTP).
+    pub layer: &'static str,
+    /// `allow`, `deny` or `audit` (an AUDIT policy matched).
+    pub decision: &'static str,
+    pub source_principal: Option<Cow<'a, str>>,
+    pub source_ip: Option<String>,
+    pub destination: Cow<'a, str>,
+    pub destination_ip: String,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<Cow<'a, str>>,
+    pub policy: Option<String>,
+    pub action: Option<&'static str>,
+    pub reason: Cow<'a, str>,
+}
+
+/// Why the audit sink could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("opening audit sink {path}: {source}")]
+pub struct SinkError {
+    path: String,
+    #[source]
+    source: std::io::Error,
+}
+
+impl Auditor {
+    /// Opens `sink` and starts the writer thread.
+    pub fn open(sink: &AuditSink, dropped: IntCounter) -> Result<Self, SinkError> {
+        let out: Box<dyn Write + Send> = match sink {
+            AuditSink::Stdout => Box::new(std::io::stdout()),
+            AuditSink::Stderr => Box::new(std::io::stderr()),
+            AuditSink::File(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o640)
+                    .open(path)
+                    .map_err(|source| SinkError {
+                        path: path.display().to_string(),
+                        source,
+                    })?,
+            ),
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("nodeward-audit".into())
+            .spawn(move || write_loop(rx, out))
+            .map_err(|source| SinkError {
+                path: "(writer thread)".into(),
+                source,
+            })?;
+        Ok(Self { tx, dropped })
+    }
+
+    /// Queues `record`; never blocks.
+    pub fn write(&self, record: &Record<'_>) {
+        let Ok(mut line) = serde_json::to_string(record) else {
+            return;
+        };
+        line.push('\n');
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+/// Writes whole lines (one `write_all` each, so they never interleave with
+/// the tracing output on a shared stdout) and flushes when the queue is empty.
+fn write_loop(rx: Receiver<String>, mut out: Box<dyn Write + Send>) {
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(line.as_bytes());
+        while let Ok(more) = rx.try_recv() {
+            let _ = out.write_all(more.as_bytes());
+        }
+        let _ = out.flush();
+    }
+}
+
+/// The current time, RFC 3339 in UTC.
+pub fn now() -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `s` with control and invisible formatting characters replaced by
+/// `\u{..}` escapes; borrowed when there is nothing to replace.
+pub fn clean(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(suspicious) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if suspicious(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn suspicious(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_escapes_controls_and_bidi_but_keeps_plain_text() {
+        assert!(matches!(clean("/api/items"), Cow::Borrowed(_)));
+        assert_eq!(clean("a\nb"), "a\\u{000a}b");
+        assert_eq!(clean("x\u{202e}y\u{7f}"), "x\\u{202e}y\\u{007f}");
+        assert_eq!(clean("ünïcode ok"), "ünïcode ok");
+    }
+
+    #[test]
+    fn records_reach_a_file_sink_as_json_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let dropped = IntCounter::new("d", "d").expect("counter");
+        let auditor = Auditor::open(&AuditSink::File(path.clone()), dropped).expect("open");
+        let record = Record {
+            log: "audit",
+            time: now(),
+            connection_id: 7,
+            layer: "request",
+            decision: "deny",
+            source_principal: Some(clean("spiffe://td/ns/a/sa/b\n{\"forged\":1}")),
+            source_ip: None,
+            destination: "shop/backend".into(),
+            destination_ip: "10.0.0.1".into(),
+            port: 8080,
+            method: Some("GET".into()),
+            path: Some("/admin".into()),
+            host: None,
+            policy: Some("shop/deny-admin".into()),
+            action: Some("DENY"),
+            reason: "matched".into(),
+        };
+        auditor.write(&record);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.ends_with('\n') || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+        assert_eq!(v["decision"], "deny");
+        assert_eq!(v["connection_id"], 7);
+        assert_eq!(v["policy"], "shop/deny-admin");
+        assert!(v["source_principal"]
+            .as_str()
+            .is_some_and(|p| !p.contains('\n')));
+        assert!(v.get("host").is_none());
+    }
+}

@@ -1,0 +1,202 @@
+//! `nodeward policy check|explain`: policy tooling for CI/CD pipelines.
+//!
+//! `explain` runs the same evaluation the proxy runs, so what a pipeline
+//! tests is what the mesh enforces.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::reload::read_sources;
+use crate::{
+    identity::SpiffeId,
+    policy::{self, Decision, DefaultPolicy, L4Decision, PolicySet, Settings},
+    workloads::Registry,
+};
+
+/// Why `check` or `explain` could not give an answer (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ToolError {
+    /// The policy directory is unreadable or holds invalid policies; one
+    /// `file:line: message` per line.
+    #[error("{0}")]
+    Policies(String),
+    /// An argument is malformed or inconsistent.
+    #[error("{0}")]
+    Argument(String),
+}
+
+/// Who the request is from, for `explain`.
+pub struct ExplainArgs {
+    pub policies: PathBuf,
+    /// A SPIFFE ID, or `unauthenticated`.
+    pub from: String,
+    pub source_ip: Option<IpAddr>,
+    pub to: Target,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    /// `K=V` pairs.
+    pub headers: Vec<String>,
+    pub default_policy: DefaultPolicy,
+    pub root_namespace: String,
+}
+
+/// Which workload is being called.
+pub enum Target {
+    /// A workload from a workloads file, by IP.
+    Workload { workloads: PathBuf, to: SocketAddr },
+    /// A workload that need not exist yet: namespace, labels and port.
+    Labels {
+        namespace: String,
+        labels: String,
+        port: u16,
+    },
+}
+
+/// Validates `dir`; the one-line summary on success.
+pub fn check(dir: &Path) -> Result<String, ToolError> {
+    load(dir, Settings::default()).map(|set| format!("{}: ok: {}", dir.display(), set.summary()))
+}
+
+/// Evaluates one connection (and request, when HTTP attributes are given)
+/// the way the destination's proxy would; the JSON object to print.
+pub fn explain(args: &ExplainArgs) -> Result<serde_json::Value, ToolError> {
+    let settings = Settings {
+        default_policy: args.default_policy,
+        root_namespace: args.root_namespace.clone(),
+    };
+    let set = load(&args.policies, settings)?;
+    let principal = principal(&args.from)?;
+    let (namespace, name, labels, port) = destination(&args.to)?;
+    let conn = policy::Connection {
+        source: policy::Source {
+            principal: principal.as_ref().map(SpiffeId::as_str),
+            ip: args.source_ip.map(|ip| ip.to_canonical()),
+        },
+        destination: policy::Destination {
+            namespace: &namespace,
+            name: &name,
+            labels: &labels,
+            port,
+        },
+    };
+    let decision = if has_http(args) {
+        request_decision(&set, &conn, args)?
+    } else {
+        match set.evaluate_connection(&conn) {
+            L4Decision::Decided(d) => d,
+            L4Decision::NeedsHttp => needs_http(),
+        }
+    };
+    Ok(decision.to_json())
+}
+
+fn load(dir: &Path, settings: Settings) -> Result<PolicySet, ToolError> {
+    let sources = read_sources(dir).map_err(|e| ToolError::Policies(e.to_string()))?;
+    PolicySet::from_sources(&sources, settings).map_err(|e| ToolError::Policies(e.to_string()))
+}
+
+fn principal(from: &str) -> Result<Option<SpiffeId>, ToolError> {
+    if from == "unauthenticated" {
+        return Ok(None);
+    }
+    SpiffeId::parse(from)
+        .map(Some)
+        .map_err(|e| ToolError::Argument(format!("--from {from:?}: {e}")))
+}
+
+type Dest = (String, String, BTreeMap<String, String>, u16);
+
+fn destination(to: &Target) -> Result<Dest, ToolError> {
+    match to {
+        Target::Workload { workloads, to } => {
+            let registry = Registry::load_detached(workloads)
+                .map_err(|e| ToolError::Argument(format!("--workloads: {e}")))?;
+            let w = registry.by_ip(to.ip()).ok_or_else(|| {
+                ToolError::Argument(format!("--to {to}: no workload has this IP"))
+            })?;
+            Ok((
+                w.namespace.clone(),
+                w.name.clone(),
+                w.labels.clone(),
+                to.port(),
+            ))
+        }
+        Target::Labels {
+            namespace,
+            labels,
+            port,
+        } => Ok((
+            namespace.clone(),
+            String::new(),
+            parse_labels(labels)?,
+            *port,
+        )),
+    }
+}
+
+/// `k=v,k2=v2` (empty for none).
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ToolError> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| ToolError::Argument(format!("--to-labels: {pair:?} is not k=v")))
+        })
+        .collect()
+}
+
+fn has_http(args: &ExplainArgs) -> bool {
+    args.method.is_some() || args.path.is_some() || args.host.is_some() || !args.headers.is_empty()
+}
+
+fn request_decision(
+    set: &PolicySet,
+    conn: &policy::Connection<'_>,
+    args: &ExplainArgs,
+) -> Result<Decision, ToolError> {
+    let raw = args.path.as_deref().unwrap_or("/");
+    let path = policy::normalize_path(raw)
+        .map_err(|e| ToolError::Argument(format!("--path {raw:?}: {e} (the proxy answers 400)")))?;
+    let headers = headers(&args.headers)?;
+    let request = policy::Request {
+        method: args.method.as_deref().unwrap_or("GET"),
+        path: &path.path,
+        host: args.host.as_deref().unwrap_or(""),
+        headers: &headers,
+    };
+    Ok(set.evaluate_request(conn, &request))
+}
+
+fn headers(pairs: &[String]) -> Result<HeaderMap, ToolError> {
+    let mut map = HeaderMap::new();
+    for pair in pairs {
+        let bad = || ToolError::Argument(format!("--header {pair:?}: expected NAME=VALUE"));
+        let (k, v) = pair.split_once('=').ok_or_else(bad)?;
+        let name = HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_str(v).map_err(|_| bad())?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// What a non-HTTP client gets on a port whose policies look at HTTP: the
+/// proxy speaks HTTP there, so anything else fails closed.
+fn needs_http() -> Decision {
+    Decision {
+        allow: false,
+        policy: None,
+        action: None,
+        reason: "the decision depends on HTTP attributes: pass --method/--path/--host/--header \
+                 (a client that does not speak HTTP is denied)"
+            .into(),
+        audit: Vec::new(),
+    }
+}
