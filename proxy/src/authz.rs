@@ -107,20 +107,31 @@ impl Authz {
     pub fn admit(self: &Arc<Self>, subject: Subject) -> Admission {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let subject = Arc::new(subject);
-        let verdict = self
-            .policies
-            .load()
-            .evaluate_connection(&connection(&subject));
-        match verdict {
-            L4Decision::Decided(d) => {
-                self.record(id, &subject, None, "connection", &d, None);
-                if d.allow {
-                    Admission::Relay(self.lease(id, subject, false))
-                } else {
-                    Admission::Denied(d)
+        loop {
+            let set = self.policies.load_full();
+            let verdict = set.evaluate_connection(&connection(&subject));
+            let http = match &verdict {
+                L4Decision::Decided(d) if !d.allow => {
+                    self.record(id, &subject, None, "connection", d, None);
+                    return Admission::Denied(d.clone());
                 }
+                L4Decision::Decided(_) => false,
+                L4Decision::NeedsHttp => true,
+            };
+            let lease = self.lease(id, subject.clone(), http);
+            // A reload between the decision and the registration would have
+            // re-checked every connection but this one: decide again.
+            if !Arc::ptr_eq(&set, &self.policies.load()) {
+                continue;
             }
-            L4Decision::NeedsHttp => Admission::Http(self.lease(id, subject, true)),
+            if let L4Decision::Decided(d) = &verdict {
+                self.record(id, &subject, None, "connection", d, None);
+            }
+            return if http {
+                Admission::Http(lease)
+            } else {
+                Admission::Relay(lease)
+            };
         }
     }
 

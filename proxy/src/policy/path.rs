@@ -45,7 +45,7 @@ pub enum PathRejected {
     EncodedSeparator,
     #[error("request path contains a backslash")]
     Backslash,
-    #[error("request target contains a control character or %00")]
+    #[error("request target contains a control character, raw or percent-encoded")]
     ControlCharacter,
     #[error("request path has an invalid percent-encoding")]
     BadPercentEncoding,
@@ -158,7 +158,9 @@ fn canonical_chars(path: &str) -> Result<String, PathRejected> {
                 let byte = decode_escape(bytes.get(i + 1..i + 3))?;
                 match byte {
                     b'/' | b'\\' => return Err(PathRejected::EncodedSeparator),
-                    0 => return Err(PathRejected::ControlCharacter),
+                    // Encoded CR/LF and friends have no business in a path and
+                    // make log and header injection easy downstream.
+                    b if b.is_ascii_control() => return Err(PathRejected::ControlCharacter),
                     b if is_unreserved(b) => out.push(char::from(b)),
                     b => push_escaped(&mut out, b),
                 }

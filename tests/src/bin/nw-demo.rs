@@ -165,6 +165,10 @@ fn table(node: &str, records: &[Value]) -> String {
                 format!("from tunnel ({})", s("source_node")),
             ),
             "refused" => (s("peer"), format!("refused ({})", s("reason"))),
+            "connect_failed" => (s("source"), format!("failed ({})", s("reason"))),
+            "denied" => (s("source"), "denied by policy".to_owned()),
+            // Shown with the caller's identity in the decisions table.
+            "stream_refused" => continue,
             other => (s("source"), other.to_owned()),
         };
         out += &format!(
