@@ -325,6 +325,13 @@ impl PolicySet {
         load::load_dir(dir, settings)
     }
 
+    /// The policy files of `dir` as `(path, contents)` in name order, read
+    /// as [`PolicySet::load_dir`] reads them: for callers that compare
+    /// contents before building (hot reload).
+    pub fn read_sources(dir: &Path) -> Result<Vec<(PathBuf, String)>, LoadErrors> {
+        load::read_sources(dir)
+    }
+
     /// Builds a set from `(file name, contents)` pairs, as if read from disk.
     pub fn from_sources(
         sources: &[(PathBuf, String)],

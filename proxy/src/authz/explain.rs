@@ -11,7 +11,6 @@ use std::{
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::reload::read_sources;
 use crate::{
     identity::SpiffeId,
     policy::{self, Decision, DefaultPolicy, L4Decision, PolicySet, Settings},
@@ -98,8 +97,7 @@ pub fn explain(args: &ExplainArgs) -> Result<serde_json::Value, ToolError> {
 }
 
 fn load(dir: &Path, settings: Settings) -> Result<PolicySet, ToolError> {
-    let sources = read_sources(dir).map_err(|e| ToolError::Policies(e.to_string()))?;
-    PolicySet::from_sources(&sources, settings).map_err(|e| ToolError::Policies(e.to_string()))
+    PolicySet::load_dir(dir, settings).map_err(|e| ToolError::Policies(e.to_string()))
 }
 
 fn principal(from: &str) -> Result<Option<SpiffeId>, ToolError> {

@@ -33,20 +33,11 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// The policy files of a directory: `(path, text)` sorted by name.
 pub type Sources = Vec<(PathBuf, String)>;
 
-/// Why the directory itself could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("policy directory {dir}: {source}")]
-pub struct DirError {
-    dir: String,
-    #[source]
-    source: std::io::Error,
-}
-
 /// Loads the directory at start: the set to put in force, or, when the
 /// directory is unreadable or invalid, the deny-everything set (fail
 /// closed), with the problem reported.
 pub fn initial(dir: &Path, settings: Settings, metrics: &Metrics) -> (PolicySet, Option<Sources>) {
-    match read_sources(dir)
+    match PolicySet::read_sources(dir)
         .map_err(|e| e.to_string())
         .and_then(|sources| {
             PolicySet::from_sources(&sources, settings.clone())
@@ -84,8 +75,9 @@ pub async fn watch(
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => return,
         }
-        let dir2 = dir.clone();
-        let Ok(read) = tokio::task::spawn_blocking(move || read_sources(&dir2)).await else {
+        let at = dir.clone();
+        let Ok(read) = tokio::task::spawn_blocking(move || PolicySet::read_sources(&at)).await
+        else {
             continue;
         };
         let sources = match read {
@@ -110,28 +102,6 @@ pub async fn watch(
         }
         last = Some(sources);
     }
-}
-
-/// Reads every `*.yaml`/`*.yml` entry of `dir` (following symlinks, as in a
-/// ConfigMap volume; hidden entries such as `..data` are skipped).
-pub fn read_sources(dir: &Path) -> Result<Sources, DirError> {
-    let err = |source| DirError {
-        dir: dir.display().to_string(),
-        source,
-    };
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(err)? {
-        let path = entry.map_err(err)?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        if name.starts_with('.') || !yaml || !path.is_file() {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).map_err(err)?;
-        out.push((path, text));
-    }
-    out.sort();
-    Ok(out)
 }
 
 fn report_ok(set: &PolicySet, metrics: &Metrics) {
@@ -188,5 +158,50 @@ pub async fn sync_inbound_modes(
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// A ConfigMap volume: files are symlinks through `..data`, which the
+    /// kubelet swaps to a new timestamped directory in one rename.
+    #[test]
+    fn configmap_symlink_swaps_are_seen_and_hidden_entries_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let version = |name: &str, text: &str| {
+            std::fs::create_dir(d.join(name)).expect("version dir");
+            std::fs::write(d.join(name).join("authz.yaml"), text).expect("write");
+        };
+        version("..2026_11_25_01", "first\n");
+        symlink("..2026_11_25_01", d.join("..data")).expect("..data");
+        symlink("..data/authz.yaml", d.join("authz.yaml")).expect("file link");
+        std::fs::write(d.join("notes.txt"), "not yaml").expect("write");
+        std::fs::create_dir(d.join("nested.yaml")).expect("a directory named like a file");
+        let first = PolicySet::read_sources(d).expect("read");
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first[0].1, "first\n");
+
+        version("..2026_11_25_02", "second\n");
+        symlink("..2026_11_25_02", d.join("..data_tmp")).expect("tmp link");
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("swap");
+        let second = PolicySet::read_sources(d).expect("read");
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].1, "second\n");
+        assert_ne!(first, second, "the swap is a change the watcher acts on");
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_not_an_empty_set() {
+        let err = PolicySet::read_sources(Path::new("/nonexistent/nodeward-policies"))
+            .expect_err("missing");
+        assert!(
+            err.to_string().contains("/nonexistent/nodeward-policies"),
+            "{err}"
+        );
     }
 }

@@ -84,6 +84,16 @@ pub(super) fn load_dir(dir: &Path, settings: Settings) -> Result<PolicySet, Load
     build(&sources, settings, errors)
 }
 
+pub(super) fn read_sources(dir: &Path) -> Result<Vec<(PathBuf, String)>, LoadErrors> {
+    let mut errors = Vec::new();
+    let sources = read_dir(dir, &mut errors);
+    if errors.is_empty() {
+        Ok(sources)
+    } else {
+        Err(LoadErrors(errors))
+    }
+}
+
 pub(super) fn from_sources(
     sources: &[(PathBuf, String)],
     settings: Settings,
