@@ -17,8 +17,9 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
     },
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -28,8 +29,10 @@ use tokio::sync::Notify;
 use crate::{
     http::{self as proxy_http, Verdict},
     identity::SpiffeId,
-    metrics::Metrics,
-    policy::{self, Decision, L4Decision, PolicySet},
+    metrics::{LimitKind as MetricLimit, Metrics, RateLimitOutcome, Reporter},
+    policy::{self, Decision, L4Decision, LimitKind, PolicySet},
+    ratelimit::{self, RateLimiter, RateOutcome},
+    relay,
     workloads::Workload,
 };
 use audit::{clean, Auditor, Record};
@@ -45,6 +48,7 @@ pub struct Authz {
     next_id: AtomicU64,
     auditor: Auditor,
     metrics: Arc<Metrics>,
+    limiter: RateLimiter,
 }
 
 /// Who is calling whom: the attributes a connection is judged by, kept for
@@ -68,6 +72,8 @@ pub enum Admission {
     Http(Lease),
     /// Refuse the connection.
     Denied(Decision),
+    /// Refuse the connection: over a connection rate limit.
+    Limited(Decision),
 }
 
 /// An admitted connection's registration; dropping it forgets the
@@ -80,6 +86,7 @@ pub struct Lease {
 }
 
 /// A live connection as the reload re-check sees it.
+#[derive(Clone)]
 struct Tracked {
     subject: Arc<Subject>,
     http: bool,
@@ -95,6 +102,7 @@ impl Authz {
             next_id: AtomicU64::new(1),
             auditor,
             metrics,
+            limiter: RateLimiter::new(ratelimit::DEFAULT_MAX_BUCKETS),
         }
     }
 
@@ -118,11 +126,20 @@ impl Authz {
                 L4Decision::Decided(_) => false,
                 L4Decision::NeedsHttp => true,
             };
+            // Request limits need the requests, so such ports speak HTTP.
+            let conn = connection(&subject);
+            let http = http
+                || !set
+                    .applicable_rate_limits(&conn, None, LimitKind::Requests)
+                    .is_empty();
             let lease = self.lease(id, subject.clone(), http);
             // A reload between the decision and the registration would have
             // re-checked every connection but this one: decide again.
             if !Arc::ptr_eq(&set, &self.policies.load()) {
                 continue;
+            }
+            if let Some(limited) = self.limit_connection(id, &subject, &set) {
+                return Admission::Limited(limited);
             }
             if let L4Decision::Decided(d) = &verdict {
                 self.record(id, &subject, None, "connection", d, None);
@@ -135,9 +152,42 @@ impl Authz {
         }
     }
 
+    /// Takes a token from every connection limit that applies; the denial
+    /// when an enforced one is empty.
+    fn limit_connection(&self, id: u64, subject: &Subject, set: &PolicySet) -> Option<Decision> {
+        let conn = connection(subject);
+        let outcome = self
+            .limiter
+            .check(set, &conn, None, LimitKind::Connections, Instant::now());
+        self.count_limits(&outcome, MetricLimit::Connections);
+        let d = limited_decision(&outcome, "connections")?;
+        self.record(id, subject, None, "connection", &d, None);
+        Some(d)
+    }
+
+    fn count_limits(&self, outcome: &RateOutcome, kind: MetricLimit) {
+        if !outcome.applies() {
+            return;
+        }
+        for p in &outcome.applied {
+            let result = if outcome.limited && outcome.policy.as_ref() == Some(p) {
+                RateLimitOutcome::Limited
+            } else if outcome.shadow_limited.contains(p) {
+                RateLimitOutcome::ShadowLimited
+            } else {
+                RateLimitOutcome::Allowed
+            };
+            self.metrics.count_ratelimit(p.as_str(), result, kind);
+        }
+        self.metrics
+            .ratelimit_buckets
+            .set(self.limiter.len() as i64);
+    }
+
     /// Puts `policies` in force and closes open connections it denies.
     pub fn replace(&self, policies: PolicySet) {
         self.policies.store(Arc::new(policies));
+        self.limiter.retain_policies(&self.policies.load());
         self.recheck();
     }
 
@@ -147,25 +197,30 @@ impl Authz {
     pub fn recheck(&self) {
         let set = self.policies.load();
         for shard in &self.live {
-            let Ok(mut live) = shard.lock() else { continue };
-            live.retain(|id, t| {
-                let denial = match set.evaluate_connection(&connection(&t.subject)) {
-                    L4Decision::Decided(d) if !d.allow => Some(d),
-                    L4Decision::Decided(_) => None,
-                    L4Decision::NeedsHttp if t.http => None,
-                    // A raw relay whose fate now hangs on HTTP attributes it
-                    // never exposed cannot be judged: fail closed.
-                    L4Decision::NeedsHttp => Some(Decision {
-                        allow: false,
-                        policy: None,
-                        action: None,
-                        reason: "the policy now looks at HTTP attributes this raw connection never exposed".into(),
-                        audit: Vec::new(),
-                    }),
-                };
-                // Forgotten once revoked, so a later reload cannot revoke it twice.
-                denial.map(|d| self.revoke(*id, t, &d)).is_none()
-            });
+            // Judge a copy, so connections opening and closing on this shard
+            // never wait for a whole reload's worth of evaluation.
+            let open: Vec<(u64, Tracked)> = shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(id, t)| (*id, t.clone()))
+                .collect();
+            let revoked: Vec<u64> = open
+                .iter()
+                .filter_map(|(id, t)| {
+                    let d = denial(&set, t)?;
+                    self.revoke(*id, t, &d);
+                    Some(*id)
+                })
+                .collect();
+            if revoked.is_empty() {
+                continue;
+            }
+            // Forgotten once revoked, so a later reload cannot revoke it twice.
+            let mut live = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for id in revoked {
+                live.remove(&id);
+            }
         }
     }
 
@@ -188,6 +243,7 @@ impl Authz {
             authz: lease.authz.clone(),
             id: lease.id,
             subject: lease.subject.clone(),
+            last_rate: Mutex::new(None),
         }
     }
 
@@ -198,9 +254,10 @@ impl Authz {
             http,
             revoked: revoked.clone(),
         };
-        if let Ok(mut shard) = self.shard(id).lock() {
-            shard.insert(id, tracked);
-        }
+        self.shard(id)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tracked);
         Lease {
             authz: self.clone(),
             id,
@@ -268,9 +325,11 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Ok(mut shard) = self.authz.shard(self.id).lock() {
-            shard.remove(&self.id);
-        }
+        self.authz
+            .shard(self.id)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 
@@ -280,6 +339,10 @@ pub struct RequestGate {
     authz: Arc<Authz>,
     id: u64,
     subject: Arc<Subject>,
+    /// The rate-limit outcome of the request last forwarded, for its
+    /// access record (HTTP/1 requests on a connection come one at a time;
+    /// on HTTP/2 this is best effort).
+    last_rate: Mutex<Option<RateLimitOutcome>>,
 }
 
 /// The request attributes an audit record shows.
@@ -291,15 +354,23 @@ struct RequestView<'a> {
 
 impl proxy_http::Authorizer for RequestGate {
     fn authorize(&self, parts: &mut Parts) -> Verdict {
+        let host = match effective_host(parts) {
+            Ok(h) => h,
+            Err(why) => return self.refuse(parts, "-", why),
+        };
         let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let normalized = match policy::normalize_path(raw) {
             Ok(n) => n,
-            Err(e) => return self.refuse_path(parts, raw, &e.to_string()),
+            Err(e) => {
+                let raw = raw.to_owned();
+                return self.refuse(parts, &raw, &format!("request path rejected: {e}"));
+            }
         };
-        if let Some(uri) = rewrite_uri(&parts.uri, &normalized.request_target()) {
-            parts.uri = uri;
+        // The pod gets origin-form with the Host that was judged (RFC 9112
+        // §3.2.2: a proxy replaces Host with an absolute-form authority).
+        if origin_form(&normalized.request_target(), &host, parts).is_none() {
+            return self.refuse(parts, &normalized.path, "request target cannot be rebuilt");
         }
-        let host = request_host(parts).to_owned();
         let request = policy::Request {
             method: parts.method.as_str(),
             path: &normalized.path,
@@ -307,7 +378,8 @@ impl proxy_http::Authorizer for RequestGate {
             headers: &parts.headers,
         };
         let set = self.authz.policies.load();
-        let d = set.evaluate_request(&connection(&self.subject), &request);
+        let conn = connection(&self.subject);
+        let d = set.evaluate_request(&conn, &request);
         let view = RequestView {
             method: request.method,
             path: request.path,
@@ -315,39 +387,241 @@ impl proxy_http::Authorizer for RequestGate {
         };
         self.authz
             .record(self.id, &self.subject, Some(&view), "request", &d, None);
-        if d.allow {
-            Verdict::Forward
-        } else {
-            Verdict::Respond(proxy_http::refusal(
-                StatusCode::FORBIDDEN,
-                "RBAC: access denied\n",
-            ))
+        if !d.allow {
+            let refusal = proxy_http::refusal(StatusCode::FORBIDDEN, "RBAC: access denied\n");
+            self.log(&view, refusal.status(), Some(&d), None);
+            return Verdict::Respond(refusal);
         }
+        let outcome = self.authz.limiter.check(
+            &set,
+            &conn,
+            Some(&request),
+            LimitKind::Requests,
+            Instant::now(),
+        );
+        self.authz.count_limits(&outcome, MetricLimit::Requests);
+        let rate = outcome.applies().then(|| rate_outcome(&outcome));
+        if let Some(limited) = limited_decision(&outcome, "requests") {
+            self.authz.record(
+                self.id,
+                &self.subject,
+                Some(&view),
+                "request",
+                &limited,
+                None,
+            );
+            let response = too_many_requests(&outcome);
+            self.log(&view, response.status(), Some(&limited), rate);
+            return Verdict::Respond(response);
+        }
+        *self
+            .last_rate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = rate;
+        Verdict::Forward
+    }
+
+    fn responded(&self, method: &http::Method, path: &str, status: StatusCode, elapsed: Duration) {
+        let rate = *self
+            .last_rate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let view = RequestView {
+            method: method.as_str(),
+            path,
+            host: "",
+        };
+        self.log_with(&view, status, None, rate, elapsed);
     }
 }
 
 impl RequestGate {
-    /// A path that cannot be normalised safely is refused outright (400),
-    /// never matched in some other form.
-    fn refuse_path(&self, parts: &Parts, raw: &str, why: &str) -> Verdict {
+    /// One access record (and `http_requests_total` sample) per request.
+    fn log(
+        &self,
+        view: &RequestView<'_>,
+        status: StatusCode,
+        d: Option<&Decision>,
+        rate: Option<RateLimitOutcome>,
+    ) {
+        self.log_with(view, status, d, rate, Duration::ZERO);
+    }
+
+    fn log_with(
+        &self,
+        view: &RequestView<'_>,
+        status: StatusCode,
+        d: Option<&Decision>,
+        rate: Option<RateLimitOutcome>,
+        elapsed: Duration,
+    ) {
+        let policy = d.and_then(|d| d.policy.as_ref()).map(|p| p.to_string());
+        let record = relay::RequestRecord {
+            reporter: Reporter::Destination,
+            connection_id: self.id,
+            source_principal: self.subject.principal.as_ref(),
+            source_ip: self.subject.source_ip,
+            destination: &self.subject.destination,
+            dst: self.subject.dst,
+            method: view.method,
+            path: view.path,
+            host: view.host,
+            status: status.as_u16(),
+            duration: elapsed,
+            request_bytes: 0,
+            response_bytes: 0,
+            allowed: d.is_none_or(|d| d.allow),
+            policy: policy.as_deref(),
+            rate_limit: rate,
+            error: None,
+        };
+        relay::log_request(&self.authz.metrics, &record);
+    }
+}
+
+/// The denial for a rate-limited call, if an enforced limit was empty.
+fn limited_decision(outcome: &RateOutcome, what: &str) -> Option<Decision> {
+    if !outcome.limited {
+        return None;
+    }
+    let policy = outcome.policy.clone();
+    let name = policy
+        .as_ref()
+        .map_or_else(|| "?".to_owned(), ToString::to_string);
+    Some(Decision {
+        allow: false,
+        reason: format!("rate limited ({what}) by {name}"),
+        policy,
+        action: None,
+        audit: Vec::new(),
+    })
+}
+
+fn rate_outcome(outcome: &RateOutcome) -> RateLimitOutcome {
+    if outcome.limited {
+        RateLimitOutcome::Limited
+    } else if !outcome.shadow_limited.is_empty() {
+        RateLimitOutcome::ShadowLimited
+    } else {
+        RateLimitOutcome::Allowed
+    }
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up) and the
+/// `x-ratelimit-*` headers of the bucket that ran dry.
+fn too_many_requests(outcome: &RateOutcome) -> http::Response<bytes::Bytes> {
+    let mut response = proxy_http::refusal(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
+    let reset = outcome.reset.as_millis().div_ceil(1000).max(1);
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("retry-after", reset.to_string()),
+        ("x-ratelimit-limit", outcome.limit.to_string()),
+        ("x-ratelimit-remaining", outcome.remaining.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ] {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            headers.insert(http::HeaderName::from_static(name), v);
+        }
+    }
+    response
+}
+
+impl RequestGate {
+    /// A request whose target or host cannot be judged safely is refused
+    /// outright (400), never matched in some other form.
+    fn refuse(&self, parts: &Parts, raw_path: &str, why: &str) -> Verdict {
         let d = Decision {
             allow: false,
             policy: None,
             action: None,
-            reason: format!("request path rejected: {why}"),
+            reason: why.to_owned(),
             audit: Vec::new(),
         };
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
         let view = RequestView {
             method: parts.method.as_str(),
-            path: raw,
-            host: request_host(parts),
+            path: raw_path,
+            host,
         };
         self.authz
             .record(self.id, &self.subject, Some(&view), "request", &d, None);
         Verdict::Respond(proxy_http::refusal(
             StatusCode::BAD_REQUEST,
-            "bad request path\n",
+            "bad request\n",
         ))
+    }
+}
+
+/// The one host a request is for, as the pod will see it. HTTP/2: the
+/// `:authority`, and a `host` header that disagrees is refused. HTTP/1:
+/// an absolute-form authority wins over Host (RFC 9112 §3.2.2); otherwise
+/// exactly one Host header. Anything that does not parse as a plain
+/// `host[:port]` (userinfo, paths) is refused.
+fn effective_host(parts: &Parts) -> Result<String, &'static str> {
+    let headers: Vec<&http::HeaderValue> =
+        parts.headers.get_all(http::header::HOST).iter().collect();
+    let from_header = match headers.as_slice() {
+        [] => None,
+        [one] => Some(one.to_str().map_err(|_| "Host header is not text")?),
+        _ => return Err("more than one Host header"),
+    };
+    let chosen = match (parts.uri.authority(), from_header) {
+        (Some(a), Some(h))
+            if parts.version == http::Version::HTTP_2 && !a.as_str().eq_ignore_ascii_case(h) =>
+        {
+            return Err("host header differs from :authority")
+        }
+        (Some(a), _) => a.as_str().to_owned(),
+        (None, Some(h)) => h.to_owned(),
+        (None, None) if parts.version == http::Version::HTTP_10 => String::new(),
+        (None, None) => return Err("missing Host header"),
+    };
+    if !chosen.is_empty() {
+        let parsed: http::uri::Authority = chosen.parse().map_err(|_| "malformed host")?;
+        if parsed.as_str().contains('@') {
+            return Err("userinfo in host");
+        }
+    }
+    Ok(chosen)
+}
+
+/// Rewrites the request target to the normalised path and, for HTTP/1,
+/// origin-form with `Host` set to the judged host.
+fn origin_form(path_and_query: &str, host: &str, parts: &mut Parts) -> Option<()> {
+    if parts.version == http::Version::HTTP_2 {
+        parts.uri = rewrite_uri(&parts.uri, path_and_query)?;
+        return Some(());
+    }
+    parts.uri = path_and_query.parse().ok()?;
+    if !host.is_empty() {
+        let value = http::HeaderValue::from_str(host).ok()?;
+        parts.headers.insert(http::header::HOST, value);
+    }
+    Some(())
+}
+
+/// Why `set` no longer allows a tracked connection, if it does not. A raw
+/// relay must still be allowed outright; an HTTP one must not be denied
+/// outright (its requests are judged one by one anyway).
+fn denial(set: &PolicySet, t: &Tracked) -> Option<Decision> {
+    match set.evaluate_connection(&connection(&t.subject)) {
+        L4Decision::Decided(d) if !d.allow => Some(d),
+        L4Decision::Decided(_) => None,
+        L4Decision::NeedsHttp if t.http => None,
+        // A raw relay whose fate now hangs on HTTP attributes it never
+        // exposed cannot be judged: fail closed.
+        L4Decision::NeedsHttp => Some(Decision {
+            allow: false,
+            policy: None,
+            action: None,
+            reason: "the policy now looks at HTTP attributes this raw connection never exposed"
+                .into(),
+            audit: Vec::new(),
+        }),
     }
 }
 
@@ -364,21 +638,6 @@ fn connection(s: &Subject) -> policy::Connection<'_> {
             port: s.dst.port(),
         },
     }
-}
-
-/// `:authority` (HTTP/2, absolute-form) or the Host header (HTTP/1).
-fn request_host(parts: &Parts) -> &str {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("")
 }
 
 /// `uri` with its path and query replaced by `path_and_query`.

@@ -15,6 +15,7 @@ use serde::Deserialize;
 pub use crate::yaml::FileError as ConfigError;
 use crate::{
     policy::{self, DefaultPolicy},
+    relay::AccessLog,
     yaml,
 };
 
@@ -26,6 +27,8 @@ pub const DEFAULT_TUNNEL_PORT: u16 = 15008;
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Shortest certificate lifetime accepted (tests use a few seconds).
 pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(2);
+/// Default time open connections get to finish when the proxy stops.
+pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Default root namespace: its selector-less policies apply mesh-wide (Istio's default).
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 /// Default admin (metrics, health) address: loopback, so pods cannot reach it.
@@ -61,6 +64,46 @@ pub struct ConfigFile {
     /// Where audit records (one JSON line per decision) go.
     #[serde(default)]
     pub audit: AuditFile,
+    /// Where the kernel programs are pinned (takeover on upgrade).
+    #[serde(default)]
+    pub bpf: BpfFile,
+    /// Stopping and handing over.
+    #[serde(default)]
+    pub lifecycle: LifecycleFile,
+    /// Access-log sampling.
+    #[serde(default)]
+    pub access_log: AccessLogFile,
+}
+
+/// `accessLog`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogFile {
+    /// Fraction (0.0–1.0) of successful connections and requests logged;
+    /// errors, refusals and denials are always logged. Default 1.0.
+    #[serde(default)]
+    pub sampling: Option<f64>,
+}
+
+/// `bpf`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BpfFile {
+    /// Directory on a BPF filesystem (e.g. `/sys/fs/bpf/nodeward`) to pin
+    /// links and maps under, so a new nodeward can take over without
+    /// redirection stopping. Unset: the programs live and die with the process.
+    #[serde(default)]
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// `lifecycle`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LifecycleFile {
+    /// How long open connections may finish after SIGTERM (or a takeover)
+    /// before the rest are closed; default `10s`.
+    #[serde(default)]
+    pub drain_deadline: Option<String>,
 }
 
 /// `policy`.
@@ -175,6 +218,9 @@ pub struct Config {
     pub policy_dir: PathBuf,
     pub policy: policy::Settings,
     pub audit_sink: AuditSink,
+    pub bpf_pin_dir: Option<PathBuf>,
+    pub drain_deadline: Duration,
+    pub access_log: AccessLog,
     /// The file this came from, for error messages.
     pub source: PathBuf,
 }
@@ -205,6 +251,9 @@ impl Config {
                     root_namespace,
                 },
             audit: AuditFile { sink },
+            bpf: BpfFile { pin_dir },
+            lifecycle: LifecycleFile { drain_deadline },
+            access_log: AccessLogFile { sampling },
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
         if node.trim().is_empty() {
@@ -255,6 +304,28 @@ impl Config {
             Some("") => return Err(bad("audit.sink", "must be stdout, stderr or a file path")),
             Some(file) => AuditSink::File(base.join(file)),
         };
+        if pin_dir
+            .as_ref()
+            .is_some_and(|d| !d.is_absolute() || d.as_os_str().as_encoded_bytes().contains(&0))
+        {
+            return Err(bad(
+                "bpf.pinDir",
+                "must be an absolute path on a BPF filesystem",
+            ));
+        }
+        let drain_deadline = match drain_deadline {
+            None => DEFAULT_DRAIN_DEADLINE,
+            Some(text) => parse_duration(&text).ok_or_else(|| {
+                bad(
+                    "lifecycle.drainDeadline",
+                    "must be a duration like `30s` or `500ms`",
+                )
+            })?,
+        };
+        let access_log = match sampling {
+            None => AccessLog::ALL,
+            Some(f) => AccessLog::new(f).map_err(|e| bad("accessLog.sampling", &e.to_string()))?,
+        };
         Ok(Self {
             node,
             pod_cgroup,
@@ -274,6 +345,9 @@ impl Config {
                 root_namespace,
             },
             audit_sink,
+            bpf_pin_dir: pin_dir,
+            drain_deadline,
+            access_log,
             source: path.to_owned(),
         })
     }

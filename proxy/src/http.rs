@@ -54,7 +54,7 @@ use ::http::{
     header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT},
     request::Parts,
     uri::{Authority, PathAndQuery, Scheme},
-    HeaderValue, Request, Response, StatusCode, Uri, Version,
+    HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
@@ -115,6 +115,11 @@ pub trait Authorizer: Send + Sync + 'static {
     /// absolute form (`http://other/path`) is legal too and reaches the pod
     /// as such: decide on both, or rewrite to a bare path.
     fn authorize(&self, parts: &mut Parts) -> Verdict;
+
+    /// Called when the pod's response to a forwarded request arrives (or the
+    /// proxy answers 502), with the request as forwarded and the time since
+    /// it arrived: for per-request access logs. Default: nothing.
+    fn responded(&self, _method: &Method, _path: &str, _status: StatusCode, _elapsed: Duration) {}
 }
 
 impl<F> Authorizer for F
@@ -377,11 +382,16 @@ async fn handle<A: Authorizer + ?Sized>(
         let response = answer_here(&shared.exec, response, body, h1, discardable);
         return Ok(response);
     }
+    let started = std::time::Instant::now();
+    let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
     let body = Counted::new(body, shared.counters.clone(), |c| &c.bytes_in);
     let response = match shared.send(Request::from_parts(parts, body)).await {
         Ok(response) => relay_response(response, &shared.counters, h1),
         Err(e) => bad_gateway(&shared.counters, e, h1),
     };
+    shared
+        .authorizer
+        .responded(&method, &path, response.status(), started.elapsed());
     Ok(response)
 }
 

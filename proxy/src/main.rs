@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use nodeward::admin::LogControl;
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Layer};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +34,10 @@ enum Command {
         /// Configuration file (YAML).
         #[arg(long)]
         config: PathBuf,
+        /// Take over from the nodeward running on this node (upgrade):
+        /// adopt its pinned programs, share its listeners, let it drain.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Certificate authority tooling.
     #[command(subcommand)]
@@ -139,16 +144,23 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => exit_usage(e),
     };
-    init_tracing(cli.log_format);
+    // Kept for `run`, whose admin endpoint changes the filter at run time.
+    let log = init_tracing(cli.log_format);
     let code = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, takeover } => run(
+            &config,
+            nodeward::run::RunOptions {
+                takeover,
+                log: Some(log),
+            },
+        ),
         Command::Ca(cmd) => ca(cmd),
         Command::Policy(cmd) => policy(cmd),
     };
     std::process::exit(code);
 }
 
-fn run(config: &std::path::Path) -> i32 {
+fn run(config: &std::path::Path, opts: nodeward::run::RunOptions) -> i32 {
     // A blocked SIGTERM/SIGINT inherited from the parent would make the
     // graceful stop impossible.
     let mut stop = nix::sys::signal::SigSet::empty();
@@ -165,7 +177,7 @@ fn run(config: &std::path::Path) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(nodeward::run::run(config)) {
+    match runtime.block_on(nodeward::run::run(config, opts)) {
         Ok(()) => 0,
         Err(e) => {
             let code = e.exit_code();
@@ -272,17 +284,23 @@ fn explain_args(a: ExplainCli) -> nodeward::authz::explain::ExplainArgs {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Installs the subscriber: `NODEWARD_LOG` (default `info`) behind a
+/// reload layer, so the admin endpoint can change it at run time.
+fn init_tracing(format: LogFormat) -> LogControl {
     let filter = EnvFilter::try_from_env("NODEWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let output = match format {
+        LogFormat::Text => output.boxed(),
+        LogFormat::Json => output
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .init(),
-    }
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    LogControl::new(handle)
 }

@@ -1,5 +1,21 @@
-//! Prometheus metrics. Every label value is bounded: workloads come from the
-//! workloads file and anything else is `unknown`.
+//! Prometheus metrics. Every label value is bounded: workloads and SPIFFE
+//! IDs come from the workloads file (inbound IDs are verified and must be
+//! hosted by the node that signed them), policies from the policy
+//! directory, and anything else is `unknown` or one of a fixed set of words.
+//! No value from an unverified peer or a request header ever becomes a label.
+//!
+//! Connection metrics carry `reporter`: `source` when this proxy relays a
+//! local pod's outbound connection, `destination` when it delivers one to a
+//! local pod. A same-node hop is reported under both, as two proxies would
+//! report it, so per-reporter sums stay complete (sum over one reporter,
+//! never over both). A passthrough connection (no known destination
+//! workload) is reported by the source only.
+
+use std::{
+    collections::{hash_map::RandomState, HashMap},
+    hash::BuildHasher,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use prometheus::{
     core::{Collector, Desc},
@@ -7,28 +23,61 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::redirect::KernelStats;
+use crate::{redirect::KernelStats, relay::AccessLog};
 
-/// Labels of per-connection metrics.
-const CONN_LABELS: &[&str] = &[
-    "direction",
-    "source_namespace",
+/// The label value for anything not attributable to a known workload.
+pub const UNKNOWN: &str = "unknown";
+
+/// Labels of per-connection metrics, in [`ConnLabels`] order.
+const CONN_LABELS: [&str; 6] = [
+    "reporter",
+    "source_principal",
     "source_workload",
-    "destination_namespace",
+    "source_namespace",
     "destination_workload",
+    "destination_namespace",
+];
+/// Per-connection counters, in [`ConnectionSeries`] index order.
+const CONN_COUNTERS: [(&str, &str); 4] = [
+    ("connections_opened_total", "Connections the proxy relayed"),
+    ("connections_closed_total", "Relayed connections that ended"),
+    (
+        "sent_bytes_total",
+        "Bytes from the source workload to the destination",
+    ),
+    (
+        "received_bytes_total",
+        "Bytes from the destination back to the source workload",
+    ),
+];
+const OPENED: usize = 0;
+const CLOSED: usize = 1;
+const SENT: usize = 2;
+const RECEIVED: usize = 3;
+
+/// Labels of `http_requests_total`.
+const REQUEST_LABELS: [&str; 4] = [
+    "reporter",
+    "destination_workload",
+    "destination_namespace",
+    "code",
 ];
 
-/// The proxy's metrics.
+/// The proxy's metrics, plus the two settings the relay needs to label and
+/// log what it counts (it is handed nothing else).
 pub struct Metrics {
     pub registry: Registry,
-    pub connections_opened: IntCounterVec,
-    pub connections_closed: IntCounterVec,
-    pub bytes_sent: IntCounterVec,
-    pub bytes_received: IntCounterVec,
+    /// `connections_opened_total`, `connections_closed_total`,
+    /// `sent_bytes_total`, `received_bytes_total`: see [`Metrics::connection`].
+    connections: CounterFamily<6, 4>,
+    /// `http_requests_total`: see [`Metrics::count_http_request`].
+    http_requests: CounterFamily<4, 1>,
     pub refused: IntCounterVec,
     /// Outbound connections that could not reach their destination, by reason.
     pub connect_failures: IntCounterVec,
     pub active_connections: IntGauge,
+    /// Connections still open at the drain deadline, closed by the stop.
+    pub drain_closed: IntCounter,
     /// Completed tunnel TLS handshakes, `side` = client|server.
     pub tunnel_handshakes: IntCounterVec,
     /// Handshake duration, `side` = client|server.
@@ -56,6 +105,82 @@ pub struct Metrics {
     pub policy_revoked: IntCounter,
     /// Audit records lost because the sink could not keep up.
     pub audit_dropped: IntCounter,
+    /// Rate-limit decisions by policy, outcome and limit: see
+    /// [`Metrics::count_ratelimit`].
+    pub ratelimit_decisions: IntCounterVec,
+    /// Token buckets held now.
+    pub ratelimit_buckets: IntGauge,
+    /// Mesh trust domain, to name local callers' SPIFFE IDs.
+    trust_domain: Option<String>,
+    access_log: AccessLog,
+}
+
+/// Which proxy reports a connection or request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// The proxy on the caller's node.
+    Source,
+    /// The proxy on the destination's node.
+    Destination,
+}
+
+/// The label values of one connection series. Build them only from bounded
+/// values (see the module documentation) or [`UNKNOWN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLabels<'a> {
+    pub reporter: Reporter,
+    /// The caller's SPIFFE ID, when the caller is a known workload.
+    pub source_principal: &'a str,
+    pub source_workload: &'a str,
+    pub source_namespace: &'a str,
+    pub destination_workload: &'a str,
+    pub destination_namespace: &'a str,
+}
+
+/// One connection series' counters, looked up once per connection.
+#[derive(Clone)]
+pub struct ConnectionSeries(Arc<Series<6, 4>>);
+
+/// What a rate limiter decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitOutcome {
+    Allowed,
+    Limited,
+    /// Over the limit, but the limit is in shadow (dry-run) mode: let through.
+    ShadowLimited,
+}
+
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Connections,
+    Requests,
+}
+
+/// Counters that share one label set: `K` metric names over `N` labels.
+///
+/// Unlike prometheus' `IntCounterVec`, series are told apart by their exact
+/// label values. The vec keys its children by a hash of the values
+/// concatenated without separators and never compares them, so workload
+/// `webs` in namespace `hop` and `web` in `shop` would share a series. A
+/// lookup returns a handle the caller keeps: a connection looks its series
+/// up once and afterwards only increments atomics.
+pub struct CounterFamily<const N: usize, const K: usize> {
+    inner: Arc<FamilyInner<N, K>>,
+}
+
+/// One label set's counters in a [`CounterFamily`].
+pub struct Series<const N: usize, const K: usize> {
+    values: [String; N],
+    counters: [IntCounter; K],
+}
+
+struct FamilyInner<const N: usize, const K: usize> {
+    names: [(&'static str, &'static str); K],
+    labels: [&'static str; N],
+    descs: Vec<Desc>,
+    hasher: RandomState,
+    series: RwLock<HashMap<u64, Vec<Arc<Series<N, K>>>>>,
 }
 
 impl Metrics {
@@ -92,27 +217,26 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let _ = registry.register(Box::new(tunnel_handshake_seconds.clone()));
+        let connections = CounterFamily::new(CONN_COUNTERS, CONN_LABELS);
+        let _ = registry.register(Box::new(connections.clone()));
+        let http_requests = CounterFamily::new(
+            [(
+                "http_requests_total",
+                "HTTP requests, by response code class",
+            )],
+            REQUEST_LABELS,
+        );
+        let _ = registry.register(Box::new(http_requests.clone()));
+        gauges(
+            "build_info",
+            "1, labelled with the proxy's version",
+            &["version"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         Self {
-            connections_opened: counters(
-                "connections_opened_total",
-                "Connections the proxy relayed",
-                CONN_LABELS,
-            ),
-            connections_closed: counters(
-                "connections_closed_total",
-                "Relayed connections that ended",
-                CONN_LABELS,
-            ),
-            bytes_sent: counters(
-                "sent_bytes_total",
-                "Bytes from the source workload to the destination",
-                CONN_LABELS,
-            ),
-            bytes_received: counters(
-                "received_bytes_total",
-                "Bytes from the destination back to the source workload",
-                CONN_LABELS,
-            ),
+            connections,
+            http_requests,
             refused: counters(
                 "outbound_refused_total",
                 "Connections refused at the outbound listener",
@@ -124,6 +248,11 @@ impl Metrics {
                 &["reason"],
             ),
             active_connections,
+            drain_closed: int_counter(
+                &registry,
+                "drain_closed_connections_total",
+                "Connections still open at the drain deadline, closed by the stop",
+            ),
             tunnel_handshakes: counters(
                 "tunnel_handshakes_total",
                 "Completed mTLS handshakes of tunnel connections",
@@ -185,8 +314,89 @@ impl Metrics {
                 "audit_dropped_total",
                 "Audit records lost because the audit sink could not keep up",
             ),
+            ratelimit_decisions: counters(
+                "ratelimit_decisions_total",
+                "Rate-limit decisions, by policy, outcome and what is limited",
+                &["policy", "outcome", "limit"],
+            ),
+            ratelimit_buckets: int_gauge(
+                &registry,
+                "ratelimit_buckets",
+                "Rate-limit token buckets held now",
+            ),
             registry,
+            trust_domain: None,
+            access_log: AccessLog::default(),
         }
+    }
+
+    /// Names local callers `spiffe://<trust_domain>/ns/<ns>/sa/<sa>` in the
+    /// `source_principal` label; without it they are `unknown`.
+    pub fn with_trust_domain(mut self, trust_domain: &str) -> Self {
+        self.trust_domain = Some(trust_domain.to_owned());
+        self
+    }
+
+    /// Samples the access log of successful connections and requests.
+    pub fn with_access_log(mut self, access_log: AccessLog) -> Self {
+        self.access_log = access_log;
+        self
+    }
+
+    /// The mesh trust domain, if known.
+    pub fn trust_domain(&self) -> Option<&str> {
+        self.trust_domain.as_deref()
+    }
+
+    /// The access-log setting the relay follows.
+    pub fn access_log(&self) -> &AccessLog {
+        &self.access_log
+    }
+
+    /// The counters of one connection series (created on first use).
+    pub fn connection(&self, labels: &ConnLabels<'_>) -> ConnectionSeries {
+        let ConnLabels {
+            reporter,
+            source_principal,
+            source_workload,
+            source_namespace,
+            destination_workload,
+            destination_namespace,
+        } = *labels;
+        ConnectionSeries(self.connections.series([
+            reporter.as_str(),
+            source_principal,
+            source_workload,
+            source_namespace,
+            destination_workload,
+            destination_namespace,
+        ]))
+    }
+
+    /// Counts one HTTP request under its status class (`2xx`, ...).
+    pub fn count_http_request(
+        &self,
+        reporter: Reporter,
+        destination_workload: &str,
+        destination_namespace: &str,
+        status: u16,
+    ) {
+        self.http_requests
+            .series([
+                reporter.as_str(),
+                destination_workload,
+                destination_namespace,
+                status_class(status),
+            ])
+            .inc(0);
+    }
+
+    /// Counts one rate-limit decision; `policy` is the deciding policy's
+    /// `namespace/name` (bounded by the policy directory).
+    pub fn count_ratelimit(&self, policy: &str, outcome: RateLimitOutcome, limit: LimitKind) {
+        self.ratelimit_decisions
+            .with_label_values(&[policy, outcome.as_str(), limit.as_str()])
+            .inc();
     }
 
     /// Adds the kernel programs' counters, read at scrape time.
@@ -207,6 +417,199 @@ impl Metrics {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reporter {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+impl ConnectionSeries {
+    /// Counts the connection as opened.
+    pub fn opened(&self) {
+        self.0.inc(OPENED);
+    }
+
+    /// Counts the connection as closed after moving `sent` bytes from the
+    /// source and `received` bytes back.
+    pub fn closed(&self, sent: u64, received: u64) {
+        self.0.inc(CLOSED);
+        self.0.inc_by(SENT, sent);
+        self.0.inc_by(RECEIVED, received);
+    }
+}
+
+impl RateLimitOutcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+            Self::ShadowLimited => "shadow_limited",
+        }
+    }
+}
+
+impl LimitKind {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::Requests => "requests",
+        }
+    }
+}
+
+impl<const N: usize, const K: usize> CounterFamily<N, K> {
+    /// A family of the counters `names` (`(name, help)`) over `labels`.
+    pub fn new(names: [(&'static str, &'static str); K], labels: [&'static str; N]) -> Self {
+        let descs = names
+            .iter()
+            .map(|(name, help)| {
+                let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+                Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    labels,
+                    HashMap::new(),
+                )
+                .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"))
+            })
+            .collect();
+        Self {
+            inner: Arc::new(FamilyInner {
+                names,
+                labels,
+                descs,
+                hasher: RandomState::new(),
+                series: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The series with exactly these label `values`, created on first use.
+    pub fn series(&self, values: [&str; N]) -> Arc<Series<N, K>> {
+        let inner = &self.inner;
+        let hash = inner.hasher.hash_one(values);
+        let found = |map: &HashMap<u64, Vec<Arc<Series<N, K>>>>| {
+            map.get(&hash)?
+                .iter()
+                .find(|s| s.values.iter().zip(values).all(|(a, b)| a == b))
+                .cloned()
+        };
+        if let Some(s) = found(&inner.series.read().unwrap_or_else(PoisonError::into_inner)) {
+            return s;
+        }
+        let mut map = inner.series.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = found(&map) {
+            return s;
+        }
+        let series = Arc::new(inner.create(values));
+        map.entry(hash).or_default().push(series.clone());
+        series
+    }
+}
+
+impl<const N: usize, const K: usize> Clone for CounterFamily<N, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<const N: usize, const K: usize> FamilyInner<N, K> {
+    fn create(&self, values: [&str; N]) -> Series<N, K> {
+        let labels: HashMap<String, String> = self
+            .labels
+            .iter()
+            .zip(values)
+            .map(|(l, v)| ((*l).to_owned(), v.to_owned()))
+            .collect();
+        let counters = self.names.map(|(name, help)| {
+            IntCounter::with_opts(Opts::new(name, help).const_labels(labels.clone()))
+                .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"))
+        });
+        Series {
+            values: values.map(str::to_owned),
+            counters,
+        }
+    }
+}
+
+impl<const N: usize, const K: usize> Collector for CounterFamily<N, K> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.inner.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let all: Vec<Arc<Series<N, K>>> = {
+            let map = self
+                .inner
+                .series
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            map.values().flatten().cloned().collect()
+        };
+        (0..K)
+            .filter_map(|k| {
+                let mut family: Option<MetricFamily> = None;
+                for mut mf in all.iter().flat_map(|s| s.counters[k].collect()) {
+                    match &mut family {
+                        None => family = Some(mf),
+                        Some(f) => {
+                            for m in mf.take_metric() {
+                                f.mut_metric().push(m);
+                            }
+                        }
+                    }
+                }
+                family
+            })
+            .collect()
+    }
+}
+
+impl<const N: usize, const K: usize> Series<N, K> {
+    /// Adds one to counter `k` (the index in the family's names).
+    pub fn inc(&self, k: usize) {
+        self.inc_by(k, 1);
+    }
+
+    /// Adds `v` to counter `k`.
+    pub fn inc_by(&self, k: usize, v: u64) {
+        if let Some(c) = self.counters.get(k) {
+            c.inc_by(v);
+        }
+    }
+
+    /// Counter `k`'s value.
+    pub fn get(&self, k: usize) -> u64 {
+        self.counters.get(k).map_or(0, IntCounter::get)
+    }
+}
+
+/// `2xx`-style class of an HTTP status; `other` outside 100..=599.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
 fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric: {e}"));
     let _ = registry.register(Box::new(g.clone()));
@@ -217,12 +620,6 @@ fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric: {e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Reads the BPF counters and map sizes whenever Prometheus scrapes.
@@ -326,5 +723,91 @@ impl Collector for KernelCollector {
         out.extend(self.map_entries.collect());
         out.extend(self.inbound.collect());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn<'a>(workload: &'a str, namespace: &'a str) -> ConnLabels<'a> {
+        ConnLabels {
+            reporter: Reporter::Destination,
+            source_principal: UNKNOWN,
+            source_workload: UNKNOWN,
+            source_namespace: UNKNOWN,
+            destination_workload: workload,
+            destination_namespace: namespace,
+        }
+    }
+
+    #[test]
+    fn series_are_told_apart_by_exact_label_values() {
+        let m = Metrics::new();
+        // Concatenated, both read "webshop": prometheus' vecs would merge them.
+        m.connection(&conn("webs", "hop")).opened();
+        m.connection(&conn("web", "shop")).opened();
+        m.connection(&conn("web", "shop")).closed(10, 20);
+        let text = m.render();
+        for line in [
+            "destination_namespace=\"hop\",destination_workload=\"webs\"",
+            "destination_namespace=\"shop\",destination_workload=\"web\"",
+        ] {
+            let opened = text
+                .lines()
+                .filter(|l| l.starts_with("nodeward_connections_opened_total{") && l.contains(line))
+                .count();
+            assert_eq!(opened, 1, "{line}\n{text}");
+        }
+        assert!(
+            text.contains("# TYPE nodeward_sent_bytes_total counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_series_is_created_once_and_shared() {
+        let family = CounterFamily::<2, 1>::new([("x_total", "x")], ["a", "b"]);
+        let one = family.series(["1", "2"]);
+        let again = family.series(["1", "2"]);
+        assert!(Arc::ptr_eq(&one, &again));
+        one.inc(0);
+        again.inc_by(0, 2);
+        assert_eq!(one.get(0), 3);
+        assert!(!Arc::ptr_eq(&one, &family.series(["12", ""])));
+    }
+
+    #[test]
+    fn new_metrics_are_exposed() {
+        let m = Metrics::new();
+        m.count_ratelimit(
+            "shop/per-client",
+            RateLimitOutcome::ShadowLimited,
+            LimitKind::Requests,
+        );
+        m.ratelimit_buckets.set(3);
+        m.drain_closed.inc_by(2);
+        m.count_http_request(Reporter::Destination, "backend", "shop", 204);
+        m.count_http_request(Reporter::Destination, "backend", "shop", 999);
+        let text = m.render();
+        for expected in [
+            "nodeward_ratelimit_decisions_total{limit=\"requests\",outcome=\"shadow_limited\",policy=\"shop/per-client\"} 1",
+            "nodeward_ratelimit_buckets 3",
+            "nodeward_drain_closed_connections_total 2",
+            &format!("nodeward_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+            "code=\"2xx\"",
+            "code=\"other\"",
+        ] {
+            assert!(text.contains(expected), "{expected} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        let classes: Vec<_> = [100, 200, 302, 404, 503, 0, 600].map(status_class).into();
+        assert_eq!(
+            classes,
+            ["1xx", "2xx", "3xx", "4xx", "5xx", "other", "other"]
+        );
     }
 }

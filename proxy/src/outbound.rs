@@ -208,14 +208,19 @@ async fn local(
     };
     let source = source.clone();
     let td = shared.certs.ca().trust_domain();
+    let Ok(principal) = SpiffeId::workload(td, &source.namespace, &source.service_account) else {
+        // A caller we cannot name is refused, never judged as anonymous.
+        let _ = stream.set_zero_linger();
+        return;
+    };
     let subject = Subject {
-        principal: SpiffeId::workload(td, &source.namespace, &source.service_account).ok(),
+        principal: Some(principal),
         source_ip: Some(peer.ip()),
         destination: dest.clone(),
         dst,
     };
     let admission = shared.authz.admit(subject);
-    if let Admission::Denied(d) = &admission {
+    if let Admission::Denied(d) | Admission::Limited(d) = &admission {
         // Reset: the caller sees a refused connection, as with a remote denial.
         let _ = stream.set_zero_linger();
         tracing::info!(target: "nodeward::access", event = "denied", source = %source,
@@ -239,7 +244,7 @@ async fn local(
             let gate = shared.authz.gate(&lease);
             relay::run_http(stream, up, gate, route, dst, Some(dest), metrics, &lease).await
         }
-        Admission::Denied(_) => {}
+        Admission::Denied(_) | Admission::Limited(_) => {}
     }
 }
 

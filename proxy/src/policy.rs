@@ -2,8 +2,11 @@
 //!
 //! nodeward reads Istio's own `AuthorizationPolicy` and `PeerAuthentication`
 //! resources (`security.istio.io/v1` and `v1beta1`), so a mesh can move
-//! between Istio and nodeward without rewriting its policies. One layer per
-//! file:
+//! between Istio and nodeward without rewriting its policies. It adds one
+//! resource of its own, `RateLimitPolicy` (`nodeward.io/v1alpha1`): which
+//! callers' connections or requests a workload counts, with Istio's selector
+//! and match syntax; [`crate::ratelimit`] keeps the token buckets. One layer
+//! per file:
 //!
 //! - `file`: the YAML as written. Strict: an unknown or unsupported field is
 //!   an error, because a field we ignored would be a rule we silently do not
@@ -27,9 +30,11 @@ use std::{
     collections::BTreeMap,
     fmt,
     net::IpAddr,
+    num::NonZeroU32,
     path::{Path, PathBuf},
     str::FromStr,
     sync::Arc,
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -89,6 +94,7 @@ pub enum Action {
 pub enum PolicyKind {
     AuthorizationPolicy,
     PeerAuthentication,
+    RateLimitPolicy,
 }
 
 /// A policy's `namespace/name`, cheap to clone into every decision.
@@ -110,9 +116,12 @@ pub struct PolicySet {
     authz_index: model::ByNamespace<model::ActionLists>,
     peer: Vec<model::Loaded<model::PeerPolicy>>,
     peer_index: model::ByNamespace<model::PeerLists>,
+    rate: Vec<model::Loaded<model::RateLimitPolicy>>,
+    rate_index: model::ByNamespace<Vec<usize>>,
 }
 
-/// Counts for logs and the admin endpoint.
+/// Counts for logs and the admin endpoint. Displayed as one line; a valid
+/// set from a directory without policy files reads `no policy files`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
@@ -121,6 +130,7 @@ pub struct Summary {
     pub deny: usize,
     pub audit: usize,
     pub peer_authentications: usize,
+    pub rate_limits: usize,
     /// No valid policy set was ever loaded; everything is denied.
     pub fail_closed: bool,
 }
@@ -205,6 +215,79 @@ pub struct Decision {
     pub audit: Vec<PolicyRef>,
 }
 
+/// What a `RateLimitPolicy` counts (`spec.limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitKind {
+    /// L4: each new connection takes a token.
+    Connections,
+    /// HTTP: each request takes a token.
+    Requests,
+}
+
+/// Whose traffic shares a bucket (`spec.per`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitPer {
+    /// One bucket per caller principal; all unauthenticated callers share
+    /// one, since nothing tells them apart that they cannot forge.
+    #[default]
+    Source,
+    /// One bucket for every caller together.
+    Shared,
+}
+
+/// Whether an empty bucket blocks (`spec.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitMode {
+    #[default]
+    Enforce,
+    /// Counts and reports, never blocks: for trying a limit out.
+    Shadow,
+}
+
+/// Token bucket parameters (`spec.bucket`). Every value is valid: both
+/// counts are at least 1 and the interval is within
+/// [`TokenBucket::MIN_FILL_INTERVAL`]..=[`TokenBucket::MAX_FILL_INTERVAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenBucket {
+    max_tokens: NonZeroU32,
+    tokens_per_fill: NonZeroU32,
+    fill_interval: Duration,
+}
+
+/// A fill interval outside the allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fill interval {0:?} is outside 50ms..=24h")]
+pub struct BadFillInterval(Duration);
+
+/// One `RateLimitPolicy` as the limiter applies it. Equal values mean the
+/// same buckets: a reload that keeps a policy's numbers keeps its buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    id: PolicyRef,
+    kind: LimitKind,
+    bucket: TokenBucket,
+    per: LimitPer,
+    mode: LimitMode,
+}
+
+/// A rate limit that applies to a call, for `nodeward policy explain`: the
+/// policy's parameters, not its buckets' state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitInfo {
+    /// `namespace/name`.
+    pub policy: PolicyRef,
+    pub limit: LimitKind,
+    pub max_tokens: u32,
+    pub tokens_per_fill: u32,
+    pub fill_interval_ms: u64,
+    pub per: LimitPer,
+    pub mode: LimitMode,
+}
+
 impl DefaultPolicy {
     /// `"allow"` or `"deny"`, as written in configuration.
     pub fn as_str(self) -> &'static str {
@@ -265,6 +348,103 @@ impl PolicyKind {
         match self {
             Self::AuthorizationPolicy => "AuthorizationPolicy",
             Self::PeerAuthentication => "PeerAuthentication",
+            Self::RateLimitPolicy => "RateLimitPolicy",
+        }
+    }
+}
+
+impl LimitKind {
+    /// `"connections"` or `"requests"`, as written in policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::Requests => "requests",
+        }
+    }
+}
+
+impl LimitMode {
+    /// `"enforce"` or `"shadow"`, as written in policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+impl TokenBucket {
+    /// Shorter intervals would make refills a busy loop in disguise and
+    /// the arithmetic meaningless (Envoy's minimum too).
+    pub const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
+    /// Longer ones are almost certainly a unit mistake.
+    pub const MAX_FILL_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// Checks the interval; the counts are non-zero by type.
+    pub fn new(
+        max_tokens: NonZeroU32,
+        tokens_per_fill: NonZeroU32,
+        fill_interval: Duration,
+    ) -> Result<Self, BadFillInterval> {
+        if !(Self::MIN_FILL_INTERVAL..=Self::MAX_FILL_INTERVAL).contains(&fill_interval) {
+            return Err(BadFillInterval(fill_interval));
+        }
+        Ok(Self {
+            max_tokens,
+            tokens_per_fill,
+            fill_interval,
+        })
+    }
+
+    /// Capacity, and the fill of a new bucket.
+    pub fn max_tokens(&self) -> u32 {
+        self.max_tokens.get()
+    }
+
+    /// Tokens added per whole [`TokenBucket::fill_interval`].
+    pub fn tokens_per_fill(&self) -> u32 {
+        self.tokens_per_fill.get()
+    }
+
+    pub fn fill_interval(&self) -> Duration {
+        self.fill_interval
+    }
+}
+
+impl RateLimit {
+    /// The policy's `namespace/name`.
+    pub fn id(&self) -> &PolicyRef {
+        &self.id
+    }
+
+    pub fn kind(&self) -> LimitKind {
+        self.kind
+    }
+
+    pub fn bucket(&self) -> &TokenBucket {
+        &self.bucket
+    }
+
+    pub fn per(&self) -> LimitPer {
+        self.per
+    }
+
+    pub fn mode(&self) -> LimitMode {
+        self.mode
+    }
+}
+
+impl From<&RateLimit> for RateLimitInfo {
+    fn from(limit: &RateLimit) -> Self {
+        let interval = limit.bucket.fill_interval.as_millis();
+        Self {
+            policy: limit.id.clone(),
+            limit: limit.kind,
+            max_tokens: limit.bucket.max_tokens(),
+            tokens_per_fill: limit.bucket.tokens_per_fill(),
+            fill_interval_ms: u64::try_from(interval).unwrap_or(u64::MAX),
+            per: limit.per,
+            mode: limit.mode,
         }
     }
 }
@@ -320,7 +500,9 @@ impl Serialize for PolicyRef {
 
 impl PolicySet {
     /// Reads every `*.yaml`/`*.yml` file directly in `dir` (following
-    /// symlinks, skipping hidden entries, so ConfigMap mounts work).
+    /// symlinks, skipping hidden entries); a ConfigMap volume is read as one
+    /// snapshot of its `..data` directory, so a swap mid-read cannot mix
+    /// old and new files.
     pub fn load_dir(dir: &Path, settings: Settings) -> Result<Self, LoadErrors> {
         load::load_dir(dir, settings)
     }
@@ -343,7 +525,7 @@ impl PolicySet {
     /// Fail closed: the set used when no valid policy was ever loaded; every
     /// decision is deny and every workload is STRICT.
     pub fn deny_all(settings: Settings) -> Self {
-        let mut set = Self::new(settings, 0, Vec::new(), Vec::new());
+        let mut set = Self::new(settings, 0, Vec::new(), Vec::new(), Vec::new());
         set.fail_closed = true;
         set
     }
@@ -367,6 +549,7 @@ impl PolicySet {
             deny: count(Action::Deny),
             audit: count(Action::Audit),
             peer_authentications: self.peer.len(),
+            rate_limits: self.rate.len(),
             fail_closed: self.fail_closed,
         }
     }
@@ -381,7 +564,11 @@ impl PolicySet {
             .peer
             .iter()
             .map(model::Loaded::<model::PeerPolicy>::info);
-        authz.chain(peer)
+        let rate = self
+            .rate
+            .iter()
+            .map(model::Loaded::<model::RateLimitPolicy>::info);
+        authz.chain(peer).chain(rate)
     }
 
     /// Decides what can be decided when a connection is accepted.
@@ -424,15 +611,51 @@ impl PolicySet {
         self.peer_mode(namespace, labels)
     }
 
-    /// Indexes policies by namespace and action.
+    /// The rate limits that would take a token for this call: those on
+    /// connections, and, when `req` is given, those on requests. Selector
+    /// and `match` are judged as [`crate::ratelimit::RateLimiter::check`]
+    /// judges them; the buckets' state is not consulted.
+    pub fn rate_limits_for(
+        &self,
+        conn: &Connection<'_>,
+        req: Option<&Request<'_>>,
+    ) -> Vec<RateLimitInfo> {
+        let mut limits = self.rate_limits_matching(conn, None, LimitKind::Connections);
+        if let Some(req) = req {
+            limits.extend(self.rate_limits_matching(conn, Some(req), LimitKind::Requests));
+        }
+        limits.into_iter().map(RateLimitInfo::from).collect()
+    }
+
+    /// The rate limits of `kind` that apply to this call, root namespace's
+    /// first. For [`LimitKind::Requests`] pass the request: without it a
+    /// `match` on methods or paths is taken to hold (counting too much is
+    /// the safe side).
+    pub(crate) fn applicable_rate_limits(
+        &self,
+        conn: &Connection<'_>,
+        req: Option<&Request<'_>>,
+        kind: LimitKind,
+    ) -> Vec<&RateLimit> {
+        self.rate_limits_matching(conn, req, kind)
+    }
+
+    /// Every rate limit in the set, for dropping buckets of removed ones.
+    pub(crate) fn rate_limits(&self) -> impl Iterator<Item = &RateLimit> {
+        self.rate.iter().map(|loaded| &loaded.policy.limit)
+    }
+
+    /// Indexes policies by namespace (and action).
     fn new(
         settings: Settings,
         files: usize,
         authz: Vec<model::Loaded<model::AuthzPolicy>>,
         peer: Vec<model::Loaded<model::PeerPolicy>>,
+        rate: Vec<model::Loaded<model::RateLimitPolicy>>,
     ) -> Self {
         let authz_index = model::index_authz(&settings.root_namespace, &authz);
         let peer_index = model::index_peer(&settings.root_namespace, &peer);
+        let rate_index = model::index_rate(&settings.root_namespace, &rate);
         Self {
             settings,
             fail_closed: false,
@@ -441,6 +664,8 @@ impl PolicySet {
             authz_index,
             peer,
             peer_index,
+            rate,
+            rate_index,
         }
     }
 }
@@ -450,9 +675,15 @@ impl fmt::Display for Summary {
         if self.fail_closed {
             return f.write_str("no valid policy set loaded: denying everything");
         }
+        // Valid, but easy to get by mounting the wrong directory, and then
+        // `defaultPolicy` decides everything: say so plainly in the log.
+        if self.files == 0 {
+            return f.write_str("no policy files");
+        }
         let plural =
             |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
         let authz = self.allow + self.deny + self.audit;
+        let rate = self.rate_limits;
         write!(
             f,
             "{} {}, {authz} {} ({} ALLOW, {} DENY, {} AUDIT), {} {}",
@@ -468,7 +699,14 @@ impl fmt::Display for Summary {
                 "PeerAuthentication",
                 "PeerAuthentications"
             ),
-        )
+        )?;
+        // Only when present, so summaries of Istio-only directories read
+        // exactly as before.
+        if rate > 0 {
+            let kind = plural(rate, "RateLimitPolicy", "RateLimitPolicies");
+            write!(f, ", {rate} {kind}")?;
+        }
+        Ok(())
     }
 }
 

@@ -3,8 +3,12 @@
 //!
 //! [`Redirector::attach`] loads the embedded object, fills the config and
 //! mesh-CIDR maps, and attaches `connect4`, `connect6`, `sock_ops` and the
-//! inbound `cgroup_skb` filter (strict mTLS) to the pods' cgroup. Dropping the [`Redirector`] detaches them (the links are
-//! owned, never pinned), so a stopped proxy leaves pods connecting directly.
+//! inbound `cgroup_skb` filter (strict mTLS) to the pods' cgroup. Dropping
+//! the [`Redirector`] detaches them, so a stopped proxy leaves pods
+//! connecting directly. With a pin directory (`bpf.pinDir`), links and maps
+//! are also pinned under bpffs, so a successor can [`Redirector::adopt`]
+//! them without redirection ever stopping; the predecessor then
+//! [`Redirector::hand_over`]s instead of detaching.
 
 use std::{
     collections::BTreeMap,
@@ -14,9 +18,10 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, SockOps,
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        ProgramError, SockOps,
     },
     Ebpf, EbpfError,
 };
@@ -26,6 +31,10 @@ use nodeward_common::{
 };
 
 use crate::config::MtlsMode;
+
+mod pin;
+
+pub use pin::check_bpffs;
 
 /// The kernel programs, built by `build.rs` and embedded in the binary.
 static BPF_OBJECT: &[u8] =
@@ -56,6 +65,10 @@ pub enum RedirectError {
     },
     #[error("BPF object has no {0}")]
     Missing(&'static str),
+    #[error("BPF link of {name}: {message}")]
+    Link { name: &'static str, message: String },
+    #[error("pinning under {path}: {message}")]
+    Pin { path: PathBuf, message: String },
     #[error("opening cgroup {path}: {source}")]
     Cgroup {
         path: PathBuf,
@@ -77,6 +90,9 @@ pub struct Settings {
     pub outbound_port: u16,
     /// What the inbound program does with connections that bypass the proxy.
     pub mtls: MtlsMode,
+    /// bpffs directory to pin links and maps under (takeover on upgrade);
+    /// `None`: the programs live and die with this process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -90,13 +106,18 @@ impl Settings {
             proxy_ipv6: cfg.proxy_ipv6,
             outbound_port: cfg.outbound_port,
             mtls: cfg.mtls,
+            pin_dir: cfg.bpf_pin_dir.clone(),
         }
     }
 }
 
-/// Attached programs. Dropping this detaches them.
+/// Attached programs. Dropping this detaches them, unless they are pinned
+/// and were handed over to a successor ([`Redirector::hand_over`]).
 pub struct Redirector {
-    _ebpf: Ebpf,
+    /// The loaded object, when this process loaded it (not when adopted).
+    _ebpf: Option<Ebpf>,
+    links: Vec<FdLink>,
+    pins: Option<pin::Pins>,
 }
 
 /// The proxy's handle on the flow records (single owner: the accept loop).
@@ -133,52 +154,129 @@ pub struct KernelCounters {
     pub inbound_allowed: u64,
 }
 
+/// What attaching or adopting hands to the rest of the proxy.
+pub type Attached = (Redirector, FlowTable, KernelStats, InboundModes);
+
 impl Redirector {
-    /// Loads the programs, fills their maps and attaches them to `settings.pod_cgroup`.
-    pub fn attach(
-        settings: &Settings,
-    ) -> Result<(Self, FlowTable, KernelStats, InboundModes), RedirectError> {
+    /// Loads the programs, fills their maps and attaches them to
+    /// `settings.pod_cgroup`; with a pin directory, links and maps are also
+    /// pinned there so a successor can adopt them.
+    pub fn attach(settings: &Settings) -> Result<Attached, RedirectError> {
         let mut ebpf = Ebpf::load(BPF_OBJECT)?;
         if cfg!(debug_assertions) {
             start_bpf_logger(&mut ebpf);
         }
-        write_config(&mut ebpf, settings)?;
-        write_cidrs(&mut ebpf, &settings.mesh_cidrs)?;
         let cgroup = File::open(&settings.pod_cgroup).map_err(|source| RedirectError::Cgroup {
             path: settings.pod_cgroup.clone(),
             source,
         })?;
-        for name in [programs::CONNECT4, programs::CONNECT6] {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| RedirectError::Program { name, source })?;
-            prog.attach(&cgroup, ATTACH_MODE)
-                .map_err(|source| RedirectError::Program { name, source })?;
-        }
-        let name = programs::SOCK_OPS;
-        let prog: &mut SockOps = program(&mut ebpf, name)?;
-        prog.load()
-            .map_err(|source| RedirectError::Program { name, source })?;
-        prog.attach(&cgroup, ATTACH_MODE)
-            .map_err(|source| RedirectError::Program { name, source })?;
-        let name = programs::INBOUND;
-        let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
-        prog.load()
-            .map_err(|source| RedirectError::Program { name, source })?;
-        prog.attach(&cgroup, CgroupSkbAttachType::Ingress, ATTACH_MODE)
-            .map_err(|source| RedirectError::Program { name, source })?;
-        let flows_map = take(&mut ebpf, maps::FLOWS)?;
-        let flows_id = map_id(&flows_map, maps::FLOWS)?;
-        let flows = FlowTable {
-            flows: hash_map(flows_map, maps::FLOWS)?,
+        let links = attach_programs(&mut ebpf, &cgroup)?;
+        let mut maps = pin::MapSet::take(&mut ebpf)?;
+        maps.configure(settings)?;
+        let (links, pins) = match &settings.pin_dir {
+            Some(dir) => {
+                let pins = pin::Pins::create(dir, links, &maps)?;
+                (Vec::new(), Some(pins))
+            }
+            None => (links, None),
         };
-        let stats = KernelStats::open(&mut ebpf, flows_id)?;
-        let modes = InboundModes {
-            map: hash_map(take(&mut ebpf, maps::INBOUND_MODES)?, maps::INBOUND_MODES)?,
-            current: BTreeMap::new(),
+        let redirector = Self {
+            _ebpf: Some(ebpf),
+            links,
+            pins,
         };
-        Ok((Self { _ebpf: ebpf }, flows, stats, modes))
+        maps.into_handles(redirector)
     }
+
+    /// Takes over the programs another nodeward pinned under
+    /// `settings.pin_dir`: they stay attached throughout, so redirection
+    /// never stops; this process only opens their maps and rewrites the
+    /// config (its own addresses and CIDRs).
+    pub fn adopt(settings: &Settings) -> Result<Attached, RedirectError> {
+        let dir = settings
+            .pin_dir
+            .as_deref()
+            .ok_or(RedirectError::Missing("bpf.pinDir"))?;
+        let pins = pin::Pins::open(dir)?;
+        let mut maps = pin::MapSet::open(dir)?;
+        maps.configure(settings)?;
+        let redirector = Self {
+            _ebpf: None,
+            links: Vec::new(),
+            pins: Some(pins),
+        };
+        maps.into_handles(redirector)
+    }
+
+    /// Whether pinned programs from an earlier run are at `dir`.
+    pub fn pinned_at(dir: &Path) -> bool {
+        pin::Pins::exist(dir)
+    }
+
+    /// Removes pins an earlier, dead instance left at `dir`, detaching its
+    /// programs, so this run starts clean.
+    pub fn remove_stale(dir: &Path) -> Result<(), RedirectError> {
+        pin::Pins::open(dir)?.remove();
+        Ok(())
+    }
+
+    /// Leaves the pinned programs attached when this process exits: a
+    /// successor has adopted them.
+    pub fn hand_over(mut self) {
+        if let Some(pins) = self.pins.take() {
+            pins.keep();
+        }
+    }
+}
+
+impl Drop for Redirector {
+    fn drop(&mut self) {
+        // Unpinning removes the last reference the filesystem holds; our
+        // descriptors close right after, and the kernel detaches.
+        if let Some(pins) = self.pins.take() {
+            pins.remove();
+        }
+        self.links.clear();
+    }
+}
+
+/// Loads and attaches every program; the links are returned, not left in
+/// the object, so they can be pinned.
+fn attach_programs(ebpf: &mut Ebpf, cgroup: &File) -> Result<Vec<FdLink>, RedirectError> {
+    let mut links = Vec::new();
+    for name in [programs::CONNECT4, programs::CONNECT6] {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        let err = |source| RedirectError::Program { name, source };
+        prog.load().map_err(err)?;
+        let id = prog.attach(cgroup, ATTACH_MODE).map_err(err)?;
+        links.push(fd_link(name, prog.take_link(id).map_err(err)?)?);
+    }
+    let name = programs::SOCK_OPS;
+    let prog: &mut SockOps = program(ebpf, name)?;
+    let err = |source| RedirectError::Program { name, source };
+    prog.load().map_err(err)?;
+    let id = prog.attach(cgroup, ATTACH_MODE).map_err(err)?;
+    links.push(fd_link(name, prog.take_link(id).map_err(err)?)?);
+    let name = programs::INBOUND;
+    let prog: &mut CgroupSkb = program(ebpf, name)?;
+    let err = |source| RedirectError::Program { name, source };
+    prog.load().map_err(err)?;
+    let id = prog
+        .attach(cgroup, CgroupSkbAttachType::Ingress, ATTACH_MODE)
+        .map_err(err)?;
+    links.push(fd_link(name, prog.take_link(id).map_err(err)?)?);
+    Ok(links)
+}
+
+/// A program's link as a plain bpf_link (what can be pinned).
+fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, RedirectError>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    FdLink::try_from(link).map_err(|e| RedirectError::Link {
+        name,
+        message: e.to_string(),
+    })
 }
 
 impl FlowTable {
@@ -195,6 +293,17 @@ impl FlowTable {
 }
 
 impl InboundModes {
+    /// Starts from what the map holds (an adopted map keeps the
+    /// predecessor's entries until the first [`InboundModes::set`]).
+    fn new(map: HashMap<MapData, LpmAddr, u32>) -> Self {
+        let current = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| Some((addr_from_key(k), mode_from_value(v)?)))
+            .collect();
+        Self { map, current }
+    }
+
     /// Makes the kernel's overrides exactly `wanted` (pod IP → mode); pods
     /// not listed use the configured mode. Returns whether anything changed.
     pub fn set(&mut self, wanted: BTreeMap<IpAddr, MtlsMode>) -> bool {
@@ -204,12 +313,17 @@ impl InboundModes {
         for ip in self.current.keys().filter(|ip| !wanted.contains_key(ip)) {
             let _ = self.map.remove(&addr_key(*ip));
         }
-        for (ip, mode) in &wanted {
-            if let Err(e) = self.map.insert(addr_key(*ip), mode_value(*mode), 0) {
-                tracing::error!(%ip, error = %e, "setting a pod's inbound mode");
+        let mut applied = BTreeMap::new();
+        for (ip, mode) in wanted {
+            match self.map.insert(addr_key(ip), mode_value(mode), 0) {
+                Ok(()) => {
+                    applied.insert(ip, mode);
+                }
+                // Left out of `current`, so the next sync tries again.
+                Err(e) => tracing::error!(%ip, error = %e, "setting a pod's inbound mode"),
             }
         }
-        self.current = wanted;
+        self.current = applied;
         true
     }
 }
@@ -222,6 +336,18 @@ fn addr_key(ip: IpAddr) -> LpmAddr {
     }
 }
 
+fn addr_from_key(key: LpmAddr) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(key)).to_canonical()
+}
+
+fn mode_from_value(v: u32) -> Option<MtlsMode> {
+    match v {
+        inbound::STRICT => Some(MtlsMode::Strict),
+        inbound::PERMISSIVE => Some(MtlsMode::Permissive),
+        _ => None,
+    }
+}
+
 fn mode_value(mode: MtlsMode) -> u32 {
     match mode {
         MtlsMode::Strict => inbound::STRICT,
@@ -230,13 +356,11 @@ fn mode_value(mode: MtlsMode) -> u32 {
 }
 
 impl KernelStats {
-    fn open(ebpf: &mut Ebpf, flows_id: u32) -> Result<Self, RedirectError> {
-        let stats = take(ebpf, maps::STATS)?;
-        let stats = PerCpuArray::try_from(stats).map_err(|source| RedirectError::Map {
-            name: maps::STATS,
-            source,
-        })?;
-        let by_cookie = hash_map(take(ebpf, maps::BY_COOKIE)?, maps::BY_COOKIE)?;
+    fn open(
+        stats: PerCpuArray<MapData, u64>,
+        by_cookie: HashMap<MapData, u64, OrigDst>,
+        flows_id: u32,
+    ) -> Result<Self, RedirectError> {
         // A second descriptor for the flow map, so the accept loop keeps sole
         // ownership of the one it mutates.
         let second = MapData::from_id(flows_id).map_err(|source| RedirectError::Map {
@@ -354,12 +478,9 @@ pub fn netns_cookie() -> Result<u64, RedirectError> {
     Ok(cookie)
 }
 
-fn write_config(ebpf: &mut Ebpf, s: &Settings) -> Result<(), RedirectError> {
-    let name = maps::CONFIG;
-    let mut config: Array<_, RedirectConfig> =
-        Array::try_from(ebpf.map_mut(name).ok_or(RedirectError::Missing(name))?)
-            .map_err(|source| RedirectError::Map { name, source })?;
-    let value = RedirectConfig {
+/// The config record the programs read, for this process.
+fn config_value(s: &Settings) -> Result<RedirectConfig, RedirectError> {
+    Ok(RedirectConfig {
         proxy_addr4: ip_to_words(IpAddr::V4(s.proxy_ipv4))[3],
         proxy_port: s.outbound_port,
         has_addr6: u8::from(s.proxy_ipv6.is_some()),
@@ -371,22 +492,7 @@ fn write_config(ebpf: &mut Ebpf, s: &Settings) -> Result<(), RedirectError> {
         proxy_netns_cookie: netns_cookie()?,
         inbound_mode: mode_value(s.mtls),
         _pad: 0,
-    };
-    config
-        .set(0, value, 0)
-        .map_err(|source| RedirectError::Map { name, source })
-}
-
-fn write_cidrs(ebpf: &mut Ebpf, cidrs: &[IpNet]) -> Result<(), RedirectError> {
-    let name = maps::MESH_CIDRS;
-    let mut trie: LpmTrie<_, LpmAddr, u8> =
-        LpmTrie::try_from(ebpf.map_mut(name).ok_or(RedirectError::Missing(name))?)
-            .map_err(|source| RedirectError::Map { name, source })?;
-    for net in cidrs {
-        trie.insert(&cidr_key(net), 1, 0)
-            .map_err(|source| RedirectError::Map { name, source })?;
-    }
-    Ok(())
+    })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, RedirectError>
@@ -396,10 +502,6 @@ where
     let prog = ebpf.program_mut(name).ok_or(RedirectError::Missing(name))?;
     prog.try_into()
         .map_err(|source| RedirectError::Program { name, source })
-}
-
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, RedirectError> {
-    ebpf.take_map(name).ok_or(RedirectError::Missing(name))
 }
 
 fn map_id(map: &Map, name: &'static str) -> Result<u32, RedirectError> {

@@ -7,12 +7,13 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    admin,
+    admin::{self, AdminState, LogControl, Readiness},
     authz::{audit::Auditor, reload, Authz},
     cgroup,
     config::{Config, ConfigError},
     control::Control,
     identity::{CertStore, NodeCa, SpiffeId},
+    lifecycle,
     metrics::Metrics,
     outbound,
     redirect::{self, RedirectError, Redirector},
@@ -21,9 +22,6 @@ use crate::{
     tunnel::{self, Pool},
     workloads::Registry,
 };
-
-/// How long open connections may finish after a stop signal.
-const DRAIN: Duration = Duration::from_secs(5);
 
 /// Why `run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +42,10 @@ pub enum RunError {
     Redirect(#[from] RedirectError),
     #[error("installing signal handlers: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("another nodeward is running with its programs pinned at {}; start with --takeover to replace it", .0.display())]
+    AlreadyRunning(std::path::PathBuf),
+    #[error("looking for a running nodeward: {0}")]
+    Handover(#[source] std::io::Error),
 }
 
 impl RunError {
@@ -56,9 +58,30 @@ impl RunError {
     }
 }
 
-/// Runs the node proxy described by the config file at `path` until SIGINT/SIGTERM.
-pub async fn run(path: &Path) -> Result<(), RunError> {
+/// How `nodeward run` was asked to start.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Take over from a nodeward already running on this node (upgrade).
+    pub takeover: bool,
+    /// The process's reloadable log filter, for the admin endpoint's `/logging`.
+    pub log: Option<LogControl>,
+}
+
+/// What ended the serving phase.
+enum Stop {
+    Signal,
+    /// A successor asked to take over.
+    Handover(lifecycle::Request),
+}
+
+/// Runs the node proxy described by the config file at `path` until
+/// SIGINT/SIGTERM, or until a successor takes over.
+pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let cfg = Config::load(path)?;
+    let predecessor = find_predecessor(&cfg, opts.takeover).await?;
+    if let Some((soft, hard)) = lifecycle::raise_nofile_limit() {
+        tracing::debug!(soft, hard, "raised the open-file limit to the hard limit");
+    }
     let mount = cgroup::cgroup2_mount()?;
     let pod_cgroup = cgroup::resolve(&mount, &cfg.pod_cgroup);
     cgroup::cgroup_id(&pod_cgroup)
@@ -71,7 +94,11 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         TrustBundle::from_der(ca.bundle().to_vec(), ca.trust_domain())
             .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?,
     );
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(
+        Metrics::new()
+            .with_trust_domain(ca.trust_domain())
+            .with_access_log(cfg.access_log),
+    );
     let auditor = Auditor::open(&cfg.audit_sink, metrics.audit_dropped.clone())
         .map_err(|e| ConfigError::invalid(&cfg.source, "audit.sink", e))?;
     let (policies, sources) = reload::initial(&cfg.policy_dir, cfg.policy.clone(), &metrics);
@@ -89,20 +116,24 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
     };
     control.sync_certs();
 
+    lifecycle::enable_listener_migration();
     let listeners = bind_outbound(&cfg).await?;
     let tunnel_listener = bind_tunnel(cfg.tunnel_port).await?;
     let admin_listener = bind(cfg.admin_addr).await?;
+    let settings = redirect::Settings::new(&pod_cgroup, &cfg);
     let (redirector, flows, kernel, inbound_modes) =
-        Redirector::attach(&redirect::Settings::new(&pod_cgroup, &cfg))?;
+        attach_or_adopt(&settings, opts.takeover || predecessor.is_some())?;
     metrics.register_kernel(kernel);
+    let readiness = Arc::new(Readiness::new());
+    readiness.set_bpf_attached(true);
     metrics
         .mtls_mode
         .with_label_values(&[cfg.mtls.as_str()])
         .set(1);
-    tracing::info!(node = %cfg.node, cgroup = %pod_cgroup.display(), workloads = registry.load().all().len(),
-        outbound = ?listeners.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>(),
-        tunnel = cfg.tunnel_port, mtls = cfg.mtls.as_str(), trust_domain = certs.ca().trust_domain(),
-        admin = %cfg.admin_addr, "nodeward ready");
+    let outbound_addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let dialer = Dialer {
@@ -125,7 +156,7 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         node: cfg.node.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
-        certs,
+        certs: certs.clone(),
         pool,
         dialer,
         tunnel_port: cfg.tunnel_port,
@@ -146,29 +177,128 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         stop_rx.clone(),
     ));
     let policy_task = tokio::spawn(reload::watch(
-        authz,
+        authz.clone(),
         cfg.policy_dir.clone(),
         sources,
         metrics.clone(),
         stop_rx.clone(),
     ));
-    let admin_task = tokio::spawn(admin::serve(admin_listener, metrics.clone(), stop_rx));
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        registry: registry.clone(),
+        certs: certs.clone(),
+        authz: authz.clone(),
+        node: cfg.node.clone(),
+        mtls: cfg.mtls,
+        log: opts.log,
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stop_rx));
 
-    wait_for_signal().await?;
-    tracing::info!("stopping: detaching BPF programs and draining connections");
-    // Detach first: from now on pods connect directly instead of to a proxy
-    // that no longer accepts.
-    drop(redirector);
+    let handover = claim_handover(&cfg, predecessor).await;
+    tracing::info!(node = %cfg.node, cgroup = %pod_cgroup.display(), workloads = registry.load().all().len(),
+        outbound = ?outbound_addrs, tunnel = cfg.tunnel_port, mtls = cfg.mtls.as_str(),
+        trust_domain = certs.ca().trust_domain(), admin = %cfg.admin_addr,
+        takeover = opts.takeover, "nodeward ready");
+
+    let stop = wait_for_stop(handover.as_ref()).await?;
+    readiness.set_draining();
+    let mut redirector = Some(redirector);
+    if let Stop::Signal = stop {
+        tracing::info!("stopping: detaching BPF programs and draining connections");
+        // Detach first: from now on pods connect directly instead of to a
+        // proxy that no longer accepts.
+        drop(redirector.take());
+        readiness.set_bpf_attached(false);
+    }
     let _ = stop_tx.send(true);
     let _ = accept.await;
     let _ = tunnel_task.await;
+    let _ = admin_task.await;
+    if let Stop::Handover(request) = stop {
+        // Listeners are closed: the successor accepts everything now.
+        request.done().await;
+        drop(handover);
+        if let Some(r) = redirector.take() {
+            r.hand_over();
+        }
+        tracing::info!("handed over to a new nodeward; draining connections");
+    }
     let _ = control_task.await;
     let _ = policy_task.await;
     let _ = modes_task.await;
-    drain(&metrics).await;
-    let _ = admin_task.await;
+    drain(&metrics, cfg.drain_deadline).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With a pin directory, looks for a running instance: refuses to start
+/// beside one unless asked to take over.
+async fn find_predecessor(
+    cfg: &Config,
+    takeover: bool,
+) -> Result<Option<lifecycle::Predecessor>, RunError> {
+    let Some(dir) = &cfg.bpf_pin_dir else {
+        if takeover {
+            let why = "--takeover needs bpf.pinDir: without pinned programs there is nothing to take over";
+            return Err(ConfigError::invalid(&cfg.source, "bpf.pinDir", why).into());
+        }
+        return Ok(None);
+    };
+    redirect::check_bpffs(dir).map_err(|e| ConfigError::invalid(&cfg.source, "bpf.pinDir", e))?;
+    let found = lifecycle::Predecessor::find(dir)
+        .await
+        .map_err(RunError::Handover)?;
+    match (found, takeover) {
+        (Some(_), false) => Err(RunError::AlreadyRunning(dir.clone())),
+        (found, _) => Ok(found),
+    }
+}
+
+/// Adopts pinned programs when taking over, otherwise attaches fresh ones
+/// (removing pins a crashed instance left behind).
+fn attach_or_adopt(
+    settings: &redirect::Settings,
+    takeover: bool,
+) -> Result<redirect::Attached, RunError> {
+    let Some(dir) = &settings.pin_dir else {
+        return Ok(Redirector::attach(settings)?);
+    };
+    let pinned = Redirector::pinned_at(dir);
+    if takeover && pinned {
+        tracing::info!(dir = %dir.display(), "adopting the pinned BPF programs");
+        return Ok(Redirector::adopt(settings)?);
+    }
+    if pinned {
+        tracing::warn!(dir = %dir.display(), "removing BPF pins a stopped nodeward left behind");
+        Redirector::remove_stale(dir)?;
+    }
+    Ok(Redirector::attach(settings)?)
+}
+
+/// Asks the predecessor (if any) to stop accepting, then claims the
+/// handover channel for this instance. Without a pin directory there is
+/// no channel.
+async fn claim_handover(
+    cfg: &Config,
+    predecessor: Option<lifecycle::Predecessor>,
+) -> Option<lifecycle::Handover> {
+    let dir = cfg.bpf_pin_dir.as_ref()?;
+    if let Some(p) = predecessor {
+        match p.hand_over().await {
+            Ok(()) => tracing::info!("the previous nodeward stopped accepting; taking over"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the previous nodeward did not confirm the handover")
+            }
+        }
+    }
+    match lifecycle::Handover::bind_when_free(dir).await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot claim the handover channel: a later takeover will not find this instance");
+            None
+        }
+    }
 }
 
 /// The tunnel server's client check: a valid SVID whose identity runs on
@@ -187,7 +317,7 @@ fn client_verifier(
 /// Binds the tunnel port on every address (dual-stack where IPv6 exists).
 async fn bind_tunnel(port: u16) -> Result<TcpListener, RunError> {
     let any6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port);
-    match TcpListener::bind(any6).await {
+    match lifecycle::shared_listener(any6) {
         Ok(l) => Ok(l),
         Err(_) => {
             bind(SocketAddr::new(
@@ -208,26 +338,41 @@ async fn bind_outbound(cfg: &Config) -> Result<Vec<TcpListener>, RunError> {
     Ok(listeners)
 }
 
+/// Every listener is shared (`SO_REUSEPORT`) so a successor can bind
+/// beside this process during a takeover.
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind { addr, source })
+    lifecycle::shared_listener(addr).map_err(|source| RunError::Bind { addr, source })
 }
 
-async fn wait_for_signal() -> Result<(), RunError> {
+async fn wait_for_stop(handover: Option<&lifecycle::Handover>) -> Result<Stop, RunError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    let request = async {
+        match handover {
+            Some(h) => h.next_request().await,
+            None => std::future::pending().await,
+        }
+    };
+    Ok(tokio::select! {
+        _ = term.recv() => Stop::Signal,
+        _ = int.recv() => Stop::Signal,
+        r = request => Stop::Handover(r),
+    })
 }
 
-async fn drain(metrics: &Metrics) {
-    let deadline = tokio::time::Instant::now() + DRAIN;
-    while metrics.active_connections.get() > 0 && tokio::time::Instant::now() < deadline {
+/// Waits for open connections to finish, up to `deadline`; what is still
+/// open then is counted and closed (by the process exiting).
+async fn drain(metrics: &Metrics, deadline: Duration) {
+    let until = tokio::time::Instant::now() + deadline;
+    while metrics.active_connections.get() > 0 && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = metrics.active_connections.get();
+    if left > 0 {
+        tracing::info!(
+            connections = left,
+            "drain deadline reached: closing the remaining connections"
+        );
     }
 }

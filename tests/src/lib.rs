@@ -163,6 +163,8 @@ pub struct Options {
     /// Instead of writing `policies`, make the policy directory a symlink
     /// to this one, so its files are used (and reloaded) where they are.
     pub policy_link: Option<PathBuf>,
+    /// `lifecycle.drainDeadline`.
+    pub drain_deadline: &'static str,
 }
 
 /// A mesh-wide policy that allows every connection: the default for tests
@@ -184,6 +186,7 @@ impl Default for Options {
             default_policy: "deny",
             policies: vec![("allow-all.yaml", ALLOW_ALL.to_owned())],
             policy_link: None,
+            drain_deadline: "2s",
         }
     }
 }
@@ -216,6 +219,7 @@ impl Cluster {
         sweep();
         let mount = cgroup2_mount()?;
         let dir = std::env::temp_dir().join(prefix);
+        release_mounts(&dir);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         let mut c = Self {
@@ -230,6 +234,7 @@ impl Cluster {
             options,
         };
         fs::write(c.cgroup_root_marker(), std::process::id().to_string())?;
+        c.mount_bpffs()?;
         c.build_network()?;
         c.write_files()?;
         for node in NODES {
@@ -507,7 +512,7 @@ impl Cluster {
         for node in NODES {
             let i = node.index;
             let cfg = format!(
-                "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\n",
+                "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\nbpf:\n  pinDir: {}\nlifecycle:\n  drainDeadline: {}\n",
                 node.name,
                 self.node_cgroup(node.name).display(),
                 MESH_CIDRS[0],
@@ -516,6 +521,8 @@ impl Cluster {
                 self.options.cert_lifetime,
                 self.options.mtls,
                 self.options.default_policy,
+                self.bpffs().join(node.name).display(),
+                self.options.drain_deadline,
             );
             fs::write(self.config_path(node.name), cfg)?;
         }
@@ -582,8 +589,34 @@ impl Cluster {
         self.dir.join(format!("{name}.log"))
     }
 
+    /// The cluster's own BPF filesystem (pins of both proxies live here).
+    pub fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpffs")
+    }
+
+    /// A private bpffs instance per cluster: pins never collide with other
+    /// tests, and unmounting it releases whatever a killed proxy left pinned.
+    fn mount_bpffs(&self) -> Result<()> {
+        fs::create_dir_all(self.bpffs())?;
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(self.bpffs())
+            .status()
+            .context("mount -t bpf")?;
+        if !status.success() {
+            bail!("mounting bpffs at {} failed", self.bpffs().display());
+        }
+        Ok(())
+    }
+
     /// Starts the node proxy of `node` and waits until it is ready.
     pub fn start_proxy(&mut self, node: &str) -> Result<()> {
+        self.start_proxy_with(node, &[])
+    }
+
+    /// Starts another proxy on `node` with extra `nodeward run` flags (such
+    /// as `--takeover`) and waits until it is ready; earlier ones keep running.
+    pub fn start_proxy_with(&mut self, node: &str, extra: &[&str]) -> Result<()> {
         let log = self.log_path(node);
         let start = fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let cg = self.cgroup_root.join(format!("proxy-{node}"));
@@ -597,6 +630,7 @@ impl Cluster {
             .arg(&self.bins.nodeward)
             .args(["--log-format", "json", "run", "--config"])
             .arg(self.config_path(node))
+            .args(extra)
             .env("NODEWARD_LOG", "info")
             .stdout(append(&log)?)
             .stderr(append(&log)?)
@@ -626,6 +660,82 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs one more `nodeward run` on `node` to completion (for instances
+    /// expected to refuse to start); (exit code, output). Bounded: killed
+    /// after 20 s.
+    pub fn run_proxy_to_exit(&self, node: &str, extra: &[&str]) -> (Option<i32>, String) {
+        let cg = self.cgroup_root.join(format!("proxy-{node}-extra"));
+        fs::create_dir_all(&cg).expect("cgroup");
+        let mut child = Command::new(&self.bins.nw_pod)
+            .arg("--netns")
+            .arg(self.ns(node))
+            .arg("--cgroup")
+            .arg(&cg)
+            .args(["exec", "--"])
+            .arg(&self.bins.nodeward)
+            .args(["run", "--config"])
+            .arg(self.config_path(node))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nodeward");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    }
+
+    /// Waits (up to `timeout`) for the `index`-th proxy started on `node`
+    /// to exit by itself; its exit status, or `None` if it still runs.
+    pub fn wait_proxy_exit(
+        &mut self,
+        node: &str,
+        index: usize,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self
+                .proxies
+                .iter_mut()
+                .filter(|(n, _)| n == node)
+                .nth(index)
+                .map(|(_, c)| c)?;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM to the `index`-th proxy started on `node` without
+    /// waiting for it.
+    pub fn signal_proxy(&self, node: &str, index: usize) {
+        let (_, child) = self
+            .proxies
+            .iter()
+            .filter(|(n, _)| n == node)
+            .nth(index)
+            .expect("proxy");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 
     /// Stops the node proxy of `node` with SIGTERM and waits for it to exit.
@@ -690,6 +800,28 @@ impl Cluster {
         self.pod_tool(pod, &args)
     }
 
+    /// `GET path` on a node proxy's admin port, from inside its netns:
+    /// (status, headers, body).
+    pub fn admin(&self, node: &str, path: &str) -> (u64, Value, String) {
+        let cg = self.cgroup_root.join(format!("admin-probe-{node}"));
+        fs::create_dir_all(&cg).expect("probe cgroup");
+        let to = format!("127.0.0.1:{ADMIN_PORT}");
+        let args = [
+            "http-requests",
+            "--to",
+            &to,
+            "--request",
+            &format!("GET {path}"),
+        ];
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let r = self.tool_in(&self.ns(node), &cg, &args);
+        (
+            r["statuses"][0].as_u64().unwrap_or(0),
+            r["headers"][0].clone(),
+            r["bodies"][0].as_str().unwrap_or("").to_owned(),
+        )
+    }
+
     /// Runs an echo server in a node's netns (outside the mesh, for bypass tests).
     pub fn serve_echo_on_node(&mut self, node: &str, port: u16) {
         let ns = self.ns(node);
@@ -746,6 +878,24 @@ impl Cluster {
         let cg = self.cgroup_root.join(format!("bypass-{pod}"));
         fs::create_dir_all(&cg).expect("bypass cgroup");
         self.tool_in(&self.ns(pod), &cg, &call_args(to, bytes, 1))
+    }
+
+    /// Starts `count` short calls from `pod` to `to`, `gap_ms` apart, in
+    /// the background; [`finish_tool`] collects the report.
+    pub fn spawn_call_stream(&self, pod: &str, to: SocketAddr, count: usize, gap_ms: u64) -> Child {
+        let p = self.pod(pod);
+        let mut args = call_args(to, 200, count);
+        args.extend(["--gap-ms".to_owned(), gap_ms.to_string()]);
+        Command::new(&self.bins.nw_pod)
+            .arg("--netns")
+            .arg(self.ns(pod))
+            .arg("--cgroup")
+            .arg(self.pod_cgroup(p))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nw-pod")
     }
 
     fn pod_tool(&self, pod: &str, args: &[String]) -> Value {
@@ -876,6 +1026,7 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
         teardown(&self.cgroup_root, &self.netns);
+        release_mounts(&self.dir);
         if std::env::var_os("NW_KEEP_LOGS").is_none() && !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
@@ -1065,7 +1216,34 @@ pub fn sweep() {
             .cloned()
             .collect();
         teardown(&mount.join(&prefix), &netns);
+        release_mounts(&std::env::temp_dir().join(&prefix));
         let _ = fs::remove_dir_all(std::env::temp_dir().join(&prefix));
+    }
+}
+
+/// Waits for a background `nw-pod` tool and parses its JSON report.
+pub fn finish_tool(child: Child) -> Value {
+    let out = child.wait_with_output().expect("wait for nw-pod");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "nw-pod output {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Unmounts every filesystem mounted below `dir` (the cluster's bpffs),
+/// which also releases whatever was still pinned there.
+pub fn release_mounts(dir: &Path) {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let prefix = format!("{}/", dir.display());
+    for target in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+        if target.starts_with(&prefix) {
+            let _ = Command::new("umount").args(["-l", target]).status();
+        }
     }
 }
 

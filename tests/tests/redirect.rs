@@ -268,7 +268,11 @@ fn short_connections_leave_the_kernel_maps_empty() {
         ) >= 201.0
     );
     assert_eq!(
-        c.metric("node-a", "nodeward_connections_opened_total", &[]),
+        c.metric(
+            "node-a",
+            "nodeward_connections_opened_total",
+            &[("reporter", "source")]
+        ),
         200.0
     );
 }

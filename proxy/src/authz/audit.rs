@@ -87,7 +87,10 @@ impl Auditor {
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("nodeward-audit".into())
-            .spawn(move || write_loop(rx, out))
+            .spawn({
+                let dropped = dropped.clone();
+                move || write_loop(rx, out, &dropped)
+            })
             .map_err(|source| SinkError {
                 path: "(writer thread)".into(),
                 source,
@@ -110,11 +113,15 @@ impl Auditor {
 
 /// Writes whole lines (one `write_all` each, so they never interleave with
 /// the tracing output on a shared stdout) and flushes when the queue is empty.
-fn write_loop(rx: Receiver<String>, mut out: Box<dyn Write + Send>) {
+fn write_loop(rx: Receiver<String>, mut out: Box<dyn Write + Send>, lost: &IntCounter) {
     while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
+        if out.write_all(line.as_bytes()).is_err() {
+            lost.inc();
+        }
         while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(more.as_bytes());
+            if out.write_all(more.as_bytes()).is_err() {
+                lost.inc();
+            }
         }
         let _ = out.flush();
     }
@@ -128,9 +135,21 @@ pub fn now() -> String {
         .unwrap_or_default()
 }
 
-/// `s` with control and invisible formatting characters replaced by
-/// `\u{..}` escapes; borrowed when there is nothing to replace.
+/// Longest value a record keeps from the network; a 64 KiB path must not
+/// make every queued record 64 KiB.
+pub const MAX_FIELD: usize = 1024;
+
+/// `s` cut to [`MAX_FIELD`] bytes (marked), with control and invisible
+/// formatting characters (and `\`, so escapes stay unambiguous) replaced by
+/// `\u{..}` escapes; borrowed when there is nothing to change.
 pub fn clean(s: &str) -> Cow<'_, str> {
+    if s.len() > MAX_FIELD {
+        let mut cut = MAX_FIELD;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Cow::Owned(format!("{}…[truncated]", clean(&s[..cut])));
+    }
     if !s.chars().any(suspicious) {
         return Cow::Borrowed(s);
     }
@@ -146,7 +165,8 @@ pub fn clean(s: &str) -> Cow<'_, str> {
 }
 
 fn suspicious(c: char) -> bool {
-    c.is_control()
+    c == '\\'
+        || c.is_control()
         || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
@@ -160,6 +180,17 @@ mod tests {
         assert_eq!(clean("a\nb"), "a\\u{000a}b");
         assert_eq!(clean("x\u{202e}y\u{7f}"), "x\\u{202e}y\\u{007f}");
         assert_eq!(clean("ünïcode ok"), "ünïcode ok");
+        assert_eq!(
+            clean("a\\u{000a}"),
+            "a\\u{005c}u{000a}",
+            "a literal escape stays distinguishable"
+        );
+        let long = "é".repeat(MAX_FIELD);
+        let cut = clean(&long);
+        assert!(
+            cut.len() < MAX_FIELD + 32 && cut.ends_with("[truncated]"),
+            "{cut}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::{
     identity::SpiffeId,
-    policy::{self, Decision, DefaultPolicy, L4Decision, PolicySet, Settings},
+    policy::{self, Decision, DefaultPolicy, L4Decision, PolicySet, RateLimitInfo, Settings},
     workloads::Registry,
 };
 
@@ -85,15 +85,20 @@ pub fn explain(args: &ExplainArgs) -> Result<serde_json::Value, ToolError> {
             port,
         },
     };
-    let decision = if has_http(args) {
+    let (decision, limits) = if has_http(args) {
         request_decision(&set, &conn, args)?
     } else {
-        match set.evaluate_connection(&conn) {
+        let d = match set.evaluate_connection(&conn) {
             L4Decision::Decided(d) => d,
             L4Decision::NeedsHttp => needs_http(),
-        }
+        };
+        (d, set.rate_limits_for(&conn, None))
     };
-    Ok(decision.to_json())
+    let mut out = decision.to_json();
+    // Which rate limits would take a token (connection limits, plus request
+    // limits when HTTP attributes are given); the buckets' state is not known here.
+    out["rateLimits"] = serde_json::to_value(limits).unwrap_or_default();
+    Ok(out)
 }
 
 fn load(dir: &Path, settings: Settings) -> Result<PolicySet, ToolError> {
@@ -159,10 +164,22 @@ fn request_decision(
     set: &PolicySet,
     conn: &policy::Connection<'_>,
     args: &ExplainArgs,
-) -> Result<Decision, ToolError> {
+) -> Result<(Decision, Vec<RateLimitInfo>), ToolError> {
     let raw = args.path.as_deref().unwrap_or("/");
-    let path = policy::normalize_path(raw)
-        .map_err(|e| ToolError::Argument(format!("--path {raw:?}: {e} (the proxy answers 400)")))?;
+    let path = match policy::normalize_path(raw) {
+        Ok(p) => p,
+        // The proxy answers such a request 400 before any policy: a deny.
+        Err(e) => {
+            let d = Decision {
+                allow: false,
+                policy: None,
+                action: None,
+                reason: format!("request path rejected: {e} (the proxy answers 400)"),
+                audit: Vec::new(),
+            };
+            return Ok((d, Vec::new()));
+        }
+    };
     let headers = headers(&args.headers)?;
     let request = policy::Request {
         method: args.method.as_deref().unwrap_or("GET"),
@@ -170,7 +187,10 @@ fn request_decision(
         host: args.host.as_deref().unwrap_or(""),
         headers: &headers,
     };
-    Ok(set.evaluate_request(conn, &request))
+    Ok((
+        set.evaluate_request(conn, &request),
+        set.rate_limits_for(conn, Some(&request)),
+    ))
 }
 
 fn headers(pairs: &[String]) -> Result<HeaderMap, ToolError> {

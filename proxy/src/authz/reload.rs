@@ -135,7 +135,7 @@ pub async fn sync_inbound_modes(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let set = authz.policies();
+        let set = authz.policies().clone();
         let wanted: BTreeMap<IpAddr, MtlsMode> = registry
             .load()
             .all()

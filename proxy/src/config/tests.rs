@@ -144,3 +144,23 @@ fn policy_and_audit_fields_are_read_and_checked() {
         .to_string();
     assert!(err.contains("policy"), "{err}");
 }
+
+#[test]
+fn lifecycle_and_pin_dir_are_read_and_checked() {
+    let cfg = parse(GOOD).expect("valid");
+    assert_eq!(cfg.bpf_pin_dir, None);
+    assert_eq!(cfg.drain_deadline, DEFAULT_DRAIN_DEADLINE);
+    let text =
+        format!("{GOOD}bpf: {{pinDir: /sys/fs/bpf/nodeward}}\nlifecycle: {{drainDeadline: 2s}}\n");
+    let cfg = parse(&text).expect("valid");
+    assert_eq!(cfg.bpf_pin_dir, Some("/sys/fs/bpf/nodeward".into()));
+    assert_eq!(cfg.drain_deadline, Duration::from_secs(2));
+    let err = parse(&format!("{GOOD}bpf: {{pinDir: relative/dir}}\n"))
+        .expect_err("relative")
+        .to_string();
+    assert!(err.contains("bpf.pinDir"), "{err}");
+    let err = parse(&format!("{GOOD}lifecycle: {{drainDeadline: soon}}\n"))
+        .expect_err("bad duration")
+        .to_string();
+    assert!(err.contains("lifecycle.drainDeadline"), "{err}");
+}

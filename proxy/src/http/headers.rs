@@ -2,7 +2,9 @@
 //! requests it cannot carry.
 
 use ::http::{
-    header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE},
+    header::{
+        AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, TE, TRANSFER_ENCODING, UPGRADE,
+    },
     request::Parts,
     HeaderMap, HeaderName, HeaderValue, Method,
 };
@@ -16,6 +18,9 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     TRANSFER_ENCODING,
     UPGRADE,
 ];
+
+/// Headers `Connection` cannot name for removal.
+const PROTECTED: [HeaderName; 4] = [HOST, CONTENT_LENGTH, AUTHORIZATION, COOKIE];
 
 /// Why `parts` cannot be proxied, when it cannot: it would turn the
 /// connection into a tunnel the authorizer never sees into.
@@ -34,12 +39,15 @@ pub(super) fn unsupported(parts: &Parts) -> Option<&'static str> {
 
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names, and `TE` unless it asks for trailers (which gRPC needs end to end).
+/// `Connection` may never remove end-to-end framing or routing headers:
+/// `Connection: host` would otherwise hide the Host the policy judged.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .flat_map(tokens)
         .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .filter(|n| !PROTECTED.contains(n))
         .collect();
     for name in named.iter().chain(&HOP_BY_HOP) {
         if name != TE {

@@ -9,6 +9,10 @@
 //! Negations sit only on single checks, so a policy is a monotone function
 //! of its checks, and settling a check's value on the safe side settles the
 //! whole policy on the safe side.
+//!
+//! A `RateLimitPolicy`'s `match` is judged on the side of counting: an
+//! unknowable attribute holds and methods and paths ignore case, as in a
+//! DENY policy, so a caller cannot slip out of a limit by writing `/API`.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -17,7 +21,8 @@ use http::HeaderMap;
 use super::{
     file::{HostMatch, Pattern},
     model::{AuthzPolicy, Check, Checks, Rule, StrSet, Test},
-    Action, Connection, Decision, DefaultPolicy, Destination, PolicyRef, PolicySet, Request,
+    Action, Connection, Decision, DefaultPolicy, Destination, LimitKind, PolicyRef, PolicySet,
+    RateLimit, Request,
 };
 use crate::config::MtlsMode;
 
@@ -147,6 +152,30 @@ impl PolicySet {
         self.finish(outcome, dest, attrs)
     }
 
+    /// Rate limits of `kind` whose selector picks the destination and whose
+    /// `match` holds (or might: HTTP attributes not given count as matching).
+    pub(super) fn rate_limits_matching(
+        &self,
+        conn: &Connection<'_>,
+        req: Option<&Request<'_>>,
+        kind: LimitKind,
+    ) -> Vec<&RateLimit> {
+        let attrs = match req {
+            Some(req) => Attrs::request(conn, req),
+            None => Attrs::connection(conn),
+        };
+        let dest = &conn.destination;
+        let own = self.rate_index.non_root(dest.namespace);
+        let own = own.map_or(&[][..], Vec::as_slice);
+        let policies = self.rate_index.root().iter().chain(own);
+        policies
+            .map(|&i| &self.rate[i].policy)
+            .filter(|p| p.limit.kind == kind && p.selector.matches(dest.labels))
+            .filter(|p| p.matcher.eval(&attrs, true) != Tri::False)
+            .map(|p| &p.limit)
+            .collect()
+    }
+
     /// Resolution order for `PeerAuthentication`: the workload's own, its
     /// namespace's, the mesh's; at each level the strictest mode wins (Istio
     /// takes the oldest policy; we have no timestamps, so we take the safer).
@@ -168,21 +197,16 @@ impl PolicySet {
             .or_else(|| strictest(&self.peer_index.root().namespace_wide, false))
     }
 
-    /// Adds the AUDIT matches. An allowed connection waits for HTTP if an
-    /// AUDIT policy might match a request, so that audit sees it.
+    /// Adds the AUDIT policies that certainly match. One that depends on
+    /// HTTP attributes is left out rather than waited for: waiting would make
+    /// the proxy speak HTTP on the connection and close a client that does
+    /// not, and AUDIT must never change what happens to traffic.
     fn finish(&self, outcome: Outcome<'_>, dest: &Destination<'_>, attrs: &Attrs<'_>) -> Verdict {
-        let mut audit = Vec::new();
-        let mut pending = false;
-        for policy in self.selecting(dest, Action::Audit) {
-            match policy.matches(attrs) {
-                Tri::True => audit.push(policy.id.clone()),
-                Tri::Unknown => pending = true,
-                Tri::False => {}
-            }
-        }
-        if pending && outcome.allows() {
-            return Verdict::Pending;
-        }
+        let audit = self
+            .selecting(dest, Action::Audit)
+            .filter(|policy| policy.matches(attrs) == Tri::True)
+            .map(|policy| policy.id.clone())
+            .collect();
         Verdict::Decided(outcome.decision(dest, audit))
     }
 
@@ -284,7 +308,7 @@ impl Test {
             Self::Path(set) => {
                 attrs.with_http(|h| Seen::Known(set.matches(h.path.as_bytes(), fold)))
             }
-            Self::Host(hosts) => attrs.with_http(|h| h.host.seen(hosts)),
+            Self::Host(hosts) => attrs.with_http(|h| h.host.seen(hosts, attrs.port)),
             Self::Header(name, set) => attrs.with_http(|h| header_seen(h.headers, name, set)),
         }
     }
@@ -347,13 +371,20 @@ impl<'a> Host<'a> {
         Self::Name { name, port }
     }
 
-    fn seen(&self, hosts: &[HostMatch]) -> Seen {
+    /// A pattern's port is compared with the Host's, or, when the Host has
+    /// none, with the port the connection reached (`destination_port`):
+    /// otherwise `Host: admin.example` would slip past a DENY on
+    /// `admin.example:8080`.
+    fn seen(&self, hosts: &[HostMatch], destination_port: u16) -> Seen {
         match self {
             Self::Missing => Seen::Known(false),
             Self::Malformed => Seen::Unknowable,
-            Self::Name { name, port } => Seen::Known(hosts.iter().any(|h| {
-                h.host.matches(name.as_bytes(), true) && h.port.is_none_or(|p| Some(p) == *port)
-            })),
+            Self::Name { name, port } => {
+                let port = port.unwrap_or(destination_port);
+                Seen::Known(hosts.iter().any(|h| {
+                    h.host.matches(name.as_bytes(), true) && h.port.is_none_or(|p| p == port)
+                }))
+            }
         }
     }
 }

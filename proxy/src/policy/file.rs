@@ -1,11 +1,12 @@
-//! The policy files as written: Istio's `security.istio.io` resources.
+//! The policy files as written: Istio's `security.istio.io` resources and
+//! nodeward's own `RateLimitPolicy`.
 //!
 //! Every struct rejects unknown fields. Scalars that carry meaning (ports,
 //! CIDRs, match patterns, condition keys, actions, modes) are parsed while
 //! decoding, so an error points at the offending line. Rules that span
 //! several fields live in `model`, which turns these into domain types.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, num::NonZeroU32, time::Duration};
 
 use http::HeaderName;
 use ipnet::{IpNet, Ipv4Net};
@@ -14,10 +15,13 @@ use serde::{
     Deserialize, Deserializer,
 };
 
-use super::path;
+use super::{path, LimitKind, LimitMode, LimitPer, TokenBucket};
 
 /// The API versions nodeward reads (both describe the same schema).
 pub(super) const API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
+
+/// The API version of nodeward's own resources (`RateLimitPolicy`).
+pub(super) const NODEWARD_API_VERSION: &str = "nodeward.io/v1alpha1";
 
 /// Just enough of a document to choose its format and name it in errors.
 #[derive(Debug, Deserialize)]
@@ -174,6 +178,64 @@ pub(super) struct PeerMtlsFile {
     pub mode: Option<MtlsModeFile>,
 }
 
+/// `kind: RateLimitPolicy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RateLimitPolicyFile {
+    #[expect(
+        dead_code,
+        reason = "required by the schema; already checked from the header"
+    )]
+    pub api_version: String,
+    #[expect(
+        dead_code,
+        reason = "required by the schema; already checked from the header"
+    )]
+    pub kind: String,
+    pub metadata: MetadataFile,
+    /// Required (checked in `model`): a limit needs numbers.
+    pub spec: Option<RateLimitSpecFile>,
+}
+
+/// Required fields are options here so that `model` can name them in its
+/// own words.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RateLimitSpecFile {
+    pub selector: Option<WorkloadSelectorFile>,
+    #[serde(rename = "match")]
+    pub matches: Option<RateLimitMatchFile>,
+    pub limit: Option<LimitKind>,
+    pub bucket: Option<BucketFile>,
+    pub per: Option<LimitPer>,
+    pub mode: Option<LimitMode>,
+}
+
+/// `spec.match`: every field given must match (AND), any value of a field
+/// (OR), as in an Istio `source`/`operation`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RateLimitMatchFile {
+    pub principals: Option<Vec<PrincipalPattern>>,
+    pub namespaces: Option<Vec<NamespacePattern>>,
+    pub ports: Option<Vec<Port>>,
+    pub methods: Option<Vec<MethodPattern>>,
+    pub paths: Option<Vec<PathPattern>>,
+}
+
+/// `spec.bucket`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct BucketFile {
+    pub max_tokens: Option<TokenCount>,
+    pub tokens_per_fill: Option<TokenCount>,
+    pub fill_interval: Option<FillInterval>,
+}
+
+/// A token count: a whole number from 1, written as a YAML integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TokenCount(pub NonZeroU32);
+
 /// `spec.action`; `CUSTOM` is refused while decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ActionFile {
@@ -267,6 +329,10 @@ parsed_str!(
     /// `ipBlocks` entry: a CIDR or a single address.
     IpBlock(IpNet), "a CIDR or IP address", parse_ip_block
 );
+parsed_str!(
+    /// `fillInterval`: `<n>ms`, `<n>s` or `<n>m`, within the bucket limits.
+    FillInterval(Duration), "a duration like 500ms, 1s or 1m", parse_fill_interval
+);
 
 impl Pattern {
     /// Parses Istio's match syntax; `*` anywhere but alone, first or last is
@@ -298,16 +364,117 @@ impl Pattern {
     }
 }
 
-/// Principals are SPIFFE IDs without the scheme; one written with it would
-/// never match, which in a DENY policy is a silent hole.
+/// Principals are workload SPIFFE IDs without the scheme,
+/// `<trust-domain>/ns/<namespace>/sa/<service-account>` (callers carry no
+/// other kind), or an Istio pattern of one. Anything else would never
+/// match, which in a DENY policy is a silent hole.
+///
+/// A trust domain other than the mesh's cannot match either, but the mesh's
+/// is not known here.
 pub(super) fn parse_principal(s: &str) -> Result<Pattern, String> {
     let pattern = Pattern::parse(s)?;
-    if pattern.text().starts_with("spiffe://") {
+    if pattern.text().contains("spiffe://") {
         return Err(format!("{s:?}: write principals without `spiffe://`"));
     }
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/');
-    check_chars(s, &pattern, ok, "a principal")?;
+    let segments: Vec<&str> = pattern.text().split('/').collect();
+    let fits = match &pattern {
+        Pattern::Presence => true,
+        Pattern::Exact(_) => principal_fits(&segments, false),
+        Pattern::Prefix(_) => principal_fits(&segments, true),
+        Pattern::Suffix(_) => principal_fits_from_end(&segments),
+    };
+    if !fits {
+        return Err(format!(
+            "{s:?} is not a principal: expected \
+             <trust-domain>/ns/<namespace>/sa/<service-account> (lowercase), \
+             or a `prefix*`/`*suffix` of one"
+        ));
+    }
     Ok(pattern)
+}
+
+/// The segments of a workload principal, in order.
+#[derive(Clone, Copy)]
+enum PrincipalPart {
+    TrustDomain,
+    Literal(&'static str),
+    /// A namespace or service account: a Kubernetes name, as the workloads
+    /// file admits them.
+    Name,
+}
+
+/// How much of a principal's segment a piece of a pattern holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Span {
+    Whole,
+    /// Its start: the piece before the `*` of `prefix*`.
+    Start,
+    /// Its end: the piece after the `*` of `*suffix`.
+    End,
+}
+
+const PRINCIPAL_PARTS: [PrincipalPart; 5] = [
+    PrincipalPart::TrustDomain,
+    PrincipalPart::Literal("ns"),
+    PrincipalPart::Name,
+    PrincipalPart::Literal("sa"),
+    PrincipalPart::Name,
+];
+
+impl PrincipalPart {
+    /// Whether `piece` can be `span` of a valid segment of this part.
+    fn fits(self, piece: &str, span: Span) -> bool {
+        let chars = |ok: fn(u8) -> bool| piece.bytes().all(ok);
+        let non_empty = span != Span::Whole || !piece.is_empty();
+        match (self, span) {
+            (Self::Literal(lit), Span::Whole) => piece == lit,
+            (Self::Literal(lit), Span::Start) => lit.starts_with(piece),
+            (Self::Literal(lit), Span::End) => lit.ends_with(piece),
+            (Self::TrustDomain, _) => non_empty && chars(is_trust_domain_byte),
+            (Self::Name, _) => {
+                let dots = span == Span::Whole && matches!(piece, "." | "..");
+                non_empty && !dots && chars(is_name_byte)
+            }
+        }
+    }
+}
+
+/// `segments` (never empty) from the start of a principal; with `prefix`,
+/// the last may stop short (a `prefix*` pattern).
+fn principal_fits(segments: &[&str], prefix: bool) -> bool {
+    let last = segments.len() - 1;
+    let count_ok = segments.len() == PRINCIPAL_PARTS.len()
+        || (prefix && segments.len() < PRINCIPAL_PARTS.len());
+    let fits = |(i, (piece, part)): (usize, (&&str, PrincipalPart))| {
+        let span = if prefix && i == last {
+            Span::Start
+        } else {
+            Span::Whole
+        };
+        part.fits(piece, span)
+    };
+    count_ok && segments.iter().zip(PRINCIPAL_PARTS).enumerate().all(fits)
+}
+
+/// `segments` (never empty) of a `*suffix` pattern, matched from the end of
+/// a principal: the first may start late.
+fn principal_fits_from_end(segments: &[&str]) -> bool {
+    let first = segments.len() - 1;
+    let fits = |(i, (piece, part)): (usize, (&&str, PrincipalPart))| {
+        let span = if i == first { Span::End } else { Span::Whole };
+        part.fits(piece, span)
+    };
+    let parts = PRINCIPAL_PARTS.into_iter().rev();
+    segments.len() <= PRINCIPAL_PARTS.len()
+        && segments.iter().rev().zip(parts).enumerate().all(fits)
+}
+
+fn is_trust_domain_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-')
 }
 
 pub(super) fn parse_namespace(s: &str) -> Result<Pattern, String> {
@@ -388,6 +555,34 @@ pub(super) fn split_port(s: &str) -> Option<(&str, &str)> {
     (bracketed || !host.contains(':')).then_some((host, port))
 }
 
+/// Checked here rather than in `model` so the error points at its line.
+fn parse_fill_interval(s: &str) -> Result<Duration, String> {
+    let interval = parse_duration(s)?;
+    if interval < TokenBucket::MIN_FILL_INTERVAL {
+        return Err(format!("{s:?} is shorter than the minimum of 50ms"));
+    }
+    if interval > TokenBucket::MAX_FILL_INTERVAL {
+        return Err(format!("{s:?} is longer than the maximum of 24h"));
+    }
+    Ok(interval)
+}
+
+/// A whole number and a unit (`ms`, `s`, `m`), nothing else: no signs,
+/// fractions or spaces, so there is one way to read every value.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("{s:?} is not a duration; write a whole number and ms, s or m (500ms, 1s, 2m)");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
 fn unmap_v4(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
@@ -447,18 +642,25 @@ fn parse_condition_key(s: &str) -> Result<ConditionKey, String> {
         "destination.port" => return Ok(ConditionKey::DestinationPort),
         _ => {}
     }
-    match s
+    let Some(name) = s
         .strip_prefix("request.headers[")
         .and_then(|r| r.strip_suffix(']'))
-    {
-        Some(name) => HeaderName::from_bytes(name.as_bytes())
-            .map(ConditionKey::Header)
-            .map_err(|_| format!("{name:?} is not a valid header name")),
-        None => Err(format!(
+    else {
+        return Err(format!(
             "condition key {s:?} is not supported by nodeward; \
              refusing the policy rather than ignoring the condition"
-        )),
+        ));
+    };
+    let name = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))?;
+    if name == http::header::HOST {
+        return Err(format!(
+            "{s:?} never sees the host of HTTP/2 or absolute-form requests \
+             (it is `:authority` or the request target there); \
+             use `to.operation.hosts` instead"
+        ));
     }
+    Ok(ConditionKey::Header(name))
 }
 
 impl<'de> Deserialize<'de> for ActionFile {
@@ -532,6 +734,40 @@ impl Visitor<'_> for PortVisitor {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<u16, E> {
         parse_port(v).map_err(E::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TokenCountVisitor).map(TokenCount)
+    }
+}
+
+struct TokenCountVisitor;
+
+impl Visitor<'_> for TokenCountVisitor {
+    type Value = NonZeroU32;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a whole number from 1 to 4294967295")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<NonZeroU32, E> {
+        u32::try_from(v)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| E::custom(format!("{v} is not a whole number from 1 to 4294967295")))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<NonZeroU32, E> {
+        u64::try_from(v).map_or_else(
+            |_| {
+                Err(E::custom(format!(
+                    "{v} is not a whole number from 1 to 4294967295"
+                )))
+            },
+            |v| self.visit_u64(v),
+        )
     }
 }
 

@@ -4,17 +4,21 @@
 use std::{
     borrow::Cow,
     collections::{hash_map::Entry, HashMap},
+    ffi::OsStr,
     fs,
     io::Read,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
     sync::Arc,
 };
 
 use serde::de::DeserializeOwned;
 
 use super::{
-    file::{AuthorizationPolicyFile, Header, PeerAuthenticationFile, API_VERSIONS},
-    model::{AuthzPolicy, FieldError, Loaded, Origin, PeerPolicy},
+    file::{
+        AuthorizationPolicyFile, Header, PeerAuthenticationFile, RateLimitPolicyFile, API_VERSIONS,
+        NODEWARD_API_VERSION,
+    },
+    model::{AuthzPolicy, FieldError, Loaded, Origin, PeerPolicy, RateLimitPolicy},
     PolicyKind, PolicyRef, PolicySet, Settings,
 };
 use crate::yaml::{self, FileError};
@@ -60,6 +64,7 @@ struct Loader {
     errors: Vec<PolicyError>,
     authz: Vec<Loaded<AuthzPolicy>>,
     peer: Vec<Loaded<PeerPolicy>>,
+    rate: Vec<Loaded<RateLimitPolicy>>,
     seen: HashMap<(PolicyKind, PolicyRef), Origin>,
 }
 
@@ -121,6 +126,7 @@ fn build(
         sources.len(),
         loader.authz,
         loader.peer,
+        loader.rate,
     ))
 }
 
@@ -172,6 +178,12 @@ impl Loader {
                 let policy = convert::<PeerAuthenticationFile, PeerPolicy>(doc)?;
                 let origin = self.register(kind, &policy.id, doc)?;
                 self.peer.push(Loaded { policy, origin });
+                Ok(())
+            }
+            Ok(kind @ PolicyKind::RateLimitPolicy) => {
+                let policy = convert::<RateLimitPolicyFile, RateLimitPolicy>(doc)?;
+                let origin = self.register(kind, &policy.limit.id, doc)?;
+                self.rate.push(Loaded { policy, origin });
                 Ok(())
             }
         }
@@ -269,17 +281,19 @@ fn check_kind(api_version: Option<&str>, kind: Option<&str>) -> Result<PolicyKin
         (None, Some(_)) => return Err("missing `apiVersion`".to_owned()),
         (Some(version), Some(kind)) => (version, kind),
     };
-    let known = match kind {
-        "AuthorizationPolicy" => PolicyKind::AuthorizationPolicy,
-        "PeerAuthentication" => PolicyKind::PeerAuthentication,
+    let (known, versions): (_, &[&str]) = match kind {
+        "AuthorizationPolicy" => (PolicyKind::AuthorizationPolicy, &API_VERSIONS),
+        "PeerAuthentication" => (PolicyKind::PeerAuthentication, &API_VERSIONS),
+        "RateLimitPolicy" => (PolicyKind::RateLimitPolicy, &[NODEWARD_API_VERSION]),
         _ => {
             return Err(format!(
-            "unsupported kind {kind:?}; nodeward reads AuthorizationPolicy and PeerAuthentication"
-        ))
+                "unsupported kind {kind:?}; nodeward reads AuthorizationPolicy, \
+                 PeerAuthentication and RateLimitPolicy"
+            ))
         }
     };
-    if !API_VERSIONS.contains(&version) {
-        let expected = API_VERSIONS.join(" or ");
+    if !versions.contains(&version) {
+        let expected = versions.join(" or ");
         return Err(format!(
             "unsupported apiVersion {version:?} for {kind}; expected {expected}"
         ));
@@ -372,7 +386,86 @@ fn has_content(line: &str) -> bool {
 
 /// `*.yaml`/`*.yml` (any case) directly in `dir`, in name order. Symlinks
 /// are followed; hidden entries (ConfigMap's `..data`, `..2026_…`) skipped.
+///
+/// A ConfigMap volume (`dir/..data` is a symlink) is read as one snapshot:
+/// `..data` is resolved once, the policy files of the directory it names are
+/// read and reported as `dir/<name>`, and the top-level links into `..data`
+/// are passed over. Following each link would read whatever `..data` names
+/// by then, so a swap during a load would mix old and new files; and the
+/// links are no snapshot either, since the kubelet adds those of new keys
+/// before the swap and removes those of dropped keys after it. If the
+/// snapshot is deleted while it is read, the read fails (the last good set
+/// stays) and the next poll reads the new one. Other entries of `dir` are
+/// read as they are.
 fn read_dir(dir: &Path, errors: &mut Vec<PolicyError>) -> Vec<(PathBuf, String)> {
+    read_dir_pausing(dir, errors, &mut || {})
+}
+
+/// [`read_dir`], calling `pause` after each file it reads: the seam tests
+/// use to change the directory in the middle of a load.
+pub(super) fn read_dir_pausing(
+    dir: &Path,
+    errors: &mut Vec<PolicyError>,
+    pause: &mut dyn FnMut(),
+) -> Vec<(PathBuf, String)> {
+    let snapshot = match configmap_snapshot(dir) {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            errors.push(e);
+            return Vec::new();
+        }
+    };
+    // (name reported, path read)
+    let mut files: Vec<(PathBuf, PathBuf)> = list_policy_files(dir, errors)
+        .into_iter()
+        .filter(|path| snapshot.is_none() || !links_into_data(path))
+        .map(|path| (path.clone(), path))
+        .collect();
+    if let Some(snapshot) = &snapshot {
+        for path in list_policy_files(snapshot, errors) {
+            if let Some(name) = path.file_name() {
+                files.push((dir.join(name), path));
+            }
+        }
+    }
+    files.sort();
+    let mut sources: Vec<(PathBuf, String)> = Vec::new();
+    for (shown, path) in files {
+        if sources.last().is_some_and(|(last, _)| *last == shown) {
+            let why = "is both a file of the directory and a key of the ConfigMap in `..data`";
+            errors.push(PolicyError::whole(&shown, why));
+            continue;
+        }
+        match read_file(&path, &shown) {
+            Ok(Some(text)) => sources.push((shown, text)),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+        pause();
+    }
+    sources
+}
+
+/// The directory `dir/..data` names, if `dir` is a ConfigMap volume.
+fn configmap_snapshot(dir: &Path) -> Result<Option<PathBuf>, PolicyError> {
+    let data = dir.join("..data");
+    match fs::symlink_metadata(&data) {
+        Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(&data)
+            .map(Some)
+            .map_err(|e| PolicyError::whole(&data, format!("cannot resolve: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+/// Whether `path` is a ConfigMap key's link, `name -> ..data/name`.
+fn links_into_data(path: &Path) -> bool {
+    fs::read_link(path).is_ok_and(|target| {
+        target.components().next() == Some(Component::Normal(OsStr::new("..data")))
+    })
+}
+
+/// The entries of `dir` named like policy files, unsorted.
+fn list_policy_files(dir: &Path, errors: &mut Vec<PolicyError>) -> Vec<PathBuf> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -394,16 +487,7 @@ fn read_dir(dir: &Path, errors: &mut Vec<PolicyError>) -> Vec<(PathBuf, String)>
         }
     }
     paths.retain(|p| is_policy_file(p));
-    paths.sort();
-    let mut sources = Vec::new();
-    for path in paths {
-        match read_file(&path) {
-            Ok(Some(text)) => sources.push((path, text)),
-            Ok(None) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    sources
+    paths
 }
 
 fn is_policy_file(path: &Path) -> bool {
@@ -419,17 +503,18 @@ fn is_policy_file(path: &Path) -> bool {
 
 /// `None` for a directory that happens to be named `*.yaml`. Anything else
 /// that is not a regular file (a FIFO would block the loader) is an error.
-fn read_file(path: &Path) -> Result<Option<String>, PolicyError> {
-    let fail = |e: std::io::Error| PolicyError::whole(path, format!("cannot read: {e}"));
+/// Errors name `shown`, the path the user knows the file by.
+fn read_file(path: &Path, shown: &Path) -> Result<Option<String>, PolicyError> {
+    let fail = |e: std::io::Error| PolicyError::whole(shown, format!("cannot read: {e}"));
     let meta = fs::metadata(path).map_err(fail)?;
     if meta.is_dir() {
         return Ok(None);
     }
     if !meta.is_file() {
-        return Err(PolicyError::whole(path, "not a regular file"));
+        return Err(PolicyError::whole(shown, "not a regular file"));
     }
     if meta.len() > MAX_FILE_BYTES {
-        return Err(PolicyError::whole(path, too_large()));
+        return Err(PolicyError::whole(shown, too_large()));
     }
     let mut text = String::new();
     let file = fs::File::open(path).map_err(fail)?;
@@ -437,7 +522,7 @@ fn read_file(path: &Path) -> Result<Option<String>, PolicyError> {
         .read_to_string(&mut text)
         .map_err(fail)?;
     if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(PolicyError::whole(path, too_large()));
+        return Err(PolicyError::whole(shown, too_large()));
     }
     Ok(Some(text))
 }

@@ -12,12 +12,13 @@ use ipnet::IpNet;
 
 use super::{
     file::{
-        self, ActionFile, AuthorizationPolicyFile, AuthorizationPolicySpecFile, ConditionFile,
-        ConditionKey, FromFile, HostMatch, MetadataFile, MtlsModeFile, OperationFile, Pattern,
-        PeerAuthenticationFile, PeerAuthenticationSpecFile, PeerMtlsFile, RuleFile, SourceFile,
-        ToFile, WorkloadSelectorFile,
+        self, ActionFile, AuthorizationPolicyFile, AuthorizationPolicySpecFile, BucketFile,
+        ConditionFile, ConditionKey, FromFile, HostMatch, MetadataFile, MtlsModeFile,
+        OperationFile, Pattern, PeerAuthenticationFile, PeerAuthenticationSpecFile, PeerMtlsFile,
+        RateLimitMatchFile, RateLimitPolicyFile, RateLimitSpecFile, RuleFile, SourceFile, ToFile,
+        WorkloadSelectorFile,
     },
-    Action, PolicyInfo, PolicyKind, PolicyRef,
+    Action, LimitKind, PolicyInfo, PolicyKind, PolicyRef, RateLimit, TokenBucket,
 };
 use crate::config::MtlsMode;
 
@@ -50,6 +51,15 @@ pub(super) struct PeerPolicy {
     pub selector: Selector,
     /// `None` for `UNSET`: inherit.
     pub mode: Option<MtlsMode>,
+}
+
+/// A `RateLimitPolicy`: its limit, and whom it applies to.
+#[derive(Debug)]
+pub(super) struct RateLimitPolicy {
+    pub limit: RateLimit,
+    pub selector: Selector,
+    /// All must hold; empty for a policy without `match`.
+    pub matcher: Checks,
 }
 
 /// `matchLabels`; `None` selects every workload in scope.
@@ -173,6 +183,69 @@ impl TryFrom<PeerAuthenticationFile> for PeerPolicy {
                 Some(MtlsModeFile::Unset) | None => None,
             },
         })
+    }
+}
+
+impl TryFrom<RateLimitPolicyFile> for RateLimitPolicy {
+    type Error = FieldError;
+
+    fn try_from(file: RateLimitPolicyFile) -> Result<Self, FieldError> {
+        let RateLimitPolicyFile {
+            api_version: _,
+            kind: _,
+            metadata,
+            spec,
+        } = file;
+        let id = policy_ref(metadata)?;
+        let spec = spec.ok_or_else(|| {
+            FieldError::new(
+                "spec",
+                "is required: a RateLimitPolicy needs `limit` and `bucket`",
+            )
+        })?;
+        let RateLimitSpecFile {
+            selector,
+            matches,
+            limit,
+            bucket,
+            per,
+            mode,
+        } = spec;
+        let kind = limit.ok_or_else(|| {
+            FieldError::new("spec.limit", "is required: `connections` or `requests`")
+        })?;
+        let bucket = bucket.ok_or_else(|| FieldError::new("spec.bucket", "is required"))?;
+        let matcher = matches.map_or(Ok(Checks::default()), |m| rate_match(m, kind));
+        Ok(Self {
+            limit: RateLimit {
+                id,
+                kind,
+                bucket: TokenBucket::try_from(bucket).map_err(|e| e.within("spec.bucket"))?,
+                per: per.unwrap_or_default(),
+                mode: mode.unwrap_or_default(),
+            },
+            selector: Selector::from(selector),
+            matcher: matcher.map_err(|e| e.within("spec.match"))?,
+        })
+    }
+}
+
+impl TryFrom<BucketFile> for TokenBucket {
+    type Error = FieldError;
+
+    fn try_from(file: BucketFile) -> Result<Self, FieldError> {
+        let BucketFile {
+            max_tokens,
+            tokens_per_fill,
+            fill_interval,
+        } = file;
+        let required = |field: &str| FieldError::new(field, "is required");
+        let max_tokens = max_tokens.ok_or_else(|| required("maxTokens"))?;
+        let tokens_per_fill = tokens_per_fill.ok_or_else(|| required("tokensPerFill"))?;
+        let fill_interval = fill_interval.ok_or_else(|| required("fillInterval"))?;
+        // The range was checked while decoding; this only restates it.
+        Self::new(max_tokens.0, tokens_per_fill.0, fill_interval.0)
+            .map_err(|e| FieldError::new("fillInterval", e.to_string()))
     }
 }
 
@@ -390,6 +463,21 @@ impl Loaded<AuthzPolicy> {
     }
 }
 
+impl Loaded<RateLimitPolicy> {
+    /// The listing entry for [`super::PolicySet::policies`].
+    pub fn info(&self) -> PolicyInfo<'_> {
+        PolicyInfo {
+            kind: PolicyKind::RateLimitPolicy,
+            namespace: self.policy.limit.id.namespace(),
+            name: self.policy.limit.id.name(),
+            action: None,
+            mtls_mode: None,
+            file: &self.origin.file,
+            line: self.origin.line,
+        }
+    }
+}
+
 impl Loaded<PeerPolicy> {
     /// The listing entry for [`super::PolicySet::policies`].
     pub fn info(&self) -> PolicyInfo<'_> {
@@ -434,6 +522,65 @@ pub(super) fn index_peer(root: &str, policies: &[Loaded<PeerPolicy>]) -> ByNames
         }
     }
     index
+}
+
+/// Groups `RateLimitPolicy` indices by namespace.
+pub(super) fn index_rate(
+    root: &str,
+    policies: &[Loaded<RateLimitPolicy>],
+) -> ByNamespace<Vec<usize>> {
+    let mut index = ByNamespace::<Vec<usize>>::new(root);
+    for (i, Loaded { policy, .. }) in policies.iter().enumerate() {
+        index.entry(policy.limit.id.namespace()).push(i);
+    }
+    index
+}
+
+/// `spec.match` as checks.
+fn rate_match(file: RateLimitMatchFile, kind: LimitKind) -> Result<Checks, FieldError> {
+    let RateLimitMatchFile {
+        principals,
+        namespaces,
+        ports,
+        methods,
+        paths,
+    } = file;
+    if kind == LimitKind::Connections {
+        refuse_http_field("methods", methods.is_some())?;
+        refuse_http_field("paths", paths.is_some())?;
+    }
+    let mut checks = Vec::new();
+    let unwrap = |v: Vec<file::PrincipalPattern>| StrSet(v.into_iter().map(|p| p.0).collect());
+    add(&mut checks, principals, false, |v| {
+        Test::Principal(unwrap(v))
+    });
+    let unwrap = |v: Vec<file::NamespacePattern>| StrSet(v.into_iter().map(|p| p.0).collect());
+    add(&mut checks, namespaces, false, |v| {
+        Test::Namespace(unwrap(v))
+    });
+    let unwrap = |v: Vec<file::Port>| v.into_iter().map(|p| p.0).collect();
+    add(&mut checks, ports, false, |v| {
+        Test::DestinationPort(unwrap(v))
+    });
+    let unwrap = |v: Vec<file::MethodPattern>| StrSet(v.into_iter().map(|p| p.0).collect());
+    add(&mut checks, methods, false, |v| Test::Method(unwrap(v)));
+    let unwrap = |v: Vec<file::PathPattern>| StrSet(v.into_iter().map(|p| p.0).collect());
+    add(&mut checks, paths, false, |v| Test::Path(unwrap(v)));
+    if checks.is_empty() {
+        let why = "sets no field (an empty list counts as unset); omit `match` to count every call";
+        return Err(FieldError::new("", why));
+    }
+    Ok(Checks(checks.into()))
+}
+
+/// A connection limit takes its token before any HTTP is seen, so a
+/// `match` on HTTP attributes could never be judged.
+fn refuse_http_field(field: &str, given: bool) -> Result<(), FieldError> {
+    if given {
+        let why = "only allowed with `limit: requests`: a connection has no HTTP method or path";
+        return Err(FieldError::new(field, why));
+    }
+    Ok(())
 }
 
 /// Values of a condition are parsed by its key: a port list for

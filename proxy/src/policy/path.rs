@@ -18,9 +18,12 @@
 //!
 //! Rejected (the caller answers 400): a path not starting with `/`,
 //! control characters, `%00`, invalid escapes, an encoded `/` or `\`
-//! (`%2F`, `%5C`: servers disagree on whether they separate segments), and a
+//! (`%2F`, `%5C`: servers disagree on whether they separate segments), a
 //! raw `\` (some servers treat it as `/`, some do not; rejecting is the only
-//! answer that is right for all of them).
+//! answer that is right for all of them), and `;` raw or encoded in the path
+//! (Java servers strip `;` path parameters before routing: `/api/..;/admin`
+//! is `/admin` to Tomcat but under `/api/` to a policy, and `/admin;x` is
+//! `/admin`).
 
 use std::fmt;
 
@@ -45,6 +48,8 @@ pub enum PathRejected {
     EncodedSeparator,
     #[error("request path contains a backslash")]
     Backslash,
+    #[error("request path contains ';' (a path parameter), raw or percent-encoded")]
+    Semicolon,
     #[error("request target contains a control character, raw or percent-encoded")]
     ControlCharacter,
     #[error("request path has an invalid percent-encoding")]
@@ -158,6 +163,7 @@ fn canonical_chars(path: &str) -> Result<String, PathRejected> {
                 let byte = decode_escape(bytes.get(i + 1..i + 3))?;
                 match byte {
                     b'/' | b'\\' => return Err(PathRejected::EncodedSeparator),
+                    b';' => return Err(PathRejected::Semicolon),
                     // Encoded CR/LF and friends have no business in a path and
                     // make log and header injection easy downstream.
                     b if b.is_ascii_control() => return Err(PathRejected::ControlCharacter),
@@ -167,6 +173,7 @@ fn canonical_chars(path: &str) -> Result<String, PathRejected> {
                 i += 3;
             }
             b'\\' => return Err(PathRejected::Backslash),
+            b';' => return Err(PathRejected::Semicolon),
             b if b.is_ascii_control() => return Err(PathRejected::ControlCharacter),
             b if is_path_char(b) => {
                 out.push(char::from(b));
@@ -207,6 +214,9 @@ fn remove_dot_segments(path: &str) -> String {
     out
 }
 
+/// Accepts exactly what [`canonical_chars`] can output within a segment: an
+/// escape it keeps (uppercase, of a byte it neither decodes nor rejects) or
+/// a character it keeps raw.
 fn is_canonical_segment(segment: &str) -> bool {
     let bytes = segment.as_bytes();
     let mut i = 0;
@@ -215,16 +225,21 @@ fn is_canonical_segment(segment: &str) -> bool {
             let upper = |b: &u8| b.is_ascii_digit() || (b'A'..=b'F').contains(b);
             let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(upper));
             match hex.and_then(|h| decode_escape(Some(h)).ok()) {
-                Some(b) if !is_unreserved(b) && !matches!(b, b'/' | b'\\' | 0) => i += 3,
+                Some(b) if !is_unreserved(b) && !is_refused_escape(b) => i += 3,
                 _ => return false,
             }
-        } else if is_path_char(bytes[i]) && bytes[i] != b'/' {
+        } else if is_path_char(bytes[i]) && !matches!(bytes[i], b'/' | b';') {
             i += 1;
         } else {
             return false;
         }
     }
     true
+}
+
+/// Bytes [`canonical_chars`] refuses when percent-encoded.
+fn is_refused_escape(b: u8) -> bool {
+    matches!(b, b'/' | b'\\' | b';') || b.is_ascii_control()
 }
 
 fn decode_escape(hex: Option<&[u8]>) -> Result<u8, PathRejected> {

@@ -379,8 +379,9 @@ fn case_folding_falls_to_deny() {
     }
 }
 
-/// The Host port is ignored unless the pattern names one; a trailing dot
-/// is ignored; a malformed Host cannot be matched and falls to deny.
+/// The Host port is ignored unless the pattern names one, and then a Host
+/// without a port is taken to name the destination port; a trailing dot is
+/// ignored; a malformed Host cannot be matched and falls to deny.
 #[test]
 fn host_port_and_form() {
     let with_host = |host| Call { host, ..GET };
@@ -415,9 +416,38 @@ fn host_port_and_form() {
             false,
             false,
         ),
+        // A Host without a port reached the destination port.
         (
             "backend.shop.svc:8080",
             with_host("backend.shop.svc"),
+            true,
+            true,
+        ),
+        (
+            "backend.shop.svc:9090",
+            with_host("backend.shop.svc"),
+            false,
+            false,
+        ),
+        (
+            "backend.shop.svc:9090",
+            Call {
+                host: "backend.shop.svc",
+                port: 9090,
+                ..GET
+            },
+            true,
+            true,
+        ),
+        ("'[fd00::1]:8080'", with_host("[fd00::1]"), true, true),
+        // A port in the Host is what the client asked for, and wins.
+        (
+            "backend.shop.svc:9090",
+            Call {
+                host: "backend.shop.svc:8080",
+                port: 9090,
+                ..GET
+            },
             false,
             false,
         ),
@@ -464,6 +494,31 @@ fn repeated_header_with_disagreeing_values_falls_to_deny() {
     };
     assert_eq!(rule_matches(rule, both), (false, true));
     assert_eq!(rule_matches(rule, twice), (true, true));
+}
+
+/// `hosts: [admin.example:8080]` in a DENY policy stops `Host:
+/// admin.example` sent to port 8080, and in an ALLOW policy admits it; on
+/// another port neither applies.
+#[test]
+fn host_pattern_port_matches_the_destination_port_when_host_has_none() {
+    let rule = "[{to: [{operation: {hosts: ['admin.example:8080']}}]}]";
+    let deny = load(&(policy("deny-admin", "DENY", rule) + &policy("all", "ALLOW", "[{}]")));
+    let allow = load(&policy("allow-admin", "ALLOW", rule));
+    let on = |port| Call {
+        host: "admin.example",
+        port,
+        ..GET
+    };
+    let decision = on(8080).request(&deny);
+    assert!(!decision.allow);
+    assert_eq!(decision.reason, "DENY policy shop/deny-admin matched");
+    assert!(on(9090).request(&deny).allow);
+    let decision = on(8080).request(&allow);
+    assert_eq!(
+        (decision.allow, decision.reason.as_str()),
+        (true, "ALLOW policy shop/allow-admin matched")
+    );
+    assert!(!on(9090).request(&allow).allow);
 }
 
 // ---- decisions ------------------------------------------------------------
@@ -733,12 +788,14 @@ fn connection_time_decides_when_http_cannot_change_the_outcome() {
             FROM_OPS,
             Some(false),
         ),
+        // AUDIT never decides, so it does not turn a port into HTTP either.
         (
             audit_admin.clone() + &l4_only,
             Settings::default(),
             GET,
-            None,
+            Some(true),
         ),
+        (audit_admin.clone(), allow.clone(), GET, Some(true)),
         (
             audit_admin.clone() + &l4_only,
             Settings::default(),
@@ -773,6 +830,51 @@ fn connection_time_decides_when_http_cannot_change_the_outcome() {
         };
         assert_eq!(got, *expected, "{call:?}\n{yaml}");
     }
+}
+
+/// An AUDIT policy that needs HTTP attributes does not make an allowed
+/// connection speak HTTP: a plain TCP client on that port would be closed,
+/// and AUDIT must never change a decision. AUDIT policies that certainly
+/// match are reported; those that depend on requests are not.
+#[test]
+fn audit_needing_http_leaves_connections_alone() {
+    let on_db = |name: &str, action: &str, rules: &str| {
+        policy_in("data", "{matchLabels: {app: db}}", name, action, rules)
+    };
+    let allow_9000 = on_db(
+        "db-9000",
+        "ALLOW",
+        "[{to: [{operation: {ports: ['9000']}}]}]",
+    );
+    let audit_admin = on_db(
+        "audit-admin",
+        "AUDIT",
+        "[{to: [{operation: {paths: [/admin]}}]}]",
+    );
+    let audit_shop = on_db(
+        "audit-shop",
+        "AUDIT",
+        "[{from: [{source: {namespaces: [shop]}}]}]",
+    );
+    let set = load(&(allow_9000.clone() + &audit_admin + &audit_shop));
+    let decision = decided(TO_DB.connection(&set));
+    assert!(decision.allow);
+    assert_eq!(
+        decision.policy.as_ref().map(PolicyRef::as_str),
+        Some("data/db-9000")
+    );
+    assert_eq!(refs(&decision), ["data/audit-shop"]);
+    // An ALLOW or DENY that needs HTTP still makes the connection wait.
+    let deny_admin = on_db(
+        "deny-admin",
+        "DENY",
+        "[{to: [{operation: {paths: [/admin]}}]}]",
+    );
+    let set = load(&(allow_9000 + &deny_admin + &audit_admin));
+    assert_eq!(TO_DB.connection(&set), L4Decision::NeedsHttp);
+    let allow_get = on_db("db-get", "ALLOW", "[{to: [{operation: {methods: [GET]}}]}]");
+    let set = load(&(allow_get + &audit_admin));
+    assert_eq!(TO_DB.connection(&set), L4Decision::NeedsHttp);
 }
 
 /// An unknown source IP never becomes known: a rule that might match
@@ -947,7 +1049,15 @@ fn normalize_path_table() {
         ("/caf%c3%a9", ok("/caf%C3%A9", None)),
         ("/café", ok("/caf%C3%A9", None)),
         ("/a b{c}", ok("/a%20b%7Bc%7D", None)),
-        ("/a;b=c:@!$&'()*+,", ok("/a;b=c:@!$&'()*+,", None)),
+        ("/a=c:@!$&'()*+,", ok("/a=c:@!$&'()*+,", None)),
+        ("/a?b;c", ok("/a", Some("b;c"))),
+        ("/a#;x", ok("/a", None)),
+        ("/api/..;/admin", Err(Semicolon)),
+        ("/admin;x", Err(Semicolon)),
+        ("/admin;", Err(Semicolon)),
+        ("/admin%3bx", Err(Semicolon)),
+        ("/admin%3Bx", Err(Semicolon)),
+        ("/a;b?c", Err(Semicolon)),
         ("/api/..%2Fadmin", Err(EncodedSeparator)),
         ("/api/%2fadmin", Err(EncodedSeparator)),
         ("/api%5Cadmin", Err(EncodedSeparator)),
@@ -1002,7 +1112,7 @@ fn only_normal_paths_count_as_normal() {
     }
     for path in [
         "", "a", "//a", "/a//b", "/./a", "/a/..", "/a/.", "/%61", "/a%2f", "/a%3a", "/a?b", "/a#b",
-        "/a b", "/a\\b", "/a%00",
+        "/a b", "/a\\b", "/a%00", "/a;b", "/a%3B", "/a%01", "/a%1F", "/a%7F",
     ] {
         assert!(!path::is_normalized(path), "{path}");
     }
@@ -1059,6 +1169,22 @@ fn normalization_agrees_with_itself_exhaustively() {
     assert!(inputs.len() > 10_000, "{}", inputs.len());
 }
 
+/// Every escape `%00`..`%FF`, in both cases: a path counts as normal exactly
+/// when normalising leaves it unchanged, and a policy may name it exactly
+/// then (a pattern no normalised path can equal is a silent hole).
+#[test]
+fn escapes_agree_between_requests_and_policies() {
+    for byte in 0..=u8::MAX {
+        for input in [format!("/a%{byte:02X}b"), format!("/a%{byte:02x}b")] {
+            let unchanged = normalize_path(&input).is_ok_and(|n| n.path == input);
+            assert_eq!(path::is_normalized(&input), unchanged, "{input:?}");
+            let exact = file::Pattern::Exact(input.clone());
+            let accepted = path::check_pattern(&exact).is_ok();
+            assert_eq!(accepted, unchanged, "pattern {input:?}");
+        }
+    }
+}
+
 /// Known path tricks cannot reach what a DENY on `/admin` and `/admin/*`
 /// protects, nor leave what an ALLOW on `/api/*` confines to: each is
 /// either refused (400) or normalised onto the protected path.
@@ -1096,6 +1222,12 @@ fn path_tricks_cannot_bypass_policy() {
         "/admin%00",
         "/api/../../admin",
         "/%2561dmin/../admin",
+        // Java servers drop `;` path parameters: `/admin;x` is `/admin`,
+        // `/api/..;/admin` is `/admin`.
+        "/api/..;/admin",
+        "/admin;x",
+        "/admin%3bx",
+        "/admin;/x",
     ];
     for raw in tricks {
         let Ok(normal) = normalize_path(raw) else {
@@ -1132,6 +1264,16 @@ fn path_tricks_cannot_bypass_policy() {
             ..GET
         };
         assert!(!call.request(&set).allow, "{raw:?}");
+    }
+    for raw in ["/api/..;/admin", "/api/..%3B/admin", "/api;/../admin"] {
+        let Ok(normal) = normalize_path(raw) else {
+            continue; // refused with 400
+        };
+        let call = Call {
+            path: &normal.path,
+            ..GET
+        };
+        assert!(!call.request(&set).allow, "{raw:?} → {:?}", call.path);
     }
     assert!(GET.request(&set).allow);
 }
@@ -1400,6 +1542,53 @@ fn loader_errors_name_file_line_and_field() {
             &["when[0].key", "header name"],
         ),
         (
+            condition("{key: 'request.headers[host]', values: [admin.example]}"),
+            7,
+            &[
+                "field `spec.rules[0].when[0].key`",
+                ":authority",
+                "use `to.operation.hosts`",
+            ],
+        ),
+        (
+            condition("{key: 'request.headers[Host]', notValues: [x]}"),
+            7,
+            &["field `spec.rules[0].when[0].key`", "to.operation.hosts"],
+        ),
+        (
+            operation("paths: ['/a%01']"),
+            7,
+            &["operation.paths[0]", "control character", "never matches"],
+        ),
+        (
+            operation("notPaths: ['/admin;x']"),
+            7,
+            &["operation.notPaths[0]", "';'", "never matches"],
+        ),
+        (
+            operation("paths: ['*%3Bjsessionid']"),
+            7,
+            &["operation.paths[0]", "';'"],
+        ),
+        (
+            source("principals: [frontend]"),
+            7,
+            &[
+                "source.principals[0]",
+                "<trust-domain>/ns/<namespace>/sa/<service-account>",
+            ],
+        ),
+        (
+            source("notPrincipals: ['cluster.local/ns/shop/sa/frontend/x']"),
+            7,
+            &["source.notPrincipals[0]", "not a principal"],
+        ),
+        (
+            condition("{key: source.principal, values: ['cluster.local/ns/shop']}"),
+            1,
+            &["when[0].values[0]", "not a principal"],
+        ),
+        (
             ap("[{}]").replace("namespace: shop", "namespace: Shop"),
             1,
             &["metadata.namespace", "\"Shop\""],
@@ -1482,7 +1671,7 @@ spec:
   rules:
     - from:
         - source:
-            principals: [ok]
+            principals: [cluster.local/ns/shop/sa/ok]
             ipBlocks: [300.0.0.1]
 ---
 ---
@@ -1643,12 +1832,186 @@ fn load_dir_reads_configmap_mounts() {
     fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
     let set = PolicySet::load_dir(root, Settings::default()).expect("valid");
     assert!(set.policies().any(|p| p.name == "v2"));
-    // A dangling symlink is an error, not a silently smaller policy set.
-    symlink("..data/gone.yaml", root.join("gone.yaml")).expect("symlink");
+    // A dangling symlink is an error, not a silently smaller policy set
+    // (one into `..data` is the writer's transient state: see
+    // `load_dir_reads_one_configmap_snapshot`).
+    symlink("elsewhere/gone.yaml", root.join("gone.yaml")).expect("symlink");
     let err = PolicySet::load_dir(root, Settings::default())
         .expect_err("dangling")
         .to_string();
     assert!(err.contains("gone.yaml: cannot read"), "{err}");
+}
+
+/// Kubernetes' atomic writer makes the new timestamped directory, links new
+/// keys (`c.yaml -> ..data/c.yaml`, dangling until the swap), swaps
+/// `..data`, then unlinks removed keys and deletes the old directory. A
+/// load at any moment sees exactly one snapshot.
+#[test]
+fn load_dir_reads_one_configmap_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let snapshot = |ts: &str, version: &str, keys: &[&str]| {
+        let ts_dir = root.join(ts);
+        fs::create_dir(&ts_dir).expect("mkdir");
+        for key in keys {
+            let name = format!("{key}-{version}");
+            let yaml = policy_in("shop", "{}", &name, "ALLOW", "[{}]");
+            fs::write(ts_dir.join(format!("{key}.yaml")), yaml).expect("write");
+        }
+    };
+    let swap = |ts: &str| {
+        let _ = fs::remove_file(root.join("..data_tmp"));
+        symlink(ts, root.join("..data_tmp")).expect("symlink");
+        fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+    };
+    let link = |key: &str| {
+        let target = format!("..data/{key}.yaml");
+        symlink(target, root.join(format!("{key}.yaml"))).expect("symlink");
+    };
+    let names =
+        |set: &PolicySet| -> Vec<String> { set.policies().map(|p| p.name.to_owned()).collect() };
+    snapshot("..ts1", "v1", &["a", "b"]);
+    swap("..ts1");
+    link("a");
+    link("b");
+    fs::write(
+        root.join("local.yaml"),
+        policy_in("data", "{}", "local", "ALLOW", "[{}]"),
+    )
+    .expect("write");
+
+    // `..data` swapped after the first file was read: still all of v1.
+    snapshot("..ts2", "v2", &["a", "b"]);
+    let mut swapped = false;
+    let mut errors = Vec::new();
+    let sources = load::read_dir_pausing(root, &mut errors, &mut || {
+        if !swapped {
+            swapped = true;
+            swap("..ts2");
+        }
+    });
+    assert!(errors.is_empty(), "{errors:?}");
+    let set = PolicySet::from_sources(&sources, Settings::default()).expect("valid");
+    assert_eq!(names(&set), ["a-v1", "b-v1", "local"]);
+    let files: Vec<PathBuf> = sources.iter().map(|(path, _)| path.clone()).collect();
+    let expected = ["a.yaml", "b.yaml", "local.yaml"].map(|f| root.join(f));
+    assert_eq!(files, expected, "named as the user sees them");
+
+    // A new key is linked before the swap: its link dangles until then.
+    snapshot("..ts3", "v3", &["a", "b", "c"]);
+    link("c");
+    let set = PolicySet::load_dir(root, Settings::default()).expect("valid");
+    assert_eq!(names(&set), ["a-v2", "b-v2", "local"]);
+    swap("..ts3");
+    let set = PolicySet::load_dir(root, Settings::default()).expect("valid");
+    assert_eq!(names(&set), ["a-v3", "b-v3", "c-v3", "local"]);
+
+    // A removed key is unlinked after the swap: its link dangles until then.
+    snapshot("..ts4", "v4", &["a", "c"]);
+    swap("..ts4");
+    let set = PolicySet::load_dir(root, Settings::default()).expect("valid");
+    assert_eq!(names(&set), ["a-v4", "c-v4", "local"]);
+
+    // The old snapshot deleted while it is being read: an error (the last
+    // good set stays), never half of each.
+    snapshot("..ts5", "v5", &["a", "c"]);
+    let mut swapped = false;
+    let mut errors = Vec::new();
+    let sources = load::read_dir_pausing(root, &mut errors, &mut || {
+        if !swapped {
+            swapped = true;
+            swap("..ts5");
+            fs::remove_dir_all(root.join("..ts4")).expect("rm");
+        }
+    });
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].to_string().contains("c.yaml: cannot read"),
+        "{errors:?}"
+    );
+    assert!(sources.iter().all(|(_, text)| !text.contains("-v5")));
+}
+
+/// Principals are SPIFFE IDs of workloads, `<td>/ns/<ns>/sa/<sa>` (the
+/// only IDs callers carry), or Istio prefix/suffix patterns of one. Anything
+/// else could never match: in a DENY policy, a rule that silently does
+/// nothing.
+#[test]
+fn principals_must_be_workload_ids_or_patterns_of_one() {
+    for ok in [
+        "cluster.local/ns/shop/sa/frontend",
+        "td-2.example_x/ns/a-1/sa/b-2",
+        "cluster.local/ns/shop/sa/front.end",
+        "*",
+        "cluster.local/*",
+        "cluster*",
+        "cluster.local/n*",
+        "cluster.local/ns/*",
+        "cluster.local/ns/shop/*",
+        "cluster.local/ns/shop/s*",
+        "cluster.local/ns/shop/sa/front*",
+        "*/sa/frontend",
+        "*a/frontend",
+        "*frontend",
+        "*/ns/shop/sa/frontend",
+        "*.local/ns/shop/sa/frontend",
+        "*s/shop/sa/frontend",
+    ] {
+        assert!(file::parse_principal(ok).is_ok(), "{ok:?}");
+    }
+    for bad in [
+        "frontend",
+        "cluster.local",
+        "cluster.local/ns/shop",
+        "cluster.local/ns/shop/sa",
+        "cluster.local/ns/shop/sa/",
+        "cluster.local/ns/shop/sa/frontend/x",
+        "cluster.local//ns/shop/sa/frontend",
+        "/ns/shop/sa/frontend",
+        "Cluster.local/ns/shop/sa/frontend",
+        "cluster.local/NS/shop/sa/frontend",
+        "cluster.local/ns/Shop/sa/frontend",
+        "cluster.local/ns/shop/sa/Frontend",
+        "cluster.local/ns/../sa/frontend",
+        "cluster.local/ns/shop/sa/.",
+        "cluster.local/ns/shop/sa/front_end",
+        "cluster.local/nodeward/node/n1",
+        "cluster.local/foo/*",
+        "cluster.local/ns/shop/sa/frontend/*",
+        "cluster.local/ns//*",
+        "*/sb/frontend",
+        "*/ns/shop/sa/frontend/x",
+        "*/x/ns/shop/sa/frontend",
+        "*//sa/frontend",
+        "*Frontend",
+        "spiffe://cluster.local/ns/shop/sa/frontend",
+    ] {
+        assert!(file::parse_principal(bad).is_err(), "{bad:?}");
+    }
+}
+
+/// An empty directory is a valid set (the default policy decides), and the
+/// summary says so plainly: with `defaultPolicy: allow` it opens everything.
+#[test]
+fn empty_policy_directory_is_valid_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("README.md"), "# not policy").expect("write");
+    let settings = Settings {
+        default_policy: DefaultPolicy::Allow,
+        ..Settings::default()
+    };
+    let set = PolicySet::load_dir(dir.path(), settings).expect("valid");
+    assert_eq!(set.summary().files, 0);
+    assert_eq!(set.summary().to_string(), "no policy files");
+    assert!(decided(GET.connection(&set)).allow);
+    let set = PolicySet::from_sources(&[], Settings::default()).expect("valid");
+    assert_eq!(set.summary().to_string(), "no policy files");
+    // Failing closed says that instead.
+    let closed = PolicySet::deny_all(Settings::default());
+    assert_eq!(
+        closed.summary().to_string(),
+        "no valid policy set loaded: denying everything"
+    );
 }
 
 #[test]
@@ -1683,7 +2046,8 @@ fn example_policies_load_and_decide() {
     let set = PolicySet::load_dir(&dir, Settings::default()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         set.summary().to_string(),
-        "3 files, 6 AuthorizationPolicies (4 ALLOW, 1 DENY, 1 AUDIT), 1 PeerAuthentication"
+        "4 files, 6 AuthorizationPolicies (4 ALLOW, 1 DENY, 1 AUDIT), 1 PeerAuthentication, \
+         3 RateLimitPolicies"
     );
     let backend = |principal, method, path| Call {
         principal: Some(principal),
@@ -1829,4 +2193,417 @@ fn policy_set_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<PolicySet>();
     assert_send_sync::<Decision>();
+}
+
+// ---- rate limits ----------------------------------------------------------
+
+/// A `RateLimitPolicy` document whose `spec` is `lines` (two-space indented
+/// below `spec:`), so `lines[i]` is on file line `5 + i`.
+fn rate_policy(name: &str, lines: &[&str]) -> String {
+    let mut yaml = format!(
+        "apiVersion: nodeward.io/v1alpha1\nkind: RateLimitPolicy\n\
+         metadata: {{name: {name}, namespace: shop}}\nspec:\n"
+    );
+    for line in lines {
+        yaml.push_str(&format!("  {line}\n"));
+    }
+    yaml + "---\n"
+}
+
+const RATE_BUCKET: &str = "bucket: {maxTokens: 10, tokensPerFill: 5, fillInterval: 1s}";
+
+fn rate_limit_names(set: &PolicySet, call: Call<'_>, with_request: bool) -> Vec<String> {
+    call.with(|conn, req| set.rate_limits_for(conn, with_request.then_some(req)))
+        .iter()
+        .map(|info| info.policy.to_string())
+        .collect()
+}
+
+#[test]
+fn rate_limit_errors_name_file_line_and_field() {
+    let requests = |extra: &str| {
+        let mut lines = vec!["limit: requests", RATE_BUCKET];
+        lines.extend(extra.lines());
+        rate_policy("r", &lines)
+    };
+    let bucket =
+        |fields: &str| rate_policy("r", &["limit: requests", &format!("bucket: {{{fields}}}")]);
+    let interval = |value: &str| {
+        bucket(&format!(
+            "maxTokens: 1, tokensPerFill: 1, fillInterval: {value}"
+        ))
+    };
+    let counts = |max: &str, per_fill: &str| {
+        bucket(&format!(
+            "maxTokens: {max}, tokensPerFill: {per_fill}, fillInterval: 1s"
+        ))
+    };
+    let connections =
+        |matches: &str| rate_policy("r", &["limit: connections", RATE_BUCKET, matches]);
+    // (yaml, line, expected pieces of the message)
+    let cases: Vec<(String, usize, &[&str])> = vec![
+        (
+            requests("burst: 5"),
+            7,
+            &["field `spec.burst`", "unknown field"],
+        ),
+        (
+            requests("match: {sourceIps: [10.0.0.0/8]}"),
+            7,
+            &["field `spec.match.sourceIps`", "unknown field"],
+        ),
+        (
+            bucket("maxTokens: 1, tokensPerFill: 1, fillInterval: 1s, burst: 2"),
+            6,
+            &["`spec.bucket.burst`"],
+        ),
+        (
+            interval("1h"),
+            6,
+            &["`spec.bucket.fillInterval`", "\"1h\" is not a duration"],
+        ),
+        (
+            interval("1.5s"),
+            6,
+            &["`spec.bucket.fillInterval`", "not a duration"],
+        ),
+        (
+            interval("-1s"),
+            6,
+            &["`spec.bucket.fillInterval`", "not a duration"],
+        ),
+        (
+            interval("'1 s'"),
+            6,
+            &["`spec.bucket.fillInterval`", "not a duration"],
+        ),
+        (
+            interval("ms"),
+            6,
+            &["`spec.bucket.fillInterval`", "not a duration"],
+        ),
+        (
+            interval("1000"),
+            6,
+            &["`spec.bucket.fillInterval`", "\"1000\" is not a duration"],
+        ),
+        (
+            interval("49ms"),
+            6,
+            &[
+                "`spec.bucket.fillInterval`",
+                "shorter than the minimum of 50ms",
+            ],
+        ),
+        (
+            interval("0s"),
+            6,
+            &["`spec.bucket.fillInterval`", "shorter than the minimum"],
+        ),
+        (
+            interval("1441m"),
+            6,
+            &[
+                "`spec.bucket.fillInterval`",
+                "longer than the maximum of 24h",
+            ],
+        ),
+        (
+            interval("99999999999999999999m"),
+            6,
+            &["`spec.bucket.fillInterval`", "not a duration"],
+        ),
+        (
+            counts("0", "1"),
+            6,
+            &["`spec.bucket.maxTokens`", "0 is not a whole number from 1"],
+        ),
+        (
+            counts("1", "0"),
+            6,
+            &[
+                "`spec.bucket.tokensPerFill`",
+                "0 is not a whole number from 1",
+            ],
+        ),
+        (
+            counts("-3", "1"),
+            6,
+            &["`spec.bucket.maxTokens`", "-3 is not a whole number"],
+        ),
+        (
+            counts("4294967296", "1"),
+            6,
+            &["`spec.bucket.maxTokens`", "4294967296"],
+        ),
+        (
+            counts("'10'", "1"),
+            6,
+            &["`spec.bucket.maxTokens`", "invalid type: string"],
+        ),
+        (
+            bucket("tokensPerFill: 1, fillInterval: 1s"),
+            1,
+            &["`spec.bucket.maxTokens`", "is required"],
+        ),
+        (
+            bucket("maxTokens: 1, tokensPerFill: 1"),
+            1,
+            &["`spec.bucket.fillInterval`", "is required"],
+        ),
+        (
+            rate_policy("r", &[RATE_BUCKET]),
+            1,
+            &["`spec.limit`", "is required"],
+        ),
+        (
+            rate_policy("r", &["limit: requests"]),
+            1,
+            &["`spec.bucket`", "is required"],
+        ),
+        (
+            rate_policy("r", &[]).replace("spec:\n", ""),
+            1,
+            &["`spec`", "is required"],
+        ),
+        (
+            rate_policy("r", &["limit: calls", RATE_BUCKET]),
+            5,
+            &["`spec.limit`", "unknown variant `calls`", "connections"],
+        ),
+        (
+            requests("per: everyone"),
+            7,
+            &["`spec.per`", "unknown variant `everyone`"],
+        ),
+        (
+            requests("mode: dryrun"),
+            7,
+            &["`spec.mode`", "unknown variant `dryrun`"],
+        ),
+        (
+            connections("match: {methods: [GET]}"),
+            1,
+            &[
+                "`spec.match.methods`",
+                "only allowed with `limit: requests`",
+            ],
+        ),
+        (
+            connections("match: {ports: [8080], paths: [/api]}"),
+            1,
+            &["`spec.match.paths`", "only allowed with `limit: requests`"],
+        ),
+        (requests("match: {}"), 1, &["`spec.match`", "sets no field"]),
+        (
+            requests("match: {principals: []}"),
+            1,
+            &["`spec.match`", "sets no field"],
+        ),
+        (
+            requests("match: {paths: [/a/../b]}"),
+            7,
+            &["`spec.match.paths[0]`"],
+        ),
+        (
+            requests("match: {principals: ['spiffe://cluster.local/ns/a/sa/b']}"),
+            7,
+            &["`spec.match.principals[0]`", "without `spiffe://`"],
+        ),
+        (
+            requests("match: {principals: [frontend]}"),
+            7,
+            &["`spec.match.principals[0]`", "not a principal"],
+        ),
+        (
+            requests("match: {ports: [0]}"),
+            7,
+            &["`spec.match.ports[0]`", "between 1 and 65535"],
+        ),
+        (
+            requests("limit: connections"),
+            5,
+            &["field `spec`", "duplicate field `limit`"],
+        ),
+        (
+            requests("").replace("nodeward.io/v1alpha1", "security.istio.io/v1"),
+            1,
+            &[
+                "unsupported apiVersion \"security.istio.io/v1\" for RateLimitPolicy; \
+               expected nodeward.io/v1alpha1",
+            ],
+        ),
+        (
+            policy("p", "ALLOW", "[{}]").replace("security.istio.io/v1", "nodeward.io/v1alpha1"),
+            1,
+            &["unsupported apiVersion \"nodeward.io/v1alpha1\" for AuthorizationPolicy"],
+        ),
+        (
+            requests("").replace(", namespace: shop", ""),
+            1,
+            &["`metadata.namespace`", "is required"],
+        ),
+    ];
+    for (yaml, line, pieces) in &cases {
+        let err = load_err(yaml);
+        let prefix = format!("{FILE}:{line}: document 1");
+        assert!(
+            err.starts_with(&prefix),
+            "want {prefix:?}, got: {err}\n{yaml}"
+        );
+        for piece in *pieces {
+            assert!(err.contains(piece), "want {piece:?} in: {err}\n{yaml}");
+        }
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn duplicate_rate_limit_policies_are_refused() {
+    let one = rate_policy("r", &["limit: requests", RATE_BUCKET]);
+    let err = load_err(&format!("{one}{one}"));
+    assert_eq!(
+        err,
+        "policies/test.yaml:8: document 2 (RateLimitPolicy shop/r): \
+         duplicate RateLimitPolicy shop/r; first defined at policies/test.yaml:1"
+    );
+    // The same name in another kind is another resource.
+    let set = load(&(one + &policy("r", "ALLOW", "[{}]")));
+    assert_eq!(set.summary().rate_limits, 1);
+}
+
+#[test]
+fn rate_limit_policies_are_counted_and_listed() {
+    let yaml = policy("p", "ALLOW", "[{}]")
+        + &rate_policy("r", &["limit: requests", RATE_BUCKET])
+        + &rate_policy("s", &["limit: connections", RATE_BUCKET, "mode: shadow"]);
+    let set = load(&yaml);
+    assert_eq!(
+        set.summary().to_string(),
+        "1 file, 1 AuthorizationPolicy (1 ALLOW, 0 DENY, 0 AUDIT), 0 PeerAuthentications, \
+         2 RateLimitPolicies"
+    );
+    let infos: Vec<PolicyInfo<'_>> = set.policies().collect();
+    let rate: Vec<_> = infos[1..]
+        .iter()
+        .map(|i| (i.kind, i.name, i.action, i.line))
+        .collect();
+    assert_eq!(
+        rate,
+        [
+            (PolicyKind::RateLimitPolicy, "r", None, 9),
+            (PolicyKind::RateLimitPolicy, "s", None, 16),
+        ]
+    );
+    assert_eq!(
+        serde_json::to_value(infos[1]).expect("json")["kind"],
+        "RateLimitPolicy"
+    );
+    assert_eq!(
+        serde_json::to_value(set.summary()).expect("json")["rateLimits"],
+        2
+    );
+}
+
+#[test]
+fn rate_limits_for_lists_what_would_apply() {
+    let selector = "selector: {matchLabels: {app: backend}}";
+    let yaml = rate_policy(
+        "conns",
+        &[selector, "limit: connections", RATE_BUCKET, "per: shared"],
+    ) + &rate_policy(
+        "gets",
+        &[
+            selector,
+            "limit: requests",
+            RATE_BUCKET,
+            "match: {methods: [GET]}",
+            "mode: shadow",
+        ],
+    ) + &rate_policy(
+        "posts",
+        &[
+            selector,
+            "limit: requests",
+            RATE_BUCKET,
+            "match: {methods: [POST]}",
+        ],
+    ) + &rate_policy(
+        "cache",
+        &[
+            "selector: {matchLabels: {app: cache}}",
+            "limit: connections",
+            RATE_BUCKET,
+        ],
+    );
+    let set = load(&yaml);
+    assert_eq!(rate_limit_names(&set, GET, false), ["shop/conns"]);
+    assert_eq!(
+        rate_limit_names(&set, GET, true),
+        ["shop/conns", "shop/gets"]
+    );
+    let post = Call {
+        method: "POST",
+        ..GET
+    };
+    assert_eq!(
+        rate_limit_names(&set, post, true),
+        ["shop/conns", "shop/posts"]
+    );
+    let infos = GET.with(|conn, req| set.rate_limits_for(conn, Some(req)));
+    assert_eq!(
+        serde_json::to_value(&infos).expect("json"),
+        serde_json::json!([
+            {"policy": "shop/conns", "limit": "connections", "maxTokens": 10, "tokensPerFill": 5,
+             "fillIntervalMs": 1000, "per": "shared", "mode": "enforce"},
+            {"policy": "shop/gets", "limit": "requests", "maxTokens": 10, "tokensPerFill": 5,
+             "fillIntervalMs": 1000, "per": "source", "mode": "shadow"},
+        ])
+    );
+    // A set that failed closed has no limits to apply.
+    let closed = PolicySet::deny_all(Settings::default());
+    assert!(rate_limit_names(&closed, GET, true).is_empty());
+}
+
+/// `policies/ratelimit.yaml` means what its comments say.
+#[test]
+fn example_rate_limits_apply_as_commented() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let set = PolicySet::load_dir(&dir, Settings::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rate_limit_names(&set, GET, true), ["shop/backend-api"]);
+    assert!(rate_limit_names(&set, GET, false).is_empty());
+    let admin = Call {
+        principal: Some(OPS_TOOL),
+        path: "/admin/users",
+        ..GET
+    };
+    assert_eq!(
+        rate_limit_names(&set, admin, true),
+        ["shop/backend-admin-trial"]
+    );
+    let to_cache = Call {
+        name: "cache",
+        app: "cache",
+        port: 9000,
+        ..GET
+    };
+    assert_eq!(
+        rate_limit_names(&set, to_cache, false),
+        ["shop/cache-connections"]
+    );
+    let infos = GET.with(|conn, req| set.rate_limits_for(conn, Some(req)));
+    let info = &infos[0];
+    assert_eq!(
+        (
+            info.limit,
+            info.max_tokens,
+            info.tokens_per_fill,
+            info.fill_interval_ms
+        ),
+        (LimitKind::Requests, 5, 5, 1000)
+    );
+    assert_eq!(
+        (info.per, info.mode),
+        (LimitPer::Source, LimitMode::Enforce)
+    );
 }

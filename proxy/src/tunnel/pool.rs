@@ -65,6 +65,9 @@ impl TunnelError {
             Self::Http(_) => "http2",
             // The destination's policy said no: not a failure of the path.
             Self::Status { status, .. } if *status == StatusCode::FORBIDDEN => "denied",
+            Self::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                "rate_limited"
+            }
             Self::Status { .. } => "refused",
         }
     }

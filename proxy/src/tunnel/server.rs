@@ -184,12 +184,22 @@ async fn stream_request(
         dst,
     };
     let admission = inbound.authz.admit(subject);
-    if let Admission::Denied(_) = admission {
-        return refuse(
-            inbound,
-            StatusCode::FORBIDDEN,
-            "denied by authorization policy",
-        );
+    match admission {
+        Admission::Denied(_) => {
+            return refuse(
+                inbound,
+                StatusCode::FORBIDDEN,
+                "denied by authorization policy",
+            )
+        }
+        Admission::Limited(_) => {
+            return refuse(
+                inbound,
+                StatusCode::TOO_MANY_REQUESTS,
+                "connection rate limited",
+            )
+        }
+        Admission::Relay(_) | Admission::Http(_) => {}
     }
     let upstream = match inbound.dialer.dial(dst).await {
         Ok(s) => s,
@@ -229,7 +239,7 @@ async fn stream_request(
                         relay::run_http(io, upstream, gate, route, dst, Some(dest), metrics, &lease)
                             .await
                     }
-                    Admission::Denied(_) => {}
+                    Admission::Denied(_) | Admission::Limited(_) => {}
                 }
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT stream never upgraded"),

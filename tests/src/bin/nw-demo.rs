@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Result};
 use nix::sys::signal::{SigSet, Signal};
-use nodeward_tests::{print_flush, standard_pods, teardown, Cluster, Options, PodSpec};
+use nodeward_tests::{print_flush, standard_pods, teardown, Cluster, Options, PodSpec, ADMIN_PORT};
 use serde_json::Value;
 
 const PREFIX: &str = "nw-demo";
@@ -45,6 +45,7 @@ fn main() -> Result<()> {
     c.serve_http("backend", HTTP_PORT);
     tcp_calls(&c);
     http_calls(&c);
+    rate_limited_calls(&c);
     std::thread::sleep(std::time::Duration::from_millis(300));
     for node in ["node-a", "node-b"] {
         print_flush(&table(node, &c.access_log(node)));
@@ -60,6 +61,10 @@ fn main() -> Result<()> {
             dir.display()
         );
     }
+    println!(
+        "metrics: target/release/nw-pod --netns {PREFIX}-node-b http-get --addr 127.0.0.1:{ADMIN_PORT} --path /metrics | grep nodeward_ratelimit \
+         (also /ready, /config_dump, /logging?level=debug)"
+    );
     println!(
         "try a call: target/release/nw-pod --netns {PREFIX}-frontend --cgroup {} http-requests --to {}:{HTTP_PORT} --request 'GET /api/items'",
         c.node_cgroup("node-a").join("frontend").display(),
@@ -122,6 +127,32 @@ fn http_calls(c: &Cluster) {
     }
 }
 
+/// A burst over the example's request limit (5 per caller, then 5/s).
+fn rate_limited_calls(c: &Cluster) {
+    let to = SocketAddr::new(c.ip4("backend"), HTTP_PORT);
+    let burst = ["GET /api/items"; 8];
+    let r = c.http_calls("frontend", to, &burst);
+    let statuses: Vec<String> = r["statuses"]
+        .as_array()
+        .map(|a| a.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    println!(
+        " frontend -> {to:<24} 8 x GET /api/items, one connection: HTTP {}",
+        statuses.join(" ")
+    );
+    if let Some(h) = r["headers"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["retry-after"].is_string()))
+    {
+        println!(
+            "           429: Retry-After {} s, x-ratelimit-limit {}, x-ratelimit-remaining {}",
+            h["retry-after"].as_str().unwrap_or("-"),
+            h["x-ratelimit-limit"].as_str().unwrap_or("-"),
+            h["x-ratelimit-remaining"].as_str().unwrap_or("-"),
+        );
+    }
+}
+
 /// The audit records of one node proxy, as a table.
 fn decisions(node: &str, records: &[Value]) -> String {
     let mut out = format!("\nauthorization decisions at {node}\n");
@@ -169,6 +200,16 @@ fn table(node: &str, records: &[Value]) -> String {
             "denied" => (s("source"), "denied by policy".to_owned()),
             // Shown with the caller's identity in the decisions table.
             "stream_refused" => continue,
+            "request" => (
+                s("source_principal"),
+                format!(
+                    "HTTP {} {} -> {} (rate limit: {})",
+                    s("method"),
+                    s("path"),
+                    r["status"],
+                    s("rate_limit")
+                ),
+            ),
             other => (s("source"), other.to_owned()),
         };
         out += &format!(
@@ -202,5 +243,6 @@ fn clean_stale_demo() -> Result<()> {
         .map(str::to_owned)
         .collect();
     teardown(&nodeward_tests::cgroup2_mount()?.join(PREFIX), &names);
+    nodeward_tests::release_mounts(&std::env::temp_dir().join(PREFIX));
     Ok(())
 }

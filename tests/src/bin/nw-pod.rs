@@ -62,6 +62,9 @@ enum Cmd {
         /// Send this text repeated instead of pseudo-random bytes.
         #[arg(long)]
         marker: Option<String>,
+        /// Pause between repeated connections (a steady stream).
+        #[arg(long, default_value_t = 0)]
+        gap_ms: u64,
     },
     /// Minimal HTTP/1.1 server: 200 for every request, keep-alive; logs
     /// `{"request": "METHOD /path"}` per request.
@@ -111,9 +114,14 @@ fn main() -> Result<()> {
             chunks,
             pace_ms,
             marker,
+            gap_ms,
         } => {
             let mut ok = 0;
+            let mut failures = Vec::new();
             for i in 0..count {
+                if i > 0 && gap_ms > 0 {
+                    std::thread::sleep(Duration::from_millis(gap_ms));
+                }
                 let data = match &marker {
                     Some(m) => m.bytes().cycle().take(send).collect(),
                     None => payload(send, i as u64),
@@ -125,13 +133,18 @@ fn main() -> Result<()> {
                 let report = call(to, data, &pace);
                 if report["intact"] == true {
                     ok += 1;
+                } else if failures.len() < 5 {
+                    failures.push(report.clone());
                 }
                 if count == 1 {
                     println!("{report}");
                 }
             }
             if count > 1 {
-                println!("{}", json!({"count": count, "intact": ok}));
+                println!(
+                    "{}",
+                    json!({"count": count, "intact": ok, "failures": failures})
+                );
             }
             Ok(())
         }
@@ -311,6 +324,7 @@ fn http_requests(to: SocketAddr, requests: &[String]) -> serde_json::Value {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut statuses = Vec::new();
     let mut bodies = Vec::new();
+    let mut headers = Vec::new();
     let mut error = None;
     let (Ok(read_half), mut out) = (stream.try_clone(), stream) else {
         return json!({"connected": true, "error": "clone", "statuses": []});
@@ -326,9 +340,10 @@ fn http_requests(to: SocketAddr, requests: &[String]) -> serde_json::Value {
         );
         let reply = sent.and_then(|()| read_response(&mut reader));
         match reply {
-            Ok((status, text)) => {
+            Ok((status, text, head)) => {
                 statuses.push(status);
                 bodies.push(text);
+                headers.push(head);
             }
             Err(e) => {
                 error = Some(e.to_string());
@@ -339,19 +354,31 @@ fn http_requests(to: SocketAddr, requests: &[String]) -> serde_json::Value {
     while statuses.len() < requests.len() {
         statuses.push(0);
     }
-    json!({"connected": true, "statuses": statuses, "bodies": bodies, "error": error})
+    json!({"connected": true, "statuses": statuses, "bodies": bodies, "headers": headers, "error": error})
 }
 
-fn read_response(r: &mut impl std::io::BufRead) -> std::io::Result<(u16, String)> {
+fn read_response(
+    r: &mut impl std::io::BufRead,
+) -> std::io::Result<(u16, String, serde_json::Value)> {
     let head = read_head(r)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let headers: serde_json::Map<String, serde_json::Value> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), json!(v.trim())))
+        .collect();
     let mut body = vec![0u8; content_length(&head)];
     r.read_exact(&mut body)?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        serde_json::Value::Object(headers),
+    ))
 }
 
 fn canonical(a: SocketAddr) -> SocketAddr {

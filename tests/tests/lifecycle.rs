@@ -1,0 +1,107 @@
+//! End-to-end: the proxy's lifecycle. An upgrade takes over without
+//! refusing a connection, a second instance never starts by accident, and
+//! SIGTERM drains open connections up to the deadline.
+
+use std::{net::SocketAddr, time::Duration};
+
+use nodeward_tests::{finish_tool, require_root, Cluster, Options};
+
+const PORT: u16 = 9000;
+
+#[test]
+fn a_takeover_under_a_steady_stream_of_new_connections_refuses_none() {
+    if !require_root("a_takeover_under_a_steady_stream_of_new_connections_refuses_none") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo("backend", PORT);
+    c.serve_echo("cache", PORT);
+    let count = 400;
+    // Cross-node (tunnel) and same-node streams, 10 ms apart: several
+    // seconds of new connections spanning the whole takeover.
+    let remote = c.spawn_call_stream(
+        "frontend",
+        SocketAddr::new(c.ip4("backend"), PORT),
+        count,
+        10,
+    );
+    let local = c.spawn_call_stream("frontend", SocketAddr::new(c.ip4("cache"), PORT), count, 10);
+    std::thread::sleep(Duration::from_millis(500));
+    c.start_proxy_with("node-a", &["--takeover"])
+        .unwrap_or_else(|e| panic!("takeover: {e:#}"));
+    let old = c.wait_proxy_exit("node-a", 0, Duration::from_secs(20));
+    assert!(
+        old.is_some_and(|s| s.success()),
+        "the old proxy drains and exits: {old:?}"
+    );
+    for (what, child) in [("cross-node", remote), ("same-node", local)] {
+        let r = finish_tool(child);
+        assert_eq!(r["intact"], count as u64, "{what}: {r}");
+    }
+    let log = c.proxy_log("node-a");
+    assert!(log.contains("adopting the pinned BPF programs"), "{log}");
+    assert!(log.contains("handed over to a new nodeward"), "{log}");
+    // The successor owns the redirect now.
+    assert_eq!(
+        c.call("frontend", SocketAddr::new(c.ip4("backend"), PORT), 1000)["intact"],
+        true
+    );
+    assert!(
+        c.bpffs().join("node-a/links/nw_connect4").exists(),
+        "programs stay pinned"
+    );
+}
+
+#[test]
+fn a_second_instance_refuses_to_start_unless_asked_to_take_over() {
+    if !require_root("a_second_instance_refuses_to_start_unless_asked_to_take_over") {
+        return;
+    }
+    let c = Cluster::start();
+    let (code, out) = c.run_proxy_to_exit("node-a", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("--takeover"), "{out}");
+    // The running one is unaffected.
+    let mut c = c;
+    c.serve_echo("cache", PORT);
+    assert_eq!(
+        c.call("frontend", SocketAddr::new(c.ip4("cache"), PORT), 100)["intact"],
+        true
+    );
+}
+
+#[test]
+fn sigterm_drains_open_connections_until_the_deadline() {
+    if !require_root("sigterm_drains_open_connections_until_the_deadline") {
+        return;
+    }
+    let mut c = Cluster::start_with(Options {
+        drain_deadline: "3s",
+        ..Options::default()
+    });
+    c.serve_echo("backend", PORT);
+    let to = SocketAddr::new(c.ip4("backend"), PORT);
+    let (short, long) = std::thread::scope(|s| {
+        // 1.5 s of writes: finishes inside the deadline.
+        let short =
+            s.spawn(|| c.call_with("frontend", to, 3000, &["--chunks", "3", "--pace-ms", "500"]));
+        // 8 s of writes: still open at the deadline.
+        let long = s.spawn(|| {
+            c.call_with(
+                "frontend",
+                to,
+                8000,
+                &["--chunks", "16", "--pace-ms", "500"],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(400));
+        c.signal_proxy("node-a", 0);
+        (short.join().expect("short"), long.join().expect("long"))
+    });
+    assert_eq!(short["intact"], true, "finished while draining: {short}");
+    assert_eq!(long["intact"], false, "cut at the deadline: {long}");
+    let exited = c.wait_proxy_exit("node-a", 0, Duration::from_secs(10));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    let log = c.proxy_log("node-a");
+    assert!(log.contains("drain deadline reached"), "{log}");
+}
