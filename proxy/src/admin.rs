@@ -229,11 +229,22 @@ fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
     ) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
-    if req.method() != Method::GET {
-        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+    // Changing the log level is a POST, so a GET (a browser on the node,
+    // a DNS-rebound page) can only read.
+    let logging = path == "/logging";
+    let allowed = req.method() == Method::GET || (logging && req.method() == Method::POST);
+    if !allowed {
+        let allow = if logging { "GET, POST" } else { "GET" };
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, format!("only {allow}\n"));
         resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET"));
+            .insert(ALLOW, HeaderValue::from_static(allow));
         return resp;
+    }
+    if logging && req.method() == Method::GET && req.uri().query().is_some() {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST /logging?level=... to change the log level\n",
+        );
     }
     match path {
         "/metrics" => with_type(

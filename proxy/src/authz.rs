@@ -179,9 +179,14 @@ impl Authz {
             };
             self.metrics.count_ratelimit(p.as_str(), result, kind);
         }
+    }
+
+    /// Refreshes gauges that would cost a lock per shard to keep exact on
+    /// every call (the policy watcher calls this twice a second).
+    pub fn refresh_gauges(&self) {
         self.metrics
             .ratelimit_buckets
-            .set(self.limiter.len() as i64);
+            .set(i64::try_from(self.limiter.len()).unwrap_or(i64::MAX));
     }
 
     /// Puts `policies` in force and closes open connections it denies.
@@ -385,9 +390,9 @@ impl proxy_http::Authorizer for RequestGate {
             path: request.path,
             host: &host,
         };
-        self.authz
-            .record(self.id, &self.subject, Some(&view), "request", &d, None);
         if !d.allow {
+            self.authz
+                .record(self.id, &self.subject, Some(&view), "request", &d, None);
             let refusal = proxy_http::refusal(StatusCode::FORBIDDEN, "RBAC: access denied\n");
             self.log(&view, refusal.status(), Some(&d), None);
             return Verdict::Respond(refusal);
@@ -414,6 +419,9 @@ impl proxy_http::Authorizer for RequestGate {
             self.log(&view, response.status(), Some(&limited), rate);
             return Verdict::Respond(response);
         }
+        // Recorded once the rate limit let it through: one decision per request.
+        self.authz
+            .record(self.id, &self.subject, Some(&view), "request", &d, None);
         *self
             .last_rate
             .lock()
@@ -549,10 +557,9 @@ impl RequestGate {
         };
         self.authz
             .record(self.id, &self.subject, Some(&view), "request", &d, None);
-        Verdict::Respond(proxy_http::refusal(
-            StatusCode::BAD_REQUEST,
-            "bad request\n",
-        ))
+        let response = proxy_http::refusal(StatusCode::BAD_REQUEST, "bad request\n");
+        self.log(&view, response.status(), Some(&d), None);
+        Verdict::Respond(response)
     }
 }
 

@@ -73,6 +73,21 @@ pub struct ConfigFile {
     /// Access-log sampling.
     #[serde(default)]
     pub access_log: AccessLogFile,
+    /// The sockmap fast path for the pod ⇄ proxy hop.
+    #[serde(default)]
+    pub sockmap: SockmapFile,
+}
+
+/// `sockmap`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SockmapFile {
+    /// Splice the pod ⇄ proxy hop through a sockhash (default `false`: on
+    /// the kernels measured it makes blocking `recv()` in pods return
+    /// spurious `EAGAIN` and buffers without backpressure; see the README).
+    /// Where the kernel cannot load it, it turns itself off with one log line.
+    #[serde(default)]
+    pub enabled: Option<bool>,
 }
 
 /// `accessLog`.
@@ -221,6 +236,8 @@ pub struct Config {
     pub bpf_pin_dir: Option<PathBuf>,
     pub drain_deadline: Duration,
     pub access_log: AccessLog,
+    /// Whether to try the sockmap fast path.
+    pub sockmap: bool,
     /// The file this came from, for error messages.
     pub source: PathBuf,
 }
@@ -254,6 +271,7 @@ impl Config {
             bpf: BpfFile { pin_dir },
             lifecycle: LifecycleFile { drain_deadline },
             access_log: AccessLogFile { sampling },
+            sockmap: SockmapFile { enabled: sockmap },
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
         if node.trim().is_empty() {
@@ -348,6 +366,7 @@ impl Config {
             bpf_pin_dir: pin_dir,
             drain_deadline,
             access_log,
+            sockmap: sockmap.unwrap_or(false),
             source: path.to_owned(),
         })
     }

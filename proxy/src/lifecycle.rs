@@ -11,10 +11,19 @@
 //! listeners move to the new ones), answers, leaves the pins in place and
 //! drains.
 
-use std::{io, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpSocket, UnixListener, UnixStream},
     time::timeout,
 };
@@ -66,11 +75,9 @@ pub fn shared_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// The running instance's side of the handover channel.
 pub struct Handover {
     listener: UnixListener,
-}
-
-/// A successor's connection to the running instance.
-pub struct Predecessor {
-    stream: UnixStream,
+    /// A successor connected and is (or was) asking: a stop signal now
+    /// must finish the handover instead of detaching the programs it uses.
+    pending: Arc<AtomicBool>,
 }
 
 /// A successor waiting for this instance to stop accepting.
@@ -88,6 +95,7 @@ impl Handover {
         std.set_nonblocking(true)?;
         Ok(Self {
             listener: UnixListener::from_std(std)?,
+            pending: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -107,68 +115,105 @@ impl Handover {
         }
     }
 
-    /// The next successor asking to take over; junk on the socket is ignored.
+    /// The next successor asking to take over. Abstract sockets carry no
+    /// file permissions, so only a peer running as our own user (root on a
+    /// node) is listened to; every connection is read in its own task with
+    /// a capped line, so idle or hostile peers cannot hold the channel.
     pub async fn next_request(&self) -> Request {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         loop {
-            let Ok((stream, _)) = self.listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let mut reader = BufReader::new(stream);
-            let mut line = Vec::new();
-            let read = timeout(HANDOVER_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
-            if matches!(read, Ok(Ok(_))) && line == REQUEST {
-                return Request {
-                    stream: reader.into_inner(),
-                };
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let Ok((stream, _)) = accepted else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    if !trusted(&stream) {
+                        tracing::warn!("handover request from another user ignored");
+                        continue;
+                    }
+                    let (tx, pending) = (tx.clone(), self.pending.clone());
+                    tokio::spawn(async move {
+                        if let Some(request) = read_request(stream).await {
+                            pending.store(true, Ordering::Release);
+                            let _ = tx.send(request).await;
+                        }
+                    });
+                }
+                Some(request) = rx.recv() => return request,
             }
         }
     }
+
+    /// Whether a successor has asked to take over.
+    pub fn pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// Reads one request line (at most a few bytes) within the timeout.
+async fn read_request(stream: UnixStream) -> Option<Request> {
+    let mut reader = BufReader::new(stream).take(REQUEST.len() as u64);
+    let mut line = Vec::new();
+    let read = timeout(HANDOVER_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    (matches!(read, Ok(Ok(_))) && line == REQUEST).then(|| Request {
+        stream: reader.into_inner().into_inner(),
+    })
+}
+
+/// A peer with our own uid (nodeward runs as root on a node).
+fn trusted(stream: &UnixStream) -> bool {
+    stream
+        .peer_cred()
+        .is_ok_and(|cred| cred.uid() == nix::unistd::geteuid().as_raw())
 }
 
 impl Request {
-    /// Tells the successor this instance no longer accepts.
-    pub async fn done(mut self) {
-        let _ = timeout(HANDOVER_TIMEOUT, self.stream.write_all(DONE)).await;
-    }
-}
-
-impl Predecessor {
-    /// Connects to the instance running with `pin_dir`; `None` when none is.
-    pub async fn find(pin_dir: &Path) -> io::Result<Option<Self>> {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name(pin_dir))?;
-        match std::os::unix::net::UnixStream::connect_addr(&addr) {
-            Ok(std) => {
-                std.set_nonblocking(true)?;
-                Ok(Some(Self {
-                    stream: UnixStream::from_std(std)?,
-                }))
-            }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Asks it to stop accepting and waits until it has.
-    pub async fn hand_over(mut self) -> io::Result<()> {
-        let exchange = async {
-            self.stream.write_all(REQUEST).await?;
-            let mut reader = BufReader::new(self.stream);
-            let mut line = Vec::new();
-            reader.read_until(b'\n', &mut line).await?;
-            if line == DONE {
-                Ok(())
-            } else {
-                Err(io::Error::other(
-                    "the running instance did not confirm the handover",
-                ))
-            }
-        };
-        timeout(HANDOVER_TIMEOUT, exchange)
+    /// Tells the successor this instance no longer accepts. An error means
+    /// the successor is gone: the caller must not leave the programs to it.
+    pub async fn done(mut self) -> io::Result<()> {
+        timeout(HANDOVER_TIMEOUT, self.stream.write_all(DONE))
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
     }
+}
+
+/// Whether an instance holds the channel for `pin_dir` (it is running).
+pub fn is_running(pin_dir: &Path) -> io::Result<bool> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name(pin_dir))?;
+    match std::os::unix::net::UnixStream::connect_addr(&addr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Asks the instance running with `pin_dir` to stop accepting, and waits
+/// until it has. Connects afresh, so a slow start-up cannot time out a
+/// connection opened long before.
+pub async fn request_handover(pin_dir: &Path) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name(pin_dir))?;
+    let std = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+    std.set_nonblocking(true)?;
+    let mut stream = UnixStream::from_std(std)?;
+    let exchange = async {
+        stream.write_all(REQUEST).await?;
+        let mut reader = BufReader::new(stream).take(DONE.len() as u64);
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).await?;
+        if line == DONE {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                "the running instance did not confirm the handover",
+            ))
+        }
+    };
+    timeout(HANDOVER_TIMEOUT, exchange)
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
 /// Abstract socket names are per network namespace, like the node proxy.
@@ -185,23 +230,35 @@ mod tests {
     #[tokio::test]
     async fn a_successor_finds_the_running_instance_and_takes_over() {
         let dir = Path::new("/nodeward-test/handover").join(std::process::id().to_string());
-        assert!(Predecessor::find(&dir).await.expect("probe").is_none());
+        assert!(!is_running(&dir).expect("probe"));
         let running = Handover::bind(&dir).expect("bind");
         assert_eq!(
             Handover::bind(&dir).err().map(|e| e.kind()),
             Some(io::ErrorKind::AddrInUse),
             "only one instance holds the channel"
         );
+        assert!(is_running(&dir).expect("probe"), "a probe finds it");
+        // Junk and idle peers do not hold the channel up.
+        let junk = dir.clone();
+        let _idle = tokio::task::spawn_blocking(move || {
+            use std::os::linux::net::SocketAddrExt;
+            let addr =
+                std::os::unix::net::SocketAddr::from_abstract_name(name(&junk)).expect("name");
+            let mut s = std::os::unix::net::UnixStream::connect_addr(&addr).expect("connect");
+            std::io::Write::write_all(&mut s, b"HANDOVER-PLEASE-AND-MORE\n").expect("write");
+            let idle = std::os::unix::net::UnixStream::connect_addr(&addr).expect("connect");
+            (s, idle)
+        })
+        .await
+        .expect("junk peers");
+        assert!(!running.pending());
         let old = tokio::spawn(async move {
             let request = running.next_request().await;
-            request.done().await;
+            assert!(running.pending());
+            request.done().await.expect("successor still there");
             drop(running);
         });
-        let pred = Predecessor::find(&dir)
-            .await
-            .expect("probe")
-            .expect("running");
-        pred.hand_over().await.expect("handover");
+        request_handover(&dir).await.expect("handover");
         old.await.expect("old side");
         let _new = Handover::bind_when_free(&dir)
             .await

@@ -630,6 +630,9 @@ struct KernelCollector {
     record_failures: IntCounter,
     map_entries: IntGaugeVec,
     inbound: IntCounterVec,
+    sockmap_enabled: IntGauge,
+    spliced: IntCounter,
+    splice_fallbacks: IntCounter,
     descs: Vec<Desc>,
 }
 
@@ -666,7 +669,25 @@ impl KernelCollector {
             &["verdict"],
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let sockmap_enabled = IntGauge::with_opts(Opts::new(
+            "bpf_sockmap_enabled",
+            "1 when the sockmap fast path for the pod-proxy hop is attached",
+        ))
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let spliced = IntCounter::with_opts(Opts::new(
+            "bpf_sockmap_spliced_sockets_total",
+            "Sockets of the pod-proxy hop put into the sockhash (both ends count)",
+        ))
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let splice_fallbacks = IntCounter::with_opts(Opts::new(
+            "bpf_sockmap_fallbacks_total",
+            "Spliced sockets whose sends fell back to TCP because their peer was not in the sockhash",
+        ))
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let descs = [
+            sockmap_enabled.desc(),
+            spliced.desc(),
+            splice_fallbacks.desc(),
             inbound.desc(),
             redirects.desc(),
             skipped.desc(),
@@ -684,6 +705,9 @@ impl KernelCollector {
             record_failures,
             map_entries,
             inbound,
+            sockmap_enabled,
+            spliced,
+            splice_fallbacks,
             descs,
         }
     }
@@ -717,11 +741,18 @@ impl Collector for KernelCollector {
         };
         gauge("flows", k.flow_entries);
         gauge("by_cookie", k.cookie_entries);
+        gauge("splice", k.splice_entries);
+        self.sockmap_enabled.set(i64::from(k.sockmap_enabled));
+        catch_up(&self.spliced, k.spliced);
+        catch_up(&self.splice_fallbacks, k.splice_fallbacks);
         let mut out = self.redirects.collect();
         out.extend(self.skipped.collect());
         out.extend(self.record_failures.collect());
         out.extend(self.map_entries.collect());
         out.extend(self.inbound.collect());
+        out.extend(self.sockmap_enabled.collect());
+        out.extend(self.spliced.collect());
+        out.extend(self.splice_fallbacks.collect());
         out
     }
 }

@@ -141,9 +141,20 @@ impl RateLimiter {
     ) -> RateOutcome {
         let mut outcome = RateOutcome::default();
         let mut best = None;
+        let mut taken = Vec::new();
         for limit in set.applicable_rate_limits(conn, req, kind) {
             let take = self.take(limit, conn.source.principal, now);
+            if take.allowed {
+                taken.push(limit);
+            }
             outcome.add(limit, &take, &mut best);
+        }
+        // A refused call costs nothing: otherwise a caller over its own
+        // limit would keep draining a shared bucket and starve everyone.
+        if outcome.limited {
+            for limit in taken {
+                self.refund(limit, conn.source.principal);
+            }
         }
         outcome
     }
@@ -190,6 +201,13 @@ impl RateLimiter {
         let take = bucket.take(spec, now);
         shard.insert(key, bucket);
         take
+    }
+
+    fn refund(&self, limit: &RateLimit, principal: Option<&str>) {
+        let key = Key::new(limit, principal);
+        if let Some(bucket) = self.shard(&key).get_mut(&key) {
+            bucket.refund(limit.bucket());
+        }
     }
 
     fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {

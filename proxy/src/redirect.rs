@@ -9,6 +9,13 @@
 //! are also pinned under bpffs, so a successor can [`Redirector::adopt`]
 //! them without redirection ever stopping; the predecessor then
 //! [`Redirector::hand_over`]s instead of detaching.
+//!
+//! The sockmap fast path (`sockmap.enabled`, on by default): `nw_splice_ops`
+//! (sock_ops, on the pod cgroup and on the proxy's own cgroup) puts both
+//! sockets of every pod ⇄ proxy connection into a sockhash, and
+//! `nw_splice_msg` (sk_msg, attached to that sockhash) hands each send
+//! straight to the peer socket's receive queue. A kernel that cannot load or
+//! attach them gets the normal path, with one log line.
 
 use std::{
     collections::BTreeMap,
@@ -18,10 +25,10 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap, Map, MapData, MapError, PerCpuArray, SockHash},
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        ProgramError, SockOps,
+        links::FdLink, sk_msg::SkMsgLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
+        CgroupSockAddr, ProgramError, SkMsg, SockOps,
     },
     Ebpf, EbpfError,
 };
@@ -93,6 +100,8 @@ pub struct Settings {
     /// bpffs directory to pin links and maps under (takeover on upgrade);
     /// `None`: the programs live and die with this process.
     pub pin_dir: Option<PathBuf>,
+    /// Try the sockmap fast path for the pod ⇄ proxy hop.
+    pub sockmap: bool,
 }
 
 impl Settings {
@@ -107,6 +116,7 @@ impl Settings {
             outbound_port: cfg.outbound_port,
             mtls: cfg.mtls,
             pin_dir: cfg.bpf_pin_dir.clone(),
+            sockmap: cfg.sockmap,
         }
     }
 }
@@ -117,7 +127,17 @@ pub struct Redirector {
     /// The loaded object, when this process loaded it (not when adopted).
     _ebpf: Option<Ebpf>,
     links: Vec<FdLink>,
+    /// The sk_msg program's attachment to the sockhash, when this process
+    /// made it. It is not a bpf_link: it lives as long as the sockhash.
+    splice_msg: Option<SkMsgLink>,
     pins: Option<pin::Pins>,
+}
+
+/// What [`attach_splice`] attached: the sk_msg attachment and the sock_ops
+/// links, with their pin names.
+struct Splice {
+    msg: SkMsgLink,
+    ops: Vec<(&'static str, FdLink)>,
 }
 
 /// The proxy's handle on the flow records (single owner: the accept loop).
@@ -137,6 +157,8 @@ pub struct KernelStats {
     stats: PerCpuArray<MapData, u64>,
     flows: HashMap<MapData, FlowKey, OrigDst>,
     by_cookie: HashMap<MapData, u64, OrigDst>,
+    /// The sockhash, when the fast path is on.
+    splice: Option<SockHash<MapData, FlowKey>>,
 }
 
 /// Counters and map occupancy read from the kernel.
@@ -152,6 +174,13 @@ pub struct KernelCounters {
     pub cookie_entries: u64,
     pub inbound_dropped: u64,
     pub inbound_allowed: u64,
+    /// Whether the sockmap fast path is attached.
+    pub sockmap_enabled: bool,
+    /// Sockets put into the sockhash (both ends of each spliced connection).
+    pub spliced: u64,
+    /// Spliced sockets that fell back to the normal path.
+    pub splice_fallbacks: u64,
+    pub splice_entries: u64,
 }
 
 /// What attaching or adopting hands to the rest of the proxy.
@@ -170,19 +199,36 @@ impl Redirector {
             path: settings.pod_cgroup.clone(),
             source,
         })?;
-        let links = attach_programs(&mut ebpf, &cgroup)?;
-        let mut maps = pin::MapSet::take(&mut ebpf)?;
+        let mut links = attach_programs(&mut ebpf, &cgroup)?;
+        let splice = if settings.sockmap {
+            attach_splice(&mut ebpf, &cgroup, &settings.pod_cgroup)
+                .map_err(|e| {
+                    tracing::info!(error = %e, "sockmap fast path off: the kernel cannot load or attach it");
+                })
+                .ok()
+        } else {
+            None
+        };
+        let mut maps = pin::MapSet::take(&mut ebpf, splice.is_some())?;
         maps.configure(settings)?;
+        let (splice_msg, splice_ops) = match splice {
+            Some(Splice { msg, ops }) => (Some(msg), ops),
+            None => (None, Vec::new()),
+        };
         let (links, pins) = match &settings.pin_dir {
-            Some(dir) => {
-                let pins = pin::Pins::create(dir, links, &maps)?;
-                (Vec::new(), Some(pins))
+            Some(dir) => (
+                Vec::new(),
+                Some(pin::Pins::create(dir, links, splice_ops, &maps)?),
+            ),
+            None => {
+                links.extend(splice_ops.into_iter().map(|(_, link)| link));
+                (links, None)
             }
-            None => (links, None),
         };
         let redirector = Self {
             _ebpf: Some(ebpf),
             links,
+            splice_msg,
             pins,
         };
         maps.into_handles(redirector)
@@ -197,12 +243,16 @@ impl Redirector {
             .pin_dir
             .as_deref()
             .ok_or(RedirectError::Missing("bpf.pinDir"))?;
-        let pins = pin::Pins::open(dir)?;
-        let mut maps = pin::MapSet::open(dir)?;
+        let pins = pin::Pins::open(dir, settings.sockmap)?;
+        if settings.sockmap && !pins.spliced() {
+            tracing::info!("sockmap fast path off: the nodeward taken over ran without it (a fresh start turns it on)");
+        }
+        let mut maps = pin::MapSet::open(dir, pins.spliced())?;
         maps.configure(settings)?;
         let redirector = Self {
             _ebpf: None,
             links: Vec::new(),
+            splice_msg: None,
             pins: Some(pins),
         };
         maps.into_handles(redirector)
@@ -216,7 +266,7 @@ impl Redirector {
     /// Removes pins an earlier, dead instance left at `dir`, detaching its
     /// programs, so this run starts clean.
     pub fn remove_stale(dir: &Path) -> Result<(), RedirectError> {
-        pin::Pins::open(dir)?.remove();
+        pin::Pins::open(dir, true)?.remove();
         Ok(())
     }
 
@@ -225,6 +275,12 @@ impl Redirector {
     pub fn hand_over(mut self) {
         if let Some(pins) = self.pins.take() {
             pins.keep();
+        }
+        if let Some(msg) = self.splice_msg.take() {
+            // Dropping it would detach the sk_msg program from the pinned
+            // sockhash the successor now uses; the attachment ends when
+            // the sockhash's last pin and descriptor are gone.
+            std::mem::forget(msg);
         }
     }
 }
@@ -237,6 +293,9 @@ impl Drop for Redirector {
             pins.remove();
         }
         self.links.clear();
+        // Detaches sk_msg from the sockhash: nothing new is spliced. Sockets
+        // already spliced keep their own reference to it until they close.
+        self.splice_msg.take();
     }
 }
 
@@ -266,6 +325,70 @@ fn attach_programs(ebpf: &mut Ebpf, cgroup: &File) -> Result<Vec<FdLink>, Redire
         .map_err(err)?;
     links.push(fd_link(name, prog.take_link(id).map_err(err)?)?);
     Ok(links)
+}
+
+/// Attaches the fast path: `nw_splice_msg` to the sockhash first (sockets
+/// take the sk_msg program in force when they enter the map), then
+/// `nw_splice_ops` to the pod cgroup and to this process's own cgroup,
+/// where the proxy's accepted sockets live (skipped when that is already
+/// below the pod cgroup). Dropping what is returned undoes it all.
+fn attach_splice(
+    ebpf: &mut Ebpf,
+    pod_cgroup: &File,
+    pod_cgroup_path: &Path,
+) -> Result<Splice, RedirectError> {
+    let name = maps::SPLICE;
+    let map = ebpf.map(name).ok_or(RedirectError::Missing(name))?;
+    let hash: SockHash<&MapData, FlowKey> =
+        SockHash::try_from(map).map_err(|source| RedirectError::Map { name, source })?;
+    let map_fd = hash.fd().try_clone().map_err(|e| RedirectError::Link {
+        name,
+        message: e.to_string(),
+    })?;
+    let name = programs::SPLICE_MSG;
+    let prog: &mut SkMsg = program(ebpf, name)?;
+    let err = |source| RedirectError::Program { name, source };
+    prog.load().map_err(err)?;
+    let id = prog.attach(&map_fd).map_err(err)?;
+    let msg = prog.take_link(id).map_err(err)?;
+    let own = own_cgroup()?;
+    let name = programs::SPLICE_OPS;
+    let prog: &mut SockOps = program(ebpf, name)?;
+    let err = |source| RedirectError::Program { name, source };
+    prog.load().map_err(err)?;
+    let id = prog.attach(pod_cgroup, ATTACH_MODE).map_err(err)?;
+    let mut ops = vec![(
+        pin::SPLICE_PODS,
+        fd_link(name, prog.take_link(id).map_err(err)?)?,
+    )];
+    if !own.starts_with(pod_cgroup_path) {
+        let file = File::open(&own).map_err(|source| RedirectError::Cgroup {
+            path: own.clone(),
+            source,
+        })?;
+        let id = prog.attach(&file, ATTACH_MODE).map_err(err)?;
+        ops.push((
+            pin::SPLICE_PROXY,
+            fd_link(name, prog.take_link(id).map_err(err)?)?,
+        ));
+    }
+    Ok(Splice { msg, ops })
+}
+
+/// This process's cgroup v2 directory (from `/proc/self/cgroup`).
+fn own_cgroup() -> Result<PathBuf, RedirectError> {
+    let proc = Path::new("/proc/self/cgroup");
+    let bad = |source: std::io::Error| RedirectError::Cgroup {
+        path: proc.to_owned(),
+        source,
+    };
+    let mount = crate::cgroup::cgroup2_mount().map_err(|e| bad(std::io::Error::other(e)))?;
+    let text = std::fs::read_to_string(proc).map_err(bad)?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| bad(std::io::Error::other("no cgroup v2 entry")))?;
+    Ok(mount.join(rel.trim_start_matches('/')))
 }
 
 /// A program's link as a plain bpf_link (what can be pinned).
@@ -360,6 +483,7 @@ impl KernelStats {
         stats: PerCpuArray<MapData, u64>,
         by_cookie: HashMap<MapData, u64, OrigDst>,
         flows_id: u32,
+        splice: Option<SockHash<MapData, FlowKey>>,
     ) -> Result<Self, RedirectError> {
         // A second descriptor for the flow map, so the accept loop keeps sole
         // ownership of the one it mutates.
@@ -372,6 +496,7 @@ impl KernelStats {
             stats,
             flows,
             by_cookie,
+            splice,
         })
     }
 
@@ -394,6 +519,10 @@ impl KernelStats {
             cookie_entries: self.by_cookie.keys().count() as u64,
             inbound_dropped: sum(stat::INBOUND_DROPPED),
             inbound_allowed: sum(stat::INBOUND_ALLOWED),
+            sockmap_enabled: self.splice.is_some(),
+            spliced: sum(stat::SPLICED),
+            splice_fallbacks: sum(stat::SPLICE_FALLBACK),
+            splice_entries: self.splice.as_ref().map_or(0, |m| m.keys().count() as u64),
         }
     }
 }

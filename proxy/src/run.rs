@@ -78,7 +78,9 @@ enum Stop {
 /// SIGINT/SIGTERM, or until a successor takes over.
 pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let cfg = Config::load(path)?;
-    let predecessor = find_predecessor(&cfg, opts.takeover).await?;
+    // First, so a stop signal during a long start-up is handled, not fatal.
+    let mut signals = Signals::install()?;
+    let predecessor = find_predecessor(&cfg, opts.takeover)?;
     if let Some((soft, hard)) = lifecycle::raise_nofile_limit() {
         tracing::debug!(soft, hard, "raised the open-file limit to the hard limit");
     }
@@ -116,13 +118,19 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     };
     control.sync_certs();
 
-    lifecycle::enable_listener_migration();
-    let listeners = bind_outbound(&cfg).await?;
-    let tunnel_listener = bind_tunnel(cfg.tunnel_port).await?;
-    let admin_listener = bind(cfg.admin_addr).await?;
+    if cfg.bpf_pin_dir.is_some() {
+        lifecycle::enable_listener_migration();
+    }
+    // Shared (SO_REUSEPORT) only when a successor can take over: without
+    // pins, a second instance must fail to bind rather than attach a
+    // second set of programs beside this one.
+    let shared = cfg.bpf_pin_dir.is_some();
+    let listeners = bind_outbound(&cfg, shared).await?;
+    let tunnel_listener = bind_tunnel(cfg.tunnel_port, shared).await?;
+    let admin_listener = bind(cfg.admin_addr, shared).await?;
     let settings = redirect::Settings::new(&pod_cgroup, &cfg);
     let (redirector, flows, kernel, inbound_modes) =
-        attach_or_adopt(&settings, opts.takeover || predecessor.is_some())?;
+        attach_or_adopt(&settings, opts.takeover || predecessor)?;
     metrics.register_kernel(kernel);
     let readiness = Arc::new(Readiness::new());
     readiness.set_bpf_attached(true);
@@ -193,18 +201,24 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         mtls: cfg.mtls,
         log: opts.log,
     });
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stop_rx));
+    // Admin keeps serving through the drain (its port is shared with a
+    // successor), so the drain can be watched.
+    let (admin_stop, admin_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, admin_rx));
 
-    let handover = claim_handover(&cfg, predecessor).await;
+    let handover = claim_handover(&cfg, predecessor).await?;
     tracing::info!(node = %cfg.node, cgroup = %pod_cgroup.display(), workloads = registry.load().all().len(),
         outbound = ?outbound_addrs, tunnel = cfg.tunnel_port, mtls = cfg.mtls.as_str(),
         trust_domain = certs.ca().trust_domain(), admin = %cfg.admin_addr,
         takeover = opts.takeover, "nodeward ready");
 
-    let stop = wait_for_stop(handover.as_ref()).await?;
+    let stop = wait_for_stop(&mut signals, handover.as_ref()).await;
     readiness.set_draining();
     let mut redirector = Some(redirector);
+    let mut handover = handover;
     if let Stop::Signal = stop {
+        // A later instance may start at once; nothing is left to hand over.
+        drop(handover.take());
         tracing::info!("stopping: detaching BPF programs and draining connections");
         // Detach first: from now on pods connect directly instead of to a
         // proxy that no longer accepts.
@@ -214,45 +228,50 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let _ = stop_tx.send(true);
     let _ = accept.await;
     let _ = tunnel_task.await;
-    let _ = admin_task.await;
     if let Stop::Handover(request) = stop {
         // Listeners are closed: the successor accepts everything now.
-        request.done().await;
-        drop(handover);
-        if let Some(r) = redirector.take() {
-            r.hand_over();
+        drop(handover.take());
+        match request.done().await {
+            Ok(()) => {
+                if let Some(r) = redirector.take() {
+                    r.hand_over();
+                }
+                tracing::info!("handed over to a new nodeward; draining connections");
+            }
+            // The successor is gone: leaving it the programs would leave
+            // the node with no listener behind them. Detach instead.
+            Err(e) => {
+                tracing::error!(error = %e, "the new nodeward vanished during the handover; detaching");
+                drop(redirector.take());
+            }
         }
-        tracing::info!("handed over to a new nodeward; draining connections");
     }
     let _ = control_task.await;
     let _ = policy_task.await;
     let _ = modes_task.await;
     drain(&metrics, cfg.drain_deadline).await;
+    let _ = admin_stop.send(true);
+    let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// With a pin directory, looks for a running instance: refuses to start
-/// beside one unless asked to take over.
-async fn find_predecessor(
-    cfg: &Config,
-    takeover: bool,
-) -> Result<Option<lifecycle::Predecessor>, RunError> {
+/// beside one unless asked to take over. True when one runs.
+fn find_predecessor(cfg: &Config, takeover: bool) -> Result<bool, RunError> {
     let Some(dir) = &cfg.bpf_pin_dir else {
         if takeover {
             let why = "--takeover needs bpf.pinDir: without pinned programs there is nothing to take over";
             return Err(ConfigError::invalid(&cfg.source, "bpf.pinDir", why).into());
         }
-        return Ok(None);
+        return Ok(false);
     };
     redirect::check_bpffs(dir).map_err(|e| ConfigError::invalid(&cfg.source, "bpf.pinDir", e))?;
-    let found = lifecycle::Predecessor::find(dir)
-        .await
-        .map_err(RunError::Handover)?;
-    match (found, takeover) {
-        (Some(_), false) => Err(RunError::AlreadyRunning(dir.clone())),
-        (found, _) => Ok(found),
+    let running = lifecycle::is_running(dir).map_err(RunError::Handover)?;
+    if running && !takeover {
+        return Err(RunError::AlreadyRunning(dir.clone()));
     }
+    Ok(running)
 }
 
 /// Adopts pinned programs when taking over, otherwise attaches fresh ones
@@ -264,39 +283,48 @@ fn attach_or_adopt(
     let Some(dir) = &settings.pin_dir else {
         return Ok(Redirector::attach(settings)?);
     };
-    let pinned = Redirector::pinned_at(dir);
-    if takeover && pinned {
+    if !Redirector::pinned_at(dir) {
+        return Ok(Redirector::attach(settings)?);
+    }
+    // Adopting also covers pins a crashed instance left: detaching them
+    // first would let pods connect around the mesh for a moment.
+    if !takeover {
+        tracing::warn!(dir = %dir.display(), "adopting BPF pins a stopped nodeward left behind");
+    } else {
         tracing::info!(dir = %dir.display(), "adopting the pinned BPF programs");
-        return Ok(Redirector::adopt(settings)?);
     }
-    if pinned {
-        tracing::warn!(dir = %dir.display(), "removing BPF pins a stopped nodeward left behind");
-        Redirector::remove_stale(dir)?;
-    }
-    Ok(Redirector::attach(settings)?)
-}
-
-/// Asks the predecessor (if any) to stop accepting, then claims the
-/// handover channel for this instance. Without a pin directory there is
-/// no channel.
-async fn claim_handover(
-    cfg: &Config,
-    predecessor: Option<lifecycle::Predecessor>,
-) -> Option<lifecycle::Handover> {
-    let dir = cfg.bpf_pin_dir.as_ref()?;
-    if let Some(p) = predecessor {
-        match p.hand_over().await {
-            Ok(()) => tracing::info!("the previous nodeward stopped accepting; taking over"),
-            Err(e) => {
-                tracing::warn!(error = %e, "the previous nodeward did not confirm the handover")
-            }
+    match Redirector::adopt(settings) {
+        Ok(attached) => Ok(attached),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot adopt the pinned programs; removing them and attaching afresh");
+            Redirector::remove_stale(dir)?;
+            Ok(Redirector::attach(settings)?)
         }
     }
+}
+
+/// Asks the running instance (if any) to stop accepting, then claims the
+/// handover channel for this instance. Without a pin directory there is
+/// no channel. A takeover that is not confirmed is an error: two instances
+/// would otherwise serve with nobody draining.
+async fn claim_handover(
+    cfg: &Config,
+    predecessor: bool,
+) -> Result<Option<lifecycle::Handover>, RunError> {
+    let Some(dir) = cfg.bpf_pin_dir.as_ref() else {
+        return Ok(None);
+    };
+    if predecessor {
+        lifecycle::request_handover(dir)
+            .await
+            .map_err(RunError::Handover)?;
+        tracing::info!("the previous nodeward stopped accepting; taking over");
+    }
     match lifecycle::Handover::bind_when_free(dir).await {
-        Ok(h) => Some(h),
+        Ok(h) => Ok(Some(h)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot claim the handover channel: a later takeover will not find this instance");
-            None
+            Ok(None)
         }
     }
 }
@@ -315,50 +343,82 @@ fn client_verifier(
 }
 
 /// Binds the tunnel port on every address (dual-stack where IPv6 exists).
-async fn bind_tunnel(port: u16) -> Result<TcpListener, RunError> {
+async fn bind_tunnel(port: u16, shared: bool) -> Result<TcpListener, RunError> {
     let any6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port);
-    match lifecycle::shared_listener(any6) {
+    match bind(any6, shared).await {
         Ok(l) => Ok(l),
         Err(_) => {
-            bind(SocketAddr::new(
-                std::net::Ipv4Addr::UNSPECIFIED.into(),
-                port,
-            ))
+            bind(
+                SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port),
+                shared,
+            )
             .await
         }
     }
 }
 
-async fn bind_outbound(cfg: &Config) -> Result<Vec<TcpListener>, RunError> {
-    let mut listeners =
-        vec![bind(SocketAddr::new(cfg.proxy_ipv4.into(), cfg.outbound_port)).await?];
+async fn bind_outbound(cfg: &Config, shared: bool) -> Result<Vec<TcpListener>, RunError> {
+    let mut listeners = vec![
+        bind(
+            SocketAddr::new(cfg.proxy_ipv4.into(), cfg.outbound_port),
+            shared,
+        )
+        .await?,
+    ];
     if let Some(v6) = cfg.proxy_ipv6 {
-        listeners.push(bind(SocketAddr::new(v6.into(), cfg.outbound_port)).await?);
+        listeners.push(bind(SocketAddr::new(v6.into(), cfg.outbound_port), shared).await?);
     }
     Ok(listeners)
 }
 
-/// Every listener is shared (`SO_REUSEPORT`) so a successor can bind
-/// beside this process during a takeover.
-async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
-    lifecycle::shared_listener(addr).map_err(|source| RunError::Bind { addr, source })
+/// A listener a successor can share (`SO_REUSEPORT`) during a takeover, or
+/// an exclusive one.
+async fn bind(addr: SocketAddr, shared: bool) -> Result<TcpListener, RunError> {
+    let bound = if shared {
+        lifecycle::shared_listener(addr)
+    } else {
+        TcpListener::bind(addr).await
+    };
+    bound.map_err(|source| RunError::Bind { addr, source })
 }
 
-async fn wait_for_stop(handover: Option<&lifecycle::Handover>) -> Result<Stop, RunError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+/// SIGTERM and SIGINT, installed before anything slow happens.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, RunError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(RunError::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(RunError::Signal)?,
+        })
+    }
+}
+
+/// Waits for a stop signal or a successor's request. A signal that arrives
+/// while a successor is mid-request finishes the handover instead: the
+/// successor already runs on the pinned programs, and detaching them would
+/// pull them from under it.
+async fn wait_for_stop(signals: &mut Signals, handover: Option<&lifecycle::Handover>) -> Stop {
     let request = async {
         match handover {
             Some(h) => h.next_request().await,
             None => std::future::pending().await,
         }
     };
-    Ok(tokio::select! {
-        _ = term.recv() => Stop::Signal,
-        _ = int.recv() => Stop::Signal,
-        r = request => Stop::Handover(r),
-    })
+    tokio::pin!(request);
+    tokio::select! {
+        _ = signals.term.recv() => {}
+        _ = signals.int.recv() => {}
+        r = &mut request => return Stop::Handover(r),
+    }
+    if handover.is_some_and(lifecycle::Handover::pending) {
+        return Stop::Handover(request.await);
+    }
+    Stop::Signal
 }
 
 /// Waits for open connections to finish, up to `deadline`; what is still
@@ -370,6 +430,9 @@ async fn drain(metrics: &Metrics, deadline: Duration) {
     }
     let left = metrics.active_connections.get();
     if left > 0 {
+        metrics
+            .drain_closed
+            .inc_by(u64::try_from(left).unwrap_or(0));
         tracing::info!(
             connections = left,
             "drain deadline reached: closing the remaining connections"

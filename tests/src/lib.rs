@@ -21,6 +21,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+
 /// The mesh CIDRs every cluster configures.
 pub const MESH_CIDRS: [&str; 2] = ["10.20.0.0/16", "fd00:20::/32"];
 /// The outbound capture port.
@@ -165,6 +166,8 @@ pub struct Options {
     pub policy_link: Option<PathBuf>,
     /// `lifecycle.drainDeadline`.
     pub drain_deadline: &'static str,
+    /// `sockmap.enabled` (off by default, as in the product).
+    pub sockmap: bool,
 }
 
 /// A mesh-wide policy that allows every connection: the default for tests
@@ -178,6 +181,19 @@ spec:
   rules: [{}]
 ";
 
+impl Options {
+    /// The defaults, with exactly these policy files (no allow-all).
+    pub fn with_policies(policies: &[(&'static str, &str)]) -> Self {
+        Self {
+            policies: policies
+                .iter()
+                .map(|(name, text)| (*name, (*text).to_owned()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -187,6 +203,7 @@ impl Default for Options {
             policies: vec![("allow-all.yaml", ALLOW_ALL.to_owned())],
             policy_link: None,
             drain_deadline: "2s",
+            sockmap: false,
         }
     }
 }
@@ -512,7 +529,7 @@ impl Cluster {
         for node in NODES {
             let i = node.index;
             let cfg = format!(
-                "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\nbpf:\n  pinDir: {}\nlifecycle:\n  drainDeadline: {}\n",
+                "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\nbpf:\n  pinDir: {}\nlifecycle:\n  drainDeadline: {}\nsockmap:\n  enabled: {}\n",
                 node.name,
                 self.node_cgroup(node.name).display(),
                 MESH_CIDRS[0],
@@ -523,6 +540,7 @@ impl Cluster {
                 self.options.default_policy,
                 self.bpffs().join(node.name).display(),
                 self.options.drain_deadline,
+                self.options.sockmap,
             );
             fs::write(self.config_path(node.name), cfg)?;
         }
@@ -738,6 +756,15 @@ impl Cluster {
         );
     }
 
+    /// The pid of the first running proxy of `node`.
+    pub fn proxy_pid(&self, node: &str) -> u32 {
+        self.proxies
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, c)| c.id())
+            .expect("proxy running")
+    }
+
     /// Stops the node proxy of `node` with SIGTERM and waits for it to exit.
     pub fn stop_proxy(&mut self, node: &str) -> std::process::ExitStatus {
         let i = self
@@ -803,16 +830,15 @@ impl Cluster {
     /// `GET path` on a node proxy's admin port, from inside its netns:
     /// (status, headers, body).
     pub fn admin(&self, node: &str, path: &str) -> (u64, Value, String) {
+        self.admin_call(node, &format!("GET {path}"))
+    }
+
+    /// `request` ("METHOD /path") on a node proxy's admin port.
+    pub fn admin_call(&self, node: &str, request: &str) -> (u64, Value, String) {
         let cg = self.cgroup_root.join(format!("admin-probe-{node}"));
         fs::create_dir_all(&cg).expect("probe cgroup");
         let to = format!("127.0.0.1:{ADMIN_PORT}");
-        let args = [
-            "http-requests",
-            "--to",
-            &to,
-            "--request",
-            &format!("GET {path}"),
-        ];
+        let args = ["http-requests", "--to", &to, "--request", request];
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let r = self.tool_in(&self.ns(node), &cg, &args);
         (

@@ -33,22 +33,12 @@ spec:
   bucket: {maxTokens: 3, tokensPerFill: 3, fillInterval: 2s}
 ";
 
-fn with_policies(policies: &[(&'static str, &str)]) -> Options {
-    Options {
-        policies: policies
-            .iter()
-            .map(|(n, t)| (*n, (*t).to_owned()))
-            .collect(),
-        ..Options::default()
-    }
-}
-
 #[test]
 fn a_caller_over_its_connection_budget_is_cut_off_while_another_is_not() {
     if !require_root("a_caller_over_its_connection_budget_is_cut_off_while_another_is_not") {
         return;
     }
-    let mut c = Cluster::start_with(with_policies(&[
+    let mut c = Cluster::start_with(Options::with_policies(&[
         ("allow.yaml", ALLOW_ALL),
         ("limit.yaml", CONN_LIMIT),
     ]));
@@ -92,7 +82,7 @@ fn an_http_client_gets_429_with_headers_and_recovers_after_refill() {
     if !require_root("an_http_client_gets_429_with_headers_and_recovers_after_refill") {
         return;
     }
-    let mut c = Cluster::start_with(with_policies(&[
+    let mut c = Cluster::start_with(Options::with_policies(&[
         ("allow.yaml", ALLOW_ALL),
         ("limit.yaml", REQUEST_LIMIT),
     ]));
@@ -210,7 +200,7 @@ fn admin_endpoints_report_readiness_config_and_change_the_log_level() {
         return;
     }
     let broken = "apiVersion: security.istio.io/v1\nkind: Nope\n";
-    let c = Cluster::start_with(with_policies(&[("broken.yaml", broken)]));
+    let c = Cluster::start_with(Options::with_policies(&[("broken.yaml", broken)]));
     // No valid policy yet: alive, but not ready, and it says why.
     assert_eq!(c.admin("node-a", "/healthz").0, 200);
     let (status, _, body) = c.admin("node-a", "/ready");
@@ -249,9 +239,14 @@ fn admin_endpoints_report_readiness_config_and_change_the_log_level() {
         "{dump}"
     );
 
-    assert_eq!(c.admin("node-a", "/logging?level=debug").0, 200);
+    assert_eq!(c.admin_call("node-a", "POST /logging?level=debug").0, 200);
     let (_, _, current) = c.admin("node-a", "/logging");
     assert!(current.contains("debug"), "{current}");
-    assert_eq!(c.admin("node-a", "/logging?level=loud").0, 400);
+    assert_eq!(c.admin_call("node-a", "POST /logging?level=loud").0, 400);
+    assert_eq!(
+        c.admin("node-a", "/logging?level=info").0,
+        405,
+        "GET only reads"
+    );
     assert_eq!(c.admin("node-a", "/nope").0, 404);
 }

@@ -68,16 +68,6 @@ spec:
   - from: [{source: {principals: [\"*\"], remoteIpBlox: [0.0.0.0/0]}}]
 ";
 
-fn zero_trust(policies: &[(&'static str, &str)]) -> Options {
-    Options {
-        policies: policies
-            .iter()
-            .map(|(n, t)| (*n, (*t).to_owned()))
-            .collect(),
-        ..Options::default()
-    }
-}
-
 fn principal(record: &Value) -> &str {
     record["source_principal"].as_str().unwrap_or("")
 }
@@ -87,7 +77,10 @@ fn allowed_and_denied_connections_follow_identity_policy() {
     if !require_root("allowed_and_denied_connections_follow_identity_policy") {
         return;
     }
-    let mut c = Cluster::start_with(zero_trust(&[("backend.yaml", BACKEND_FROM_FRONTEND)]));
+    let mut c = Cluster::start_with(Options::with_policies(&[(
+        "backend.yaml",
+        BACKEND_FROM_FRONTEND,
+    )]));
     c.serve_echo("backend", TCP_PORT);
     c.serve_echo("cache", TCP_PORT);
     let backend = SocketAddr::new(c.ip4("backend"), TCP_PORT);
@@ -137,7 +130,7 @@ fn http_port_allows_get_api_and_forbids_other_requests_on_one_connection() {
     if !require_root("http_port_allows_get_api_and_forbids_other_requests_on_one_connection") {
         return;
     }
-    let mut c = Cluster::start_with(zero_trust(&[("backend-api.yaml", BACKEND_API)]));
+    let mut c = Cluster::start_with(Options::with_policies(&[("backend-api.yaml", BACKEND_API)]));
     c.serve_http("backend", HTTP_PORT);
     let to = SocketAddr::new(c.ip4("backend"), HTTP_PORT);
     let tricks = [
@@ -236,7 +229,10 @@ fn a_broken_policy_file_keeps_the_last_good_set_and_is_reported() {
     if !require_root("a_broken_policy_file_keeps_the_last_good_set_and_is_reported") {
         return;
     }
-    let mut c = Cluster::start_with(zero_trust(&[("backend.yaml", BACKEND_FROM_FRONTEND)]));
+    let mut c = Cluster::start_with(Options::with_policies(&[(
+        "backend.yaml",
+        BACKEND_FROM_FRONTEND,
+    )]));
     c.serve_echo("backend", TCP_PORT);
     let to = SocketAddr::new(c.ip4("backend"), TCP_PORT);
     c.change_policies("error", |c| {
@@ -260,7 +256,7 @@ fn without_any_valid_policy_everything_is_denied() {
     if !require_root("without_any_valid_policy_everything_is_denied") {
         return;
     }
-    let mut c = Cluster::start_with(zero_trust(&[
+    let mut c = Cluster::start_with(Options::with_policies(&[
         ("allow-all.yaml", ALLOW_ALL),
         ("broken.yaml", BROKEN),
     ]));
@@ -285,7 +281,7 @@ metadata: {name: data-permissive, namespace: data}
 spec:
   mtls: {mode: PERMISSIVE}
 ";
-    let mut c = Cluster::start_with(zero_trust(&[
+    let mut c = Cluster::start_with(Options::with_policies(&[
         ("allow-all.yaml", ALLOW_ALL),
         ("peer.yaml", data_permissive),
     ]));

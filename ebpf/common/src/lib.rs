@@ -19,6 +19,10 @@ pub const AF_INET6: u16 = 10;
 
 /// Key of [`FLOWS`](self): a redirected connection's 4-tuple as the pod's
 /// socket sees it (source = pod, destination = node proxy).
+///
+/// The sockhash of the fast path ([`maps::SPLICE`]) uses the same type, as
+/// *each* socket sees its connection (source = local end): a socket finds
+/// its peer under the swapped key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -99,8 +103,14 @@ pub mod stat {
     pub const INBOUND_DROPPED: u32 = 6;
     /// Direct connection attempts let in under PERMISSIVE.
     pub const INBOUND_ALLOWED: u32 = 7;
+    /// Sockets of the pod ⇄ proxy hop put into the sockhash (fast path);
+    /// both ends of a spliced connection count.
+    pub const SPLICED: u32 = 8;
+    /// Sockets whose sends took the normal TCP path because their peer was
+    /// not in the sockhash (not spliced, or already closed); they stay on it.
+    pub const SPLICE_FALLBACK: u32 = 9;
     /// Number of statistics slots.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
 }
 
 /// Map names, shared so userspace looks up exactly what the programs define.
@@ -117,6 +127,12 @@ pub mod maps {
     pub const STATS: &str = "NW_STATS";
     /// Per-pod inbound mode overrides (PeerAuthentication).
     pub const INBOUND_MODES: &str = "NW_INBOUND_MODES";
+    /// `SockHash<FlowKey>`: both sockets of each pod ⇄ proxy connection,
+    /// keyed by their own view of the 4-tuple (the sockmap fast path).
+    pub const SPLICE: &str = "NW_SPLICE";
+    /// `LruHashMap<FlowKey, u8>`: spliced sockets that sent on the normal
+    /// path once, so they never overtake those bytes through the sockhash.
+    pub const SPLICE_OFF: &str = "NW_SPLICE_OFF";
 }
 
 /// Program names as they appear in the object file.
@@ -125,6 +141,11 @@ pub mod programs {
     pub const CONNECT6: &str = "nw_connect6";
     pub const SOCK_OPS: &str = "nw_sockops";
     pub const INBOUND: &str = "nw_inbound";
+    /// sock_ops program that puts the pod ⇄ proxy hop's sockets into the
+    /// sockhash; attached to the pod cgroup and to the proxy's own cgroup.
+    pub const SPLICE_OPS: &str = "nw_splice_ops";
+    /// sk_msg program on the sockhash: hands each send to the peer socket.
+    pub const SPLICE_MSG: &str = "nw_splice_msg";
 }
 
 #[cfg(feature = "user")]

@@ -4,13 +4,13 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
-    bindings::{bpf_sock, bpf_sock_addr, BPF_SOCK_OPS_STATE_CB_FLAG},
+    bindings::{bpf_sock, bpf_sock_addr, sk_msg_md, BPF_F_INGRESS, BPF_SOCK_OPS_STATE_CB_FLAG},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_fullsock,
     },
-    macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
-    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+    macros::{cgroup_skb, cgroup_sock_addr, map, sk_msg, sock_ops},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+    programs::{SkBuffContext, SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
@@ -21,6 +21,8 @@ use nodeward_common::{
 
 const IPPROTO_TCP: u32 = 6;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
 const TCP_CLOSE: u32 = 7;
 const TCP_LISTEN: u32 = 10;
@@ -33,6 +35,8 @@ const PASS: i32 = 1;
 const DROP: i32 = 0;
 /// Verdict of a cgroup sock_addr program that lets the call proceed.
 const ALLOW: i32 = 1;
+/// sk_msg verdict (and `bpf_msg_redirect_hash`'s success value).
+const SK_PASS: u32 = 1;
 
 #[map(name = "NW_CONFIG")]
 static NW_CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
@@ -50,6 +54,17 @@ static NW_FLOWS: LruHashMap<FlowKey, OrigDst> = LruHashMap::with_max_entries(655
 /// (IPv4 as `::ffff:a.b.c.d`); pods without an entry use the config's mode.
 #[map(name = "NW_INBOUND_MODES")]
 static NW_INBOUND_MODES: HashMap<LpmAddr, u32> = HashMap::with_max_entries(8192, 0);
+
+/// The sockmap fast path: both sockets of each pod ⇄ proxy connection, each
+/// under the 4-tuple as it sees it (source = its own end).
+#[map(name = "NW_SPLICE")]
+static NW_SPLICE: SockHash<FlowKey> = SockHash::with_max_entries(65536, 0);
+
+/// Spliced sockets that sent something on the normal path (their peer was
+/// not in the sockhash yet, or any more). They stay on it: bytes redirected
+/// later would be read before those still queued in TCP.
+#[map(name = "NW_SPLICE_OFF")]
+static NW_SPLICE_OFF: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65536, 0);
 
 #[map(name = "NW_STATS")]
 static NW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -74,6 +89,23 @@ pub fn nw_sockops(ctx: SockOpsContext) -> u32 {
     // 1 = "ok": a 0 would make the kernel discard the replies of other
     // sock_ops programs (e.g. a CNI's) attached for the same sockets.
     1
+}
+
+/// Puts the two sockets of the pod ⇄ proxy hop into [`NW_SPLICE`] once
+/// they are established. Attached to the pod cgroup (the pod's connecting
+/// socket) and to the proxy's own cgroup (its accepted socket).
+#[sock_ops]
+pub fn nw_splice_ops(ctx: SockOpsContext) -> u32 {
+    let _ = try_splice_ops(&ctx);
+    1
+}
+
+/// Runs on every send of a socket in [`NW_SPLICE`]: the bytes go straight
+/// into the peer socket's receive queue, skipping the TCP stack between
+/// them. Without a peer they take the normal path.
+#[sk_msg]
+pub fn nw_splice_msg(ctx: SkMsgContext) -> u32 {
+    try_splice_msg(&ctx)
 }
 
 /// Strict inbound: packets that would open a TCP connection to a pod (they
@@ -316,6 +348,137 @@ fn on_syn(ctx: &SockOpsContext) -> Result<(), ()> {
     // Ask for state callbacks so the record goes away when the socket closes.
     ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
         .map_err(|_| ())
+}
+
+fn try_splice_ops(ctx: &SockOpsContext) -> Result<(), ()> {
+    let cfg = NW_CONFIG.get(0).ok_or(())?;
+    if cfg.proxy_port == 0 {
+        return Ok(());
+    }
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let key = flow_key(ctx);
+            // The pod's end: connected to the proxy listener because
+            // connect4 redirected it (its flow record is still there: the
+            // proxy cannot accept before this socket's final ACK leaves).
+            if key.dst_port != cfg.proxy_port || !is_proxy_addr(cfg, &key.dst_addr) {
+                return Ok(());
+            }
+            // SAFETY: only checked for presence, nothing is read.
+            if unsafe { NW_FLOWS.get(&key) }.is_none() {
+                return Ok(());
+            }
+            splice(ctx, key)
+        }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let key = flow_key(ctx);
+            // The proxy's end: accepted on the outbound listener, in the
+            // proxy's own network namespace.
+            if key.src_port != cfg.proxy_port || !is_proxy_addr(cfg, &key.src_addr) {
+                return Ok(());
+            }
+            // SAFETY: sock_ops programs may call bpf_get_netns_cookie with their context.
+            if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != cfg.proxy_netns_cookie {
+                return Ok(());
+            }
+            splice(ctx, key)
+        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            // The sockhash entry goes with the socket (the kernel unlinks
+            // it on close); the fallback mark is ours to remove.
+            let _ = NW_SPLICE_OFF.remove(&flow_key(ctx));
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn splice(ctx: &SockOpsContext, mut key: FlowKey) -> Result<(), ()> {
+    // A reused 4-tuple must not inherit an old socket's fallback mark.
+    let _ = NW_SPLICE_OFF.remove(&key);
+    // SAFETY: the context pointer is the kernel's bpf_sock_ops for this call.
+    NW_SPLICE
+        .update(&mut key, unsafe { &mut *ctx.ops }, 0)
+        .map_err(|_| ())?;
+    bump(stat::SPLICED);
+    // State callbacks, so the fallback mark (if any) goes at close.
+    ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+        .map_err(|_| ())
+}
+
+fn try_splice_msg(ctx: &SkMsgContext) -> u32 {
+    let own = msg_key(ctx.msg);
+    // SAFETY: only checked for presence.
+    if unsafe { NW_SPLICE_OFF.get(&own) }.is_some() {
+        return SK_PASS;
+    }
+    let mut peer = FlowKey {
+        src_addr: own.dst_addr,
+        dst_addr: own.src_addr,
+        src_port: own.dst_port,
+        dst_port: own.src_port,
+    };
+    if NW_SPLICE.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS) {
+        return SK_PASS;
+    }
+    // No peer (not spliced yet, or gone): this send goes through TCP, and
+    // so must every later one, or it could overtake these bytes.
+    if NW_SPLICE_OFF.insert(&own, &1, 0).is_ok() {
+        bump(stat::SPLICE_FALLBACK);
+    }
+    SK_PASS
+}
+
+/// The connection as the sending socket sees it (source = its own end).
+#[inline(always)]
+fn msg_key(msg: *mut sk_msg_md) -> FlowKey {
+    // SAFETY: the kernel hands every sk_msg program a valid context. Each
+    // field is read with its own constant-offset 4-byte load, all of them
+    // unconditionally: the verifier rejects context loads at an offset
+    // chosen by a branch, which is what the compiler makes of a per-family
+    // read.
+    unsafe {
+        let family = read_volatile(&raw const (*msg).family);
+        let local_port = read_volatile(&raw const (*msg).local_port);
+        let remote_port_raw = read_volatile(&raw const (*msg).remote_port);
+        let local4 = read_volatile(&raw const (*msg).local_ip4);
+        let remote4 = read_volatile(&raw const (*msg).remote_ip4);
+        let (l, r) = (&raw const (*msg).local_ip6, &raw const (*msg).remote_ip6);
+        let local6 = [
+            read_volatile(&raw const (*l)[0]),
+            read_volatile(&raw const (*l)[1]),
+            read_volatile(&raw const (*l)[2]),
+            read_volatile(&raw const (*l)[3]),
+        ];
+        let remote6 = [
+            read_volatile(&raw const (*r)[0]),
+            read_volatile(&raw const (*r)[1]),
+            read_volatile(&raw const (*r)[2]),
+            read_volatile(&raw const (*r)[3]),
+        ];
+        let (src_addr, dst_addr) = if family == u32::from(AF_INET6) {
+            (local6, remote6)
+        } else {
+            (
+                [0, 0, V4_MAPPED_WORD, local4],
+                [0, 0, V4_MAPPED_WORD, remote4],
+            )
+        };
+        FlowKey {
+            src_addr,
+            dst_addr,
+            // Same byte-order convention as sock_ops (host / network-in-upper-half).
+            src_port: local_port as u16,
+            dst_port: remote_port(remote_port_raw),
+        }
+    }
+}
+
+/// True when `a` is the proxy's IPv4 (mapped) or IPv6 address.
+#[inline(always)]
+fn is_proxy_addr(cfg: &RedirectConfig, a: &Addr) -> bool {
+    (is_v4_mapped(a) && a[3] == cfg.proxy_addr4) || (cfg.has_addr6 != 0 && *a == cfg.proxy_addr6)
 }
 
 fn flow_key(ctx: &SockOpsContext) -> FlowKey {

@@ -389,10 +389,15 @@ async fn logging_reads_and_replaces_the_filter() {
     .await;
     let r = admin.get("/logging").await;
     assert_eq!((r.status, r.body.as_str()), (200, "info\n"));
-    let r = admin.get("/logging?level=debug").await;
+    let r = admin.request("POST", "/logging?level=debug").await;
     assert_eq!((r.status, r.body.as_str()), (200, "debug\n"));
+    assert_eq!(
+        admin.get("/logging?level=info").await.status,
+        405,
+        "a GET never changes the level"
+    );
     let r = admin
-        .get("/logging?level=nodeward%3Dtrace%2Chyper%3Dinfo")
+        .request("POST", "/logging?level=nodeward%3Dtrace%2Chyper%3Dinfo")
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
@@ -420,7 +425,7 @@ async fn logging_rejects_bad_values_and_keeps_the_filter() {
         ("/logging?level=debug&level=info", "more than once"),
         ("/logging?level=%zz", "percent-encoding"),
     ] {
-        let r = admin.get(target).await;
+        let r = admin.request("POST", target).await;
         assert_eq!(r.status, 400, "{target}: {}", r.body);
         assert!(r.body.contains(why), "{target}: {}", r.body);
     }
@@ -431,7 +436,10 @@ async fn logging_rejects_bad_values_and_keeps_the_filter() {
 async fn logging_without_a_reloadable_filter_is_not_implemented() {
     let admin = Setup::default().start().await;
     assert_eq!(admin.get("/logging").await.status, 501);
-    assert_eq!(admin.get("/logging?level=debug").await.status, 501);
+    assert_eq!(
+        admin.request("POST", "/logging?level=debug").await.status,
+        501
+    );
 }
 
 #[tokio::test]
@@ -447,11 +455,18 @@ async fn unknown_paths_are_404_and_other_methods_405() {
         assert_eq!(admin.get(path).await.status, 404, "{path}");
     }
     assert_eq!(admin.request("POST", "/nothing").await.status, 404);
-    for method in ["POST", "PUT", "DELETE", "HEAD"] {
+    for method in ["PUT", "DELETE", "HEAD"] {
         let r = admin.request(method, "/logging?level=debug").await;
         assert_eq!(r.status, 405, "{method}");
-        assert!(r.head.contains("allow: get"), "{}", r.head);
+        assert!(r.head.contains("allow: get, post"), "{}", r.head);
     }
+    let r = admin.request("POST", "/ready").await;
+    assert_eq!(r.status, 405);
+    assert!(
+        r.head.contains("allow: get") && !r.head.contains("post"),
+        "{}",
+        r.head
+    );
 }
 
 #[tokio::test]

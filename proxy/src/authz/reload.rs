@@ -75,6 +75,7 @@ pub async fn watch(
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => return,
         }
+        authz.refresh_gauges();
         let at = dir.clone();
         let Ok(read) = tokio::task::spawn_blocking(move || PolicySet::read_sources(&at)).await
         else {

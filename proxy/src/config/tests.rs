@@ -164,3 +164,16 @@ fn lifecycle_and_pin_dir_are_read_and_checked() {
         .to_string();
     assert!(err.contains("lifecycle.drainDeadline"), "{err}");
 }
+
+#[test]
+fn sockmap_is_off_by_default_and_can_be_switched_on() {
+    assert!(!parse(GOOD).expect("valid").sockmap);
+    let cfg = parse(&format!("{GOOD}sockmap:\n  enabled: true\n")).expect("valid");
+    assert!(cfg.sockmap);
+    let cfg = parse(&format!("{GOOD}sockmap: {{}}\n")).expect("valid");
+    assert!(!cfg.sockmap);
+    let err = parse(&format!("{GOOD}sockmap:\n  enable: false\n"))
+        .expect_err("unknown field")
+        .to_string();
+    assert!(err.contains("sockmap"), "{err}");
+}

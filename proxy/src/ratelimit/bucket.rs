@@ -53,6 +53,12 @@ impl BucketState {
         }
     }
 
+    /// Gives back a token taken for a call that another bucket refused, so
+    /// a caller over one limit does not drain the others.
+    pub fn refund(&mut self, spec: &TokenBucket) {
+        self.tokens = (self.tokens + 1).min(spec.max_tokens());
+    }
+
     /// How long until the bucket is full if nobody takes from it; zero for
     /// a full bucket, which is then indistinguishable from a new one.
     pub fn time_to_full(&self, spec: &TokenBucket, now: Instant) -> Duration {

@@ -391,17 +391,18 @@ fn every_applicable_policy_takes_a_token_and_the_tightest_decides() {
     let third = GET.request(&limiter, &set, now);
     assert!(third.limited);
     assert_eq!((name(&third), third.remaining), (Some("tight".into()), 0));
-    // Limited calls still took from `wide`: after five calls it is empty
-    // too, and it refills last, so it is the one named.
+    // Limited calls are refunded: `wide` kept its three tokens, so `tight`
+    // is still the one named, and after one `tight` fill a call passes.
     GET.request(&limiter, &set, now);
     GET.request(&limiter, &set, now);
     let sixth = GET.request(&limiter, &set, now);
     assert_eq!(
         (name(&sixth), sixth.reset),
-        (Some("wide".into()), Duration::from_secs(10))
+        (Some("tight".into()), Duration::from_secs(1))
     );
-    // After one `tight` fill, `wide` still limits.
-    assert!(GET.request(&limiter, &set, clock.at(1000)).limited);
+    let later = GET.request(&limiter, &set, clock.at(1000));
+    assert!(!later.limited);
+    assert_eq!((name(&later), later.remaining), (Some("tight".into()), 0));
 }
 
 #[test]
@@ -678,4 +679,29 @@ fn limiter_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<RateLimiter>();
     assert_send_sync::<RateOutcome>();
+}
+
+#[test]
+fn a_caller_over_its_own_limit_does_not_drain_a_shared_bucket() {
+    let clock = Clock::new();
+    let limiter = RateLimiter::default();
+    let yaml = limit("per-caller", &bucket("requests", 1, 60_000))
+        + &limit(
+            "shared",
+            &format!("{}, per: shared", bucket("requests", 3, 60_000)),
+        );
+    let set = set(&yaml);
+    let now = clock.at(0);
+    // GET's caller spends its one token, then is refused five times.
+    assert_eq!(
+        passes(6, || GET.request(&limiter, &set, now)),
+        [true, false, false, false, false, false]
+    );
+    // The refusals cost the shared bucket nothing: two more callers pass.
+    assert!(!GET.from(OPS_TOOL).request(&limiter, &set, now).limited);
+    let anonymous = Call {
+        principal: None,
+        ..GET
+    };
+    assert!(!anonymous.request(&limiter, &set, now).limited);
 }

@@ -4,6 +4,12 @@
 //! Layout: `<dir>/links/<program>` and `<dir>/maps/<MAP>`. A link stays
 //! attached while its pin exists (or any process holds it); removing the
 //! pins and closing our descriptors detaches.
+//!
+//! The sockmap fast path adds `links/nw_splice_ops` (pod cgroup),
+//! `links/nw_splice_ops_proxy` (the proxy's cgroup, when outside it) and
+//! `maps/NW_SPLICE{,_OFF}`. The sk_msg program is attached to the sockhash
+//! itself, so the map's pin keeps it attached. Missing splice pins mean the
+//! instance ran without the fast path.
 
 use std::{
     fs,
@@ -11,7 +17,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, SockHash},
     programs::links::{FdLink, PinnedLink},
     Ebpf,
 };
@@ -30,6 +36,23 @@ const PROGRAMS: [&str; 4] = [
     programs::INBOUND,
 ];
 
+/// Pin name of the fast path's sock_ops link on the pod cgroup.
+pub(super) const SPLICE_PODS: &str = programs::SPLICE_OPS;
+/// Pin name of the same program's link on the proxy's own cgroup.
+pub(super) const SPLICE_PROXY: &str = "nw_splice_ops_proxy";
+
+/// Every map name that may be pinned, for removal.
+const ALL_MAPS: [&str; 8] = [
+    maps::CONFIG,
+    maps::MESH_CIDRS,
+    maps::BY_COOKIE,
+    maps::FLOWS,
+    maps::STATS,
+    maps::INBOUND_MODES,
+    maps::SPLICE,
+    maps::SPLICE_OFF,
+];
+
 /// `statfs` type of a BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -41,17 +64,22 @@ pub(super) struct MapSet {
     flows: Map,
     stats: Map,
     modes: Map,
+    /// The sockhash and the fallback marks, when the fast path is on.
+    splice: Option<(Map, Map)>,
 }
 
 /// Pinned links (and the maps beside them) of one node proxy.
 pub(super) struct Pins {
     dir: PathBuf,
     links: Vec<PinnedLink>,
+    /// Whether the fast path's links are among them.
+    spliced: bool,
 }
 
 impl MapSet {
-    /// Takes the maps out of a freshly loaded object.
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, RedirectError> {
+    /// Takes the maps out of a freshly loaded object (the fast path's only
+    /// when it is attached).
+    pub(super) fn take(ebpf: &mut Ebpf, splice: bool) -> Result<Self, RedirectError> {
         let mut take = |name| ebpf.take_map(name).ok_or(RedirectError::Missing(name));
         Ok(Self {
             config: take(maps::CONFIG)?,
@@ -60,11 +88,17 @@ impl MapSet {
             flows: take(maps::FLOWS)?,
             stats: take(maps::STATS)?,
             modes: take(maps::INBOUND_MODES)?,
+            splice: if splice {
+                Some((take(maps::SPLICE)?, take(maps::SPLICE_OFF)?))
+            } else {
+                None
+            },
         })
     }
 
-    /// Opens the maps a predecessor pinned under `dir`.
-    pub(super) fn open(dir: &Path) -> Result<Self, RedirectError> {
+    /// Opens the maps a predecessor pinned under `dir` (the fast path's
+    /// when `splice`).
+    pub(super) fn open(dir: &Path, splice: bool) -> Result<Self, RedirectError> {
         let open = |name: &'static str| {
             MapData::from_pin(dir.join("maps").join(name))
                 .map_err(|source| RedirectError::Map { name, source })
@@ -76,6 +110,14 @@ impl MapSet {
             flows: Map::LruHashMap(open(maps::FLOWS)?),
             stats: Map::PerCpuArray(open(maps::STATS)?),
             modes: Map::HashMap(open(maps::INBOUND_MODES)?),
+            splice: if splice {
+                Some((
+                    Map::SockHash(open(maps::SPLICE)?),
+                    Map::LruHashMap(open(maps::SPLICE_OFF)?),
+                ))
+            } else {
+                None
+            },
         })
     }
 
@@ -105,15 +147,19 @@ impl MapSet {
         Ok(())
     }
 
-    fn named(&self) -> [(&'static str, &Map); 6] {
-        [
+    fn named(&self) -> Vec<(&'static str, &Map)> {
+        let mut all = vec![
             (maps::CONFIG, &self.config),
             (maps::MESH_CIDRS, &self.cidrs),
             (maps::BY_COOKIE, &self.by_cookie),
             (maps::FLOWS, &self.flows),
             (maps::STATS, &self.stats),
             (maps::INBOUND_MODES, &self.modes),
-        ]
+        ];
+        if let Some((hash, off)) = &self.splice {
+            all.extend([(maps::SPLICE, hash), (maps::SPLICE_OFF, off)]);
+        }
+        all
     }
 
     /// Splits the maps into the handles the proxy's tasks own.
@@ -128,17 +174,26 @@ impl MapSet {
         let name = maps::STATS;
         let stats = PerCpuArray::try_from(self.stats)
             .map_err(|source| RedirectError::Map { name, source })?;
-        let stats = KernelStats::open(stats, hash_map(self.by_cookie, maps::BY_COOKIE)?, flows_id)?;
+        let name = maps::SPLICE;
+        let splice = self
+            .splice
+            .map(|(hash, _)| SockHash::try_from(hash))
+            .transpose()
+            .map_err(|source| RedirectError::Map { name, source })?;
+        let by_cookie = hash_map(self.by_cookie, maps::BY_COOKIE)?;
+        let stats = KernelStats::open(stats, by_cookie, flows_id, splice)?;
         let modes: HashMap<MapData, LpmAddr, u32> = hash_map(self.modes, maps::INBOUND_MODES)?;
         Ok((redirector, flows, stats, InboundModes::new(modes)))
     }
 }
 
 impl Pins {
-    /// Pins `links` and `maps` under `dir` (created on bpffs).
+    /// Pins `links`, the fast path's `splice` links and `maps` under `dir`
+    /// (created on bpffs).
     pub(super) fn create(
         dir: &Path,
         links: Vec<FdLink>,
+        splice: Vec<(&'static str, FdLink)>,
         maps: &MapSet,
     ) -> Result<Self, RedirectError> {
         for sub in ["links", "maps"] {
@@ -146,28 +201,58 @@ impl Pins {
         }
         check_bpffs(dir)?;
         maps.pin_all(&dir.join("maps"))?;
+        let spliced = !splice.is_empty();
         let mut pinned = Vec::new();
-        for (name, link) in PROGRAMS.iter().zip(links) {
+        for (name, link) in PROGRAMS.iter().copied().zip(links).chain(splice) {
             let path = dir.join("links").join(name);
             pinned.push(link.pin(&path).map_err(|e| pin_error(&path, &e))?);
         }
         Ok(Self {
             dir: dir.to_owned(),
             links: pinned,
+            spliced,
         })
     }
 
-    /// Opens the links a predecessor pinned under `dir`.
-    pub(super) fn open(dir: &Path) -> Result<Self, RedirectError> {
+    /// Opens the links a predecessor pinned under `dir`. Its fast-path
+    /// links are kept when `splice`, otherwise unpinned (so they detach
+    /// once the predecessor exits) together with the fast path's maps.
+    pub(super) fn open(dir: &Path, splice: bool) -> Result<Self, RedirectError> {
+        let links_dir = dir.join("links");
         let mut links = Vec::new();
         for name in PROGRAMS {
-            let path = dir.join("links").join(name);
+            let path = links_dir.join(name);
             links.push(PinnedLink::from_pin(&path).map_err(|e| pin_error(&path, &e))?);
+        }
+        let mut spliced = false;
+        for name in [SPLICE_PODS, SPLICE_PROXY] {
+            let path = links_dir.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let link = PinnedLink::from_pin(&path).map_err(|e| pin_error(&path, &e))?;
+            if splice {
+                links.push(link);
+                spliced |= name == SPLICE_PODS;
+            } else if let Err(e) = link.unpin() {
+                tracing::warn!(error = %e, "unpinning the sockmap fast path");
+            }
+        }
+        if !spliced {
+            for name in [maps::SPLICE, maps::SPLICE_OFF] {
+                let _ = fs::remove_file(dir.join("maps").join(name));
+            }
         }
         Ok(Self {
             dir: dir.to_owned(),
             links,
+            spliced,
         })
+    }
+
+    /// Whether the fast path's links are pinned (and so its maps).
+    pub(super) fn spliced(&self) -> bool {
+        self.spliced
     }
 
     /// Whether a pinned set of links is at `dir`.
@@ -186,14 +271,7 @@ impl Pins {
             }
         }
         let maps = self.dir.join("maps");
-        for name in [
-            maps::CONFIG,
-            maps::MESH_CIDRS,
-            maps::BY_COOKIE,
-            maps::FLOWS,
-            maps::STATS,
-            maps::INBOUND_MODES,
-        ] {
+        for name in ALL_MAPS {
             let _ = fs::remove_file(maps.join(name));
         }
         let _ = fs::remove_dir(&maps);

@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Instant,
@@ -156,6 +156,8 @@ struct Pooled {
     streams: Arc<AtomicUsize>,
     generation: u64,
     last_used: Instant,
+    /// A stream was refused on it: take no more.
+    broken: Arc<AtomicBool>,
 }
 
 /// Counts a stream against its connection until dropped.
@@ -180,9 +182,31 @@ impl Pool {
     /// Opens a CONNECT stream to `target`, reusing a pooled connection when
     /// one is open, uses the source's current certificate and has room.
     pub async fn connect(&self, target: Target<'_>) -> Result<Stream, TunnelError> {
-        let (mut send, slot) = self.checkout(&target).await?;
-        let request = connect_request(&target);
-        let response = send.send_request(request).await?;
+        let (mut send, slot, broken) = self.checkout(&target).await?;
+        let response = match send.send_request(connect_request(&target)).await {
+            Ok(r) => r,
+            // A pooled connection the peer is closing (GOAWAY: its proxy is
+            // stopping or handing over) refuses new streams: retire it and
+            // try once more on a fresh connection.
+            Err(_) => {
+                broken.store(true, Ordering::Relaxed);
+                drop(slot);
+                return self.connect_fresh(&target).await;
+            }
+        };
+        Self::upgrade(response, slot).await
+    }
+
+    async fn connect_fresh(&self, target: &Target<'_>) -> Result<Stream, TunnelError> {
+        let (mut send, slot, _) = self.checkout(target).await?;
+        let response = send.send_request(connect_request(target)).await?;
+        Self::upgrade(response, slot).await
+    }
+
+    async fn upgrade(
+        response: hyper::Response<hyper::body::Incoming>,
+        slot: StreamSlot,
+    ) -> Result<Stream, TunnelError> {
         if response.status() != StatusCode::OK {
             let message = response
                 .headers()
@@ -219,7 +243,7 @@ impl Pool {
     async fn checkout(
         &self,
         target: &Target<'_>,
-    ) -> Result<(SendRequest<Empty<Bytes>>, StreamSlot), TunnelError> {
+    ) -> Result<(SendRequest<Empty<Bytes>>, StreamSlot, Arc<AtomicBool>), TunnelError> {
         let slot = self.slot(target);
         let mut conns = slot.conns.lock().await;
         let now = Instant::now();
@@ -239,7 +263,11 @@ impl Pool {
         };
         pooled.last_used = now;
         pooled.streams.fetch_add(1, Ordering::Relaxed);
-        Ok((pooled.send.clone(), StreamSlot(pooled.streams.clone())))
+        Ok((
+            pooled.send.clone(),
+            StreamSlot(pooled.streams.clone()),
+            pooled.broken.clone(),
+        ))
     }
 
     fn slot(&self, target: &Target<'_>) -> Arc<Slot> {
@@ -310,12 +338,14 @@ impl Pool {
             streams: Arc::new(AtomicUsize::new(0)),
             generation: target.source.generation,
             last_used: started,
+            broken: Arc::new(AtomicBool::new(false)),
         })
     }
 }
 
 fn usable(c: &Pooled, now: Instant) -> bool {
     !c.send.is_closed()
+        && !c.broken.load(Ordering::Relaxed)
         && (c.streams.load(Ordering::Relaxed) > 0 || now.duration_since(c.last_used) < IDLE_TIMEOUT)
 }
 

@@ -74,11 +74,16 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        tokio::spawn(connection(stream, addr, inbound.clone()));
+        tokio::spawn(connection(stream, addr, inbound.clone(), shutdown.clone()));
     }
 }
 
-async fn connection(stream: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
+async fn connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    inbound: Arc<Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let (tls, peer) = match handshake(stream, addr, &inbound).await {
         Ok(ok) => ok,
@@ -98,14 +103,24 @@ async fn connection(stream: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) 
         let (inbound, peer) = (inbound.clone(), peer.clone());
         async move { Ok::<_, Infallible>(stream_request(req, &inbound, &peer).await) }
     });
-    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(SERVER_MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    // When this proxy stops, GOAWAY tells the peer's pool to open new
+    // streams elsewhere (a successor on the same port) while the streams
+    // already open finish: otherwise the drain would never converge.
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!(error = %e, peer = %addr, "tunnel connection ended");
     }

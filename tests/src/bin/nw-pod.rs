@@ -65,6 +65,10 @@ enum Cmd {
         /// Pause between repeated connections (a steady stream).
         #[arg(long, default_value_t = 0)]
         gap_ms: u64,
+        /// Send only this many bytes, then reset the connection (SO_LINGER
+        /// 0) and exit without reading: a client dying mid-stream.
+        #[arg(long)]
+        abort_after: Option<usize>,
     },
     /// Minimal HTTP/1.1 server: 200 for every request, keep-alive; logs
     /// `{"request": "METHOD /path"}` per request.
@@ -115,7 +119,12 @@ fn main() -> Result<()> {
             pace_ms,
             marker,
             gap_ms,
+            abort_after,
         } => {
+            if let Some(n) = abort_after {
+                println!("{}", abort(to, &payload(send, 0)[..n.min(send)]));
+                return Ok(());
+            }
             let mut ok = 0;
             let mut failures = Vec::new();
             for i in 0..count {
@@ -223,7 +232,7 @@ fn call(to: SocketAddr, data: Vec<u8>, pace: &Pace) -> serde_json::Value {
         })
     });
     let mut received = Vec::new();
-    let read = stream.read_to_end(&mut received);
+    let (read, spurious_eagain) = read_to_end(&mut stream, &mut received);
     let wrote = match writer {
         Ok(h) => h
             .join()
@@ -241,6 +250,47 @@ fn call(to: SocketAddr, data: Vec<u8>, pace: &Pace) -> serde_json::Value {
         "read_error": read.err().map(|e| e.to_string()),
         "write_error": wrote.err(),
         "intact": received == expected,
+        "spurious_eagain": spurious_eagain,
+    })
+}
+
+/// `read_to_end` that retries the `EAGAIN` a blocking socket returns before
+/// its read timeout (30 s) is up, and counts them: a spliced (sockmap)
+/// socket's `recvmsg` gives up after one wakeup, data or not.
+fn read_to_end(stream: &mut TcpStream, out: &mut Vec<u8>) -> (std::io::Result<usize>, u64) {
+    let started = std::time::Instant::now();
+    let mut spurious = 0;
+    loop {
+        match stream.read_to_end(out) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && started.elapsed() < Duration::from_secs(29) =>
+            {
+                spurious += 1;
+            }
+            r => return (r, spurious),
+        }
+    }
+}
+
+/// Connects, writes `data`, then closes with a reset (linger 0).
+fn abort(to: SocketAddr, data: &[u8]) -> serde_json::Value {
+    let mut stream = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return json!({"connected": false, "error": e.to_string()}),
+    };
+    let wrote = stream.write_all(data);
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let set = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &linger);
+    drop(stream);
+    json!({
+        "connected": true,
+        "sent": data.len(),
+        "write_error": wrote.err().map(|e| e.to_string()),
+        "linger_error": set.err().map(|e| e.to_string()),
     })
 }
 
