@@ -76,6 +76,9 @@ pub struct Metrics {
     /// Outbound connections that could not reach their destination, by reason.
     pub connect_failures: IntCounterVec,
     pub active_connections: IntGauge,
+    /// Connections accepted whose relay has not started yet (being
+    /// authorized, dialled, tunnelled): a drain waits for these too.
+    pub pending_connections: IntGauge,
     /// Connections still open at the drain deadline, closed by the stop.
     pub drain_closed: IntCounter,
     /// Completed tunnel TLS handshakes, `side` = client|server.
@@ -248,6 +251,11 @@ impl Metrics {
                 &["reason"],
             ),
             active_connections,
+            pending_connections: int_gauge(
+                &registry,
+                "pending_connections",
+                "Accepted connections still being set up (authorized, dialled, tunnelled)",
+            ),
             drain_closed: int_counter(
                 &registry,
                 "drain_closed_connections_total",
@@ -607,6 +615,23 @@ fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         500..=599 => "5xx",
         _ => "other",
+    }
+}
+
+/// Counts one connection in [`Metrics::pending_connections`] until dropped.
+pub struct Pending(IntGauge);
+
+impl Pending {
+    /// Starts counting.
+    pub fn start(metrics: &Metrics) -> Self {
+        metrics.pending_connections.inc();
+        Self(metrics.pending_connections.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::{
 use crate::{
     authz::{Admission, Authz, Subject},
     identity::{CertStore, SpiffeId},
-    metrics::Metrics,
+    metrics::{Metrics, Pending},
     redirect::{orig_dst_addr, FlowTable},
     relay::{self, Dialer, Path, Route},
     tunnel::{pool, Pool, Target, TunnelError},
@@ -98,7 +98,10 @@ pub async fn serve(
         };
         match classify(stream, peer, &mut flows, &shared.registry.load(), &own) {
             Ok(conn) => {
-                tokio::spawn(relay(conn, shared.clone()));
+                // Counted from accept, so a drain does not end while it is
+                // still being authorized or dialled.
+                let pending = Pending::start(&shared.metrics);
+                tokio::spawn(relay(conn, shared.clone(), pending));
             }
             Err(reason) => refuse(reason, peer, &shared.metrics),
         }
@@ -160,7 +163,7 @@ fn refuse(reason: Refusal, peer: SocketAddr, metrics: &Metrics) {
     );
 }
 
-async fn relay(conn: Accepted, shared: Arc<Shared>) {
+async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
     let Accepted {
         stream,
         peer,
@@ -182,12 +185,18 @@ async fn relay(conn: Accepted, shared: Arc<Shared>) {
     let metrics = &shared.metrics;
     match (path, dest) {
         (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, &w, peer, dst).await {
-            Ok(up) => relay::run(stream, up, route, dst, Some(w), metrics, None).await,
+            Ok(up) => {
+                drop(pending);
+                relay::run(stream, up, route, dst, Some(w), metrics, None).await
+            }
             Err(e) => connect_failed(stream, &source, peer, dst, e.reason(), &e, metrics),
         },
-        (Path::Local, Some(w)) => local(&shared, stream, route, w, peer, dst).await,
+        (Path::Local, Some(w)) => local(&shared, stream, route, w, peer, dst, pending).await,
         (_, dest) => match shared.dialer.dial(dst).await {
-            Ok(up) => relay::run(stream, up, route, dst, dest, metrics, None).await,
+            Ok(up) => {
+                drop(pending);
+                relay::run(stream, up, route, dst, dest, metrics, None).await
+            }
             Err(e) => connect_failed(stream, &source, peer, dst, "connect", &e, metrics),
         },
     }
@@ -202,6 +211,7 @@ async fn local(
     dest: Arc<Workload>,
     peer: SocketAddr,
     dst: SocketAddr,
+    pending: Pending,
 ) {
     let Route::Outbound { source, .. } = &route else {
         return;
@@ -236,6 +246,7 @@ async fn local(
         }
     };
     let metrics = &shared.metrics;
+    drop(pending);
     match admission {
         Admission::Relay(lease) => {
             relay::run(stream, up, route, dst, Some(dest), metrics, Some(&lease)).await

@@ -424,11 +424,12 @@ async fn wait_for_stop(signals: &mut Signals, handover: Option<&lifecycle::Hando
 /// Waits for open connections to finish, up to `deadline`; what is still
 /// open then is counted and closed (by the process exiting).
 async fn drain(metrics: &Metrics, deadline: Duration) {
+    let open = || metrics.active_connections.get() + metrics.pending_connections.get();
     let until = tokio::time::Instant::now() + deadline;
-    while metrics.active_connections.get() > 0 && tokio::time::Instant::now() < until {
+    while open() > 0 && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let left = metrics.active_connections.get();
+    let left = open();
     if left > 0 {
         metrics
             .drain_closed

@@ -21,6 +21,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+pub mod bench;
 
 /// The mesh CIDRs every cluster configures.
 pub const MESH_CIDRS: [&str; 2] = ["10.20.0.0/16", "fd00:20::/32"];

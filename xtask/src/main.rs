@@ -1,4 +1,4 @@
-//! `cargo xtask`: setup, build, test and demo for nodeward.
+//! `cargo xtask`: setup, build, test, demo and bench for nodeward.
 
 use std::process::Command;
 
@@ -7,8 +7,14 @@ use clap::{Parser, Subcommand};
 
 /// The bpf-linker series known to match the nightly's LLVM.
 const BPF_LINKER_SERIES: &str = "0.10.";
-/// Debian packages the end-to-end tests need (`ip`, `sysctl`).
-const APT_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("sysctl", "procps"), ("cc", "gcc")];
+/// Debian packages the end-to-end tests need (`ip`, `sysctl`), and the
+/// benchmark's hand-built mTLS alternative (`haproxy`).
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("sysctl", "procps"),
+    ("cc", "gcc"),
+    ("haproxy", "haproxy"),
+];
 
 #[derive(Parser)]
 #[command(about = "nodeward's build and test tasks")]
@@ -31,6 +37,19 @@ enum Task {
         /// `policies/`); edits to it are reloaded live.
         #[arg(long)]
         policies: Option<std::path::PathBuf>,
+    },
+    /// Benchmark direct, nodeward and HAProxy-mTLS paths on a netns cluster
+    /// (needs root); writes `target/bench/bench.{md,json}`.
+    Bench {
+        /// Duration of each timed scenario, in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Idle meshed connections for the memory scenario.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+        /// Run nodeward with its sockmap fast path (off by default).
+        #[arg(long)]
+        sockmap: bool,
     },
 }
 
@@ -59,6 +78,11 @@ fn main() -> Result<()> {
         Task::Build => build(),
         Task::Test => test(),
         Task::Demo { policies } => demo(policies),
+        Task::Bench {
+            seconds,
+            idle,
+            sockmap,
+        } => bench(seconds, idle, sockmap),
     }
 }
 
@@ -172,6 +196,26 @@ fn demo(policies: Option<std::path::PathBuf>) -> Result<()> {
         .context("running nw-demo")?;
     if !status.success() {
         bail!("demo failed: {status}");
+    }
+    Ok(())
+}
+
+fn bench(seconds: f64, idle: usize, sockmap: bool) -> Result<()> {
+    build()?;
+    let mut cmd = Command::new("target/release/nw-bench");
+    cmd.args(["run", "--out", "target/bench"])
+        .args(["--seconds", &seconds.to_string()])
+        .args(["--idle", &idle.to_string()]);
+    if sockmap {
+        cmd.arg("--sockmap");
+    }
+    let status = cmd
+        .env("NODEWARD_BIN", "target/release/nodeward")
+        .env("NW_POD_BIN", "target/release/nw-pod")
+        .status()
+        .context("running nw-bench")?;
+    if !status.success() {
+        bail!("bench failed: {status}");
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use super::{CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, SERVER_MAX_STREAMS,
 use crate::{
     authz::{Admission, Authz, Subject},
     identity::{CertStore, SpiffeId},
-    metrics::Metrics,
+    metrics::{Metrics, Pending},
     relay::{self, Route},
     tls::{self, VerifiedPeer},
     workloads::{Registry, Workload},
@@ -182,6 +182,7 @@ async fn stream_request(
     inbound: &Arc<Inbound>,
     peer: &Arc<Peer>,
 ) -> Response<Full<Bytes>> {
+    let pending = Pending::start(&inbound.metrics);
     let checked = check_request(&req, inbound, peer);
     let Checked {
         dst,
@@ -242,6 +243,7 @@ async fn stream_request(
                     source,
                     peer: peer.addr,
                 };
+                drop(pending);
                 let io = TokioIo::new(upgraded);
                 let metrics = &inbound.metrics;
                 match admission {
