@@ -1248,6 +1248,22 @@ pub fn sweep() {
     }
 }
 
+/// Joins the cgroup, then the network namespace (a name under /run/netns):
+/// what the pod tools do first, before any thread exists, so every later
+/// thread inherits both.
+pub fn join(netns: Option<&str>, cgroup: Option<&Path>) -> Result<()> {
+    if let Some(dir) = cgroup {
+        fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("joining cgroup {}", dir.display()))?;
+    }
+    if let Some(ns) = netns {
+        let f =
+            fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    }
+    Ok(())
+}
+
 /// Waits for a background `nw-pod` tool and parses its JSON report.
 pub fn finish_tool(child: Child) -> Value {
     let out = child.wait_with_output().expect("wait for nw-pod");

@@ -14,7 +14,6 @@
 //! a vector allocated before the timed loop.
 
 use std::{
-    fs::File,
     io::{BufRead, Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
     path::PathBuf,
@@ -128,14 +127,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(dir) = &cli.cgroup {
-        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
-            .with_context(|| format!("joining cgroup {}", dir.display()))?;
-    }
-    if let Some(ns) = &cli.netns {
-        let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-    }
+    nodeward_tests::join(cli.netns.as_deref(), cli.cgroup.as_deref())?;
     raise_nofile();
     let report = match cli.command {
         Cmd::Run {

@@ -6,7 +6,6 @@
 //! one JSON object per line so the harness can assert on it.
 
 use std::{
-    fs::File,
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
@@ -100,14 +99,7 @@ fn main() -> Result<()> {
     nix::sys::signal::SigSet::all()
         .thread_unblock()
         .context("unblocking signals")?;
-    if let Some(dir) = &cli.cgroup {
-        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
-            .with_context(|| format!("joining cgroup {}", dir.display()))?;
-    }
-    if let Some(ns) = &cli.netns {
-        let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-    }
+    nodeward_tests::join(cli.netns.as_deref(), cli.cgroup.as_deref())?;
     match cli.command {
         Cmd::Exec { argv } => Err(Command::new(&argv[0]).args(&argv[1..]).exec().into()),
         Cmd::Echo { listen } => echo(listen),
