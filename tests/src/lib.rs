@@ -789,19 +789,13 @@ impl Cluster {
     pub fn serve_http(&mut self, pod: &str, port: u16) {
         let p = self.pod(pod).clone();
         let (ns, cg) = (self.ns(pod), self.pod_cgroup(&p));
-        let log = self.log_path(&format!("http-{pod}-{port}"));
-        let child = Command::new(&self.bins.nw_pod)
-            .arg("--netns")
-            .arg(&ns)
-            .arg("--cgroup")
-            .arg(&cg)
-            .args(["http-serve", "--listen", &format!("[::]:{port}")])
-            .stdout(append(&log).expect("log file"))
-            .stderr(append(&log).expect("log file"))
-            .spawn()
-            .expect("spawn http server");
-        self.others.push(child);
-        wait_for(&log, "listening", Duration::from_secs(10)).expect("http server listening");
+        self.serve_in(
+            &ns,
+            Some(&cg),
+            &format!("http-{pod}-{port}"),
+            "http-serve",
+            port,
+        );
     }
 
     /// Requests (`"METHOD /path"`) an HTTP server in `pod` received, in order.
@@ -856,6 +850,12 @@ impl Cluster {
     }
 
     fn serve_echo_in(&mut self, ns: &str, cgroup: Option<&Path>, name: &str, port: u16) {
+        self.serve_in(ns, cgroup, name, "echo", port);
+    }
+
+    /// Runs the `nw-pod` server `tool` on `port` (all addresses, both
+    /// families) and waits until it listens; its log is `name`.
+    fn serve_in(&mut self, ns: &str, cgroup: Option<&Path>, name: &str, tool: &str, port: u16) {
         let log = self.log_path(name);
         let mut cmd = Command::new(&self.bins.nw_pod);
         cmd.arg("--netns").arg(ns);
@@ -863,13 +863,14 @@ impl Cluster {
             cmd.arg("--cgroup").arg(cg);
         }
         let child = cmd
-            .args(["echo", "--listen", &format!("[::]:{port}")])
+            .args([tool, "--listen", &format!("[::]:{port}")])
             .stdout(append(&log).expect("log file"))
             .stderr(append(&log).expect("log file"))
             .spawn()
-            .expect("spawn echo server");
+            .unwrap_or_else(|e| panic!("spawn {tool}: {e}"));
         self.others.push(child);
-        wait_for(&log, "listening", Duration::from_secs(10)).expect("echo server listening");
+        wait_for(&log, "listening", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{tool} listening: {e}"));
     }
 
     /// Peers an echo server accepted, in order.
