@@ -33,7 +33,7 @@ use crate::{
     policy::{self, Decision, L4Decision, LimitKind, PolicySet},
     ratelimit::{self, RateLimiter, RateOutcome},
     relay,
-    workloads::Workload,
+    workloads::{Registry, Workload},
 };
 use audit::{clean, Auditor, Record};
 
@@ -200,6 +200,18 @@ impl Authz {
     /// connection must still be allowed outright; an HTTP one must not be
     /// denied outright (its requests are judged one by one anyway).
     pub fn recheck(&self) {
+        self.recheck_against(None);
+    }
+
+    /// Re-judges every open connection after the workloads file changed:
+    /// a destination whose labels (or namespace) changed may now be
+    /// selected by other policies. A destination that left the file keeps
+    /// the attributes it was admitted with.
+    pub fn workloads_changed(&self, registry: &Registry) {
+        self.recheck_against(Some(registry));
+    }
+
+    fn recheck_against(&self, registry: Option<&Registry>) {
         let set = self.policies.load();
         for shard in &self.live {
             // Judge a copy, so connections opening and closing on this shard
@@ -213,7 +225,8 @@ impl Authz {
             let revoked: Vec<u64> = open
                 .iter()
                 .filter_map(|(id, t)| {
-                    let d = denial(&set, t)?;
+                    let current = registry.and_then(|r| r.by_ip(t.subject.dst.ip()));
+                    let d = denial(&set, t, current.map(|w| &**w))?;
                     self.revoke(*id, t, &d);
                     Some(*id)
                 })
@@ -614,8 +627,17 @@ fn origin_form(path_and_query: &str, host: &str, parts: &mut Parts) -> Option<()
 /// Why `set` no longer allows a tracked connection, if it does not. A raw
 /// relay must still be allowed outright; an HTTP one must not be denied
 /// outright (its requests are judged one by one anyway).
-fn denial(set: &PolicySet, t: &Tracked) -> Option<Decision> {
-    match set.evaluate_connection(&connection(&t.subject)) {
+fn denial(set: &PolicySet, t: &Tracked, current: Option<&Workload>) -> Option<Decision> {
+    let mut conn = connection(&t.subject);
+    if let Some(w) = current {
+        conn.destination = policy::Destination {
+            namespace: &w.namespace,
+            name: &w.name,
+            labels: &w.labels,
+            port: t.subject.dst.port(),
+        };
+    }
+    match set.evaluate_connection(&conn) {
         L4Decision::Decided(d) if !d.allow => Some(d),
         L4Decision::Decided(_) => None,
         L4Decision::NeedsHttp if t.http => None,

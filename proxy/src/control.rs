@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::{
+    authz::Authz,
     identity::{CertStore, SpiffeId},
     metrics::Metrics,
     tunnel::Pool,
@@ -34,6 +35,8 @@ pub struct Control {
     pub certs: Arc<CertStore>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
+    /// Open connections are re-judged when workloads (labels) change.
+    pub authz: Arc<Authz>,
 }
 
 impl Control {
@@ -112,6 +115,7 @@ impl Control {
             Ok(registry) => {
                 tracing::info!(workloads = registry.all().len(), "workloads file reloaded");
                 self.registry.store(Arc::new(registry));
+                self.authz.workloads_changed(&self.registry.load());
                 self.metrics
                     .workloads_reloads
                     .with_label_values(&["ok"])

@@ -115,6 +115,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         certs: certs.clone(),
         pool: pool.clone(),
         metrics: metrics.clone(),
+        authz: authz.clone(),
     };
     control.sync_certs();
 

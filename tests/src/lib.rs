@@ -148,6 +148,8 @@ pub struct Cluster {
     proxies: Vec<(String, Child)>,
     others: Vec<Child>,
     options: Options,
+    /// `app` label overrides (pod name → label), see [`Cluster::relabel`].
+    app_labels: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// Proxy settings a test can change.
@@ -250,6 +252,7 @@ impl Cluster {
             proxies: Vec::new(),
             others: Vec::new(),
             options,
+            app_labels: std::sync::Mutex::default(),
         };
         fs::write(c.cgroup_root_marker(), std::process::id().to_string())?;
         c.mount_bpffs()?;
@@ -498,10 +501,16 @@ impl Cluster {
             );
         }
         w += "workloads:\n";
+        let labels = self
+            .app_labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for p in &self.pods {
             w += &format!(
                 "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    node: {}\n    ips: [{}, '{}']\n    labels: {{app: {}}}\n    cgroup: {}\n",
-                p.name, p.namespace, p.service_account, p.node, self.ip4(p.name), self.ip6(p.name), p.name,
+                p.name, p.namespace, p.service_account, p.node, self.ip4(p.name), self.ip6(p.name),
+                labels.get(p.name).map_or(p.name, String::as_str),
                 self.pod_cgroup(p).display()
             );
         }
@@ -1001,6 +1010,16 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Gives `pod` the label `app: <app>` instead of its name and rewrites
+    /// the workloads file (the proxies reload it within a second).
+    pub fn relabel(&self, pod: &str, app: &str) {
+        self.app_labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pod.to_owned(), app.to_owned());
+        self.write_workloads().expect("write workloads");
     }
 
     /// Adds a pod to a running cluster and to the workloads file (the

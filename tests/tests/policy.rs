@@ -305,3 +305,40 @@ spec:
     let again = c.call_bypassing_proxy("frontend", db, 100);
     assert_eq!(again["intact"], false, "{again}");
 }
+
+#[test]
+fn relabelling_a_workload_re_judges_its_open_connections() {
+    if !require_root("relabelling_a_workload_re_judges_its_open_connections") {
+        return;
+    }
+    // Only `app: backend` is reachable; the default denies the rest.
+    let mut c = Cluster::start_with(Options::with_policies(&[(
+        "backend.yaml",
+        BACKEND_FROM_FRONTEND,
+    )]));
+    c.serve_echo("backend", TCP_PORT);
+    let to = SocketAddr::new(c.ip4("backend"), TCP_PORT);
+    let long = std::thread::scope(|s| {
+        let call = s.spawn(|| {
+            c.call_with(
+                "frontend",
+                to,
+                16 * 1024,
+                &["--chunks", "16", "--pace-ms", "400"],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        // The pod is relabelled: no policy selects it any more.
+        c.relabel("backend", "backend-v2");
+        call.join().expect("call thread")
+    });
+    assert_eq!(long["intact"], false, "{long}");
+    let revoked = c.wait_metric(
+        "node-b",
+        "nodeward_policy_revoked_connections_total",
+        &[],
+        1.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(revoked, 1.0);
+}
