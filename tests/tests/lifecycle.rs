@@ -105,3 +105,29 @@ fn sigterm_drains_open_connections_until_the_deadline() {
     let log = c.proxy_log("node-a");
     assert!(log.contains("drain deadline reached"), "{log}");
 }
+
+#[test]
+fn a_takeover_applies_the_new_configs_mesh_cidrs() {
+    if !require_root("a_takeover_applies_the_new_configs_mesh_cidrs") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo_on_node("node-b", PORT);
+    // node-b's bridge address is inside the IPv6 mesh CIDR: captured.
+    let node_b6 = SocketAddr::new("fd00:20:2::1".parse().expect("ip"), PORT);
+    let v6 = [("family", "ipv6")];
+    assert_eq!(c.call("frontend", node_b6, 100)["intact"], true);
+    let before = c.metric("node-a", "nodeward_bpf_redirects_total", &v6);
+    assert!(before >= 1.0, "captured before the takeover");
+    // The successor's config drops the IPv6 mesh CIDR.
+    let path = c.config_path("node-a");
+    let cfg = std::fs::read_to_string(&path).expect("config");
+    let dropped = cfg.replace(", 'fd00:20::/32'", "");
+    assert_ne!(cfg, dropped, "the config lists the IPv6 CIDR");
+    std::fs::write(&path, dropped).expect("write config");
+    c.start_proxy_with("node-a", &["--takeover"])
+        .unwrap_or_else(|e| panic!("takeover: {e:#}"));
+    assert_eq!(c.call("frontend", node_b6, 100)["intact"], true);
+    let after = c.metric("node-a", "nodeward_bpf_redirects_total", &v6);
+    assert_eq!(after, before, "no longer captured after the takeover");
+}

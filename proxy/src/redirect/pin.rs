@@ -136,6 +136,21 @@ impl MapSet {
             trie.insert(&cidr_key(net), 1, 0)
                 .map_err(|source| RedirectError::Map { name, source })?;
         }
+        // An adopted trie may hold CIDRs the new config dropped: remove
+        // them, or their connections would still be captured.
+        let wanted: Vec<_> = s.mesh_cidrs.iter().map(cidr_key).collect();
+        let stale: Vec<_> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for key in stale {
+            let _ = trie.remove(&key);
+        }
         Ok(())
     }
 
