@@ -1268,6 +1268,24 @@ pub fn sweep() {
     }
 }
 
+/// `--netns NAME --cgroup DIR`, the pod tools' common arguments.
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// Network namespace (a name under /run/netns) to enter.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// cgroup v2 directory to join.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+}
+
+impl JoinArgs {
+    /// Joins both (see [`join`]).
+    pub fn join(&self) -> Result<()> {
+        join(self.netns.as_deref(), self.cgroup.as_deref())
+    }
+}
+
 /// Joins the cgroup, then the network namespace (a name under /run/netns):
 /// what the pod tools do first, before any thread exists, so every later
 /// thread inherits both.

@@ -68,6 +68,43 @@ spec:
   - from: [{source: {principals: [\"*\"], remoteIpBlox: [0.0.0.0/0]}}]
 ";
 
+/// A paced call from frontend to `to` (16 chunks, `pace_ms` apart) with
+/// `change` made `after` into it; the call's report.
+fn long_call_while(
+    c: &Cluster,
+    to: SocketAddr,
+    pace_ms: &str,
+    after: Duration,
+    change: impl FnOnce(&Cluster),
+) -> Value {
+    std::thread::scope(|s| {
+        let call = s.spawn(|| {
+            c.call_with(
+                "frontend",
+                to,
+                16 * 1024,
+                &["--chunks", "16", "--pace-ms", pace_ms],
+            )
+        });
+        std::thread::sleep(after);
+        change(c);
+        call.join().expect("call thread")
+    })
+}
+
+/// The call was cut, and backend's proxy counts exactly one revocation.
+fn assert_closed_by_revocation(c: &Cluster, call: &Value) {
+    assert_eq!(call["intact"], false, "{call}");
+    let revoked = c.wait_metric(
+        "node-b",
+        "nodeward_policy_revoked_connections_total",
+        &[],
+        1.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(revoked, 1.0);
+}
+
 fn principal(record: &Value) -> &str {
     record["source_principal"].as_str().unwrap_or("")
 }
@@ -191,29 +228,11 @@ fn a_reload_that_denies_a_live_connection_closes_it() {
     let mut c = Cluster::start_with(Options::default());
     c.serve_echo("backend", TCP_PORT);
     let to = SocketAddr::new(c.ip4("backend"), TCP_PORT);
-    let long = std::thread::scope(|s| {
-        // 8 s of paced writes; the policy changes in the middle.
-        let call = s.spawn(|| {
-            c.call_with(
-                "frontend",
-                to,
-                16 * 1024,
-                &["--chunks", "16", "--pace-ms", "500"],
-            )
-        });
-        std::thread::sleep(Duration::from_secs(2));
-        c.change_policies("ok", |c| c.write_policy("deny.yaml", DENY_FRONTEND));
-        call.join().expect("call thread")
+    // 8 s of paced writes; the policy changes in the middle.
+    let long = long_call_while(&c, to, "500", Duration::from_secs(2), |c| {
+        c.change_policies("ok", |c| c.write_policy("deny.yaml", DENY_FRONTEND))
     });
-    assert_eq!(long["intact"], false, "{long}");
-    let revoked = c.wait_metric(
-        "node-b",
-        "nodeward_policy_revoked_connections_total",
-        &[],
-        1.0,
-        Duration::from_secs(5),
-    );
-    assert_eq!(revoked, 1.0);
+    assert_closed_by_revocation(&c, &long);
     assert!(c.audit_log("node-b").iter().any(|r| {
         r["decision"] == "deny"
             && r["reason"]
@@ -318,27 +337,9 @@ fn relabelling_a_workload_re_judges_its_open_connections() {
     )]));
     c.serve_echo("backend", TCP_PORT);
     let to = SocketAddr::new(c.ip4("backend"), TCP_PORT);
-    let long = std::thread::scope(|s| {
-        let call = s.spawn(|| {
-            c.call_with(
-                "frontend",
-                to,
-                16 * 1024,
-                &["--chunks", "16", "--pace-ms", "400"],
-            )
-        });
-        std::thread::sleep(Duration::from_millis(1500));
-        // The pod is relabelled: no policy selects it any more.
-        c.relabel("backend", "backend-v2");
-        call.join().expect("call thread")
+    // The pod is relabelled mid-connection: no policy selects it any more.
+    let long = long_call_while(&c, to, "400", Duration::from_millis(1500), |c| {
+        c.relabel("backend", "backend-v2")
     });
-    assert_eq!(long["intact"], false, "{long}");
-    let revoked = c.wait_metric(
-        "node-b",
-        "nodeward_policy_revoked_connections_total",
-        &[],
-        1.0,
-        Duration::from_secs(5),
-    );
-    assert_eq!(revoked, 1.0);
+    assert_closed_by_revocation(&c, &long);
 }

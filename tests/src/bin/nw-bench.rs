@@ -40,12 +40,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 struct Cli {
-    /// Network namespace (a name under /run/netns) to enter.
-    #[arg(long)]
-    netns: Option<String>,
-    /// cgroup v2 directory to join.
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    join: nodeward_tests::JoinArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -127,7 +123,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    nodeward_tests::join(cli.netns.as_deref(), cli.cgroup.as_deref())?;
+    cli.join.join()?;
     raise_nofile();
     let report = match cli.command {
         Cmd::Run {

@@ -9,7 +9,6 @@ use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
-    path::PathBuf,
     process::Command,
     time::Duration,
 };
@@ -21,12 +20,8 @@ use serde_json::json;
 
 #[derive(Parser)]
 struct Cli {
-    /// Network namespace (a name under /run/netns) to enter.
-    #[arg(long)]
-    netns: Option<String>,
-    /// cgroup v2 directory to join.
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    join: nodeward_tests::JoinArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -99,7 +94,7 @@ fn main() -> Result<()> {
     nix::sys::signal::SigSet::all()
         .thread_unblock()
         .context("unblocking signals")?;
-    nodeward_tests::join(cli.netns.as_deref(), cli.cgroup.as_deref())?;
+    cli.join.join()?;
     match cli.command {
         Cmd::Exec { argv } => Err(Command::new(&argv[0]).args(&argv[1..]).exec().into()),
         Cmd::Echo { listen } => echo(listen),
