@@ -21,10 +21,12 @@ use std::{
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{copy_bidirectional_with_sizes, AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpSocket, TcpStream},
     time::timeout,
 };
+
+mod copy;
 
 use crate::{
     authz::{audit::clean, Lease, RequestGate},
@@ -37,8 +39,8 @@ use crate::{
 
 /// How long to wait for a destination to accept.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Relay buffer per direction: large enough that bulk transfers are not
-/// syscall-bound.
+/// Relay buffer of a direction in bulk mode (see `relay::copy`): large enough that
+/// bulk transfers are not syscall-bound.
 pub const RELAY_BUF: usize = 64 * 1024;
 
 /// How a relayed connection got here, for logs and metric labels.
@@ -293,7 +295,7 @@ pub async fn run<A, B>(
 {
     let pump = async {
         let result = {
-            let copy = copy_bidirectional_with_sizes(&mut a, &mut b, RELAY_BUF, RELAY_BUF);
+            let copy = copy::bidirectional(&mut a, &mut b);
             match lease {
                 Some(lease) => tokio::select! {
                     r = copy => r,

@@ -1,0 +1,213 @@
+//! Bidirectional copy whose buffers follow the traffic.
+//!
+//! Most meshed connections are idle most of the time, or carry small
+//! request/response exchanges. A fixed buffer per direction (tokio's
+//! `copy_bidirectional` allocates two up front) costs its size on every
+//! connection from accept to close, whether it is used or not. Here a
+//! direction reads into a small buffer on the poll's stack and writes it out
+//! at once, so a connection holds no relay buffer between reads. Only when a
+//! read fills the small buffer does the direction switch to a heap buffer of
+//! `RELAY_BUF` bytes (bulk mode, fewer syscalls per byte), and it returns
+//! to the stack after a run of small reads, freeing the heap buffer.
+//! Bytes the writer cannot take yet are kept on the heap until it can.
+
+use std::{
+    future::poll_fn,
+    io,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::RELAY_BUF;
+
+/// Reads up to this size go through a buffer on the stack.
+const SMALL: usize = 4 * 1024;
+/// Consecutive reads that would have fitted in [`SMALL`] before a bulk
+/// direction frees its heap buffer: one short read (the tail of a burst, a
+/// slow sender) should not cost a reallocation.
+const SHRINK_AFTER: u32 = 8;
+/// Read/write rounds per poll before yielding, so that one busy connection
+/// cannot hold a worker thread whatever its peers' readiness.
+const ROUNDS_PER_POLL: u32 = 64;
+
+/// Copies `a` → `b` and `b` → `a` until both directions have seen end of
+/// stream (each end-of-stream is passed on as a write shutdown). Returns the
+/// bytes copied each way, or the first error.
+pub async fn bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut a_to_b = Pipe::default();
+    let mut b_to_a = Pipe::default();
+    poll_fn(|cx| {
+        let forward = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+        let backward = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        match (forward, backward) {
+            (Poll::Ready(sent), Poll::Ready(received)) => Poll::Ready(Ok((sent, received))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// One direction's state.
+#[derive(Default)]
+struct Pipe {
+    /// Bytes read but not yet written are `held[start..end]`. In bulk mode
+    /// `held` is the [`RELAY_BUF`] read buffer; otherwise it is empty, or
+    /// holds exactly the bytes the writer refused.
+    held: Vec<u8>,
+    start: usize,
+    end: usize,
+    bulk: bool,
+    small_reads: u32,
+    read_done: bool,
+    need_flush: bool,
+    shut: bool,
+    copied: u64,
+}
+
+impl Pipe {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if self.shut {
+            return Poll::Ready(Ok(self.copied));
+        }
+        for _ in 0..ROUNDS_PER_POLL {
+            ready!(self.poll_drain(cx, writer.as_mut()))?;
+            if self.read_done {
+                ready!(writer.as_mut().poll_flush(cx))?;
+                ready!(writer.as_mut().poll_shutdown(cx))?;
+                self.shut = true;
+                return Poll::Ready(Ok(self.copied));
+            }
+            let read = if self.bulk {
+                self.poll_read_bulk(cx, reader.as_mut())
+            } else {
+                self.poll_read_small(cx, reader.as_mut(), writer.as_mut())
+            };
+            if read?.is_pending() {
+                if self.need_flush {
+                    ready!(writer.as_mut().poll_flush(cx))?;
+                    self.need_flush = false;
+                }
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes out held bytes; once they are all written, a non-bulk pipe
+    /// lets go of its buffer.
+    fn poll_drain<W: AsyncWrite + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>> {
+        while self.start < self.end {
+            let n = ready!(writer
+                .as_mut()
+                .poll_write(cx, &self.held[self.start..self.end]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.start += n;
+            self.copied += n as u64;
+            self.need_flush = true;
+        }
+        if !self.bulk && !self.held.is_empty() {
+            self.held = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads into a stack buffer and writes straight on; only what the
+    /// writer refuses is copied to the heap.
+    fn poll_read_small<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let mut stack = [0u8; SMALL];
+        let mut buf = ReadBuf::new(&mut stack);
+        ready!(reader.poll_read(cx, &mut buf))?;
+        let data = buf.filled();
+        if data.is_empty() {
+            self.read_done = true;
+            return Poll::Ready(Ok(()));
+        }
+        let full = data.len() == SMALL;
+        let mut written = 0;
+        while written < data.len() {
+            match writer.as_mut().poll_write(cx, &data[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        self.copied += written as u64;
+        self.need_flush = true;
+        self.hold(&data[written..], full);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Keeps `rest` (what the writer refused) and switches to bulk mode
+    /// after a full read.
+    fn hold(&mut self, rest: &[u8], full: bool) {
+        if full {
+            self.bulk = true;
+            self.small_reads = 0;
+            self.held = vec![0; RELAY_BUF];
+            self.held[..rest.len()].copy_from_slice(rest);
+        } else if !rest.is_empty() {
+            self.held = rest.to_vec();
+        }
+        self.start = 0;
+        self.end = rest.len();
+    }
+
+    /// Reads into the heap buffer (empty: everything was written), and goes
+    /// back to small mode after [`SHRINK_AFTER`] small reads in a row.
+    fn poll_read_bulk<R: AsyncRead + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+    ) -> Poll<io::Result<()>> {
+        let mut buf = ReadBuf::new(&mut self.held);
+        ready!(reader.poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        self.start = 0;
+        self.end = n;
+        if n == 0 {
+            self.read_done = true;
+        }
+        self.small_reads = if n < SMALL { self.small_reads + 1 } else { 0 };
+        if self.small_reads >= SHRINK_AFTER {
+            // The bytes just read are still in `held`: `poll_drain` writes
+            // them out and then frees the buffer.
+            self.bulk = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
