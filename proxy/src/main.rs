@@ -145,7 +145,7 @@ fn main() {
         Err(e) => exit_usage(e),
     };
     // Kept for `run`, whose admin endpoint changes the filter at run time.
-    let log = init_tracing(cli.log_format);
+    let (log, writer) = init_tracing(cli.log_format);
     let code = match cli.command {
         Command::Run { config, takeover } => run(
             &config,
@@ -157,6 +157,8 @@ fn main() {
         Command::Ca(cmd) => ca(cmd),
         Command::Policy(cmd) => policy(cmd),
     };
+    // Flushes the log lines still queued: `exit` runs no destructors.
+    drop(writer);
     std::process::exit(code);
 }
 
@@ -286,10 +288,25 @@ fn explain_args(a: ExplainCli) -> nodeward::authz::explain::ExplainArgs {
 
 /// Installs the subscriber: `NODEWARD_LOG` (default `info`) behind a
 /// reload layer, so the admin endpoint can change it at run time.
-fn init_tracing(format: LogFormat) -> LogControl {
+///
+/// Lines go through a queue to a writer thread that batches them into few
+/// `write`s: access records are one line per connection, and a worker
+/// thread must not stall on stdout (or contend for its lock) on the
+/// connection path. When the queue is full, lines are dropped and counted
+/// rather than slowing traffic. Keep the guard until exit: dropping it
+/// flushes the queue.
+fn init_tracing(format: LogFormat) -> (LogControl, tracing_appender::non_blocking::WorkerGuard) {
     let filter = EnvFilter::try_from_env("NODEWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("nodeward-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
+    let dropped = writer.error_counter();
+    let output = tracing_subscriber::fmt::layer().with_writer(writer);
     let output = match format {
         LogFormat::Text => output.boxed(),
         LogFormat::Json => output
@@ -302,5 +319,7 @@ fn init_tracing(format: LogFormat) -> LogControl {
         .with(filter)
         .with(output)
         .init();
-    LogControl::new(handle)
+    let control =
+        LogControl::new(handle).with_dropped_lines(move || dropped.dropped_lines() as u64);
+    (control, guard)
 }

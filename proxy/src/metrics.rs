@@ -414,6 +414,20 @@ impl Metrics {
             .register(Box::new(KernelCollector::new(stats)));
     }
 
+    /// Adds `nodeward_log_dropped_lines_total`, read from `dropped` at
+    /// scrape time: log lines the non-blocking writer discarded because its
+    /// queue was full (the proxy never waits for its log output).
+    pub fn register_log_drops(&self, dropped: Arc<dyn Fn() -> u64 + Send + Sync>) {
+        let counter = IntCounter::with_opts(Opts::new(
+            "log_dropped_lines_total",
+            "Log lines (access records included) dropped because the log writer fell behind",
+        ))
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let _ = self
+            .registry
+            .register(Box::new(ReadAtScrape { counter, dropped }));
+    }
+
     /// Renders the text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -648,6 +662,24 @@ fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 /// Reads the BPF counters and map sizes whenever Prometheus scrapes.
+/// A counter whose value lives elsewhere and is read at scrape time.
+struct ReadAtScrape {
+    counter: IntCounter,
+    dropped: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Collector for ReadAtScrape {
+    fn desc(&self) -> Vec<&Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = (self.dropped)();
+        self.counter.inc_by(now.saturating_sub(self.counter.get()));
+        self.counter.collect()
+    }
+}
+
 struct KernelCollector {
     stats: KernelStats,
     redirects: IntCounterVec,

@@ -81,8 +81,14 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     // First, so a stop signal during a long start-up is handled, not fatal.
     let mut signals = Signals::install()?;
     let predecessor = find_predecessor(&cfg, opts.takeover)?;
-    if let Some((soft, hard)) = lifecycle::raise_nofile_limit() {
-        tracing::debug!(soft, hard, "raised the open-file limit to the hard limit");
+    match lifecycle::raise_nofile_limit() {
+        Some(c) if c.after < lifecycle::WANTED_NOFILE / 16 => tracing::warn!(
+            limit = c.after,
+            "open-file limit is low: each connection needs two descriptors; \
+             run with CAP_SYS_RESOURCE or raise the hard limit"
+        ),
+        Some(c) => tracing::debug!(before = ?c.before, after = c.after, "open-file limit raised"),
+        None => tracing::warn!("cannot read the open-file limit"),
     }
     let mount = cgroup::cgroup2_mount()?;
     let pod_cgroup = cgroup::resolve(&mount, &cfg.pod_cgroup);
@@ -192,6 +198,9 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         metrics.clone(),
         stop_rx.clone(),
     ));
+    if let Some(dropped) = opts.log.as_ref().and_then(LogControl::dropped_lines) {
+        metrics.register_log_drops(dropped);
+    }
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),

@@ -5,7 +5,7 @@
 //! list (`nodeward=debug,hyper=info`). A value that does not parse is a 400
 //! and the filter stays as it was.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{body::Bytes, Response, StatusCode};
@@ -23,6 +23,7 @@ pub const MAX_DIRECTIVES: usize = 1024;
 pub struct LogControl {
     current: Box<dyn Fn() -> Result<String, LogError> + Send + Sync>,
     replace: Box<dyn Fn(EnvFilter) -> Result<(), LogError> + Send + Sync>,
+    dropped: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 /// Why the filter could not be read or changed.
@@ -57,7 +58,21 @@ impl LogControl {
                     .reload(filter)
                     .map_err(|e| LogError::Unavailable(e.to_string()))
             }),
+            dropped: None,
         }
+    }
+
+    /// Reports the lines a non-blocking log writer dropped through
+    /// `dropped` (exported as `nodeward_log_dropped_lines_total`).
+    #[must_use]
+    pub fn with_dropped_lines(mut self, dropped: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.dropped = Some(Arc::new(dropped));
+        self
+    }
+
+    /// How to read the dropped-lines count, when the writer drops lines.
+    pub fn dropped_lines(&self) -> Option<Arc<dyn Fn() -> u64 + Send + Sync>> {
+        self.dropped.clone()
     }
 
     /// The directives in force.
