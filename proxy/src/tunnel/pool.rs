@@ -18,8 +18,8 @@ use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::TlsConnector;
 
 use super::{
-    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE, MAX_FRAME,
-    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE, MAX_CONNECTIONS_PER_KEY,
+    MAX_FRAME, MAX_STREAMS_PER_CONNECTION, SPREAD_STREAMS, STREAM_WINDOW,
 };
 use crate::{
     identity::{Issued, SpiffeId},
@@ -179,8 +179,9 @@ impl Pool {
         }
     }
 
-    /// Opens a CONNECT stream to `target`, reusing a pooled connection when
-    /// one is open, uses the source's current certificate and has room.
+    /// Opens a CONNECT stream to `target` on a pooled connection that uses
+    /// the source's current certificate, spreading streams over a few
+    /// connections (see `choose`).
     pub async fn connect(&self, target: Target<'_>) -> Result<Stream, TunnelError> {
         let (mut send, slot, broken) = self.checkout(&target).await?;
         let response = match send.send_request(connect_request(&target)).await {
@@ -249,18 +250,15 @@ impl Pool {
         let now = Instant::now();
         let generation = target.source.generation;
         conns.retain(|c| usable(c, now) && c.generation == generation);
-        let reuse = conns
-            .iter_mut()
-            .find(|c| c.streams.load(Ordering::Relaxed) < MAX_STREAMS_PER_CONNECTION);
-        let pooled = match reuse {
-            Some(c) => c,
-            None => {
-                let fresh = self.open(target).await?;
-                conns.push(fresh);
-                let last = conns.len() - 1;
-                &mut conns[last]
+        let loads = conns.iter().map(|c| c.streams.load(Ordering::Relaxed));
+        let index = match choose(loads) {
+            Choice::Reuse(index) => index,
+            Choice::Open => {
+                conns.push(self.open(target).await?);
+                conns.len() - 1
             }
         };
+        let pooled = &mut conns[index];
         pooled.last_used = now;
         pooled.streams.fetch_add(1, Ordering::Relaxed);
         Ok((
@@ -343,6 +341,36 @@ impl Pool {
     }
 }
 
+/// Where `checkout` puts the next stream of a key.
+#[derive(Debug, PartialEq, Eq)]
+enum Choice {
+    /// On the pooled connection at this index.
+    Reuse(usize),
+    /// On a connection opened for it.
+    Open,
+}
+
+/// Picks a connection given each usable connection's active streams.
+/// The least-loaded one is used, unless it already carries
+/// [`SPREAD_STREAMS`] and the key may open more: one connection's crypto
+/// runs on one core, so bulk streams go faster spread. At
+/// [`MAX_CONNECTIONS_PER_KEY`] streams pack up to
+/// [`MAX_STREAMS_PER_CONNECTION`]; past that a connection is opened anyway,
+/// because the pool never refuses a stream.
+fn choose(loads: impl ExactSizeIterator<Item = usize>) -> Choice {
+    let count = loads.len();
+    // `min_by_key` keeps the first of equals: older connections fill first.
+    let Some((index, load)) = loads.enumerate().min_by_key(|&(_, l)| l) else {
+        return Choice::Open;
+    };
+    let spread = load >= SPREAD_STREAMS && count < MAX_CONNECTIONS_PER_KEY;
+    if spread || load >= MAX_STREAMS_PER_CONNECTION {
+        Choice::Open
+    } else {
+        Choice::Reuse(index)
+    }
+}
+
 fn usable(c: &Pooled, now: Instant) -> bool {
     !c.send.is_closed()
         && !c.broken.load(Ordering::Relaxed)
@@ -364,4 +392,48 @@ fn connect_request(target: &Target<'_>) -> Request<Empty<Bytes>> {
         request.headers_mut().insert(hyper::header::FORWARDED, v);
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_connection_opens_one() {
+        assert_eq!(choose([].into_iter()), Choice::Open);
+    }
+
+    #[test]
+    fn lightly_loaded_connection_is_reused() {
+        assert_eq!(choose([1].into_iter()), Choice::Reuse(0));
+    }
+
+    #[test]
+    fn least_loaded_connection_is_picked() {
+        assert_eq!(choose([2, 0, 1].into_iter()), Choice::Reuse(1));
+    }
+
+    #[test]
+    fn equal_loads_fill_the_oldest_first() {
+        assert_eq!(choose([1, 1].into_iter()), Choice::Reuse(0));
+    }
+
+    #[test]
+    fn spread_loads_open_another_below_the_connection_cap() {
+        let loads = [SPREAD_STREAMS; MAX_CONNECTIONS_PER_KEY - 1];
+        assert_eq!(choose(loads.iter().copied()), Choice::Open);
+    }
+
+    #[test]
+    fn at_the_connection_cap_the_least_loaded_is_reused() {
+        let mut loads = [SPREAD_STREAMS + 2; MAX_CONNECTIONS_PER_KEY];
+        loads[1] = SPREAD_STREAMS;
+        assert_eq!(choose(loads.iter().copied()), Choice::Reuse(1));
+    }
+
+    #[test]
+    fn full_connections_open_another_past_the_cap() {
+        let loads = [MAX_STREAMS_PER_CONNECTION; MAX_CONNECTIONS_PER_KEY];
+        assert_eq!(choose(loads.iter().copied()), Choice::Open);
+    }
 }
