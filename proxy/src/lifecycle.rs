@@ -35,16 +35,47 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST: &[u8] = b"HANDOVER\n";
 const DONE: &[u8] = b"DONE\n";
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit: every relayed
-/// connection costs two descriptors, and the default soft limit (1024) would
-/// cap a node at a few hundred connections (ztunnel#1585).
-pub fn raise_nofile_limit() -> Option<(u64, u64)> {
+/// Open files the proxy asks for: every relayed connection costs two
+/// descriptors (same-node: pod side and dialled side; cross-node: pod side
+/// and a share of a tunnel), so a node with 100k connections needs about
+/// this many.
+pub const WANTED_NOFILE: u64 = 1 << 20;
+
+/// Raises `RLIMIT_NOFILE` as far as allowed: the default soft limit (1024)
+/// would cap a node at a few hundred connections (ztunnel#1585), and a hard
+/// limit inherited from a shell or runtime (often 20k or 64k) at a few
+/// thousand. With `CAP_SYS_RESOURCE` (the DaemonSet runs privileged) both
+/// limits go up to [`WANTED_NOFILE`], bounded by `fs.nr_open`; without it
+/// the soft limit goes up to the hard one. Returns the limits before and
+/// after.
+pub fn raise_nofile_limit() -> Option<NofileChange> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
-    }
-    Some((soft, hard))
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let wanted = WANTED_NOFILE.min(nr_open).max(hard);
+    let after = if wanted > hard && setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
+        wanted
+    } else if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    Some(NofileChange {
+        before: (soft, hard),
+        after,
+    })
+}
+
+/// What [`raise_nofile_limit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NofileChange {
+    /// Soft and hard limit found at start.
+    pub before: (u64, u64),
+    /// The soft limit now in force.
+    pub after: u64,
 }
 
 /// Asks the kernel to move connections queued on a closing listener to
@@ -226,6 +257,34 @@ fn name(pin_dir: &Path) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With CAP_SYS_RESOURCE even the hard limit goes up; without it, at
+    /// least the soft limit is raised to the hard one.
+    #[test]
+    fn open_file_limit_goes_as_high_as_allowed() {
+        use nix::sys::resource::{getrlimit, Resource};
+        let change = raise_nofile_limit().expect("limits");
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("limits");
+        assert_eq!(soft, change.after);
+        assert!(
+            soft >= change.before.1,
+            "soft limit below the old hard limit"
+        );
+        let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .expect("nr_open")
+            .trim()
+            .parse()
+            .expect("number");
+        let wanted = WANTED_NOFILE.min(nr_open).max(change.before.1);
+        assert!(
+            hard == wanted || hard == change.before.1,
+            "hard limit {hard}: neither raised to {wanted} nor left alone"
+        );
+        assert!(
+            soft == hard,
+            "soft limit {soft} left below the hard limit {hard}"
+        );
+    }
 
     #[tokio::test]
     async fn a_successor_finds_the_running_instance_and_takes_over() {
