@@ -53,6 +53,8 @@ pub struct Settings {
     pub bench_bin: PathBuf,
     /// Run nodeward with `sockmap.enabled` (off by default, as in nodeward).
     pub sockmap: bool,
+    /// Scenario names to run; empty runs them all.
+    pub only: Vec<String>,
 }
 
 /// Server in the destination pod's cgroup: what nodeward dials.
@@ -202,6 +204,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     }
     let prefix = Cluster::unique_prefix();
     cleanup_on_signal(&prefix)?;
+    let scenarios = Scenario::selected(&settings.only)?;
     let machine = machine_info();
     eprintln!("bench: {machine}");
     let mut bench = Bench::start(&prefix, settings.clone())?;
@@ -216,7 +219,7 @@ pub fn run(settings: &Settings) -> Result<()> {
             notes: Vec::new(),
         })
         .collect();
-    for scenario in Scenario::ALL {
+    for &scenario in &scenarios {
         for (path, row) in paths.iter().zip(rows.iter_mut()) {
             eprintln!(
                 "bench: {} {} {}",
@@ -258,6 +261,21 @@ impl Scenario {
         Self::Connrate,
         Self::Idle,
     ];
+
+    /// The scenarios named in `only` (all of them when it is empty), in
+    /// their usual order.
+    fn selected(only: &[String]) -> Result<Vec<Self>> {
+        if let Some(bad) = only
+            .iter()
+            .find(|n| !Self::ALL.iter().any(|s| s.name() == n.as_str()))
+        {
+            bail!("unknown scenario {bad:?}: pick from bulk1, bulk8, rr1, rr64, connrate, idle");
+        }
+        Ok(Self::ALL
+            .into_iter()
+            .filter(|s| only.is_empty() || only.iter().any(|n| n == s.name()))
+            .collect())
+    }
 
     fn name(self) -> &'static str {
         match self {

@@ -50,6 +50,10 @@ enum Task {
         /// Run nodeward with its sockmap fast path (off by default).
         #[arg(long)]
         sockmap: bool,
+        /// Only these scenarios, comma-separated (bulk1, bulk8, rr1, rr64,
+        /// connrate, idle).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -82,7 +86,8 @@ fn main() -> Result<()> {
             seconds,
             idle,
             sockmap,
-        } => bench(seconds, idle, sockmap),
+            only,
+        } => bench(seconds, idle, sockmap, only.as_deref()),
     }
 }
 
@@ -200,7 +205,7 @@ fn demo(policies: Option<std::path::PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn bench(seconds: f64, idle: usize, sockmap: bool) -> Result<()> {
+fn bench(seconds: f64, idle: usize, sockmap: bool, only: Option<&str>) -> Result<()> {
     build()?;
     let mut cmd = Command::new("target/release/nw-bench");
     cmd.args(["run", "--out", "target/bench"])
@@ -208,6 +213,9 @@ fn bench(seconds: f64, idle: usize, sockmap: bool) -> Result<()> {
         .args(["--idle", &idle.to_string()]);
     if sockmap {
         cmd.arg("--sockmap");
+    }
+    if let Some(only) = only {
+        cmd.args(["--only", only]);
     }
     let status = cmd
         .env("NODEWARD_BIN", "target/release/nodeward")

@@ -62,6 +62,10 @@ enum Cmd {
         /// Run nodeward with its sockmap fast path (`sockmap.enabled`).
         #[arg(long)]
         sockmap: bool,
+        /// Run only these scenarios (bulk1, bulk8, rr1, rr64, connrate,
+        /// idle); the others show as missing in the reports.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Echo/sink server (see the module docs).
     Server {
@@ -131,6 +135,7 @@ fn main() -> Result<()> {
             seconds,
             idle,
             sockmap,
+            only,
         } => {
             let settings = bench::Settings {
                 out_dir: out,
@@ -138,6 +143,7 @@ fn main() -> Result<()> {
                 idle,
                 bench_bin: std::env::current_exe()?,
                 sockmap,
+                only,
             };
             return bench::run(&settings);
         }
