@@ -26,6 +26,7 @@ pub mod ratelimit;
 pub mod redirect;
 pub mod relay;
 pub mod run;
+pub mod sink;
 pub mod tls;
 pub mod tunnel;
 pub mod workloads;

@@ -290,9 +290,10 @@ fn explain_args(a: ExplainCli) -> nodeward::authz::explain::ExplainArgs {
 /// reload layer, so the admin endpoint can change it at run time.
 ///
 /// Lines go through a queue to a writer thread that batches them into few
-/// `write`s: access records are one line per connection, and a worker
-/// thread must not stall on stdout (or contend for its lock) on the
-/// connection path. When the queue is full, lines are dropped and counted
+/// `write`s (and lingers after each batch, see `nodeward::sink`): access
+/// records are one line per connection, and a worker thread must not stall
+/// on stdout, contend for its lock or wake the writer on the connection
+/// path. When the queue is full, lines are dropped and counted
 /// rather than slowing traffic. Keep the guard until exit: dropping it
 /// flushes the queue.
 fn init_tracing(format: LogFormat) -> (LogControl, tracing_appender::non_blocking::WorkerGuard) {
@@ -301,10 +302,7 @@ fn init_tracing(format: LogFormat) -> (LogControl, tracing_appender::non_blockin
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .thread_name("nodeward-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
+        .finish(nodeward::sink::BatchingWriter::new(std::io::stdout()));
     let dropped = writer.error_counter();
     let output = tracing_subscriber::fmt::layer().with_writer(writer);
     let output = match format {

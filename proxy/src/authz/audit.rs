@@ -18,7 +18,7 @@ use std::{
 use prometheus::IntCounter;
 use serde::Serialize;
 
-use crate::config::AuditSink;
+use crate::{config::AuditSink, sink::BatchingWriter};
 
 /// Records buffered between connections and the writer thread. When full,
 /// records are dropped and counted rather than blocking the data path.
@@ -70,9 +70,9 @@ impl Auditor {
     /// Opens `sink` and starts the writer thread.
     pub fn open(sink: &AuditSink, dropped: IntCounter) -> Result<Self, SinkError> {
         let out: Box<dyn Write + Send> = match sink {
-            AuditSink::Stdout => Box::new(std::io::stdout()),
-            AuditSink::Stderr => Box::new(std::io::stderr()),
-            AuditSink::File(path) => Box::new(
+            AuditSink::Stdout => Box::new(BatchingWriter::new(std::io::stdout())),
+            AuditSink::Stderr => Box::new(BatchingWriter::new(std::io::stderr())),
+            AuditSink::File(path) => Box::new(BatchingWriter::new(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -82,7 +82,7 @@ impl Auditor {
                         path: path.display().to_string(),
                         source,
                     })?,
-            ),
+            )),
         };
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new()
@@ -112,7 +112,9 @@ impl Auditor {
 }
 
 /// Writes whole lines (one `write_all` each, so they never interleave with
-/// the tracing output on a shared stdout) and flushes when the queue is empty.
+/// the tracing output on a shared stdout) and flushes when the queue is
+/// empty; the [`BatchingWriter`]'s flush then lingers, so records queue up
+/// meanwhile without waking this thread one by one.
 fn write_loop(rx: Receiver<String>, mut out: Box<dyn Write + Send>, lost: &IntCounter) {
     while let Ok(line) = rx.recv() {
         if out.write_all(line.as_bytes()).is_err() {
