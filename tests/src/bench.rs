@@ -51,8 +51,6 @@ pub struct Settings {
     pub idle: usize,
     /// The `nw-bench` binary (the load generator and pod server).
     pub bench_bin: PathBuf,
-    /// Run nodeward with `sockmap.enabled` (off by default, as in nodeward).
-    pub sockmap: bool,
     /// Scenario names to run; empty runs them all.
     pub only: Vec<String>,
 }
@@ -80,17 +78,31 @@ enum Kind {
     Direct,
     Nodeward,
     Haproxy,
+    /// nodeward with `sockmap.enabled: true` (the same proxies, restarted).
+    NodewardSockmap,
 }
 
 impl Kind {
-    const ALL: [Self; 3] = [Self::Direct, Self::Nodeward, Self::Haproxy];
+    /// In run order: the sockmap path last, so each scenario switches the
+    /// proxies' config at most twice.
+    const ALL: [Self; 4] = [
+        Self::Direct,
+        Self::Nodeward,
+        Self::Haproxy,
+        Self::NodewardSockmap,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::Nodeward => "nodeward",
             Self::Haproxy => "haproxy-mtls",
+            Self::NodewardSockmap => "nodeward-sockmap",
         }
+    }
+
+    fn is_nodeward(self) -> bool {
+        matches!(self, Self::Nodeward | Self::NodewardSockmap)
     }
 }
 
@@ -194,6 +206,8 @@ struct Bench {
     haproxies: BTreeMap<&'static str, Child>,
     cluster: Cluster,
     settings: Settings,
+    /// Whether the running proxies have `sockmap.enabled`.
+    sockmap: bool,
 }
 
 /// Builds everything, runs every scenario on every path and writes the
@@ -293,7 +307,7 @@ impl Bench {
     fn start(prefix: &str, settings: Settings) -> Result<Self> {
         let options = Options {
             drain_deadline: "1s",
-            sockmap: settings.sockmap,
+            sockmap: false,
             ..Options::default()
         };
         let cluster = Cluster::start_with_prefix(prefix, standard_pods(), options)?;
@@ -302,6 +316,7 @@ impl Bench {
             haproxies: BTreeMap::new(),
             cluster,
             settings,
+            sockmap: false,
         };
         b.tune_sysctls()?;
         for pod in [REMOTE_POD, LOCAL_POD] {
@@ -529,7 +544,7 @@ backend local_pod
                 let gw = c.gateway4("node-a");
                 let (cgroup, to, proxies) = match kind {
                     Kind::Direct => (bypass.clone(), sock(c.ip4(pod), PORT_PLAIN), vec![]),
-                    Kind::Nodeward => (
+                    Kind::Nodeward | Kind::NodewardSockmap => (
                         self.pod_cgroup(CLIENT),
                         sock(c.ip4(pod), PORT_MESH),
                         carriers.iter().map(|n| nodeward(n)).collect(),
@@ -560,6 +575,9 @@ backend local_pod
     }
 
     fn scenario(&mut self, scenario: Scenario, path: &PathSpec, row: &mut Row) -> Result<()> {
+        if path.kind.is_nodeward() {
+            self.switch_sockmap(path.kind == Kind::NodewardSockmap)?;
+        }
         let secs = self.settings.seconds.to_string();
         let to = path.to.to_string();
         let args: Vec<&str> = match scenario {
@@ -688,6 +706,26 @@ backend local_pod
         result
     }
 
+    /// Restarts both nodes' proxies with `sockmap.enabled: on` unless they
+    /// already run that way.
+    fn switch_sockmap(&mut self, on: bool) -> Result<()> {
+        if self.sockmap == on {
+            return Ok(());
+        }
+        eprintln!(
+            "bench: restarting the proxies with sockmap {}",
+            if on { "on" } else { "off" }
+        );
+        self.cluster.set_sockmap(on)?;
+        for node in ["node-a", "node-b"] {
+            self.cluster.stop_proxy(node);
+            self.cluster.start_proxy(node)?;
+        }
+        self.sockmap = on;
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(())
+    }
+
     /// Restarts the proxies that carry `path`.
     fn restart_proxies(&mut self, path: &PathSpec) -> Result<()> {
         let nodes: &[&'static str] = match path.locality {
@@ -697,7 +735,7 @@ backend local_pod
         for &node in nodes {
             match path.kind {
                 Kind::Direct => {}
-                Kind::Nodeward => {
+                Kind::Nodeward | Kind::NodewardSockmap => {
                     self.cluster.stop_proxy(node);
                     self.cluster.start_proxy(node)?;
                 }
@@ -960,7 +998,6 @@ fn write_reports(settings: &Settings, machine: &Value, rows: &[Row]) -> Result<(
         "settings": {
             "seconds": settings.seconds,
             "idle_target": settings.idle,
-            "sockmap": settings.sockmap,
         },
         "rows": rows.iter().map(|r| json!({
             "path": r.kind.name(),
@@ -991,11 +1028,12 @@ fn value(rows: &[Row], kind: Kind, locality: Locality, key: &str) -> Option<f64>
         .and_then(|r| r.values.get(key).copied())
 }
 
-/// The three comparisons the table shows, per locality and metric.
-const COMPARISONS: [(Kind, Kind); 3] = [
+/// The comparisons the table shows, per locality and metric.
+const COMPARISONS: [(Kind, Kind); 4] = [
     (Kind::Nodeward, Kind::Direct),
     (Kind::Haproxy, Kind::Direct),
     (Kind::Nodeward, Kind::Haproxy),
+    (Kind::NodewardSockmap, Kind::Nodeward),
 ];
 
 fn ratios(rows: &[Row]) -> Value {
@@ -1022,8 +1060,7 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
     let s = |k: &str| m[k].as_str().unwrap_or("").to_owned();
     let mut md = format!(
         "Run {} on Linux {}, {} ({} cores), {} GB RAM; nodeward {}, {}. \
-         Each timed scenario ran {} s; idle target {} connections; \
-         nodeward sockmap {}. \
+         Each timed scenario ran {} s; idle target {} connections. \
          1-min load average {} at the start, {} at the end.\n",
         s("date"),
         s("kernel"),
@@ -1034,7 +1071,6 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
         s("haproxy"),
         settings.seconds,
         settings.idle,
-        if settings.sockmap { "on" } else { "off" },
         s("loadavg_start"),
         s("loadavg_end"),
     );
@@ -1047,8 +1083,8 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
                 Locality::Same => LOCAL_POD,
             }
         );
-        md += "| metric | better | direct | nodeward | haproxy-mtls | nodeward ÷ direct | haproxy-mtls ÷ direct | nodeward ÷ haproxy-mtls |\n";
-        md += "|---|---|--:|--:|--:|--:|--:|--:|\n";
+        md += "| metric | better | direct | nodeward | haproxy-mtls | nodeward-sockmap | nodeward ÷ direct | haproxy-mtls ÷ direct | nodeward ÷ haproxy-mtls | sockmap on ÷ off |\n";
+        md += "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n";
         for metric in METRICS {
             let cell = |k: Kind| fmt_value(value(rows, k, locality, metric.key));
             let comp = |(a, b): (Kind, Kind)| {
@@ -1058,7 +1094,7 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
                 ))
             };
             md += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 metric.label,
                 if metric.higher_is_better {
                     "higher"
@@ -1068,9 +1104,11 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
                 cell(Kind::Direct),
                 cell(Kind::Nodeward),
                 cell(Kind::Haproxy),
+                cell(Kind::NodewardSockmap),
                 comp(COMPARISONS[0]),
                 comp(COMPARISONS[1]),
                 comp(COMPARISONS[2]),
+                comp(COMPARISONS[3]),
             );
         }
     }

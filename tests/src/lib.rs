@@ -535,6 +535,13 @@ impl Cluster {
         self.write_configs()
     }
 
+    /// Rewrites both nodes' configs with `sockmap.enabled: on`; takes
+    /// effect when a proxy next starts.
+    pub fn set_sockmap(&mut self, on: bool) -> Result<()> {
+        self.options.sockmap = on;
+        self.write_configs()
+    }
+
     fn write_configs(&self) -> Result<()> {
         for node in NODES {
             let i = node.index;

@@ -47,9 +47,6 @@ enum Task {
         /// Idle meshed connections for the memory scenario.
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
-        /// Run nodeward with its sockmap fast path (off by default).
-        #[arg(long)]
-        sockmap: bool,
         /// Only these scenarios, comma-separated (bulk1, bulk8, rr1, rr64,
         /// connrate, idle).
         #[arg(long)]
@@ -85,9 +82,8 @@ fn main() -> Result<()> {
         Task::Bench {
             seconds,
             idle,
-            sockmap,
             only,
-        } => bench(seconds, idle, sockmap, only.as_deref()),
+        } => bench(seconds, idle, only.as_deref()),
     }
 }
 
@@ -205,15 +201,12 @@ fn demo(policies: Option<std::path::PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn bench(seconds: f64, idle: usize, sockmap: bool, only: Option<&str>) -> Result<()> {
+fn bench(seconds: f64, idle: usize, only: Option<&str>) -> Result<()> {
     build()?;
     let mut cmd = Command::new("target/release/nw-bench");
     cmd.args(["run", "--out", "target/bench"])
         .args(["--seconds", &seconds.to_string()])
         .args(["--idle", &idle.to_string()]);
-    if sockmap {
-        cmd.arg("--sockmap");
-    }
     if let Some(only) = only {
         cmd.args(["--only", only]);
     }

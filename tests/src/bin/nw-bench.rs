@@ -59,9 +59,6 @@ enum Cmd {
         /// Idle meshed connections for the memory scenario.
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
-        /// Run nodeward with its sockmap fast path (`sockmap.enabled`).
-        #[arg(long)]
-        sockmap: bool,
         /// Run only these scenarios (bulk1, bulk8, rr1, rr64, connrate,
         /// idle); the others show as missing in the reports.
         #[arg(long, value_delimiter = ',')]
@@ -134,7 +131,6 @@ fn main() -> Result<()> {
             out,
             seconds,
             idle,
-            sockmap,
             only,
         } => {
             let settings = bench::Settings {
@@ -142,7 +138,6 @@ fn main() -> Result<()> {
                 seconds,
                 idle,
                 bench_bin: std::env::current_exe()?,
-                sockmap,
                 only,
             };
             return bench::run(&settings);
