@@ -10,7 +10,7 @@
 //! `write`.
 
 use std::{
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     time::Duration,
 };
 
@@ -21,13 +21,24 @@ pub const LINGER: Duration = Duration::from_millis(5);
 /// A buffered writer whose `flush` writes everything out and then waits
 /// [`LINGER`] (see the module docs). Only for a dedicated writer thread:
 /// the wait blocks the caller.
+///
+/// Callers write whole lines, one `write_all` each. A batch goes to the
+/// inner writer in a single `write_all` (for stdout, under one hold of its
+/// lock), so the lines of two writer threads sharing stdout never
+/// interleave. A batch the inner writer fails to take is discarded and its
+/// lines are counted ([`BatchingWriter::take_lost_lines`]).
 pub struct BatchingWriter<W: Write> {
-    inner: BufWriter<W>,
+    inner: W,
+    batch: Vec<u8>,
     linger: Duration,
+    lost_lines: u64,
 }
 
+/// Bytes collected before a batch is written even without a flush.
+const BATCH: usize = 64 * 1024;
+
 impl<W: Write> BatchingWriter<W> {
-    /// Wraps `out` with a 64 KiB buffer.
+    /// Wraps `out`.
     pub fn new(out: W) -> Self {
         Self::with_linger(out, LINGER)
     }
@@ -35,29 +46,51 @@ impl<W: Write> BatchingWriter<W> {
     /// As [`BatchingWriter::new`], lingering `linger` after each flush.
     pub fn with_linger(out: W, linger: Duration) -> Self {
         Self {
-            inner: BufWriter::with_capacity(64 * 1024, out),
+            inner: out,
+            batch: Vec::with_capacity(BATCH),
             linger,
+            lost_lines: 0,
         }
+    }
+
+    /// Lines discarded because the inner writer failed, since last asked.
+    pub fn take_lost_lines(&mut self) -> u64 {
+        std::mem::take(&mut self.lost_lines)
+    }
+
+    fn write_batch(&mut self) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let result = self.inner.write_all(&self.batch);
+        if result.is_err() {
+            self.lost_lines += self.batch.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        self.batch.clear();
+        result
     }
 }
 
 impl<W: Write> Write for BatchingWriter<W> {
-    /// Callers write whole lines with `write_all`; the buffer passes on only
-    /// whole lines, so they never interleave with another writer's.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
+        self.write_all(buf)?;
+        Ok(buf.len())
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_all(buf)
+        if self.batch.len() + buf.len() > BATCH {
+            self.write_batch()?;
+        }
+        self.batch.extend_from_slice(buf);
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()?;
+        let result = self.write_batch().and_then(|()| self.inner.flush());
         if !self.linger.is_zero() {
             std::thread::sleep(self.linger);
         }
-        Ok(())
+        result
     }
 }
 
@@ -104,6 +137,27 @@ mod tests {
             *calls.0.lock().expect("calls"),
             vec![b"one\ntwo\n".to_vec()]
         );
+    }
+
+    struct Failing;
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_a_broken_sink_refused_are_counted() {
+        let mut w = BatchingWriter::with_linger(Failing, Duration::ZERO);
+        w.write_all(b"one\n").expect("buffered");
+        w.write_all(b"two\n").expect("buffered");
+        assert!(w.flush().is_err());
+        assert_eq!(w.take_lost_lines(), 2);
+        assert_eq!(w.take_lost_lines(), 0, "taken");
     }
 
     #[test]

@@ -24,10 +24,34 @@ use crate::{config::AuditSink, sink::BatchingWriter};
 /// records are dropped and counted rather than blocking the data path.
 const QUEUE: usize = 16 * 1024;
 
-/// Where audit records go; cheap to share.
+/// Where audit records go; cheap to share. Dropping it writes out the
+/// records still queued (waiting at most [`EXIT_WAIT`] for the sink).
 pub struct Auditor {
-    tx: SyncSender<String>,
+    /// `None` only while dropping.
+    tx: Option<SyncSender<String>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     dropped: IntCounter,
+}
+
+/// How long dropping an [`Auditor`] waits for its queue to be written: a
+/// sink that blocks (a full pipe) must not stop the process from exiting.
+pub const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Drop for Auditor {
+    fn drop(&mut self) {
+        // The writer ends once the queue is drained and the sender is gone.
+        drop(self.tx.take());
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + EXIT_WAIT;
+        while !writer.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if writer.is_finished() {
+            let _ = writer.join();
+        }
+    }
 }
 
 /// One decision, as logged.
@@ -70,9 +94,9 @@ impl Auditor {
     /// Opens `sink` and starts the writer thread.
     pub fn open(sink: &AuditSink, dropped: IntCounter) -> Result<Self, SinkError> {
         let out: Box<dyn Write + Send> = match sink {
-            AuditSink::Stdout => Box::new(BatchingWriter::new(std::io::stdout())),
-            AuditSink::Stderr => Box::new(BatchingWriter::new(std::io::stderr())),
-            AuditSink::File(path) => Box::new(BatchingWriter::new(
+            AuditSink::Stdout => Box::new(std::io::stdout()),
+            AuditSink::Stderr => Box::new(std::io::stderr()),
+            AuditSink::File(path) => Box::new(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -82,20 +106,24 @@ impl Auditor {
                         path: path.display().to_string(),
                         source,
                     })?,
-            )),
+            ),
         };
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("nodeward-audit".into())
             .spawn({
                 let dropped = dropped.clone();
-                move || write_loop(rx, out, &dropped)
+                move || write_loop(rx, BatchingWriter::new(out), &dropped)
             })
             .map_err(|source| SinkError {
                 path: "(writer thread)".into(),
                 source,
             })?;
-        Ok(Self { tx, dropped })
+        Ok(Self {
+            tx: Some(tx),
+            writer: Some(writer),
+            dropped,
+        })
     }
 
     /// Queues `record`; never blocks.
@@ -104,7 +132,11 @@ impl Auditor {
             return;
         };
         line.push('\n');
-        match self.tx.try_send(line) {
+        let Some(tx) = &self.tx else {
+            self.dropped.inc();
+            return;
+        };
+        match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
@@ -115,17 +147,15 @@ impl Auditor {
 /// the tracing output on a shared stdout) and flushes when the queue is
 /// empty; the [`BatchingWriter`]'s flush then lingers, so records queue up
 /// meanwhile without waking this thread one by one.
-fn write_loop(rx: Receiver<String>, mut out: Box<dyn Write + Send>, lost: &IntCounter) {
+fn write_loop<W: Write>(rx: Receiver<String>, mut out: BatchingWriter<W>, lost: &IntCounter) {
     while let Ok(line) = rx.recv() {
-        if out.write_all(line.as_bytes()).is_err() {
-            lost.inc();
-        }
+        let _ = out.write_all(line.as_bytes());
         while let Ok(more) = rx.try_recv() {
-            if out.write_all(more.as_bytes()).is_err() {
-                lost.inc();
-            }
+            let _ = out.write_all(more.as_bytes());
         }
         let _ = out.flush();
+        // Whole batches a broken sink refused, counted line by line.
+        lost.inc_by(out.take_lost_lines());
     }
 }
 
