@@ -14,7 +14,7 @@
 use std::{
     collections::{hash_map::RandomState, HashMap},
     hash::BuildHasher,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError, RwLock},
 };
 
 use prometheus::{
@@ -423,9 +423,11 @@ impl Metrics {
             "Log lines (access records included) dropped because the log writer fell behind",
         ))
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let _ = self
-            .registry
-            .register(Box::new(ReadAtScrape { counter, dropped }));
+        let _ = self.registry.register(Box::new(ReadAtScrape {
+            counter,
+            dropped,
+            catching_up: Mutex::new(()),
+        }));
     }
 
     /// Renders the text exposition format.
@@ -661,11 +663,13 @@ fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
-/// Reads the BPF counters and map sizes whenever Prometheus scrapes.
 /// A counter whose value lives elsewhere and is read at scrape time.
 struct ReadAtScrape {
     counter: IntCounter,
     dropped: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Scrapes run concurrently (the registry only read-locks): without
+    /// this, two would both add the same difference.
+    catching_up: Mutex<()>,
 }
 
 impl Collector for ReadAtScrape {
@@ -674,12 +678,17 @@ impl Collector for ReadAtScrape {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
+        let _one_at_a_time = self
+            .catching_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = (self.dropped)();
         self.counter.inc_by(now.saturating_sub(self.counter.get()));
         self.counter.collect()
     }
 }
 
+/// Reads the BPF counters and map sizes whenever Prometheus scrapes.
 struct KernelCollector {
     stats: KernelStats,
     redirects: IntCounterVec,
@@ -691,6 +700,8 @@ struct KernelCollector {
     spliced: IntCounter,
     splice_fallbacks: IntCounter,
     descs: Vec<Desc>,
+    /// As in [`ReadAtScrape`]: concurrent scrapes must not add twice.
+    catching_up: Mutex<()>,
 }
 
 impl KernelCollector {
@@ -766,6 +777,7 @@ impl KernelCollector {
             spliced,
             splice_fallbacks,
             descs,
+            catching_up: Mutex::new(()),
         }
     }
 }
@@ -776,6 +788,10 @@ impl Collector for KernelCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
+        let _one_at_a_time = self
+            .catching_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let k = self.stats.read();
         // Counters only go up: add the difference since the last scrape.
         let catch_up = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
