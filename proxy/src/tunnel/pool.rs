@@ -257,6 +257,18 @@ impl Pool {
                 conns.push(self.open(target).await?);
                 conns.len() - 1
             }
+            // A connection opened only to spread load must not fail a
+            // stream that fits on an existing one.
+            Choice::Spread(fallback) => match self.open(target).await {
+                Ok(fresh) => {
+                    conns.push(fresh);
+                    conns.len() - 1
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "extra tunnel connection failed; sharing one");
+                    fallback
+                }
+            },
         };
         let pooled = &mut conns[index];
         pooled.last_used = now;
@@ -348,6 +360,9 @@ enum Choice {
     Reuse(usize),
     /// On a connection opened for it.
     Open,
+    /// On a new connection, to spread load; on the one at this index (which
+    /// has room) if opening fails.
+    Spread(usize),
 }
 
 /// Picks a connection given each usable connection's active streams.
@@ -363,9 +378,10 @@ fn choose(loads: impl ExactSizeIterator<Item = usize>) -> Choice {
     let Some((index, load)) = loads.enumerate().min_by_key(|&(_, l)| l) else {
         return Choice::Open;
     };
-    let spread = load >= SPREAD_STREAMS && count < MAX_CONNECTIONS_PER_KEY;
-    if spread || load >= MAX_STREAMS_PER_CONNECTION {
+    if load >= MAX_STREAMS_PER_CONNECTION {
         Choice::Open
+    } else if load >= SPREAD_STREAMS && count < MAX_CONNECTIONS_PER_KEY {
+        Choice::Spread(index)
     } else {
         Choice::Reuse(index)
     }
@@ -420,8 +436,10 @@ mod tests {
 
     #[test]
     fn spread_loads_open_another_below_the_connection_cap() {
-        let loads = [SPREAD_STREAMS; MAX_CONNECTIONS_PER_KEY - 1];
-        assert_eq!(choose(loads.iter().copied()), Choice::Open);
+        let mut loads = [SPREAD_STREAMS + 1; MAX_CONNECTIONS_PER_KEY - 1];
+        loads[1] = SPREAD_STREAMS;
+        // With the least-loaded one to fall back on if opening fails.
+        assert_eq!(choose(loads.iter().copied()), Choice::Spread(1));
     }
 
     #[test]
