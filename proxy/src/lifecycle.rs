@@ -56,10 +56,13 @@ pub fn raise_nofile_limit() -> Option<NofileChange> {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(hard);
     let wanted = WANTED_NOFILE.min(nr_open).max(hard);
+    // A hard limit above a since-lowered `fs.nr_open` cannot be set as the
+    // soft limit.
+    let reachable = hard.min(nr_open);
     let after = if wanted > hard && setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
         wanted
-    } else if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
+    } else if soft < reachable && setrlimit(Resource::RLIMIT_NOFILE, reachable, hard).is_ok() {
+        reachable
     } else {
         soft
     };
@@ -281,8 +284,8 @@ mod tests {
             "hard limit {hard}: neither raised to {wanted} nor left alone"
         );
         assert!(
-            soft == hard,
-            "soft limit {soft} left below the hard limit {hard}"
+            soft == hard.min(nr_open),
+            "soft limit {soft} left below the reachable hard limit {hard}"
         );
     }
 

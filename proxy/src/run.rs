@@ -87,7 +87,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
             "open-file limit is low: each connection needs two descriptors; \
              run with CAP_SYS_RESOURCE or raise the hard limit"
         ),
-        Some(c) => tracing::debug!(before = ?c.before, after = c.after, "open-file limit raised"),
+        Some(c) => tracing::debug!(before = ?c.before, after = c.after, "open-file limit"),
         None => tracing::warn!("cannot read the open-file limit"),
     }
     let mount = cgroup::cgroup2_mount()?;

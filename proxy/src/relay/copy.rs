@@ -14,6 +14,7 @@
 use std::{
     future::poll_fn,
     io,
+    mem::MaybeUninit,
     pin::Pin,
     task::{ready, Context, Poll},
 };
@@ -145,8 +146,9 @@ impl Pipe {
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
-        let mut stack = [0u8; SMALL];
-        let mut buf = ReadBuf::new(&mut stack);
+        // Uninitialised: the reader fills what it reads, nothing is cleared.
+        let mut stack = [MaybeUninit::<u8>::uninit(); SMALL];
+        let mut buf = ReadBuf::uninit(&mut stack);
         ready!(reader.poll_read(cx, &mut buf))?;
         let data = buf.filled();
         if data.is_empty() {
@@ -164,7 +166,7 @@ impl Pipe {
             }
         }
         self.copied += written as u64;
-        self.need_flush = true;
+        self.need_flush |= written > 0;
         self.hold(&data[written..], full);
         Poll::Ready(Ok(()))
     }
