@@ -180,6 +180,12 @@ fn metrics_carry_bounded_identity_labels_and_move_with_traffic() {
         .as_secs_f64();
     assert!(expiry > now, "{expiry}");
     assert!(c.metric("node-a", "nodeward_bpf_redirects_total", &[]) >= 3.0);
+    // The log writer reports what it drops (nothing, at this rate).
+    assert!(
+        text.lines()
+            .any(|l| l == "nodeward_log_dropped_lines_total 0"),
+        "no log-drop counter in\n{text}"
+    );
     // Every principal label value is a known identity or `unknown`.
     for line in text.lines().filter(|l| l.contains("source_principal=")) {
         let v = line
