@@ -115,7 +115,22 @@ impl Control {
             Ok(registry) => {
                 tracing::info!(workloads = registry.all().len(), "workloads file reloaded");
                 self.registry.store(Arc::new(registry));
-                self.authz.workloads_changed(&self.registry.load());
+                let registry = self.registry.load();
+                self.authz.workloads_changed(&registry);
+                let known: std::collections::HashSet<(&str, &str)> = registry
+                    .all()
+                    .iter()
+                    .map(|w| (w.namespace.as_str(), w.name.as_str()))
+                    .collect();
+                let pruned = self
+                    .metrics
+                    .prune_workloads(|ns, name| known.contains(&(ns, name)));
+                if pruned > 0 {
+                    tracing::debug!(
+                        series = pruned,
+                        "dropped the metric series of departed workloads"
+                    );
+                }
                 self.metrics
                     .workloads_reloads
                     .with_label_values(&["ok"])

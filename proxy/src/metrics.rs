@@ -361,6 +361,21 @@ impl Metrics {
         &self.access_log
     }
 
+    /// Drops the connection and HTTP-request series of workloads that
+    /// `exists(namespace, name)` no longer knows, unless an open connection
+    /// still counts on them: with pod churn, label sets would otherwise grow
+    /// for the life of the proxy. Returns how many series went.
+    pub fn prune_workloads(&self, exists: impl Fn(&str, &str) -> bool) -> usize {
+        let known = |name: &str, namespace: &str| name == UNKNOWN || exists(namespace, name);
+        // [reporter, principal, source wl, source ns, destination wl, destination ns]
+        let connections = self
+            .connections
+            .retain(|v| known(&v[2], &v[3]) && known(&v[4], &v[5]));
+        // [reporter, destination wl, destination ns, code]
+        let requests = self.http_requests.retain(|v| known(&v[1], &v[2]));
+        connections + requests
+    }
+
     /// The counters of one connection series (created on first use).
     pub fn connection(&self, labels: &ConnLabels<'_>) -> ConnectionSeries {
         let ConnLabels {
@@ -518,6 +533,23 @@ impl<const N: usize, const K: usize> CounterFamily<N, K> {
                 series: RwLock::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Forgets the series no open connection holds and `keep` rejects;
+    /// returns how many went. A forgotten series that is used again starts
+    /// from zero, which Prometheus reads as a counter reset.
+    pub fn retain(&self, keep: impl Fn(&[String; N]) -> bool) -> usize {
+        let mut map = self
+            .inner
+            .series
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before: usize = map.values().map(Vec::len).sum();
+        map.retain(|_, bucket| {
+            bucket.retain(|s| Arc::strong_count(s) > 1 || keep(&s.values));
+            !bucket.is_empty()
+        });
+        before - map.values().map(Vec::len).sum::<usize>()
     }
 
     /// The series with exactly these label `values`, created on first use.
@@ -867,6 +899,35 @@ mod tests {
             text.contains("# TYPE nodeward_sent_bytes_total counter"),
             "{text}"
         );
+    }
+
+    /// Series of workloads gone from the registry go, unless a connection
+    /// still holds them; unknown peers and current workloads stay.
+    #[test]
+    fn departed_workloads_lose_their_series_once_idle() {
+        let m = Metrics::new();
+        m.connection(&conn("gone", "shop")).opened();
+        m.connection(&conn("stays", "shop")).opened();
+        m.connection(&conn(UNKNOWN, UNKNOWN)).opened();
+        let held = m.connection(&conn("leaving", "shop"));
+        held.opened();
+        m.count_http_request(Reporter::Destination, "gone", "shop", 200);
+        m.count_http_request(Reporter::Destination, "stays", "shop", 200);
+        let exists = |ns: &str, name: &str| ns == "shop" && name == "stays";
+        assert_eq!(
+            m.prune_workloads(exists),
+            2,
+            "gone's connection and request series"
+        );
+        let text = m.render();
+        let has = |wl: &str| text.contains(&format!("destination_workload=\"{wl}\""));
+        assert!(!has("gone"), "{text}");
+        assert!(has("stays") && has(UNKNOWN) && has("leaving"), "{text}");
+        // Once its last connection ends, the held series goes too.
+        held.closed(1, 1);
+        drop(held);
+        assert_eq!(m.prune_workloads(exists), 1);
+        assert!(!m.render().contains("destination_workload=\"leaving\""));
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub struct Cluster {
     options: Options,
     /// `app` label overrides (pod name → label), see [`Cluster::relabel`].
     app_labels: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Pods left out of the workloads file, see [`Cluster::unlist`].
+    unlisted: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Proxy settings a test can change.
@@ -253,6 +255,7 @@ impl Cluster {
             others: Vec::new(),
             options,
             app_labels: std::sync::Mutex::default(),
+            unlisted: std::sync::Mutex::default(),
         };
         fs::write(c.cgroup_root_marker(), std::process::id().to_string())?;
         c.mount_bpffs()?;
@@ -506,7 +509,12 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        for p in &self.pods {
+        let unlisted = self
+            .unlisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for p in self.pods.iter().filter(|p| !unlisted.contains(p.name)) {
             w += &format!(
                 "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    node: {}\n    ips: [{}, '{}']\n    labels: {{app: {}}}\n    cgroup: {}\n",
                 p.name, p.namespace, p.service_account, p.node, self.ip4(p.name), self.ip6(p.name),
@@ -1026,6 +1034,16 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(pod.to_owned(), app.to_owned());
+        self.write_workloads().expect("write workloads");
+    }
+
+    /// Takes a pod out of the workloads file (as when it is deleted), while
+    /// its netns and cgroup stay until teardown.
+    pub fn unlist(&self, pod: &str) {
+        self.unlisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pod.to_owned());
         self.write_workloads().expect("write workloads");
     }
 

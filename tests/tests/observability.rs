@@ -1,7 +1,10 @@
 //! End-to-end: identity-aware rate limits, and what operators read: metrics
 //! with bounded labels, the admin endpoints, readiness.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use nodeward_tests::{metric_value, require_root, Cluster, Options, ALLOW_ALL};
 use serde_json::Value;
@@ -198,6 +201,48 @@ fn metrics_carry_bounded_identity_labels_and_move_with_traffic() {
             "{line}"
         );
     }
+}
+
+/// Pod churn must not grow the label sets for ever: once a workload leaves
+/// the workloads file, its series go at the next reload.
+#[test]
+fn metric_series_of_a_departed_workload_are_dropped() {
+    if !require_root("metric_series_of_a_departed_workload_are_dropped") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo("backend", TCP_PORT);
+    let to = SocketAddr::new(c.ip4("backend"), TCP_PORT);
+    assert_eq!(c.call_many("frontend", to, 100, 2), 2);
+    let series = |c: &Cluster| {
+        c.metrics("node-b")
+            .lines()
+            .filter(|l| {
+                l.starts_with("nodeward_connections_opened_total{")
+                    && l.contains("destination_workload=\"backend\"")
+            })
+            .count()
+    };
+    assert_eq!(series(&c), 1, "the backend's series exists");
+    let reloads = |c: &Cluster| {
+        c.metric(
+            "node-b",
+            "nodeward_workloads_reloads_total",
+            &[("result", "ok")],
+        )
+    };
+    let before = reloads(&c);
+    c.unlist("backend");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads(&c) <= before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reloads(&c) > before, "the workloads file was not reloaded");
+    assert_eq!(
+        series(&c),
+        0,
+        "the departed backend's series is still exported"
+    );
 }
 
 #[test]
