@@ -7,9 +7,11 @@
 //! direction reads into a small buffer on the poll's stack and writes it out
 //! at once, so a connection holds no relay buffer between reads. Only when a
 //! read fills the small buffer does the direction switch to a heap buffer of
-//! `RELAY_BUF` bytes (bulk mode, fewer syscalls per byte), and it returns
-//! to the stack after a run of small reads, freeing the heap buffer.
-//! Bytes the writer cannot take yet are kept on the heap until it can.
+//! `RELAY_BUF` bytes (bulk mode, fewer syscalls per byte); it frees that
+//! buffer and returns to the stack once it has caught up with the sender
+//! (a read that did not fill the buffer, then nothing to read), so a
+//! connection idle after a large transfer holds no buffer either. Bytes the
+//! writer cannot take yet are kept on the heap until it can.
 
 use std::{
     future::poll_fn,
@@ -25,10 +27,6 @@ use super::RELAY_BUF;
 
 /// Reads up to this size go through a buffer on the stack.
 const SMALL: usize = 4 * 1024;
-/// Consecutive reads that would have fitted in [`SMALL`] before a bulk
-/// direction frees its heap buffer: one short read (the tail of a burst, a
-/// slow sender) should not cost a reallocation.
-const SHRINK_AFTER: u32 = 8;
 /// Read/write rounds per poll before yielding, so that one busy connection
 /// cannot hold a worker thread whatever its peers' readiness.
 const ROUNDS_PER_POLL: u32 = 64;
@@ -64,7 +62,8 @@ struct Pipe {
     start: usize,
     end: usize,
     bulk: bool,
-    small_reads: u32,
+    /// The last bulk read filled the whole buffer: the sender is ahead.
+    last_read_full: bool,
     read_done: bool,
     need_flush: bool,
     shut: bool,
@@ -99,6 +98,7 @@ impl Pipe {
                 self.poll_read_small(cx, reader.as_mut(), writer.as_mut())
             };
             if read?.is_pending() {
+                self.release_if_caught_up();
                 if self.need_flush {
                     ready!(writer.as_mut().poll_flush(cx))?;
                     self.need_flush = false;
@@ -108,6 +108,18 @@ impl Pipe {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// A bulk direction that has read everything there was (its last read
+    /// did not fill the buffer, and now there is nothing to read) gives its
+    /// buffer back before it parks: a keep-alive connection that once
+    /// carried a large response must not hold 64 KiB while idle. A sender
+    /// that keeps ahead of the relay fills every read and keeps the buffer.
+    fn release_if_caught_up(&mut self) {
+        if self.bulk && !self.last_read_full && self.start == self.end {
+            self.bulk = false;
+            self.held = Vec::new();
+        }
     }
 
     /// Writes out held bytes; once they are all written, a non-bulk pipe
@@ -176,7 +188,7 @@ impl Pipe {
     fn hold(&mut self, rest: &[u8], full: bool) {
         if full {
             self.bulk = true;
-            self.small_reads = 0;
+            self.last_read_full = true;
             self.held = vec![0; RELAY_BUF];
             self.held[..rest.len()].copy_from_slice(rest);
         } else if !rest.is_empty() {
@@ -186,8 +198,7 @@ impl Pipe {
         self.end = rest.len();
     }
 
-    /// Reads into the heap buffer (empty: everything was written), and goes
-    /// back to small mode after [`SHRINK_AFTER`] small reads in a row.
+    /// Reads into the heap buffer (empty: everything was written).
     fn poll_read_bulk<R: AsyncRead + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
@@ -198,15 +209,8 @@ impl Pipe {
         let n = buf.filled().len();
         self.start = 0;
         self.end = n;
-        if n == 0 {
-            self.read_done = true;
-        }
-        self.small_reads = if n < SMALL { self.small_reads + 1 } else { 0 };
-        if self.small_reads >= SHRINK_AFTER {
-            // The bytes just read are still in `held`: `poll_drain` writes
-            // them out and then frees the buffer.
-            self.bulk = false;
-        }
+        self.read_done = n == 0;
+        self.last_read_full = n == self.held.len();
         Poll::Ready(Ok(()))
     }
 }
