@@ -74,6 +74,7 @@ use tokio::{
 };
 
 use self::{body::Counted, tasks::Tasks};
+use crate::relay::Drain;
 
 mod body;
 mod headers;
@@ -152,8 +153,14 @@ pub struct Summary {
 /// HTTP/2 (prior knowledge, h2c) are both detected from the client's first
 /// bytes; the upstream connection speaks the same version as the client.
 /// Bytes that are not HTTP end the connection (fail closed: never fall back
-/// to raw relaying).
-pub async fn serve<C, A>(client: C, upstream: TcpStream, authorizer: Arc<A>) -> Summary
+/// to raw relaying). Once `drain` starts, the connection stops keeping
+/// alive: the request in flight finishes, then it closes.
+pub async fn serve<C, A>(
+    client: C,
+    upstream: TcpStream,
+    authorizer: Arc<A>,
+    drain: &Drain,
+) -> Summary
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: Authorizer + ?Sized,
@@ -167,7 +174,7 @@ where
         counters: Arc::default(),
         exec: tasks.executor(),
     });
-    let client_error = drive(TokioIo::new(client), &shared, closed_rx).await;
+    let client_error = drive(TokioIo::new(client), &shared, closed_rx, drain).await;
     if let Some(e) = client_error {
         shared.counters.fail(e);
     }
@@ -303,6 +310,7 @@ async fn drive<I, A>(
     io: TokioIo<I>,
     shared: &Arc<Shared<A>>,
     mut upstream_closed: oneshot::Receiver<Option<String>>,
+    drain: &Drain,
 ) -> Option<String>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -317,10 +325,14 @@ where
     tokio::pin!(conn);
     let first_request = tokio::time::sleep(HEADER_READ_TIMEOUT);
     tokio::pin!(first_request);
-    let (mut upstream_open, mut waiting_first) = (true, true);
+    let (mut upstream_open, mut waiting_first, mut running) = (true, true, true);
     loop {
         tokio::select! {
             done = conn.as_mut() => return done.err().map(|e| format!("client: {e}")),
+            () = drain.draining(), if running => {
+                running = false;
+                conn.as_mut().graceful_shutdown();
+            }
             closed = &mut upstream_closed, if upstream_open => {
                 upstream_open = false;
                 if let Ok(Some(e)) = closed {

@@ -59,6 +59,8 @@ pub struct Shared {
     /// Authorization for same-node hops (remote ones are judged by the
     /// destination's proxy).
     pub authz: Arc<Authz>,
+    /// Ends the relays when the proxy stops.
+    pub drain: relay::Drain,
 }
 
 /// A connection that passed the checks, ready to relay.
@@ -187,7 +189,17 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
         (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, &w, peer, dst).await {
             Ok(up) => {
                 drop(pending);
-                relay::run(stream, up, route, dst, Some(w), metrics, None).await
+                relay::run(
+                    stream,
+                    up,
+                    route,
+                    dst,
+                    Some(w),
+                    metrics,
+                    None,
+                    &shared.drain,
+                )
+                .await
             }
             Err(e) => connect_failed(stream, &source, peer, dst, e.reason(), &e, metrics),
         },
@@ -195,7 +207,7 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
         (_, dest) => match shared.dialer.dial(dst).await {
             Ok(up) => {
                 drop(pending);
-                relay::run(stream, up, route, dst, dest, metrics, None).await
+                relay::run(stream, up, route, dst, dest, metrics, None, &shared.drain).await
             }
             Err(e) => connect_failed(stream, &source, peer, dst, "connect", &e, metrics),
         },
@@ -249,11 +261,34 @@ async fn local(
     drop(pending);
     match admission {
         Admission::Relay(lease) => {
-            relay::run(stream, up, route, dst, Some(dest), metrics, Some(&lease)).await
+            let drain = &shared.drain;
+            relay::run(
+                stream,
+                up,
+                route,
+                dst,
+                Some(dest),
+                metrics,
+                Some(&lease),
+                drain,
+            )
+            .await
         }
         Admission::Http(lease) => {
             let gate = shared.authz.gate(&lease);
-            relay::run_http(stream, up, gate, route, dst, Some(dest), metrics, &lease).await
+            let drain = &shared.drain;
+            relay::run_http(
+                stream,
+                up,
+                gate,
+                route,
+                dst,
+                Some(dest),
+                metrics,
+                &lease,
+                drain,
+            )
+            .await
         }
         Admission::Denied(_) | Admission::Limited(_) => {}
     }

@@ -27,6 +27,9 @@ use tokio::{
 };
 
 mod copy;
+mod drain;
+
+pub use drain::{Drain, DrainControl};
 
 use crate::{
     authz::{audit::clean, Lease, RequestGate},
@@ -280,7 +283,11 @@ fn defer_port_choice(socket: &TcpSocket) {
 
 /// Relays until both directions are done, then logs and counts. With a
 /// `lease`, a revocation (a reloaded policy denies the connection) resets
-/// both sides.
+/// both sides; so does the drain deadline (`drain`).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one flow's description, its counters and what may end it early"
+)]
 pub async fn run<A, B>(
     mut a: A,
     mut b: B,
@@ -289,6 +296,7 @@ pub async fn run<A, B>(
     dest: Option<Arc<Workload>>,
     metrics: &Metrics,
     lease: Option<&Lease>,
+    drain: &Drain,
 ) where
     A: AsyncRead + AsyncWrite + Unpin + Abort,
     B: AsyncRead + AsyncWrite + Unpin + Abort,
@@ -300,8 +308,12 @@ pub async fn run<A, B>(
                 Some(lease) => tokio::select! {
                     r = copy => r,
                     _ = lease.revoked() => Err(revoked()),
+                    () = drain.cut() => Err(cut()),
                 },
-                None => copy.await,
+                None => tokio::select! {
+                    r = copy => r,
+                    () = drain.cut() => Err(cut()),
+                },
             }
         };
         match result {
@@ -341,12 +353,13 @@ pub async fn run_http<A>(
     dest: Option<Arc<Workload>>,
     metrics: &Metrics,
     lease: &Lease,
+    drain: &Drain,
 ) where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let pump = async {
         tokio::select! {
-            s = http::serve(client, upstream, Arc::new(gate)) => Outcome {
+            s = http::serve(client, upstream, Arc::new(gate), drain) => Outcome {
                 sent: s.bytes_in,
                 received: s.bytes_out,
                 refused: s.refused,
@@ -358,9 +371,19 @@ pub async fn run_http<A>(
                 refused: 0,
                 error: Some(revoked().to_string()),
             },
+            () = drain.cut() => Outcome {
+                sent: 0,
+                received: 0,
+                refused: 0,
+                error: Some(cut().to_string()),
+            },
         }
     };
     account(route, dst, dest, metrics, pump).await;
+}
+
+fn cut() -> std::io::Error {
+    std::io::Error::other("cut at the drain deadline")
 }
 
 fn revoked() -> std::io::Error {
@@ -662,7 +685,8 @@ mod tests {
             client.read_to_end(&mut got).await.expect("read");
             got
         };
-        let (got, ()) = tokio::join!(peers, run(a, b, route, dst(), dest, metrics, None));
+        let drain = Drain::never();
+        let (got, ()) = tokio::join!(peers, run(a, b, route, dst(), dest, metrics, None, &drain));
         assert_eq!(got, b"hellohi");
     }
 
@@ -853,6 +877,7 @@ mod tests {
             None,
             &metrics,
             None,
+            &Drain::never(),
         )
         .await;
         assert_eq!(records.take(), ["connection"]);

@@ -17,7 +17,7 @@ use crate::{
     metrics::Metrics,
     outbound,
     redirect::{self, RedirectError, Redirector},
-    relay::Dialer,
+    relay::{self, Dialer},
     tls::{self, ClientVerifier, TrustBundle},
     tunnel::{self, Pool},
     workloads::Registry,
@@ -158,6 +158,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let verifier = client_verifier(bundle, registry.clone());
     let server_config = tls::server_config(certs.clone(), verifier)
         .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?;
+    let (drain_control, relays_drain) = relay::DrainControl::new();
     let inbound = Arc::new(tunnel::server::Inbound {
         node: cfg.node.clone(),
         registry: registry.clone(),
@@ -166,6 +167,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         metrics: metrics.clone(),
         dialer: dialer.clone(),
         authz: authz.clone(),
+        drain: relays_drain.clone(),
     });
     let shared = Arc::new(outbound::Shared {
         node: cfg.node.clone(),
@@ -176,6 +178,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         dialer,
         tunnel_port: cfg.tunnel_port,
         authz: authz.clone(),
+        drain: relays_drain,
     });
     let accept = tokio::spawn(outbound::serve(listeners, flows, shared, stop_rx.clone()));
     let tunnel_task = tokio::spawn(tunnel::server::serve(
@@ -224,6 +227,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
 
     let stop = wait_for_stop(&mut signals, handover.as_ref()).await;
     readiness.set_draining();
+    drain_control.start();
     let mut redirector = Some(redirector);
     let mut handover = handover;
     if let Stop::Signal = stop {
@@ -259,7 +263,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let _ = control_task.await;
     let _ = policy_task.await;
     let _ = modes_task.await;
-    drain(&metrics, cfg.drain_deadline).await;
+    drain(&metrics, cfg.drain_deadline, &drain_control).await;
     let _ = admin_stop.send(true);
     let _ = admin_task.await;
     tracing::info!("stopped");
@@ -432,8 +436,9 @@ async fn wait_for_stop(signals: &mut Signals, handover: Option<&lifecycle::Hando
 }
 
 /// Waits for open connections to finish, up to `deadline`; what is still
-/// open then is counted and closed (by the process exiting).
-async fn drain(metrics: &Metrics, deadline: Duration) {
+/// open then is counted and cut (reset, see [`relay::Drain`]), and the cut
+/// relays get a moment to finish their resets and records.
+async fn drain(metrics: &Metrics, deadline: Duration, control: &relay::DrainControl) {
     let open = || metrics.active_connections.get() + metrics.pending_connections.get();
     let until = tokio::time::Instant::now() + deadline;
     while open() > 0 && tokio::time::Instant::now() < until {
@@ -446,7 +451,16 @@ async fn drain(metrics: &Metrics, deadline: Duration) {
             .inc_by(u64::try_from(left).unwrap_or(0));
         tracing::info!(
             connections = left,
-            "drain deadline reached: closing the remaining connections"
+            "drain deadline reached: resetting the remaining connections"
         );
+        control.cut();
+        let settle = tokio::time::Instant::now() + CUT_SETTLE;
+        while metrics.active_connections.get() > 0 && tokio::time::Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
+
+/// How long cut relays get to reset their sockets and write their records
+/// before the process exits anyway.
+const CUT_SETTLE: Duration = Duration::from_secs(1);

@@ -100,6 +100,14 @@ fn sigterm_drains_open_connections_until_the_deadline() {
     });
     assert_eq!(short["intact"], true, "finished while draining: {short}");
     assert_eq!(long["intact"], false, "cut at the deadline: {long}");
+    // Reset, not closed: a FIN would make the cut transfer look complete
+    // to a client that reads until end of stream.
+    assert!(
+        long["read_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("reset")),
+        "the cut connection ended without a reset: {long}"
+    );
     let exited = c.wait_proxy_exit("node-a", 0, Duration::from_secs(10));
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
     let log = c.proxy_log("node-a");

@@ -239,7 +239,7 @@ impl Proxy {
             let upstream = TcpStream::connect(upstream)
                 .await
                 .expect("connect upstream");
-            serve(client, upstream, authorizer).await
+            serve(client, upstream, authorizer, &crate::relay::Drain::never()).await
         });
         Self { addr, task }
     }

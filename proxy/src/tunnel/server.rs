@@ -46,6 +46,8 @@ pub struct Inbound {
     pub dialer: relay::Dialer,
     /// Authorization for every stream (and every request on HTTP ports).
     pub authz: Arc<Authz>,
+    /// Ends the relays when the proxy stops.
+    pub drain: relay::Drain,
 }
 
 /// One authenticated tunnel connection.
@@ -248,13 +250,26 @@ async fn stream_request(
                 let metrics = &inbound.metrics;
                 match admission {
                     Admission::Relay(lease) => {
-                        relay::run(io, upstream, route, dst, Some(dest), metrics, Some(&lease))
+                        let drain = &inbound.drain;
+                        let lease = Some(&lease);
+                        relay::run(io, upstream, route, dst, Some(dest), metrics, lease, drain)
                             .await
                     }
                     Admission::Http(lease) => {
                         let gate = inbound.authz.gate(&lease);
-                        relay::run_http(io, upstream, gate, route, dst, Some(dest), metrics, &lease)
-                            .await
+                        let drain = &inbound.drain;
+                        relay::run_http(
+                            io,
+                            upstream,
+                            gate,
+                            route,
+                            dst,
+                            Some(dest),
+                            metrics,
+                            &lease,
+                            drain,
+                        )
+                        .await
                     }
                     Admission::Denied(_) | Admission::Limited(_) => {}
                 }
