@@ -834,10 +834,23 @@ impl Cluster {
     /// one HTTP/1.1 connection to `to`; returns the tool's report, with
     /// `statuses` (0 where no response came).
     pub fn http_calls(&self, pod: &str, to: SocketAddr, requests: &[&str]) -> Value {
+        self.http_calls_paced(pod, to, requests, 0)
+    }
+
+    /// As [`Cluster::http_calls`], pausing `gap_ms` between requests.
+    pub fn http_calls_paced(
+        &self,
+        pod: &str,
+        to: SocketAddr,
+        requests: &[&str],
+        gap_ms: u64,
+    ) -> Value {
         let mut args = vec![
             "http-requests".to_owned(),
             "--to".to_owned(),
             to.to_string(),
+            "--gap-ms".to_owned(),
+            gap_ms.to_string(),
         ];
         for r in requests {
             args.push("--request".to_owned());

@@ -114,6 +114,49 @@ fn sigterm_drains_open_connections_until_the_deadline() {
     assert!(log.contains("drain deadline reached"), "{log}");
 }
 
+/// Port 8080 of the cache is judged per request, so its connections are
+/// served as HTTP by the proxy.
+const CACHE_HTTP: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: cache-http, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cache}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {ports: ['8080'], paths: ['/*']}}]
+";
+
+/// A drain must not wait for idle HTTP keep-alive connections until the
+/// deadline: they are closed when it starts (the client reconnects).
+#[test]
+fn a_drain_closes_idle_http_keep_alive_connections_at_once() {
+    if !require_root("a_drain_closes_idle_http_keep_alive_connections_at_once") {
+        return;
+    }
+    let mut c = Cluster::start_with(Options {
+        drain_deadline: "6s",
+        ..Options::with_policies(&[("cache-http.yaml", CACHE_HTTP)])
+    });
+    c.serve_http("cache", 8080);
+    let to = SocketAddr::new(c.ip4("cache"), 8080);
+    let calls = std::thread::scope(|s| {
+        let calls = s.spawn(|| c.http_calls_paced("frontend", to, &["GET /a", "GET /b"], 2000));
+        std::thread::sleep(Duration::from_millis(700));
+        c.signal_proxy("node-a", 0);
+        calls.join().expect("calls")
+    });
+    assert_eq!(calls["statuses"][0], 200, "{calls}");
+    // Without the drain's graceful shutdown the connection would stay open
+    // (and the second request succeed) until the 6 s deadline.
+    assert_ne!(
+        calls["statuses"][1], 200,
+        "kept alive through the drain: {calls}"
+    );
+    let exited = c.wait_proxy_exit("node-a", 0, Duration::from_secs(10));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+}
+
 #[test]
 fn a_takeover_applies_the_new_configs_mesh_cidrs() {
     if !require_root("a_takeover_applies_the_new_configs_mesh_cidrs") {

@@ -77,6 +77,9 @@ enum Cmd {
         to: SocketAddr,
         #[arg(long = "request", required = true)]
         requests: Vec<String>,
+        /// Pause between requests on the keep-alive connection.
+        #[arg(long, default_value_t = 0)]
+        gap_ms: u64,
     },
     /// HTTP/1.0 GET of PATH from ADDR; prints the body.
     HttpGet {
@@ -146,8 +149,15 @@ fn main() -> Result<()> {
         }
         Cmd::HttpGet { addr, path } => http_get(addr, &path),
         Cmd::HttpServe { listen } => http_serve(listen),
-        Cmd::HttpRequests { to, requests } => {
-            println!("{}", http_requests(to, &requests));
+        Cmd::HttpRequests {
+            to,
+            requests,
+            gap_ms,
+        } => {
+            println!(
+                "{}",
+                http_requests(to, &requests, Duration::from_millis(gap_ms))
+            );
             Ok(())
         }
     }
@@ -353,7 +363,7 @@ fn content_length(head: &str) -> usize {
 }
 
 /// One connection, requests in turn; a status of 0 means no response.
-fn http_requests(to: SocketAddr, requests: &[String]) -> serde_json::Value {
+fn http_requests(to: SocketAddr, requests: &[String], gap: Duration) -> serde_json::Value {
     let stream = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
         Ok(s) => s,
         Err(e) => return json!({"connected": false, "error": e.to_string(), "statuses": []}),
@@ -367,7 +377,10 @@ fn http_requests(to: SocketAddr, requests: &[String]) -> serde_json::Value {
         return json!({"connected": true, "error": "clone", "statuses": []});
     };
     let mut reader = std::io::BufReader::new(read_half);
-    for r in requests {
+    for (i, r) in requests.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(gap);
+        }
         let (method, path) = r.split_once(' ').unwrap_or(("GET", r));
         let body = if method == "POST" { "payload" } else { "" };
         let sent = write!(
