@@ -44,7 +44,7 @@ use std::{
     convert::Infallible,
     future::Future,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
     },
     time::Duration,
@@ -153,8 +153,12 @@ pub struct Summary {
 /// HTTP/2 (prior knowledge, h2c) are both detected from the client's first
 /// bytes; the upstream connection speaks the same version as the client.
 /// Bytes that are not HTTP end the connection (fail closed: never fall back
-/// to raw relaying). Once `drain` starts, the connection stops keeping
-/// alive: the request in flight finishes, then it closes.
+/// to raw relaying). Once `drain` starts, the connection winds down without
+/// losing a request: HTTP/1 responses say `Connection: close` (the client
+/// opens a new connection for its next request), HTTP/2 gets a GOAWAY
+/// (streams in flight finish). A connection that has not sent its first
+/// request yet, or stays idle, is left to the drain deadline: closing it
+/// could lose a request already on the wire.
 pub async fn serve<C, A>(
     client: C,
     upstream: TcpStream,
@@ -173,8 +177,10 @@ where
         upstream: tokio::sync::Mutex::new(Upstream::Idle(upstream, closed_tx)),
         counters: Arc::default(),
         exec: tasks.executor(),
+        drain: drain.clone(),
+        h2: AtomicBool::new(false),
     });
-    let client_error = drive(TokioIo::new(client), &shared, closed_rx, drain).await;
+    let client_error = drive(TokioIo::new(client), &shared, closed_rx).await;
     if let Some(e) = client_error {
         shared.counters.fail(e);
     }
@@ -201,6 +207,9 @@ struct Shared<A: ?Sized> {
     upstream: tokio::sync::Mutex<Upstream>,
     counters: Arc<Counters>,
     exec: tasks::Exec,
+    drain: Drain,
+    /// The client spoke HTTP/2 (known from its first request).
+    h2: AtomicBool,
 }
 
 /// The upstream connection: handshaken on the first request, because only
@@ -310,7 +319,6 @@ async fn drive<I, A>(
     io: TokioIo<I>,
     shared: &Arc<Shared<A>>,
     mut upstream_closed: oneshot::Receiver<Option<String>>,
-    drain: &Drain,
 ) -> Option<String>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -329,9 +337,14 @@ where
     loop {
         tokio::select! {
             done = conn.as_mut() => return done.err().map(|e| format!("client: {e}")),
-            () = drain.draining(), if running => {
+            // Only a connection known to be HTTP/2 is shut down here: an
+            // undetected one would be cancelled with its first request, and
+            // HTTP/1 ones close after a `Connection: close` response.
+            () = shared.drain.draining(), if running => {
                 running = false;
-                conn.as_mut().graceful_shutdown();
+                if shared.h2.load(Ordering::Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                }
             }
             closed = &mut upstream_closed, if upstream_open => {
                 upstream_open = false;
@@ -388,11 +401,14 @@ async fn handle<A: Authorizer + ?Sized>(
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let (mut parts, body) = req.into_parts();
     let h1 = parts.version != Version::HTTP_2;
+    if !h1 {
+        shared.h2.store(true, Ordering::Relaxed);
+    }
     let discardable = can_discard(&parts, &body);
     if let Verdict::Respond(response) = admit(&shared, &mut parts) {
         shared.counters.refused.fetch_add(1, Ordering::Relaxed);
         let response = answer_here(&shared.exec, response, body, h1, discardable);
-        return Ok(response);
+        return Ok(close_if_draining(&shared.drain, response, h1));
     }
     let started = std::time::Instant::now();
     let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
@@ -404,7 +420,22 @@ async fn handle<A: Authorizer + ?Sized>(
     shared
         .authorizer
         .responded(&method, &path, response.status(), started.elapsed());
-    Ok(response)
+    Ok(close_if_draining(&shared.drain, response, h1))
+}
+
+/// While the proxy drains, an HTTP/1 response tells the client to take its
+/// next request elsewhere (hyper then closes after writing it).
+fn close_if_draining(
+    drain: &Drain,
+    mut response: Response<ResBody>,
+    h1: bool,
+) -> Response<ResBody> {
+    if h1 && drain.is_draining() {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Whether a refused HTTP/1 request's body is worth reading and discarding

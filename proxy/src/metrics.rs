@@ -362,9 +362,11 @@ impl Metrics {
     }
 
     /// Drops the connection and HTTP-request series of workloads that
-    /// `exists(namespace, name)` no longer knows, unless an open connection
-    /// still counts on them: with pod churn, label sets would otherwise grow
-    /// for the life of the proxy. Returns how many series went.
+    /// `exists(namespace, name)` no longer knows; a connection series an open
+    /// connection still counts on stays (request series are looked up per
+    /// request, so a departed workload's next request starts a fresh one).
+    /// With pod churn, label sets would otherwise grow for the life of the
+    /// proxy. Returns how many series went.
     pub fn prune_workloads(&self, exists: impl Fn(&str, &str) -> bool) -> usize {
         let known = |name: &str, namespace: &str| name == UNKNOWN || exists(namespace, name);
         // [reporter, principal, source wl, source ns, destination wl, destination ns]
@@ -608,14 +610,15 @@ impl<const N: usize, const K: usize> Collector for CounterFamily<N, K> {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let all: Vec<Arc<Series<N, K>>> = {
-            let map = self
-                .inner
-                .series
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            map.values().flatten().cloned().collect()
-        };
+        // Read under the lock rather than from clones: a clone held while
+        // encoding would look like an open connection to `retain`, and a
+        // prune running meanwhile would keep every series.
+        let map = self
+            .inner
+            .series
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let all: Vec<&Arc<Series<N, K>>> = map.values().flatten().collect();
         (0..K)
             .filter_map(|k| {
                 let mut family: Option<MetricFamily> = None;
@@ -928,6 +931,31 @@ mod tests {
         drop(held);
         assert_eq!(m.prune_workloads(exists), 1);
         assert!(!m.render().contains("destination_workload=\"leaving\""));
+    }
+
+    /// A scrape running at the same moment must not make a prune keep what
+    /// it should drop (scrapes used to hold clones of every series).
+    #[test]
+    fn prunes_are_not_undone_by_concurrent_scrapes() {
+        let m = Arc::new(Metrics::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scraper = {
+            let (m, stop) = (m.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = m.render();
+                }
+            })
+        };
+        let missed = (0..300)
+            .filter(|_| {
+                m.connection(&conn("gone", "shop")).opened();
+                m.prune_workloads(|_, _| false) != 1
+            })
+            .count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        scraper.join().expect("scraper");
+        assert_eq!(missed, 0, "prunes that kept a departed series");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! refusing a connection, a second instance never starts by accident, and
 //! SIGTERM drains open connections up to the deadline.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use nodeward_tests::{finish_tool, require_root, Cluster, Options};
 
@@ -127,30 +130,42 @@ spec:
   - to: [{operation: {ports: ['8080'], paths: ['/*']}}]
 ";
 
-/// A drain must not wait for idle HTTP keep-alive connections until the
-/// deadline: they are closed when it starts (the client reconnects).
+/// A drain winds HTTP keep-alive connections down without losing a
+/// request: the next response says `Connection: close`, then the proxy
+/// closes the connection, long before the deadline.
 #[test]
-fn a_drain_closes_idle_http_keep_alive_connections_at_once() {
-    if !require_root("a_drain_closes_idle_http_keep_alive_connections_at_once") {
+fn a_drain_tells_http_keep_alive_clients_to_close() {
+    if !require_root("a_drain_tells_http_keep_alive_clients_to_close") {
         return;
     }
     let mut c = Cluster::start_with(Options {
-        drain_deadline: "6s",
+        drain_deadline: "8s",
         ..Options::with_policies(&[("cache-http.yaml", CACHE_HTTP)])
     });
     c.serve_http("cache", 8080);
     let to = SocketAddr::new(c.ip4("cache"), 8080);
+    let requests = ["GET /a", "GET /b", "GET /c"];
     let calls = std::thread::scope(|s| {
-        let calls = s.spawn(|| c.http_calls_paced("frontend", to, &["GET /a", "GET /b"], 2000));
-        std::thread::sleep(Duration::from_millis(700));
+        let calls = s.spawn(|| c.http_calls_paced("frontend", to, &requests, 1500));
+        // Stop once the first request went through the proxy.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.metric("node-a", "nodeward_http_requests_total", &[]) < 1.0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         c.signal_proxy("node-a", 0);
         calls.join().expect("calls")
     });
     assert_eq!(calls["statuses"][0], 200, "{calls}");
-    // Without the drain's graceful shutdown the connection would stay open
-    // (and the second request succeed) until the 6 s deadline.
-    assert_ne!(
+    assert!(calls["headers"][0]["connection"].is_null(), "{calls}");
+    assert_eq!(
         calls["statuses"][1], 200,
+        "a request during the drain: {calls}"
+    );
+    assert_eq!(calls["headers"][1]["connection"], "close", "{calls}");
+    assert_ne!(
+        calls["statuses"][2], 200,
         "kept alive through the drain: {calls}"
     );
     let exited = c.wait_proxy_exit("node-a", 0, Duration::from_secs(10));

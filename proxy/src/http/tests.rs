@@ -33,6 +33,7 @@ use tokio::{
 };
 
 use super::{refusal, serve, Authorizer, Summary, Verdict};
+use crate::relay::{Drain, DrainControl};
 
 /// Upper bound for anything that should happen promptly.
 const WAIT: Duration = Duration::from_secs(10);
@@ -232,6 +233,14 @@ impl Proxy {
     }
 
     async fn start_arc<A: Authorizer + ?Sized>(upstream: &Upstream, authorizer: Arc<A>) -> Self {
+        Self::start_with_drain(upstream, authorizer, Drain::never()).await
+    }
+
+    async fn start_with_drain<A: Authorizer + ?Sized>(
+        upstream: &Upstream,
+        authorizer: Arc<A>,
+        drain: Drain,
+    ) -> Self {
         let (listener, addr) = bind().await;
         let upstream = upstream.addr;
         let task = tokio::spawn(async move {
@@ -239,7 +248,7 @@ impl Proxy {
             let upstream = TcpStream::connect(upstream)
                 .await
                 .expect("connect upstream");
-            serve(client, upstream, authorizer, &crate::relay::Drain::never()).await
+            serve(client, upstream, authorizer, &drain).await
         });
         Self { addr, task }
     }
@@ -377,6 +386,63 @@ fn pattern(len: usize) -> Bytes {
 }
 
 // ---- scenarios ----
+
+/// A drain that started before the client's first request (the connection
+/// was accepted late, or was still being set up) must not cost that request:
+/// it is served, and told to close.
+#[tokio::test]
+async fn a_drain_never_loses_the_first_request_and_closes_http1_after_it() {
+    for delay in [Duration::ZERO, Duration::from_millis(30)] {
+        let upstream = Upstream::http().await;
+        let (control, drain) = DrainControl::new();
+        control.start();
+        let proxy = Proxy::start_with_drain(&upstream, Arc::new(rbac), drain).await;
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        tokio::time::sleep(delay).await;
+        let request = b"GET /a HTTP/1.1\r\nhost: app.test\r\n\r\n";
+        stream.write_all(request).await.expect("write");
+        let reply = read_to_close(&mut stream).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "delay {delay:?}: {reply}"
+        );
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+        assert_eq!(proxy.summary().await.requests, 1);
+    }
+}
+
+/// Once the drain starts, a keep-alive HTTP/1 connection gets its next
+/// response with `Connection: close` and then ends; HTTP/2 gets a GOAWAY
+/// and ends once its streams are done.
+#[tokio::test]
+async fn a_drain_winds_down_keep_alive_connections_of_both_versions() {
+    for h2 in [false, true] {
+        let upstream = Upstream::http().await;
+        let (control, drain) = DrainControl::new();
+        let proxy = Proxy::start_with_drain(&upstream, Arc::new(rbac), drain).await;
+        let mut client = if h2 {
+            Client::h2(proxy.addr).await
+        } else {
+            Client::h1(proxy.addr).await
+        };
+        let first = client.get("/one").await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert!(!first.headers.contains_key("connection"));
+        control.start();
+        if !h2 {
+            let second = client.get("/two").await;
+            assert_eq!(second.status, StatusCode::OK);
+            assert_eq!(second.headers["connection"], "close");
+        }
+        // The proxy ends the connection by itself, the client still open.
+        let summary = proxy.summary().await;
+        assert_eq!(summary.requests, if h2 { 1 } else { 2 }, "h2: {h2}");
+        drop(client);
+    }
+}
 
 #[tokio::test]
 async fn http1_get_forwarded_intact() {

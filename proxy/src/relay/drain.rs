@@ -1,10 +1,10 @@
 //! How a stopping proxy ends the connections it still relays.
 //!
-//! When the drain starts, HTTP connections stop keeping alive (hyper's
-//! graceful shutdown: the request in flight finishes, then the connection
-//! closes). At the drain deadline every relay still running is cut: both
-//! sides are reset, so a peer reading until end of stream sees an error
-//! instead of a FIN that would make a cut transfer look complete.
+//! When the drain starts, HTTP connections wind down (see `http::serve`).
+//! At the drain deadline every relay still running is cut: a byte relay
+//! resets both sides, so a peer reading until end of stream sees an error
+//! instead of a FIN that would make a cut transfer look complete; an HTTP
+//! relay is closed (its framing shows a cut response).
 
 use std::sync::{
     atomic::{AtomicU8, Ordering},
@@ -62,6 +62,11 @@ impl Drain {
     /// A watcher that never fires (for relays run outside a proxy, in tests).
     pub fn never() -> Self {
         Self(Arc::default())
+    }
+
+    /// Whether the drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.0.phase.load(Ordering::Acquire) >= DRAINING
     }
 
     /// Completes once the drain has started.
