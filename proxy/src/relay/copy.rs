@@ -7,10 +7,11 @@
 //! direction reads into a small buffer on the poll's stack and writes it out
 //! at once, so a connection holds no relay buffer between reads. Only when a
 //! read fills the small buffer does the direction switch to a heap buffer of
-//! `RELAY_BUF` bytes (bulk mode, fewer syscalls per byte); it frees that
+//! `RELAY_BUF` bytes (bulk mode, fewer syscalls per byte, and the burst
+//! that filled the small buffer goes out in one write); it frees that
 //! buffer and returns to the stack once it has caught up with the sender
-//! (a read that did not fill the buffer, then nothing to read), so a
-//! connection idle after a large transfer holds no buffer either. Bytes the
+//! (nothing left to read or write), so a connection idle after a large
+//! transfer holds no buffer either. Bytes the
 //! writer cannot take yet are kept on the heap until it can.
 
 use std::{
@@ -62,8 +63,6 @@ struct Pipe {
     start: usize,
     end: usize,
     bulk: bool,
-    /// The last bulk read filled the whole buffer: the sender is ahead.
-    last_read_full: bool,
     read_done: bool,
     need_flush: bool,
     shut: bool,
@@ -110,13 +109,13 @@ impl Pipe {
         Poll::Pending
     }
 
-    /// A bulk direction that has read everything there was (its last read
-    /// did not fill the buffer, and now there is nothing to read) gives its
-    /// buffer back before it parks: a keep-alive connection that once
+    /// A bulk direction that has read and written everything there was gives
+    /// its buffer back before it parks: a keep-alive connection that once
     /// carried a large response must not hold 64 KiB while idle. A sender
-    /// that keeps ahead of the relay fills every read and keeps the buffer.
+    /// that keeps ahead of the relay never lets it park, and keeps it; one
+    /// that is just slower pays a reallocation per burst.
     fn release_if_caught_up(&mut self) {
-        if self.bulk && !self.last_read_full && self.start == self.end {
+        if self.bulk && self.start == self.end {
             self.bulk = false;
             self.held = Vec::new();
         }
@@ -147,11 +146,13 @@ impl Pipe {
     }
 
     /// Reads into a stack buffer and writes straight on; only what the
-    /// writer refuses is copied to the heap.
+    /// writer refuses is copied to the heap. A read that fills the stack
+    /// buffer means the sender is ahead: the direction goes bulk, and the
+    /// bytes wait for the rest of the burst, so it goes out in one write.
     fn poll_read_small<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        reader: Pin<&mut R>,
+        mut reader: Pin<&mut R>,
         mut writer: Pin<&mut W>,
     ) -> Poll<io::Result<()>>
     where
@@ -161,13 +162,16 @@ impl Pipe {
         // Uninitialised: the reader fills what it reads, nothing is cleared.
         let mut stack = [MaybeUninit::<u8>::uninit(); SMALL];
         let mut buf = ReadBuf::uninit(&mut stack);
-        ready!(reader.poll_read(cx, &mut buf))?;
+        ready!(reader.as_mut().poll_read(cx, &mut buf))?;
         let data = buf.filled();
         if data.is_empty() {
             self.read_done = true;
             return Poll::Ready(Ok(()));
         }
-        let full = data.len() == SMALL;
+        if data.len() == SMALL {
+            self.go_bulk(data);
+            return Poll::Ready(self.top_up(cx, reader));
+        }
         let mut written = 0;
         while written < data.len() {
             match writer.as_mut().poll_write(cx, &data[written..]) {
@@ -179,23 +183,42 @@ impl Pipe {
         }
         self.copied += written as u64;
         self.need_flush |= written > 0;
-        self.hold(&data[written..], full);
-        Poll::Ready(Ok(()))
-    }
-
-    /// Keeps `rest` (what the writer refused) and switches to bulk mode
-    /// after a full read.
-    fn hold(&mut self, rest: &[u8], full: bool) {
-        if full {
-            self.bulk = true;
-            self.last_read_full = true;
-            self.held = vec![0; RELAY_BUF];
-            self.held[..rest.len()].copy_from_slice(rest);
-        } else if !rest.is_empty() {
+        let rest = &data[written..];
+        if !rest.is_empty() {
             self.held = rest.to_vec();
         }
         self.start = 0;
         self.end = rest.len();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Switches to the heap buffer, holding `data` at its start.
+    fn go_bulk(&mut self, data: &[u8]) {
+        self.bulk = true;
+        self.held = vec![0; RELAY_BUF];
+        self.held[..data.len()].copy_from_slice(data);
+        self.start = 0;
+        self.end = data.len();
+    }
+
+    /// Reads what more there is behind the held bytes; nothing to read yet
+    /// is fine (the held bytes go out first, the reader's waker is set).
+    fn top_up<R: AsyncRead + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+    ) -> io::Result<()> {
+        let mut buf = ReadBuf::new(&mut self.held[self.end..]);
+        match reader.poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                self.read_done = n == 0;
+                self.end += n;
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(()),
+        }
     }
 
     /// Reads into the heap buffer (empty: everything was written).
@@ -210,7 +233,6 @@ impl Pipe {
         self.start = 0;
         self.end = n;
         self.read_done = n == 0;
-        self.last_read_full = n == self.held.len();
         Poll::Ready(Ok(()))
     }
 }

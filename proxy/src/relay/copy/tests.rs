@@ -175,3 +175,46 @@ async fn buffer_grows_for_bulk_and_is_freed_once_caught_up() {
         "caught up: the bulk buffer is freed"
     );
 }
+
+/// Accepts everything, remembering the size of each write.
+#[derive(Default)]
+struct WriteSizes(Vec<usize>);
+
+impl AsyncWrite for WriteSizes {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.push(buf.len());
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A burst bigger than the stack buffer goes out in one write, not as the
+/// first 4 KiB and then the rest (an extra DATA frame and TLS record on a
+/// tunnel), also when the direction had gone back to the stack.
+#[tokio::test]
+async fn a_burst_goes_out_in_one_write() {
+    let (mut source, mut from) = duplex(1 << 20);
+    let mut sink = WriteSizes::default();
+    let mut pipe = Pipe::default();
+    let mut cx = Context::from_waker(Waker::noop());
+    for round in 0..3 {
+        source
+            .write_all(&pattern(32 * 1024, round))
+            .await
+            .expect("io");
+        let polled = pipe.poll_copy(&mut cx, Pin::new(&mut from), Pin::new(&mut sink));
+        assert!(polled.is_pending());
+        assert_eq!(sink.0, [32 * 1024], "round {round}");
+        assert_eq!(pipe.held.capacity(), 0, "caught up: buffer freed");
+        sink.0.clear();
+    }
+}
