@@ -257,41 +257,12 @@ async fn local(
             return connect_failed(stream, &source, peer, dst, "connect", &e, m);
         }
     };
-    let metrics = &shared.metrics;
     drop(pending);
-    match admission {
-        Admission::Relay(lease) => {
-            let drain = &shared.drain;
-            relay::run(
-                stream,
-                up,
-                route,
-                dst,
-                Some(dest),
-                metrics,
-                Some(&lease),
-                drain,
-            )
-            .await
-        }
-        Admission::Http(lease) => {
-            let gate = shared.authz.gate(&lease);
-            let drain = &shared.drain;
-            relay::run_http(
-                stream,
-                up,
-                gate,
-                route,
-                dst,
-                Some(dest),
-                metrics,
-                &lease,
-                drain,
-            )
-            .await
-        }
-        Admission::Denied(_) | Admission::Limited(_) => {}
-    }
+    let (authz, metrics, drain) = (&shared.authz, &shared.metrics, &shared.drain);
+    relay::admitted(
+        admission, authz, stream, up, route, dst, dest, metrics, drain,
+    )
+    .await;
 }
 
 /// Opens a tunnel stream to `dest`'s node as `source`.

@@ -32,7 +32,7 @@ mod drain;
 pub use drain::{Drain, DrainControl};
 
 use crate::{
-    authz::{audit::clean, Lease, RequestGate},
+    authz::{audit::clean, Admission, Authz, Lease, RequestGate},
     http,
     identity::SpiffeId,
     metrics::{ConnLabels, ConnectionSeries, Metrics, RateLimitOutcome, Reporter, UNKNOWN},
@@ -336,6 +336,59 @@ pub async fn run<A, B>(
         }
     };
     account(route, dst, dest, metrics, pump).await;
+}
+
+/// Relays a connection `authz` admitted: as bytes, or as HTTP judged request
+/// by request. A refused one was answered where it was refused.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the flow description of `run`, plus the admission and its judge"
+)]
+pub async fn admitted<A>(
+    admission: Admission,
+    authz: &Authz,
+    client: A,
+    upstream: TcpStream,
+    route: Route,
+    dst: SocketAddr,
+    dest: Arc<Workload>,
+    metrics: &Metrics,
+    drain: &Drain,
+) where
+    A: AsyncRead + AsyncWrite + Unpin + Abort + Send + 'static,
+{
+    match admission {
+        Admission::Relay(lease) => {
+            let lease = Some(&lease);
+            run(
+                client,
+                upstream,
+                route,
+                dst,
+                Some(dest),
+                metrics,
+                lease,
+                drain,
+            )
+            .await;
+        }
+        Admission::Http(lease) => {
+            let gate = authz.gate(&lease);
+            run_http(
+                client,
+                upstream,
+                gate,
+                route,
+                dst,
+                Some(dest),
+                metrics,
+                &lease,
+                drain,
+            )
+            .await;
+        }
+        Admission::Denied(_) | Admission::Limited(_) => {}
+    }
 }
 
 /// Serves an HTTP connection whose requests `gate` judges one by one, then

@@ -247,32 +247,19 @@ async fn stream_request(
                 };
                 drop(pending);
                 let io = TokioIo::new(upgraded);
-                let metrics = &inbound.metrics;
-                match admission {
-                    Admission::Relay(lease) => {
-                        let drain = &inbound.drain;
-                        let lease = Some(&lease);
-                        relay::run(io, upstream, route, dst, Some(dest), metrics, lease, drain)
-                            .await
-                    }
-                    Admission::Http(lease) => {
-                        let gate = inbound.authz.gate(&lease);
-                        let drain = &inbound.drain;
-                        relay::run_http(
-                            io,
-                            upstream,
-                            gate,
-                            route,
-                            dst,
-                            Some(dest),
-                            metrics,
-                            &lease,
-                            drain,
-                        )
-                        .await
-                    }
-                    Admission::Denied(_) | Admission::Limited(_) => {}
-                }
+                let (authz, metrics) = (&inbound.authz, &inbound.metrics);
+                relay::admitted(
+                    admission,
+                    authz,
+                    io,
+                    upstream,
+                    route,
+                    dst,
+                    dest,
+                    metrics,
+                    &inbound.drain,
+                )
+                .await;
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT stream never upgraded"),
         }
