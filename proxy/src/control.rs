@@ -4,7 +4,7 @@
 //! and closes idle pooled tunnels.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -117,14 +117,25 @@ impl Control {
                 self.registry.store(Arc::new(registry));
                 let registry = self.registry.load();
                 self.authz.workloads_changed(&registry);
-                let known: std::collections::HashSet<(&str, &str)> = registry
+                let workloads: HashSet<(&str, &str)> = registry
                     .all()
                     .iter()
                     .map(|w| (w.namespace.as_str(), w.name.as_str()))
                     .collect();
+                let accounts: HashSet<(&str, &str)> = registry
+                    .all()
+                    .iter()
+                    .map(|w| (w.namespace.as_str(), w.service_account.as_str()))
+                    .collect();
+                let principal_exists = |p: &str| {
+                    SpiffeId::parse(p)
+                        .ok()
+                        .and_then(|id| id.namespace_and_sa().map(|k| accounts.contains(&k)))
+                        .unwrap_or(false)
+                };
                 let pruned = self
                     .metrics
-                    .prune_workloads(|ns, name| known.contains(&(ns, name)));
+                    .prune_workloads(|ns, name| workloads.contains(&(ns, name)), principal_exists);
                 if pruned > 0 {
                     tracing::debug!(
                         series = pruned,

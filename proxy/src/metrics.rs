@@ -362,17 +362,24 @@ impl Metrics {
     }
 
     /// Drops the connection and HTTP-request series of workloads that
-    /// `exists(namespace, name)` no longer knows; a connection series an open
-    /// connection still counts on stays (request series are looked up per
-    /// request, so a departed workload's next request starts a fresh one).
-    /// With pod churn, label sets would otherwise grow for the life of the
-    /// proxy. Returns how many series went.
-    pub fn prune_workloads(&self, exists: impl Fn(&str, &str) -> bool) -> usize {
+    /// `exists(namespace, name)` no longer knows, and the connection series
+    /// of principals `principal_exists` no longer knows (a caller from
+    /// another node whose workload is unknown is labelled by principal
+    /// only); a connection series an open connection still counts on stays
+    /// (request series are looked up per request, so a departed workload's
+    /// next request starts a fresh one). With pod churn, label sets would
+    /// otherwise grow for the life of the proxy. Returns how many series went.
+    pub fn prune_workloads(
+        &self,
+        exists: impl Fn(&str, &str) -> bool,
+        principal_exists: impl Fn(&str) -> bool,
+    ) -> usize {
         let known = |name: &str, namespace: &str| name == UNKNOWN || exists(namespace, name);
+        let known_principal = |p: &str| p == UNKNOWN || principal_exists(p);
         // [reporter, principal, source wl, source ns, destination wl, destination ns]
         let connections = self
             .connections
-            .retain(|v| known(&v[2], &v[3]) && known(&v[4], &v[5]));
+            .retain(|v| known_principal(&v[1]) && known(&v[2], &v[3]) && known(&v[4], &v[5]));
         // [reporter, destination wl, destination ns, code]
         let requests = self.http_requests.retain(|v| known(&v[1], &v[2]));
         connections + requests
@@ -917,8 +924,9 @@ mod tests {
         m.count_http_request(Reporter::Destination, "gone", "shop", 200);
         m.count_http_request(Reporter::Destination, "stays", "shop", 200);
         let exists = |ns: &str, name: &str| ns == "shop" && name == "stays";
+        let any = |_: &str| true;
         assert_eq!(
-            m.prune_workloads(exists),
+            m.prune_workloads(exists, any),
             2,
             "gone's connection and request series"
         );
@@ -929,12 +937,32 @@ mod tests {
         // Once its last connection ends, the held series goes too.
         held.closed(1, 1);
         drop(held);
-        assert_eq!(m.prune_workloads(exists), 1);
+        assert_eq!(m.prune_workloads(exists, any), 1);
         assert!(!m.render().contains("destination_workload=\"leaving\""));
     }
 
     /// A scrape running at the same moment must not make a prune keep what
     /// it should drop (scrapes used to hold clones of every series).
+    /// An inbound caller labelled only by principal goes once no workload
+    /// runs as that principal any more.
+    #[test]
+    fn departed_principals_lose_their_series() {
+        let m = Metrics::new();
+        let gone = "spiffe://cluster.local/ns/old/sa/batch";
+        let stays = "spiffe://cluster.local/ns/shop/sa/frontend";
+        for principal in [gone, stays] {
+            m.connection(&ConnLabels {
+                source_principal: principal,
+                ..conn("stays", "shop")
+            })
+            .opened();
+        }
+        let exists = |ns: &str, name: &str| ns == "shop" && name == "stays";
+        assert_eq!(m.prune_workloads(exists, |p| p == stays), 1);
+        let text = m.render();
+        assert!(!text.contains(gone) && text.contains(stays), "{text}");
+    }
+
     #[test]
     fn prunes_are_not_undone_by_concurrent_scrapes() {
         let m = Arc::new(Metrics::new());
@@ -950,7 +978,7 @@ mod tests {
         let missed = (0..300)
             .filter(|_| {
                 m.connection(&conn("gone", "shop")).opened();
-                m.prune_workloads(|_, _| false) != 1
+                m.prune_workloads(|_, _| false, |_| true) != 1
             })
             .count();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
