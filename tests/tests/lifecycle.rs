@@ -39,7 +39,22 @@ fn a_takeover_under_a_steady_stream_of_new_connections_refuses_none() {
     );
     for (what, child) in [("cross-node", remote), ("same-node", local)] {
         let r = finish_tool(child);
-        assert_eq!(r["intact"], count as u64, "{what}: {r}");
+        if r["intact"] != count as u64 {
+            // Both instances log to the same file: what did they refuse or fail?
+            let log = c.proxy_log("node-a");
+            let noted: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    ["WARN", "ERROR", "refused", "failed", "reset"]
+                        .iter()
+                        .any(|w| l.contains(w))
+                })
+                .collect();
+            panic!(
+                "{what}: {r}\nnode-a log, warnings and refusals:\n{}",
+                noted.join("\n")
+            );
+        }
     }
     let log = c.proxy_log("node-a");
     assert!(log.contains("adopting the pinned BPF programs"), "{log}");
