@@ -303,17 +303,16 @@ pub async fn run<A, B>(
 {
     let pump = async {
         let result = {
-            let copy = copy::bidirectional(&mut a, &mut b);
-            match lease {
-                Some(lease) => tokio::select! {
-                    r = copy => r,
-                    _ = lease.revoked() => Err(revoked()),
-                    () = drain.cut() => Err(cut()),
-                },
-                None => tokio::select! {
-                    r = copy => r,
-                    () = drain.cut() => Err(cut()),
-                },
+            let revocation = async {
+                match lease {
+                    Some(lease) => lease.revoked().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = copy::bidirectional(&mut a, &mut b) => r,
+                () = revocation => Err(revoked()),
+                () = drain.cut() => Err(cut()),
             }
         };
         match result {
