@@ -705,6 +705,13 @@ fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
+/// Brings `counter` up to `value`, read elsewhere: counters only go up, so
+/// add the difference since the last scrape (callers hold their
+/// `catching_up` lock, or two scrapes would add it twice).
+fn catch_up(counter: &IntCounter, value: u64) {
+    counter.inc_by(value.saturating_sub(counter.get()));
+}
+
 /// A counter whose value lives elsewhere and is read at scrape time.
 struct ReadAtScrape {
     counter: IntCounter,
@@ -835,8 +842,6 @@ impl Collector for KernelCollector {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let k = self.stats.read();
-        // Counters only go up: add the difference since the last scrape.
-        let catch_up = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
         catch_up(&self.redirects.with_label_values(&["ipv4"]), k.redirected4);
         catch_up(&self.redirects.with_label_values(&["ipv6"]), k.redirected6);
         catch_up(&self.skipped, k.skipped_proxy);
