@@ -664,16 +664,8 @@ impl Cluster {
         let start = fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let cg = self.cgroup_root.join(format!("proxy-{node}"));
         fs::create_dir_all(&cg)?;
-        let child = Command::new(&self.bins.nw_pod)
-            .arg("--netns")
-            .arg(self.ns(node))
-            .arg("--cgroup")
-            .arg(&cg)
-            .args(["exec", "--"])
-            .arg(&self.bins.nodeward)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(self.config_path(node))
-            .args(extra)
+        let child = self
+            .nodeward_run(node, &cg, &["--log-format", "json"], extra)
             .env("NODEWARD_LOG", "info")
             .stdout(append(&log)?)
             .stderr(append(&log)?)
@@ -705,22 +697,31 @@ impl Cluster {
         }
     }
 
+    /// `nodeward <global> run --config <node's config> <extra>` in `node`'s
+    /// netns and cgroup `cg`.
+    fn nodeward_run(&self, node: &str, cg: &Path, global: &[&str], extra: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bins.nw_pod);
+        cmd.arg("--netns")
+            .arg(self.ns(node))
+            .arg("--cgroup")
+            .arg(cg)
+            .args(["exec", "--"])
+            .arg(&self.bins.nodeward)
+            .args(global)
+            .args(["run", "--config"])
+            .arg(self.config_path(node))
+            .args(extra);
+        cmd
+    }
+
     /// Runs one more `nodeward run` on `node` to completion (for instances
     /// expected to refuse to start); (exit code, output). Bounded: killed
     /// after 20 s.
     pub fn run_proxy_to_exit(&self, node: &str, extra: &[&str]) -> (Option<i32>, String) {
         let cg = self.cgroup_root.join(format!("proxy-{node}-extra"));
         fs::create_dir_all(&cg).expect("cgroup");
-        let mut child = Command::new(&self.bins.nw_pod)
-            .arg("--netns")
-            .arg(self.ns(node))
-            .arg("--cgroup")
-            .arg(&cg)
-            .args(["exec", "--"])
-            .arg(&self.bins.nodeward)
-            .args(["run", "--config"])
-            .arg(self.config_path(node))
-            .args(extra)
+        let mut child = self
+            .nodeward_run(node, &cg, &[], extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null())
