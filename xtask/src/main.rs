@@ -5,6 +5,12 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod check;
+mod layout;
+mod links;
+mod metadata;
+mod modcycles;
+
 /// The bpf-linker series known to match the nightly's LLVM.
 const BPF_LINKER_SERIES: &str = "0.10.";
 /// Debian packages the end-to-end tests need (`ip`, `sysctl`), and the
@@ -31,6 +37,9 @@ enum Task {
     Build,
     /// Setup, lint, unit tests and the end-to-end suite (needs root).
     Test,
+    /// Crate layering, forbidden dependencies, module cycles and doc links
+    /// (quick: builds nothing).
+    Check,
     /// Bring up the two-node demo cluster and show what flows through the proxies.
     Demo {
         /// Policy directory to run the mesh with (default: the examples in
@@ -78,6 +87,7 @@ fn main() -> Result<()> {
         Task::Setup => setup(),
         Task::Build => build(),
         Task::Test => test(),
+        Task::Check => check::all(),
         Task::Demo { policies } => demo(policies),
         Task::Bench {
             seconds,
@@ -177,6 +187,7 @@ fn build() -> Result<()> {
 fn test() -> Result<()> {
     setup()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
+    check::all()?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The e2e suite runs the real binaries; build them before the tests look for them.
     cargo(&["build", "-p", "nodeward", "-p", "nodeward-tests", "--bins"])?;

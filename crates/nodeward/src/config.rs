@@ -1,0 +1,373 @@
+//! The node proxy's configuration file.
+//!
+//! [`ConfigFile`] is the YAML format (unknown fields rejected); [`Config`] is
+//! what the rest of the proxy uses, produced only by validation.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use nodeward_policy::MtlsMode;
+use nodeward_policy::{self as policy, DefaultPolicy};
+pub use nodeward_proxy::{authz::audit::AuditSink, telemetry::AccessLog};
+use nodeward_yaml as yaml;
+pub use nodeward_yaml::FileError as ConfigError;
+
+/// Default outbound capture port (Istio's and ztunnel's).
+pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
+/// Default tunnel (HBONE) port, as in ztunnel.
+pub const DEFAULT_TUNNEL_PORT: u16 = 15008;
+/// Default workload certificate lifetime.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Shortest certificate lifetime accepted (tests use a few seconds).
+pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(2);
+/// Default time open connections get to finish when the proxy stops.
+pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Default root namespace: its selector-less policies apply mesh-wide (Istio's default).
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+/// Default admin (metrics, health) address: loopback, so pods cannot reach it.
+pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
+
+/// The YAML configuration as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigFile {
+    /// This node's name, as used in the workloads file.
+    pub node: String,
+    /// cgroup v2 directory the node's pods live below; relative paths are
+    /// taken from the cgroup2 mount point.
+    pub pod_cgroup: PathBuf,
+    /// Destinations whose connections are meshed (captured).
+    pub mesh_cidrs: Vec<IpNet>,
+    /// Where redirected connections land.
+    pub proxy_addresses: ProxyAddressesFile,
+    #[serde(default)]
+    pub ports: PortsFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    /// Workloads file; relative paths are taken from the config file's directory.
+    pub workloads_file: PathBuf,
+    /// Where this node's certificate authority material lives.
+    pub identity: IdentityFile,
+    /// Inbound mTLS mode for the node's pods (default `STRICT`);
+    /// PeerAuthentication policies override it per namespace or workload.
+    #[serde(default)]
+    pub mtls: Option<MtlsMode>,
+    /// Where authorization policies come from and what applies without one.
+    pub policy: PolicyFile,
+    /// Where audit records (one JSON line per decision) go.
+    #[serde(default)]
+    pub audit: AuditFile,
+    /// Where the kernel programs are pinned (takeover on upgrade).
+    #[serde(default)]
+    pub bpf: BpfFile,
+    /// Stopping and handing over.
+    #[serde(default)]
+    pub lifecycle: LifecycleFile,
+    /// Access-log sampling.
+    #[serde(default)]
+    pub access_log: AccessLogFile,
+    /// The sockmap fast path for the pod ⇄ proxy hop.
+    #[serde(default)]
+    pub sockmap: SockmapFile,
+}
+
+/// `sockmap`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SockmapFile {
+    /// Splice the pod ⇄ proxy hop through a sockhash (default `false`: on
+    /// the kernels measured it makes blocking `recv()` in pods return
+    /// spurious `EAGAIN` and buffers without backpressure; see the README).
+    /// Where the kernel cannot load it, it turns itself off with one log line.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// `accessLog`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogFile {
+    /// Fraction (0.0–1.0) of successful connections and requests logged;
+    /// errors, refusals and denials are always logged. Default 1.0.
+    #[serde(default)]
+    pub sampling: Option<f64>,
+}
+
+/// `bpf`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BpfFile {
+    /// Directory on a BPF filesystem (e.g. `/sys/fs/bpf/nodeward`) to pin
+    /// links and maps under, so a new nodeward can take over without
+    /// redirection stopping. Unset: the programs live and die with the process.
+    #[serde(default)]
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// `lifecycle`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LifecycleFile {
+    /// How long open connections may finish after SIGTERM (or a takeover)
+    /// before the rest are closed; default `10s`.
+    #[serde(default)]
+    pub drain_deadline: Option<String>,
+}
+
+/// `policy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyFile {
+    /// Directory of policy files (a hostPath in production); relative paths
+    /// are taken from the config file's directory.
+    pub dir: PathBuf,
+    /// What applies to a workload no ALLOW policy selects: `deny` (default,
+    /// zero trust) or `allow` (Istio's behaviour).
+    #[serde(default)]
+    pub default_policy: Option<DefaultPolicy>,
+    /// Namespace whose selector-less policies apply to the whole mesh.
+    #[serde(default)]
+    pub root_namespace: Option<String>,
+}
+
+/// `audit`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditFile {
+    /// `stdout` (default), `stderr`, or a file path (appended to; relative
+    /// paths are taken from the config file's directory).
+    #[serde(default)]
+    pub sink: Option<String>,
+}
+
+/// `identity`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentityFile {
+    /// Directory written by `nodeward ca issue-node` (node.pem, node.key, bundle.pem);
+    /// relative paths are taken from the config file's directory.
+    pub dir: PathBuf,
+    /// Workload certificate lifetime, e.g. `24h`, `30m`, `10s`.
+    #[serde(default)]
+    pub cert_lifetime: Option<String>,
+}
+
+/// `proxyAddresses`: the node proxy's addresses as pods reach them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyAddressesFile {
+    pub ipv4: Ipv4Addr,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// `ports`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortsFile {
+    #[serde(default)]
+    pub outbound: Option<u16>,
+    #[serde(default)]
+    pub tunnel: Option<u16>,
+}
+
+/// `admin`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminFile {
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub pod_cgroup: PathBuf,
+    pub mesh_cidrs: Vec<IpNet>,
+    pub proxy_ipv4: Ipv4Addr,
+    pub proxy_ipv6: Option<Ipv6Addr>,
+    pub outbound_port: u16,
+    pub tunnel_port: u16,
+    pub admin_addr: SocketAddr,
+    pub workloads_file: PathBuf,
+    pub identity_dir: PathBuf,
+    pub cert_lifetime: Duration,
+    pub mtls: MtlsMode,
+    pub policy_dir: PathBuf,
+    pub policy: policy::Settings,
+    pub audit_sink: AuditSink,
+    pub bpf_pin_dir: Option<PathBuf>,
+    pub drain_deadline: Duration,
+    pub access_log: AccessLog,
+    /// Whether to try the sockmap fast path.
+    pub sockmap: bool,
+    /// The file this came from, for error messages.
+    pub source: PathBuf,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file: ConfigFile = yaml::read(path)?;
+        Self::from_file(path, file)
+    }
+
+    /// Validates a decoded file; `path` anchors relative paths and errors.
+    pub fn from_file(path: &Path, file: ConfigFile) -> Result<Self, ConfigError> {
+        let ConfigFile {
+            node,
+            pod_cgroup,
+            mesh_cidrs,
+            proxy_addresses: ProxyAddressesFile { ipv4, ipv6 },
+            ports: PortsFile { outbound, tunnel },
+            admin: AdminFile { address },
+            workloads_file,
+            identity: IdentityFile { dir, cert_lifetime },
+            mtls,
+            policy:
+                PolicyFile {
+                    dir: policy_dir,
+                    default_policy,
+                    root_namespace,
+                },
+            audit: AuditFile { sink },
+            bpf: BpfFile { pin_dir },
+            lifecycle: LifecycleFile { drain_deadline },
+            access_log: AccessLogFile { sampling },
+            sockmap: SockmapFile { enabled: sockmap },
+        } = file;
+        let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
+        if node.trim().is_empty() {
+            return Err(bad("node", "must not be empty"));
+        }
+        if mesh_cidrs.is_empty() {
+            return Err(bad("meshCidrs", "must list at least one CIDR"));
+        }
+        if ipv4.is_unspecified() || ipv4.is_broadcast() {
+            return Err(bad("proxyAddresses.ipv4", "must be a unicast address"));
+        }
+        if ipv6.is_some_and(|a| a.is_unspecified() || a.is_multicast()) {
+            return Err(bad("proxyAddresses.ipv6", "must be a unicast address"));
+        }
+        let outbound_port = outbound.unwrap_or(DEFAULT_OUTBOUND_PORT);
+        if outbound_port == 0 {
+            return Err(bad("ports.outbound", "must be between 1 and 65535"));
+        }
+        let tunnel_port = tunnel.unwrap_or(DEFAULT_TUNNEL_PORT);
+        if tunnel_port == 0 || tunnel_port == outbound_port {
+            return Err(bad(
+                "ports.tunnel",
+                "must be between 1 and 65535 and differ from ports.outbound",
+            ));
+        }
+        let cert_lifetime = match cert_lifetime {
+            None => DEFAULT_CERT_LIFETIME,
+            Some(text) => parse_duration(&text)
+                .filter(|d| *d >= MIN_CERT_LIFETIME)
+                .ok_or_else(|| {
+                    bad(
+                        "identity.certLifetime",
+                        "must be a duration of at least 2s, like `24h`, `30m` or `10s`",
+                    )
+                })?,
+        };
+        let root_namespace = root_namespace.unwrap_or_else(|| DEFAULT_ROOT_NAMESPACE.to_owned());
+        if !is_dns_label(&root_namespace) {
+            return Err(bad(
+                "policy.rootNamespace",
+                "must be a namespace name (RFC 1123 label)",
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let audit_sink = match sink.as_deref() {
+            None | Some("stdout") => AuditSink::Stdout,
+            Some("stderr") => AuditSink::Stderr,
+            Some("") => return Err(bad("audit.sink", "must be stdout, stderr or a file path")),
+            Some(file) => AuditSink::File(base.join(file)),
+        };
+        if pin_dir
+            .as_ref()
+            .is_some_and(|d| !d.is_absolute() || d.as_os_str().as_encoded_bytes().contains(&0))
+        {
+            return Err(bad(
+                "bpf.pinDir",
+                "must be an absolute path on a BPF filesystem",
+            ));
+        }
+        let drain_deadline = match drain_deadline {
+            None => DEFAULT_DRAIN_DEADLINE,
+            Some(text) => parse_duration(&text).ok_or_else(|| {
+                bad(
+                    "lifecycle.drainDeadline",
+                    "must be a duration like `30s` or `500ms`",
+                )
+            })?,
+        };
+        let access_log = match sampling {
+            None => AccessLog::ALL,
+            Some(f) => AccessLog::new(f).map_err(|e| bad("accessLog.sampling", &e.to_string()))?,
+        };
+        Ok(Self {
+            node,
+            pod_cgroup,
+            mesh_cidrs: mesh_cidrs.into_iter().map(|c| c.trunc()).collect(),
+            proxy_ipv4: ipv4,
+            proxy_ipv6: ipv6,
+            outbound_port,
+            tunnel_port,
+            admin_addr: address.unwrap_or(DEFAULT_ADMIN_ADDR),
+            workloads_file: base.join(workloads_file),
+            identity_dir: base.join(dir),
+            cert_lifetime,
+            mtls: mtls.unwrap_or(MtlsMode::Strict),
+            policy_dir: base.join(policy_dir),
+            policy: policy::Settings {
+                default_policy: default_policy.unwrap_or(DefaultPolicy::Deny),
+                root_namespace,
+            },
+            audit_sink,
+            bpf_pin_dir: pin_dir,
+            drain_deadline,
+            access_log,
+            sockmap: sockmap.unwrap_or(false),
+            source: path.to_owned(),
+        })
+    }
+}
+
+/// True for an RFC 1123 label: what Kubernetes accepts as a namespace name.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Parses `500ms`, `10s`, `30m`, `24h` or `7d` (one number, one unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

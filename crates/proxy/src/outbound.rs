@@ -1,0 +1,338 @@
+//! The outbound listener: pods' meshed connections arrive here (redirected by
+//! the kernel), are attributed to a workload, and are relayed to where the pod
+//! meant to go: straight to a pod on this node, through the mTLS tunnel to a
+//! pod on another node, or as addressed for mesh addresses that are no
+//! known workload.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use nodeward_common::OrigDst;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+use nodeward_bpf::{orig_dst_addr, FlowTable};
+use nodeward_identity::{CertStore, SpiffeId};
+use nodeward_workloads::{Registry, Workload};
+
+use crate::{
+    authz::{Admission, Authz, Subject},
+    drain::Drain,
+    relay::{self, Dialer, Path, Route},
+    telemetry::{Observer, Pending},
+    tunnel::{pool, Pool, Target, TunnelError},
+};
+
+/// Why a connection was refused before being relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No kernel record: someone dialled the outbound port directly.
+    NoKernelRecord,
+    UnknownCgroup,
+    SourceIpMismatch,
+    /// The original destination is the proxy's own listener.
+    Loop,
+}
+
+impl Refusal {
+    /// Stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoKernelRecord => "no_kernel_record",
+            Self::UnknownCgroup => "unknown_cgroup",
+            Self::SourceIpMismatch => "source_ip_mismatch",
+            Self::Loop => "loop",
+        }
+    }
+}
+
+/// Everything connection tasks share.
+pub struct Shared {
+    pub node: String,
+    pub registry: Arc<ArcSwap<Registry>>,
+    pub observer: Arc<Observer>,
+    pub certs: Arc<CertStore>,
+    pub pool: Arc<Pool>,
+    pub dialer: Dialer,
+    /// Port of other nodes' tunnel listeners.
+    pub tunnel_port: u16,
+    /// Authorization for same-node hops (remote ones are judged by the
+    /// destination's proxy).
+    pub authz: Arc<Authz>,
+    /// Ends the relays when the proxy stops.
+    pub drain: Drain,
+}
+
+/// A connection that passed the checks, ready to relay.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    source: Arc<Workload>,
+}
+
+/// Accepts on `listeners` until `shutdown` flips, spawning a relay per connection.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    mut flows: FlowTable,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let own: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let (first, second) = split(listeners);
+    loop {
+        let accepted = tokio::select! {
+            r = accept_on(first.as_ref()) => r,
+            r = accept_on(second.as_ref()) => r,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "outbound accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match classify(stream, peer, &mut flows, &shared.registry.load(), &own) {
+            Ok(conn) => {
+                // Counted from accept, so a drain does not end while it is
+                // still being authorized or dialled.
+                let pending = Pending::start(&shared.observer);
+                tokio::spawn(relay(conn, shared.clone(), pending));
+            }
+            Err(reason) => refuse(reason, peer, &shared.observer),
+        }
+    }
+}
+
+fn split(listeners: Vec<TcpListener>) -> (Option<TcpListener>, Option<TcpListener>) {
+    let mut it = listeners.into_iter();
+    (it.next(), it.next())
+}
+
+async fn accept_on(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Looks up the kernel record and the source workload. Runs in the accept
+/// loop, which alone owns the flow table: no lock on the hot path.
+fn classify(
+    stream: TcpStream,
+    peer: SocketAddr,
+    flows: &mut FlowTable,
+    registry: &Registry,
+    own: &[SocketAddr],
+) -> Result<Accepted, Refusal> {
+    let local = stream.local_addr().map_err(|_| Refusal::NoKernelRecord)?;
+    let record: OrigDst = flows.take(peer, local).ok_or(Refusal::NoKernelRecord)?;
+    let source = registry
+        .identify(record.cgroup_id, peer.ip())
+        .map_err(|u| match u {
+            nodeward_workloads::Unknown::Cgroup => Refusal::UnknownCgroup,
+            nodeward_workloads::Unknown::SourceIp => Refusal::SourceIpMismatch,
+        })?;
+    let dst = orig_dst_addr(&record);
+    if own
+        .iter()
+        .any(|o| o.port() == dst.port() && (o.ip() == dst.ip() || o.ip().is_unspecified()))
+    {
+        return Err(Refusal::Loop);
+    }
+    Ok(Accepted {
+        stream,
+        peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+        dst,
+        source: source.clone(),
+    })
+}
+
+fn refuse(reason: Refusal, peer: SocketAddr, observer: &Observer) {
+    observer.refused(reason.as_str());
+    tracing::info!(
+        target: "nodeward::access",
+        event = "refused",
+        reason = reason.as_str(),
+        peer = %peer,
+        "outbound connection refused"
+    );
+}
+
+async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
+    let Accepted {
+        stream,
+        peer,
+        dst,
+        source,
+    } = conn;
+    let _ = stream.set_nodelay(true);
+    let dest = shared.registry.load().by_ip(dst.ip()).cloned();
+    let path = match &dest {
+        Some(w) if w.node == shared.node => Path::Local,
+        Some(_) => Path::Tunnel,
+        None => Path::Passthrough,
+    };
+    let route = Route::Outbound {
+        source: source.clone(),
+        peer,
+        path,
+    };
+    let observer = &shared.observer;
+    match (path, dest) {
+        (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, &w, peer, dst).await {
+            Ok(up) => {
+                drop(pending);
+                relay::run(
+                    stream,
+                    up,
+                    route,
+                    dst,
+                    Some(w),
+                    observer,
+                    None,
+                    &shared.drain,
+                )
+                .await
+            }
+            Err(e) => connect_failed(stream, &source, peer, dst, e.reason(), &e, observer),
+        },
+        (Path::Local, Some(w)) => local(&shared, stream, route, w, peer, dst, pending).await,
+        (_, dest) => match shared.dialer.dial(dst).await {
+            Ok(up) => {
+                drop(pending);
+                relay::run(stream, up, route, dst, dest, observer, None, &shared.drain).await
+            }
+            Err(e) => connect_failed(stream, &source, peer, dst, "connect", &e, observer),
+        },
+    }
+}
+
+/// A same-node hop: this proxy is also the destination's proxy, so it
+/// authorizes here, with the identity the kernel record vouched for.
+async fn local(
+    shared: &Shared,
+    stream: TcpStream,
+    route: Route,
+    dest: Arc<Workload>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    pending: Pending,
+) {
+    let Route::Outbound { source, .. } = &route else {
+        return;
+    };
+    let source = source.clone();
+    let td = shared.certs.ca().trust_domain();
+    let Ok(principal) = SpiffeId::workload(td, &source.namespace, &source.service_account) else {
+        // A caller we cannot name is refused, never judged as anonymous.
+        let _ = stream.set_zero_linger();
+        return;
+    };
+    let subject = Subject {
+        principal: Some(principal),
+        source_ip: Some(peer.ip()),
+        destination: dest.clone(),
+        dst,
+    };
+    let admission = shared.authz.admit(subject);
+    if let Admission::Denied(d) | Admission::Limited(d) = &admission {
+        // Reset: the caller sees a refused connection, as with a remote denial.
+        let _ = stream.set_zero_linger();
+        tracing::info!(target: "nodeward::access", event = "denied", source = %source,
+            peer = %peer, orig_dst = %dst, destination = %dest, reason = %d.reason,
+            "outbound connection denied by policy");
+        return;
+    }
+    let up = match shared.dialer.dial(dst).await {
+        Ok(up) => up,
+        Err(e) => {
+            let m = &shared.observer;
+            return connect_failed(stream, &source, peer, dst, "connect", &e, m);
+        }
+    };
+    drop(pending);
+    let (authz, observer, drain) = (&shared.authz, &shared.observer, &shared.drain);
+    relay::admitted(
+        admission, authz, stream, up, route, dst, dest, observer, drain,
+    )
+    .await;
+}
+
+/// Opens a tunnel stream to `dest`'s node as `source`.
+async fn tunnel(
+    shared: &Shared,
+    source: &Workload,
+    dest: &Workload,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> Result<pool::Stream, TunnelFailure> {
+    let td = shared.certs.ca().trust_domain().to_owned();
+    let src_id = SpiffeId::workload(&td, &source.namespace, &source.service_account)
+        .map_err(|_| TunnelFailure::NoCertificate)?;
+    let dst_id = SpiffeId::workload(&td, &dest.namespace, &dest.service_account)
+        .map_err(|_| TunnelFailure::NoCertificate)?;
+    let issued = shared
+        .certs
+        .get(&src_id)
+        .ok_or(TunnelFailure::NoCertificate)?;
+    let node_ip = shared
+        .registry
+        .load()
+        .node_address(&dest.node)
+        .ok_or(TunnelFailure::UnknownNode)?;
+    let target = Target {
+        source: &issued,
+        destination: &dst_id,
+        node: &dest.node,
+        node_addr: SocketAddr::new(node_ip, shared.tunnel_port),
+        authority: dst,
+        client_ip: peer.ip(),
+    };
+    Ok(shared.pool.connect(target).await?)
+}
+
+/// Why an outbound connection could not get a tunnel stream.
+#[derive(Debug, thiserror::Error)]
+enum TunnelFailure {
+    #[error("no certificate for the source identity yet")]
+    NoCertificate,
+    #[error("the destination's node has no address in the workloads file")]
+    UnknownNode,
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+}
+
+impl TunnelFailure {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no_certificate",
+            Self::UnknownNode => "unknown_node",
+            Self::Tunnel(e) => e.reason(),
+        }
+    }
+}
+
+fn connect_failed(
+    stream: TcpStream,
+    source: &Workload,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    reason: &'static str,
+    error: &dyn std::fmt::Display,
+    observer: &Observer,
+) {
+    observer.connect_failed(reason);
+    // Reset rather than close: the pod sees a failed connection, not an empty reply.
+    let _ = stream.set_zero_linger();
+    tracing::info!(target: "nodeward::access", event = "connect_failed", source = %source,
+        peer = %peer, orig_dst = %dst, reason, error = %error, "outbound connect failed");
+}

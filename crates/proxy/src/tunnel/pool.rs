@@ -1,0 +1,453 @@
+//! Tunnel client: pooled mTLS + HTTP/2 connections to other node proxies.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{client::conn::http2::SendRequest, upgrade::Upgraded, Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{net::TcpStream, time::timeout};
+use tokio_rustls::TlsConnector;
+
+use super::{
+    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE, MAX_CONNECTIONS_PER_KEY,
+    MAX_FRAME, MAX_STREAMS_PER_CONNECTION, SPREAD_STREAMS, STREAM_WINDOW,
+};
+use nodeward_identity::{
+    tls::TrustBundle,
+    tls_config::{self, server_name},
+    Issued, SpiffeId,
+};
+
+use crate::telemetry::{Observer, Side};
+
+/// Why a tunnel stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TunnelError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("TLS handshake with {addr} failed ({reason}): {source}")]
+    Handshake {
+        addr: SocketAddr,
+        reason: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the TLS config: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("HTTP/2: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("tunnel refused the stream: {status} {message}")]
+    Status { status: StatusCode, message: String },
+}
+
+impl TunnelError {
+    /// Stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::Timeout(_) => "timeout",
+            Self::Handshake { reason, .. } => reason,
+            Self::Config(_) => "config",
+            Self::Http(_) => "http2",
+            // The destination's policy said no: not a failure of the path.
+            Self::Status { status, .. } if *status == StatusCode::FORBIDDEN => "denied",
+            Self::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                "rate_limited"
+            }
+            Self::Status { .. } => "refused",
+        }
+    }
+}
+
+/// Where a stream goes and as whom.
+pub struct Target<'a> {
+    /// The calling workload's current certificate.
+    pub source: &'a Arc<Issued>,
+    /// The identity the destination must present.
+    pub destination: &'a SpiffeId,
+    /// The node running the destination, and its proxy's tunnel address.
+    pub node: &'a str,
+    pub node_addr: SocketAddr,
+    /// The original destination (the CONNECT authority).
+    pub authority: SocketAddr,
+    /// The calling pod's address, sent as `Forwarded: for=`.
+    pub client_ip: IpAddr,
+}
+
+/// An open tunnel stream; keep it alive as long as the stream is used.
+pub struct Stream {
+    pub io: TokioIo<Upgraded>,
+    _slot: StreamSlot,
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Client-side connection pool.
+pub struct Pool {
+    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    bundle: Arc<TrustBundle>,
+    observer: Arc<Observer>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    source: SpiffeId,
+    destination: SpiffeId,
+    node: String,
+    addr: SocketAddr,
+}
+
+/// One key's connections. The async lock is held while a handshake runs,
+/// so a burst of streams for the same key waits for one handshake instead of
+/// starting many; other keys are not affected.
+#[derive(Default)]
+struct Slot {
+    conns: tokio::sync::Mutex<Vec<Pooled>>,
+}
+
+struct Pooled {
+    send: SendRequest<Empty<Bytes>>,
+    streams: Arc<AtomicUsize>,
+    generation: u64,
+    last_used: Instant,
+    /// A stream was refused on it: take no more.
+    broken: Arc<AtomicBool>,
+}
+
+/// Counts a stream against its connection until dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    /// An empty pool verifying servers against `bundle`.
+    pub fn new(bundle: Arc<TrustBundle>, observer: Arc<Observer>) -> Self {
+        Self {
+            slots: Mutex::default(),
+            bundle,
+            observer,
+        }
+    }
+
+    /// Opens a CONNECT stream to `target` on a pooled connection that uses
+    /// the source's current certificate, spreading streams over a few
+    /// connections (see `choose`).
+    pub async fn connect(&self, target: Target<'_>) -> Result<Stream, TunnelError> {
+        let (mut send, slot, broken) = self.checkout(&target).await?;
+        let response = match send.send_request(connect_request(&target)).await {
+            Ok(r) => r,
+            // A pooled connection the peer is closing (GOAWAY: its proxy is
+            // stopping or handing over) refuses new streams: retire it and
+            // try once more on a fresh connection.
+            Err(_) => {
+                broken.store(true, Ordering::Relaxed);
+                drop(slot);
+                return self.connect_fresh(&target).await;
+            }
+        };
+        Self::upgrade(response, slot).await
+    }
+
+    async fn connect_fresh(&self, target: &Target<'_>) -> Result<Stream, TunnelError> {
+        let (mut send, slot, _) = self.checkout(target).await?;
+        let response = send.send_request(connect_request(target)).await?;
+        Self::upgrade(response, slot).await
+    }
+
+    async fn upgrade(
+        response: hyper::Response<hyper::body::Incoming>,
+        slot: StreamSlot,
+    ) -> Result<Stream, TunnelError> {
+        if response.status() != StatusCode::OK {
+            let message = response
+                .headers()
+                .get(super::ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            return Err(TunnelError::Status {
+                status: response.status(),
+                message,
+            });
+        }
+        let upgraded = hyper::upgrade::on(response).await?;
+        Ok(Stream {
+            io: TokioIo::new(upgraded),
+            _slot: slot,
+        })
+    }
+
+    /// Closes idle pooled connections and forgets empty keys.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, slot| match slot.conns.try_lock() {
+            Ok(mut conns) => {
+                conns.retain(|c| usable(c, now));
+                !conns.is_empty()
+            }
+            // Busy: in use right now, keep it.
+            Err(_) => true,
+        });
+    }
+
+    async fn checkout(
+        &self,
+        target: &Target<'_>,
+    ) -> Result<(SendRequest<Empty<Bytes>>, StreamSlot, Arc<AtomicBool>), TunnelError> {
+        let slot = self.slot(target);
+        let mut conns = slot.conns.lock().await;
+        let now = Instant::now();
+        let generation = target.source.generation;
+        conns.retain(|c| usable(c, now) && c.generation == generation);
+        let loads = conns.iter().map(|c| c.streams.load(Ordering::Relaxed));
+        let index = match choose(loads) {
+            Choice::Reuse(index) => index,
+            Choice::Open => {
+                conns.push(self.open(target).await?);
+                conns.len() - 1
+            }
+            // A connection opened only to spread load must not fail a
+            // stream that fits on an existing one.
+            Choice::Spread(fallback) => match self.open(target).await {
+                Ok(fresh) => {
+                    conns.push(fresh);
+                    conns.len() - 1
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "extra tunnel connection failed; sharing one");
+                    fallback
+                }
+            },
+        };
+        let pooled = &mut conns[index];
+        pooled.last_used = now;
+        pooled.streams.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            pooled.send.clone(),
+            StreamSlot(pooled.streams.clone()),
+            pooled.broken.clone(),
+        ))
+    }
+
+    fn slot(&self, target: &Target<'_>) -> Arc<Slot> {
+        let key = Key {
+            source: target.source.svid.id.clone(),
+            destination: target.destination.clone(),
+            node: target.node.to_owned(),
+            addr: target.node_addr,
+        };
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(key).or_default().clone()
+    }
+
+    /// TCP connect, TLS handshake as the source identity, HTTP/2 handshake.
+    async fn open(&self, target: &Target<'_>) -> Result<Pooled, TunnelError> {
+        let addr = target.node_addr;
+        let started = Instant::now();
+        let tcp = match timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(TunnelError::Connect { addr, source }),
+            Err(_) => return Err(TunnelError::Timeout(addr)),
+        };
+        let _ = tcp.set_nodelay(true);
+        let config = tls_config::client_config(
+            target.source,
+            self.bundle.clone(),
+            target.destination.clone(),
+            target.node.to_owned(),
+        )?;
+        let name = server_name(target.destination);
+        let handshake = TlsConnector::from(config).connect(name, tcp);
+        let tls = match timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                let reason = tls_config::io_error_reason(&source);
+                return Err(TunnelError::Handshake {
+                    addr,
+                    reason,
+                    source,
+                });
+            }
+            Err(_) => return Err(TunnelError::Timeout(addr)),
+        };
+        self.observer
+            .tunnel_handshake(Side::Client, started.elapsed().as_secs_f64());
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "tunnel connection ended");
+            }
+        });
+        Ok(Pooled {
+            send,
+            streams: Arc::new(AtomicUsize::new(0)),
+            generation: target.source.generation,
+            last_used: started,
+            broken: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
+
+/// Where `checkout` puts the next stream of a key.
+#[derive(Debug, PartialEq, Eq)]
+enum Choice {
+    /// On the pooled connection at this index.
+    Reuse(usize),
+    /// On a connection opened for it.
+    Open,
+    /// On a new connection, to spread load; on the one at this index (which
+    /// has room) if opening fails.
+    Spread(usize),
+}
+
+/// Picks a connection given each usable connection's active streams.
+/// The least-loaded one is used, unless it already carries
+/// [`SPREAD_STREAMS`] and the key may open more: one connection's crypto
+/// runs on one core, so bulk streams go faster spread. At
+/// [`MAX_CONNECTIONS_PER_KEY`] streams pack up to
+/// [`MAX_STREAMS_PER_CONNECTION`]; past that a connection is opened anyway,
+/// because the pool never refuses a stream.
+fn choose(loads: impl ExactSizeIterator<Item = usize>) -> Choice {
+    let count = loads.len();
+    // `min_by_key` keeps the first of equals: older connections fill first.
+    let Some((index, load)) = loads.enumerate().min_by_key(|&(_, l)| l) else {
+        return Choice::Open;
+    };
+    if load >= MAX_STREAMS_PER_CONNECTION {
+        Choice::Open
+    } else if load >= SPREAD_STREAMS && count < MAX_CONNECTIONS_PER_KEY {
+        Choice::Spread(index)
+    } else {
+        Choice::Reuse(index)
+    }
+}
+
+fn usable(c: &Pooled, now: Instant) -> bool {
+    !c.send.is_closed()
+        && !c.broken.load(Ordering::Relaxed)
+        && (c.streams.load(Ordering::Relaxed) > 0 || now.duration_since(c.last_used) < IDLE_TIMEOUT)
+}
+
+fn connect_request(target: &Target<'_>) -> Request<Empty<Bytes>> {
+    let forwarded = match target.client_ip {
+        IpAddr::V4(ip) => format!("for={ip}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    };
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = Method::CONNECT;
+    *request.uri_mut() = hyper::Uri::from(
+        hyper::http::uri::Authority::try_from(target.authority.to_string())
+            .unwrap_or_else(|_| unreachable!("a socket address is a valid authority")),
+    );
+    if let Ok(v) = hyper::http::HeaderValue::try_from(forwarded) {
+        request.headers_mut().insert(hyper::header::FORWARDED, v);
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_connection_opens_one() {
+        assert_eq!(choose([].into_iter()), Choice::Open);
+    }
+
+    #[test]
+    fn lightly_loaded_connection_is_reused() {
+        assert_eq!(choose([1].into_iter()), Choice::Reuse(0));
+    }
+
+    #[test]
+    fn least_loaded_connection_is_picked() {
+        assert_eq!(choose([2, 0, 1].into_iter()), Choice::Reuse(1));
+    }
+
+    #[test]
+    fn equal_loads_fill_the_oldest_first() {
+        assert_eq!(choose([1, 1].into_iter()), Choice::Reuse(0));
+    }
+
+    #[test]
+    fn spread_loads_open_another_below_the_connection_cap() {
+        let mut loads = [SPREAD_STREAMS + 1; MAX_CONNECTIONS_PER_KEY - 1];
+        loads[1] = SPREAD_STREAMS;
+        // With the least-loaded one to fall back on if opening fails.
+        assert_eq!(choose(loads.iter().copied()), Choice::Spread(1));
+    }
+
+    #[test]
+    fn at_the_connection_cap_the_least_loaded_is_reused() {
+        let mut loads = [SPREAD_STREAMS + 2; MAX_CONNECTIONS_PER_KEY];
+        loads[1] = SPREAD_STREAMS;
+        assert_eq!(choose(loads.iter().copied()), Choice::Reuse(1));
+    }
+
+    #[test]
+    fn full_connections_open_another_past_the_cap() {
+        let loads = [MAX_STREAMS_PER_CONNECTION; MAX_CONNECTIONS_PER_KEY];
+        assert_eq!(choose(loads.iter().copied()), Choice::Open);
+    }
+}

@@ -1,0 +1,71 @@
+//! A cluster's life as a whole: whether this process may build one
+//! ([`require_root`]), starting one (sweeping dead runs' leftovers, then
+//! directory, bpffs, network, certificates, workloads, policies, configs,
+//! and both node proxies), and tearing it down on drop (processes first,
+//! then what the cluster built). The top layer: it composes the others.
+
+use anyhow::Result;
+
+use crate::{
+    certificates::make_ca,
+    cluster::{standard_pods, sweep, Cluster, Options, PodSpec, NODES},
+};
+
+/// True when the process may create namespaces, cgroups and BPF links.
+/// Without root: in CI this panics (a skipped e2e suite must not pass), locally it says so.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: end-to-end tests need root (netns, cgroups, eBPF); CI must run them as root"
+        );
+    }
+    eprintln!("SKIPPED {test}: needs root (netns, cgroups, eBPF)");
+    false
+}
+
+impl Cluster {
+    /// Builds the topology and starts both node proxies.
+    pub fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    /// Like [`Cluster::start`], with non-default proxy settings.
+    pub fn start_with(options: Options) -> Self {
+        Self::start_with_prefix(&Self::unique_prefix(), standard_pods(), options)
+            .unwrap_or_else(|e| panic!("starting the test cluster: {e:#}"))
+    }
+
+    /// Builds the topology under `prefix` and starts both node proxies.
+    pub fn start_with_prefix(prefix: &str, pods: Vec<PodSpec>, options: Options) -> Result<Self> {
+        sweep();
+        let mut c = Self::new(prefix, pods, options)?;
+        c.mount_bpffs()?;
+        c.build_network()?;
+        c.write_files()?;
+        for node in NODES {
+            c.start_proxy(node.name)?;
+        }
+        Ok(c)
+    }
+
+    /// Everything the proxies read: CAs, workloads file, policies, configs.
+    fn write_files(&self) -> Result<()> {
+        make_ca(&self.bins.nodeward, &self.ca_dir(), &NODES.map(|n| n.name))?;
+        self.write_workloads()?;
+        self.install_policies()?;
+        self.write_configs()
+    }
+}
+
+impl Drop for Cluster {
+    /// Stops every process first (a proxy gets SIGTERM and can drain), then
+    /// removes cgroups, namespaces, mounts and (unless kept) the directory:
+    /// also when a test panics.
+    fn drop(&mut self) {
+        self.stop_processes();
+        self.remove();
+    }
+}
