@@ -10,7 +10,7 @@
 //! them without redirection ever stopping; the predecessor then
 //! [`Redirector::hand_over`]s instead of detaching.
 //!
-//! The sockmap fast path (`sockmap.enabled`, on by default): `nw_splice_ops`
+//! The sockmap fast path (`sockmap.enabled`, off by default): `nw_splice_ops`
 //! (sock_ops, on the pod cgroup and on the proxy's own cgroup) puts both
 //! sockets of every pod ⇄ proxy connection into a sockhash, and
 //! `nw_splice_msg` (sk_msg, attached to that sockhash) hands each send

@@ -83,7 +83,8 @@ pub struct ConfigFile {
 pub struct SockmapFile {
     /// Splice the pod ⇄ proxy hop through a sockhash (default `false`: on
     /// the kernels measured it makes blocking `recv()` in pods return
-    /// spurious `EAGAIN` and buffers without backpressure; see the README).
+    /// spurious `EAGAIN` and buffers without backpressure; see
+    /// docs/architecture.md, "Sockmap fast path").
     /// Where the kernel cannot load it, it turns itself off with one log line.
     #[serde(default)]
     pub enabled: Option<bool>,

@@ -244,9 +244,7 @@ fn policy(cmd: PolicyCommand) -> i32 {
     use nodeward_policy::tool;
     let result = match cmd {
         PolicyCommand::Check { dir } => tool::check(&dir),
-        PolicyCommand::Explain(args) => {
-            explain_args(*args).and_then(|args| tool::explain(&args).map(|v| v.to_string()))
-        }
+        PolicyCommand::Explain(args) => explain(*args),
     };
     match result {
         Ok(out) => {
@@ -260,10 +258,12 @@ fn policy(cmd: PolicyCommand) -> i32 {
     }
 }
 
-fn explain_args(
-    a: ExplainCli,
-) -> Result<nodeward_policy::tool::ExplainArgs, nodeward_policy::tool::ToolError> {
+/// `policy explain`: the policy directory is judged first, then the
+/// arguments resolved, then the call evaluated.
+fn explain(a: ExplainCli) -> Result<String, nodeward_policy::tool::ToolError> {
     use nodeward::explain::{callee, principal, Target};
+    use nodeward_policy::tool;
+    let set = tool::load_set(&a.policies, a.default_policy, a.root_namespace)?;
     let to = match (a.workloads, a.to, a.to_namespace, a.port) {
         (Some(workloads), Some(to), _, _) => Target::Workload { workloads, to },
         (_, _, Some(namespace), Some(port)) => Target::Labels {
@@ -274,8 +274,7 @@ fn explain_args(
         // clap's groups and `requires` make these the only combinations.
         _ => unreachable!("argument groups guarantee a target"),
     };
-    Ok(nodeward_policy::tool::ExplainArgs {
-        policies: a.policies,
+    let args = tool::ExplainArgs {
         principal: principal(&a.from)?,
         source_ip: a.source_ip,
         to: callee(&to)?,
@@ -283,9 +282,8 @@ fn explain_args(
         path: a.path,
         host: a.host,
         headers: a.headers,
-        default_policy: a.default_policy,
-        root_namespace: a.root_namespace,
-    })
+    };
+    tool::explain(&set, &args).map(|v| v.to_string())
 }
 
 /// Installs the subscriber: `NODEWARD_LOG` (default `info`) behind a

@@ -840,6 +840,50 @@ mod tests {
         }
     }
 
+    /// Every [`Telemetry`] call lands in its metric with its labels in
+    /// order, so what the data path reports is what a scrape shows.
+    #[test]
+    fn telemetry_calls_land_in_their_metrics() {
+        let m = Metrics::new();
+        let t: &dyn Telemetry = &m;
+        t.refused("unknown_cgroup");
+        t.connect_failed("connect");
+        t.active(2);
+        t.active(-1);
+        t.pending(1);
+        t.tunnel_handshake(Side::Client, 0.25);
+        t.tunnel_rejected("identity_not_on_node");
+        t.tunnel_stream(Side::Server, "403");
+        t.authz_decision("deny", "shop/deny-admin", "request");
+        t.ratelimit("shop/api", RateLimitOutcome::Limited, LimitKind::Requests);
+        t.ratelimit_buckets(7);
+        t.policy_revoked();
+        t.audit_dropped(3);
+        t.http_request(Reporter::Destination, "backend", "shop", 503);
+        let text = m.render();
+        for line in [
+            r#"nodeward_outbound_refused_total{reason="unknown_cgroup"} 1"#,
+            r#"nodeward_outbound_connect_failures_total{reason="connect"} 1"#,
+            "nodeward_active_connections 1",
+            "nodeward_pending_connections 1",
+            r#"nodeward_tunnel_handshakes_total{side="client"} 1"#,
+            r#"nodeward_tunnel_handshake_seconds_count{side="client"} 1"#,
+            r#"nodeward_tunnel_rejected_total{reason="identity_not_on_node"} 1"#,
+            r#"nodeward_tunnel_streams_total{side="server",status="403"} 1"#,
+            r#"nodeward_authz_decisions_total{decision="deny",layer="request",policy="shop/deny-admin"} 1"#,
+            r#"nodeward_ratelimit_decisions_total{limit="requests",outcome="limited",policy="shop/api"} 1"#,
+            "nodeward_ratelimit_buckets 7",
+            "nodeward_policy_revoked_connections_total 1",
+            "nodeward_audit_dropped_total 3",
+            r#"nodeward_http_requests_total{code="5xx",destination_namespace="shop",destination_workload="backend",reporter="destination"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
     #[test]
     fn series_are_told_apart_by_exact_label_values() {
         let m = Metrics::new();

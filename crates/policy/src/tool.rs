@@ -5,11 +5,7 @@
 //! callee: the binary validates the SPIFFE ID and looks a workload up in a
 //! workloads file, so this crate needs neither identity nor workloads.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -30,9 +26,8 @@ pub enum ToolError {
     Argument(String),
 }
 
-/// Who the request is from, for `explain`.
+/// Who calls whom, and how, for `explain`.
 pub struct ExplainArgs {
-    pub policies: PathBuf,
     /// The caller's SPIFFE ID, already validated; `None` for an
     /// unauthenticated caller.
     pub principal: Option<String>,
@@ -43,8 +38,6 @@ pub struct ExplainArgs {
     pub host: Option<String>,
     /// `K=V` pairs.
     pub headers: Vec<String>,
-    pub default_policy: DefaultPolicy,
-    pub root_namespace: String,
 }
 
 /// Which workload is being called: its namespace, name (empty when it need
@@ -61,14 +54,24 @@ pub fn check(dir: &Path) -> Result<String, ToolError> {
     load(dir, Settings::default()).map(|set| format!("{}: ok: {}", dir.display(), set.summary()))
 }
 
-/// Evaluates one connection (and request, when HTTP attributes are given)
-/// the way the destination's proxy would; the JSON object to print.
-pub fn explain(args: &ExplainArgs) -> Result<serde_json::Value, ToolError> {
+/// Loads the policy set `explain` evaluates against, with the proxy's
+/// settings.
+pub fn load_set(
+    dir: &Path,
+    default_policy: DefaultPolicy,
+    root_namespace: String,
+) -> Result<PolicySet, ToolError> {
     let settings = Settings {
-        default_policy: args.default_policy,
-        root_namespace: args.root_namespace.clone(),
+        default_policy,
+        root_namespace,
     };
-    let set = load(&args.policies, settings)?;
+    load(dir, settings)
+}
+
+/// Evaluates one connection (and request, when HTTP attributes are given)
+/// the way the destination's proxy would under `set`; the JSON object to
+/// print.
+pub fn explain(set: &PolicySet, args: &ExplainArgs) -> Result<serde_json::Value, ToolError> {
     let to = &args.to;
     let conn = policy::Connection {
         source: policy::Source {
@@ -83,7 +86,7 @@ pub fn explain(args: &ExplainArgs) -> Result<serde_json::Value, ToolError> {
         },
     };
     let (decision, limits) = if has_http(args) {
-        request_decision(&set, &conn, args)?
+        request_decision(set, &conn, args)?
     } else {
         let d = match set.evaluate_connection(&conn) {
             L4Decision::Decided(d) => d,
