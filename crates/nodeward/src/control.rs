@@ -110,8 +110,14 @@ impl Control {
 
     fn reload(&self) {
         match Registry::load(&self.workloads_file, &self.node, &self.cgroup_mount) {
-            Ok(registry) => {
-                tracing::info!(workloads = registry.all().len(), "workloads file reloaded");
+            Ok(mut registry) => {
+                registry.inherit_loads(&self.registry.load());
+                log_warnings(&registry);
+                tracing::info!(
+                    workloads = registry.all().len(),
+                    services = registry.services().all().len(),
+                    "workloads file reloaded"
+                );
                 self.registry.store(Arc::new(registry));
                 let registry = self.registry.load();
                 self.authz.workloads_changed(&registry);
@@ -153,5 +159,12 @@ impl Control {
                     .inc();
             }
         }
+    }
+}
+
+/// Logs what the workloads file got wrong without being rejected.
+pub fn log_warnings(registry: &Registry) {
+    for warning in registry.warnings() {
+        tracing::warn!(warning = %warning, "workloads file");
     }
 }

@@ -102,6 +102,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     cgroup::cgroup_id(&pod_cgroup)
         .map_err(|e| ConfigError::invalid(&cfg.source, "podCgroup", e))?;
     let registry = Registry::load(&cfg.workloads_file, &cfg.node, &mount)?;
+    crate::control::log_warnings(&registry);
     let registry = Arc::new(ArcSwap::from_pointee(registry));
     let ca = NodeCa::load(&cfg.identity_dir)
         .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?;

@@ -24,6 +24,9 @@ use nodeward_identity::SpiffeId;
 use nodeward_yaml::{self as yaml, FileError};
 
 pub mod cgroup;
+pub mod services;
+
+pub use services::{Endpoint, EndpointGuard, Service, ServiceFile, Services};
 
 /// The workloads file as written.
 #[derive(Debug, Deserialize)]
@@ -33,6 +36,9 @@ pub struct WorkloadsFile {
     /// Node proxies and the address their tunnel listens on.
     #[serde(default)]
     pub nodes: Vec<NodeFile>,
+    /// Services: VIPs in front of workloads.
+    #[serde(default)]
+    pub services: Vec<ServiceFile>,
 }
 
 /// One entry of `nodes`.
@@ -58,6 +64,10 @@ pub struct WorkloadFile {
     /// cgroup v2 directory of a pod on this node (relative to the cgroup2 mount, or absolute).
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// `false`: listed (so it has a name and labels) but not enrolled in
+    /// the mesh. Default `true`.
+    #[serde(default)]
+    pub mesh: Option<bool>,
 }
 
 /// A workload: a pod with its identity-bearing attributes.
@@ -70,6 +80,9 @@ pub struct Workload {
     pub ips: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
     pub cgroup: Option<PathBuf>,
+    /// Enrolled in the mesh: redirected, strict inbound, an identity. An
+    /// unenrolled pod works as it would without nodeward.
+    pub enrolled: bool,
 }
 
 impl fmt::Display for Workload {
@@ -104,9 +117,12 @@ pub struct Registry {
     by_cgroup: HashMap<u64, Arc<Workload>>,
     all: Vec<Arc<Workload>>,
     nodes: HashMap<String, IpAddr>,
-    /// (node, namespace, service account) of every workload: which identities
-    /// each node's proxy may speak for.
+    /// (node, namespace, service account) of every enrolled workload:
+    /// which identities each node's proxy may speak for.
     hosted: HashSet<(String, String, String)>,
+    services: Services,
+    /// Problems that do not reject the file (a selector matching nothing).
+    warnings: Vec<String>,
 }
 
 impl Registry {
@@ -142,14 +158,19 @@ impl Registry {
         local: Option<(&str, &Path)>,
     ) -> Result<Self, FileError> {
         let mut reg = Self::default();
-        for (i, n) in file.nodes.into_iter().enumerate() {
+        let WorkloadsFile {
+            workloads,
+            nodes,
+            services,
+        } = file;
+        for (i, n) in nodes.into_iter().enumerate() {
             if n.name.is_empty() || reg.nodes.insert(n.name.clone(), n.address).is_some() {
                 let msg = format!("node {:?} is empty or listed twice", n.name);
                 return Err(FileError::invalid(path, format!("nodes[{i}].name"), msg));
             }
         }
         let mut names = HashSet::new();
-        for (i, entry) in file.workloads.into_iter().enumerate() {
+        for (i, entry) in workloads.into_iter().enumerate() {
             let field = |f: &str| format!("workloads[{i}].{f}");
             let w = Arc::new(
                 Workload::try_from(entry)
@@ -176,12 +197,14 @@ impl Registry {
                 let msg = format!("node {:?} has no entry under `nodes`", w.node);
                 return Err(FileError::invalid(path, field("node"), msg));
             }
-            reg.hosted.insert((
-                w.node.clone(),
-                w.namespace.clone(),
-                w.service_account.clone(),
-            ));
-            if w.node == node {
+            if w.enrolled {
+                reg.hosted.insert((
+                    w.node.clone(),
+                    w.namespace.clone(),
+                    w.service_account.clone(),
+                ));
+            }
+            if w.node == node && w.enrolled {
                 if let Some(dir) = &w.cgroup {
                     let id = cgroup::cgroup_id(&cgroup::resolve(cgroup_mount, dir))
                         .map_err(|e| FileError::invalid(path, field("cgroup"), e))?;
@@ -190,7 +213,31 @@ impl Registry {
             }
             reg.all.push(w);
         }
+        reg.services = Services::build(services, &reg.all, &reg.by_ip, &mut reg.warnings)
+            .map_err(|(i, (f, m))| FileError::invalid(path, format!("services[{i}].{f}"), m))?;
         Ok(reg)
+    }
+
+    /// The services, by VIP.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Keeps the load-balancing state of `old` (see
+    /// [`Services::inherit_loads`]); call on a freshly built registry.
+    pub fn inherit_loads(&mut self, old: &Registry) {
+        self.services.inherit_loads(&old.services);
+    }
+
+    /// Problems in the file that did not reject it, to log.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Cgroup ids of the enrolled pods on this node: the kernel redirects
+    /// connections from these cgroups and their descendants.
+    pub fn enrolled_cgroups(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_cgroup.keys().copied()
     }
 
     /// Attributes a connection from `cgroup_id` with source `ip`.
@@ -229,11 +276,11 @@ impl Registry {
         ))
     }
 
-    /// (namespace, service account) of every workload on `node`.
+    /// (namespace, service account) of every enrolled workload on `node`.
     pub fn identities_on(&self, node: &str) -> BTreeSet<(String, String)> {
         self.all
             .iter()
-            .filter(|w| w.node == node)
+            .filter(|w| w.node == node && w.enrolled)
             .map(|w| (w.namespace.clone(), w.service_account.clone()))
             .collect()
     }
@@ -252,6 +299,7 @@ impl TryFrom<WorkloadFile> for Workload {
             ips,
             labels,
             cgroup,
+            mesh,
         } = file;
         check_dns_label("name", &name)?;
         check_dns_label("namespace", &namespace)?;
@@ -271,13 +319,17 @@ impl TryFrom<WorkloadFile> for Workload {
             ips,
             labels,
             cgroup,
+            enrolled: mesh.unwrap_or(true),
         })
     }
 }
 
 /// Kubernetes names used in SPIFFE IDs: lowercase RFC 1123 labels (service
 /// accounts may contain dots, which SPIFFE path segments also allow).
-fn check_dns_label(field: &'static str, value: &str) -> Result<(), (&'static str, String)> {
+pub(crate) fn check_dns_label(
+    field: &'static str,
+    value: &str,
+) -> Result<(), (&'static str, String)> {
     let ok = !value.is_empty()
         && value.len() <= 253
         && value
@@ -301,5 +353,7 @@ pub fn local_identities(registry: &Registry, node: &str, trust_domain: &str) -> 
         .collect()
 }
 
+#[cfg(test)]
+mod services_tests;
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use nodeward_identity::SpiffeId;
 use nodeward_policy::{PolicyInfo, Summary};
-use nodeward_workloads::Workload;
+use nodeward_workloads::{Service, Workload};
 
 use super::AdminState;
 
@@ -31,6 +31,7 @@ pub struct ConfigDump {
     pub policy_loaded: bool,
     pub policy_summary: Summary,
     pub workloads: Vec<WorkloadView>,
+    pub services: Vec<ServiceView>,
     pub policies: Vec<PolicyView>,
     pub identities: Vec<IdentityView>,
 }
@@ -45,6 +46,31 @@ pub struct WorkloadView {
     pub node: String,
     pub ips: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
+    /// Enrolled in the mesh (`mesh: false` in the workloads file: not).
+    pub enrolled: bool,
+}
+
+/// A Service: VIPs, port → target port, and its endpoints now.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    pub name: String,
+    pub namespace: String,
+    pub vips: Vec<IpAddr>,
+    pub ports: BTreeMap<u16, u16>,
+    /// Each endpoint's addresses, with the workload behind them when
+    /// known (`namespace/name`).
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// One endpoint of a [`ServiceView`].
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointView {
+    pub ips: Vec<IpAddr>,
+    pub workload: Option<String>,
+    /// Connections open to it through the Service.
+    pub open_connections: usize,
 }
 
 /// A loaded policy, as [`PolicyInfo`] serialises it (owned, so the dump
@@ -71,17 +97,22 @@ impl ConfigDump {
     pub fn of(state: &AdminState, now: SystemTime) -> Self {
         let set = state.authz.policies();
         let summary = set.summary();
+        let registry = state.registry.load();
         Self {
             node: state.node.clone(),
             mtls: state.mtls.as_str(),
             policy_loaded: !summary.fail_closed,
             policy_summary: summary,
-            workloads: state
-                .registry
-                .load()
+            workloads: registry
                 .all()
                 .iter()
                 .map(|w| WorkloadView::from(&**w))
+                .collect(),
+            services: registry
+                .services()
+                .all()
+                .iter()
+                .map(|s| ServiceView::from(&**s))
                 .collect(),
             policies: set.policies().map(PolicyView::from).collect(),
             identities: state
@@ -104,6 +135,7 @@ impl From<&Workload> for WorkloadView {
             ips,
             labels,
             cgroup: _,
+            enrolled,
         } = w;
         Self {
             name: name.clone(),
@@ -112,6 +144,27 @@ impl From<&Workload> for WorkloadView {
             node: node.clone(),
             ips: ips.clone(),
             labels: labels.clone(),
+            enrolled: *enrolled,
+        }
+    }
+}
+
+impl From<&Service> for ServiceView {
+    fn from(s: &Service) -> Self {
+        Self {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            vips: s.vips.clone(),
+            ports: s.ports.clone(),
+            endpoints: s
+                .endpoints
+                .iter()
+                .map(|e| EndpointView {
+                    ips: e.ips.clone(),
+                    workload: e.workload.as_ref().map(ToString::to_string),
+                    open_connections: e.open(),
+                })
+                .collect(),
         }
     }
 }

@@ -169,6 +169,7 @@ fn workload(name: &str, sa: &str, node: &str, ip: &str) -> WorkloadFile {
         ips: vec![ip.parse().expect("ip")],
         labels: BTreeMap::from([("app".to_owned(), name.to_owned())]),
         cgroup: None,
+        mesh: None,
     }
 }
 
@@ -183,6 +184,7 @@ fn registry(mount: &Path) -> Registry {
             name: "node-b".into(),
             address: "10.99.0.2".parse().expect("ip"),
         }],
+        services: Vec::new(),
     };
     Registry::build(Path::new("workloads.yaml"), file, "node-a", mount).expect("registry")
 }

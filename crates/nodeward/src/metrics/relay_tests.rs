@@ -94,6 +94,7 @@ fn workload(name: &str, namespace: &str, node: &str) -> Arc<Workload> {
         ips: vec!["10.0.0.1".parse().expect("ip")],
         labels: Default::default(),
         cgroup: None,
+        enrolled: true,
     })
 }
 
