@@ -137,9 +137,17 @@ impl Control {
                         .and_then(|id| id.namespace_and_sa().map(|k| accounts.contains(&k)))
                         .unwrap_or(false)
                 };
-                let pruned = self
-                    .metrics
-                    .prune_workloads(|ns, name| workloads.contains(&(ns, name)), principal_exists);
+                let services: HashSet<&str> = registry
+                    .services()
+                    .all()
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect();
+                let pruned = self.metrics.prune_workloads(
+                    |ns, name| workloads.contains(&(ns, name)),
+                    principal_exists,
+                    |s| services.contains(s),
+                );
                 if pruned > 0 {
                     tracing::debug!(
                         series = pruned,

@@ -30,13 +30,14 @@ use nodeward_proxy::telemetry::{
 };
 
 /// Labels of per-connection metrics, in [`ConnLabels`] order.
-const CONN_LABELS: [&str; 6] = [
+const CONN_LABELS: [&str; 7] = [
     "reporter",
     "source_principal",
     "source_workload",
     "source_namespace",
     "destination_workload",
     "destination_namespace",
+    "destination_service",
 ];
 /// Per-connection counters, in [`ConnectionSeries`] index order.
 const CONN_COUNTERS: [(&str, &str); 4] = [
@@ -70,7 +71,7 @@ pub struct Metrics {
     pub registry: Registry,
     /// `connections_opened_total`, `connections_closed_total`,
     /// `sent_bytes_total`, `received_bytes_total`: see [`Metrics::connection`].
-    connections: CounterFamily<6, 4>,
+    connections: CounterFamily<7, 4>,
     /// `http_requests_total`: see [`Metrics::count_http_request`].
     http_requests: CounterFamily<4, 1>,
     pub refused: IntCounterVec,
@@ -304,20 +305,26 @@ impl Metrics {
         &self,
         exists: impl Fn(&str, &str) -> bool,
         principal_exists: impl Fn(&str) -> bool,
+        service_exists: impl Fn(&str) -> bool,
     ) -> usize {
         let known = |name: &str, namespace: &str| name == UNKNOWN || exists(namespace, name);
         let known_principal = |p: &str| p == UNKNOWN || principal_exists(p);
-        // [reporter, principal, source wl, source ns, destination wl, destination ns]
-        let connections = self
-            .connections
-            .retain(|v| known_principal(&v[1]) && known(&v[2], &v[3]) && known(&v[4], &v[5]));
+        let known_service = |s: &str| s == UNKNOWN || service_exists(s);
+        // [reporter, principal, source wl, source ns, destination wl,
+        //  destination ns, destination service]
+        let connections = self.connections.retain(|v| {
+            known_principal(&v[1])
+                && known(&v[2], &v[3])
+                && known(&v[4], &v[5])
+                && known_service(&v[6])
+        });
         // [reporter, destination wl, destination ns, code]
         let requests = self.http_requests.retain(|v| known(&v[1], &v[2]));
         connections + requests
     }
 
     /// The counters of one connection series (created on first use).
-    pub fn connection(&self, labels: &ConnLabels<'_>) -> Arc<Series<6, 4>> {
+    pub fn connection(&self, labels: &ConnLabels<'_>) -> Arc<Series<7, 4>> {
         let ConnLabels {
             reporter,
             source_principal,
@@ -325,6 +332,7 @@ impl Metrics {
             source_namespace,
             destination_workload,
             destination_namespace,
+            destination_service,
         } = *labels;
         self.connections.series([
             reporter.as_str(),
@@ -333,6 +341,7 @@ impl Metrics {
             source_namespace,
             destination_workload,
             destination_namespace,
+            destination_service,
         ])
     }
 
@@ -561,7 +570,7 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-impl ConnectionCounters for Series<6, 4> {
+impl ConnectionCounters for Series<7, 4> {
     fn opened(&self) {
         self.inc(OPENED);
     }
@@ -837,6 +846,7 @@ mod tests {
             source_namespace: UNKNOWN,
             destination_workload: workload,
             destination_namespace: namespace,
+            destination_service: UNKNOWN,
         }
     }
 
@@ -893,8 +903,8 @@ mod tests {
         m.connection(&conn("web", "shop")).closed(10, 20);
         let text = m.render();
         for line in [
-            "destination_namespace=\"hop\",destination_workload=\"webs\"",
-            "destination_namespace=\"shop\",destination_workload=\"web\"",
+            "destination_namespace=\"hop\",destination_service=\"unknown\",destination_workload=\"webs\"",
+            "destination_namespace=\"shop\",destination_service=\"unknown\",destination_workload=\"web\"",
         ] {
             let opened = text
                 .lines()
@@ -923,7 +933,7 @@ mod tests {
         let exists = |ns: &str, name: &str| ns == "shop" && name == "stays";
         let any = |_: &str| true;
         assert_eq!(
-            m.prune_workloads(exists, any),
+            m.prune_workloads(exists, any, |_| true),
             2,
             "gone's connection and request series"
         );
@@ -934,7 +944,7 @@ mod tests {
         // Once its last connection ends, the held series goes too.
         held.closed(1, 1);
         drop(held);
-        assert_eq!(m.prune_workloads(exists, any), 1);
+        assert_eq!(m.prune_workloads(exists, any, |_| true), 1);
         assert!(!m.render().contains("destination_workload=\"leaving\""));
     }
 
@@ -955,7 +965,7 @@ mod tests {
             .opened();
         }
         let exists = |ns: &str, name: &str| ns == "shop" && name == "stays";
-        assert_eq!(m.prune_workloads(exists, |p| p == stays), 1);
+        assert_eq!(m.prune_workloads(exists, |p| p == stays, |_| true), 1);
         let text = m.render();
         assert!(!text.contains(gone) && text.contains(stays), "{text}");
     }
@@ -975,7 +985,7 @@ mod tests {
         let missed = (0..300)
             .filter(|_| {
                 m.connection(&conn("gone", "shop")).opened();
-                m.prune_workloads(|_, _| false, |_| true) != 1
+                m.prune_workloads(|_, _| false, |_| true, |_| true) != 1
             })
             .count();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

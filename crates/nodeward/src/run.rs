@@ -1,6 +1,12 @@
 //! `nodeward run`: validate everything, bind, attach, serve, and detach on signal.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::watch};
@@ -186,6 +192,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         pool,
         dialer,
         tunnel_port: cfg.tunnel_port,
+        node_local: node_addresses(),
         authz: authz.clone(),
         drain: relays_drain,
     });
@@ -273,6 +280,27 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every address of this network namespace's interfaces (node IPs, bridge
+/// gateways, the proxy's own): a pod must not reach them through the proxy.
+fn node_addresses() -> HashSet<IpAddr> {
+    let addrs: HashSet<IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter_map(|a| a.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .collect()
+        })
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list the node's addresses");
+            HashSet::new()
+        });
+    tracing::debug!(addresses = ?addrs, "node-local addresses");
+    addrs
 }
 
 /// The redirect part of a validated config; `pod_cgroup` is the config's

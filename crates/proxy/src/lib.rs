@@ -16,11 +16,13 @@
 
 pub mod access;
 pub mod authz;
+pub mod balance;
 pub mod drain;
 pub mod escape;
 pub mod http;
 pub mod inbound;
 pub mod outbound;
+mod random;
 pub mod ratelimit;
 pub mod relay;
 pub mod sink;

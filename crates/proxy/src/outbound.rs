@@ -4,7 +4,12 @@
 //! pod on another node, or as addressed for mesh addresses that are no
 //! known workload.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use nodeward_common::OrigDst;
@@ -15,10 +20,11 @@ use tokio::{
 
 use nodeward_bpf::{orig_dst_addr, FlowTable};
 use nodeward_identity::{CertStore, SpiffeId};
-use nodeward_workloads::{Registry, Workload};
+use nodeward_workloads::{EndpointGuard, Registry, Service, Workload};
 
 use crate::{
     authz::{Admission, Authz, Subject},
+    balance,
     drain::Drain,
     relay::{self, Dialer, Path, Route},
     telemetry::{Observer, Pending},
@@ -34,6 +40,17 @@ pub enum Refusal {
     SourceIpMismatch,
     /// The original destination is the proxy's own listener.
     Loop,
+    /// The destination is an address of this node (a node IP, the bridge
+    /// gateway): never dialled from the node as passthrough.
+    NodeLocal,
+    /// An address in the mesh that is no workload, Service or listed
+    /// endpoint: failing closed, since the proxy dialling it from its own
+    /// address would get past a strict pod's inbound filter.
+    UnknownDestination,
+    /// A Service VIP with no ready endpoint.
+    NoEndpoints,
+    /// A Service VIP on a port the Service does not expose.
+    UnknownServicePort,
 }
 
 impl Refusal {
@@ -44,6 +61,10 @@ impl Refusal {
             Self::UnknownCgroup => "unknown_cgroup",
             Self::SourceIpMismatch => "source_ip_mismatch",
             Self::Loop => "loop",
+            Self::NodeLocal => "node_local",
+            Self::UnknownDestination => "unknown_destination",
+            Self::NoEndpoints => "no_endpoints",
+            Self::UnknownServicePort => "unknown_service_port",
         }
     }
 }
@@ -58,11 +79,25 @@ pub struct Shared {
     pub dialer: Dialer,
     /// Port of other nodes' tunnel listeners.
     pub tunnel_port: u16,
+    /// This node's own addresses (every interface of the node's network
+    /// namespace): pods may not reach them through the proxy.
+    pub node_local: HashSet<IpAddr>,
     /// Authorization for same-node hops (remote ones are judged by the
     /// destination's proxy).
     pub authz: Arc<Authz>,
     /// Ends the relays when the proxy stops.
     pub drain: Drain,
+}
+
+/// Where a connection goes once Services are resolved.
+struct Resolved {
+    /// The address to dial: the original destination, or the endpoint a
+    /// Service VIP resolved to.
+    dst: SocketAddr,
+    dest: Option<Arc<Workload>>,
+    service: Option<Arc<Service>>,
+    /// Counts the connection against its endpoint while it is open.
+    _load: Option<EndpointGuard>,
 }
 
 /// A connection that passed the checks, ready to relay.
@@ -167,16 +202,62 @@ fn refuse(reason: Refusal, peer: SocketAddr, observer: &Observer) {
     );
 }
 
+/// Resolves a Service VIP to one endpoint and says which workload, if
+/// any, the connection is for; refuses what must not be dialled.
+fn resolve(shared: &Shared, dst: SocketAddr) -> Result<Resolved, Refusal> {
+    if shared.node_local.contains(&dst.ip().to_canonical()) {
+        return Err(Refusal::NodeLocal);
+    }
+    let registry = shared.registry.load();
+    let Some((service, target)) = registry.services().resolve(dst.ip(), dst.port()) else {
+        if registry.services().is_vip(dst.ip()) {
+            return Err(Refusal::UnknownServicePort);
+        }
+        let dest = registry.by_ip(dst.ip()).cloned();
+        if dest.is_none() {
+            return Err(Refusal::UnknownDestination);
+        }
+        return Ok(Resolved {
+            dst,
+            dest,
+            service: None,
+            _load: None,
+        });
+    };
+    let endpoint = balance::pick(&service.endpoints).ok_or(Refusal::NoEndpoints)?;
+    let ip = endpoint.ip_for(dst.ip());
+    if shared.node_local.contains(&ip) {
+        return Err(Refusal::NodeLocal);
+    }
+    Ok(Resolved {
+        dst: SocketAddr::new(ip, target),
+        dest: endpoint.workload.clone(),
+        service: Some(service.clone()),
+        _load: Some(EndpointGuard::open(endpoint)),
+    })
+}
+
+/// Refuses a connection already handed to its task: a reset, counted.
+fn refuse_reset(stream: &TcpStream, reason: Refusal, peer: SocketAddr, observer: &Observer) {
+    let _ = stream.set_zero_linger();
+    refuse(reason, peer, observer);
+}
+
 async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
     let Accepted {
         stream,
         peer,
-        dst,
+        dst: orig_dst,
         source,
     } = conn;
     let _ = stream.set_nodelay(true);
-    let dest = shared.registry.load().by_ip(dst.ip()).cloned();
+    let resolved = match resolve(&shared, orig_dst) {
+        Ok(r) => r,
+        Err(reason) => return refuse_reset(&stream, reason, peer, &shared.observer),
+    };
+    let (dst, dest) = (resolved.dst, resolved.dest.clone());
     let path = match &dest {
+        Some(w) if !w.enrolled => Path::Passthrough,
         Some(w) if w.node == shared.node => Path::Local,
         Some(_) => Path::Tunnel,
         None => Path::Passthrough,
@@ -185,6 +266,7 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
         source: source.clone(),
         peer,
         path,
+        service: resolved.service.clone(),
     };
     let observer = &shared.observer;
     match (path, dest) {

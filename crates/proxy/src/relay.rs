@@ -26,7 +26,7 @@ use tokio::{
 mod copy;
 
 use nodeward_identity::SpiffeId;
-use nodeward_workloads::Workload;
+use nodeward_workloads::{Service, Workload};
 
 use crate::{
     access::millis,
@@ -50,6 +50,8 @@ pub enum Route {
         source: Arc<Workload>,
         peer: SocketAddr,
         path: Path,
+        /// The Service whose VIP the caller dialled, when it did.
+        service: Option<Arc<Service>>,
     },
     /// A stream from another node's proxy, authenticated by mTLS.
     Inbound {
@@ -394,7 +396,9 @@ fn series(route: &Route, dest: Option<&Workload>, observer: &Observer) -> Vec<Co
     let caller = caller(route, observer.trust_domain());
     reporters(route, dest)
         .iter()
-        .map(|&reporter| observer.connection(&labels(reporter, &caller, dest)))
+        .map(|&reporter| {
+            observer.connection(&labels(reporter, &caller, dest, service_label(route)))
+        })
         .collect()
 }
 
@@ -415,6 +419,7 @@ fn labels<'a>(
     reporter: Reporter,
     caller: &'a Caller<'_>,
     dest: Option<&'a Workload>,
+    service: &'a str,
 ) -> ConnLabels<'a> {
     ConnLabels {
         reporter,
@@ -423,6 +428,17 @@ fn labels<'a>(
         source_namespace: caller.namespace,
         destination_workload: dest.map_or(UNKNOWN, |w| &w.name),
         destination_namespace: dest.map_or(UNKNOWN, |w| &w.namespace),
+        destination_service: service,
+    }
+}
+
+/// `<name>.<namespace>` of the Service an outbound caller dialled.
+fn service_label(route: &Route) -> &str {
+    match route {
+        Route::Outbound {
+            service: Some(s), ..
+        } => &s.id,
+        _ => UNKNOWN,
     }
 }
 
@@ -461,10 +477,16 @@ fn log(route: &Route, d: &Done<'_>) {
         .dest
         .map_or_else(|| "unknown".to_owned(), |w| w.to_string());
     match route {
-        Route::Outbound { source, peer, path } => tracing::info!(
+        Route::Outbound {
+            source,
+            peer,
+            path,
+            service,
+        } => tracing::info!(
             target: "nodeward::access",
             event = "connection",
             path = path.as_str(),
+            destination_service = service.as_ref().map_or(UNKNOWN, |s| s.id.as_str()),
             source = %source,
             source_service_account = %source.service_account,
             peer = %peer,

@@ -11,9 +11,9 @@
 //! afterwards only touches the counters behind the returned handle, so the
 //! per-connection cost is one lookup and a few atomic increments.
 
-use std::{
-    cell::Cell, collections::hash_map::RandomState, hash::BuildHasher, ops::Deref, sync::Arc,
-};
+use std::{ops::Deref, sync::Arc};
+
+use crate::random::unit_random;
 
 /// The label value for anything not attributable to a known workload.
 pub const UNKNOWN: &str = "unknown";
@@ -48,6 +48,9 @@ pub struct ConnLabels<'a> {
     pub source_namespace: &'a str,
     pub destination_workload: &'a str,
     pub destination_namespace: &'a str,
+    /// `<name>.<namespace>` of the Service the caller dialled (ztunnel's
+    /// `destination_service`), or [`UNKNOWN`].
+    pub destination_service: &'a str,
 }
 
 /// What a rate limiter decided.
@@ -301,23 +304,6 @@ impl Drop for Pending {
     fn drop(&mut self) {
         self.0.pending(-1);
     }
-}
-
-/// A uniform draw from [0, 1): xorshift64* per thread, seeded randomly, so
-/// sampling takes no lock and shares no cache line between threads.
-fn unit_random() -> f64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        state.set(x);
-        // The top 53 bits, scaled: exactly representable, strictly below 1.
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    })
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct ServicePortFile {
 pub struct Service {
     pub name: String,
     pub namespace: String,
+    /// `<name>.<namespace>`, as metrics and access records name it.
+    pub id: String,
     pub vips: Vec<IpAddr>,
     /// Service port → target port.
     pub ports: BTreeMap<u16, u16>,
@@ -72,7 +74,7 @@ pub struct Endpoint {
 
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.name, self.namespace)
+        f.write_str(&self.id)
     }
 }
 
@@ -233,6 +235,7 @@ impl Service {
             }
         };
         Ok(Self {
+            id: format!("{}.{}", file.name, file.namespace),
             name: file.name,
             namespace: file.namespace,
             vips,

@@ -309,7 +309,7 @@ async fn config_dump_shows_workloads_policies_and_identities() {
     assert_eq!(
         workloads[2],
         serde_json::json!({"name": "backend", "namespace": "shop", "serviceAccount": "backend",
-            "node": "node-b", "ips": ["10.20.2.10"], "labels": {"app": "backend"}})
+            "node": "node-b", "ips": ["10.20.2.10"], "labels": {"app": "backend"}, "enrolled": true})
     );
     let policy = &dump["policies"][0];
     assert_eq!(policy["kind"], "AuthorizationPolicy");

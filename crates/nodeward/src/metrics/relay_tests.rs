@@ -103,6 +103,7 @@ fn outbound(path: Path) -> Route {
         source: workload("frontend", "shop", "node-a"),
         peer: "10.0.0.1:40000".parse().expect("addr"),
         path,
+        service: None,
     }
 }
 
