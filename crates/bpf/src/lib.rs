@@ -24,7 +24,7 @@
 //! counters ([`KernelStats`]).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -151,6 +151,13 @@ pub struct InboundModes {
     current: BTreeMap<IpAddr, InboundMode>,
 }
 
+/// The enrolled pods' cgroup ids the programs redirect for, owned by the
+/// task that keeps them in line with the workloads.
+pub struct PodCgroups {
+    map: HashMap<MapData, u64, u32>,
+    current: BTreeSet<u64>,
+}
+
 /// Read-only views of the kernel state, for metrics and tests.
 pub struct KernelStats {
     stats: PerCpuArray<MapData, u64>,
@@ -166,6 +173,8 @@ pub struct KernelCounters {
     pub redirected4: u64,
     pub redirected6: u64,
     pub skipped_proxy: u64,
+    /// Mesh-bound connects from cgroups below no enrolled pod.
+    pub skipped_unenrolled: u64,
     pub record_failed: u64,
     pub flows_recorded: u64,
     pub flows_closed: u64,
@@ -182,8 +191,19 @@ pub struct KernelCounters {
     pub splice_entries: u64,
 }
 
-/// What attaching or adopting hands to the rest of the proxy.
-pub type Attached = (Redirector, FlowTable, KernelStats, InboundModes);
+/// What attaching (or adopting) hands the proxy's tasks.
+pub struct Attached {
+    /// Keeps the programs attached (detaches on drop unless handed over).
+    pub redirector: Redirector,
+    /// The flow records, for the accept loop.
+    pub flows: FlowTable,
+    /// Counters and map sizes, for metrics.
+    pub stats: KernelStats,
+    /// Enrolled pods' inbound modes, for the task that keeps them current.
+    pub modes: InboundModes,
+    /// Enrolled pods' cgroups, for the same task.
+    pub pods: PodCgroups,
+}
 
 impl Redirector {
     /// Loads the programs, fills their maps and attaches them to
@@ -414,6 +434,43 @@ impl FlowTable {
     }
 }
 
+impl PodCgroups {
+    /// Starts from what the map holds (an adopted map keeps the
+    /// predecessor's pods until the first [`PodCgroups::set`]).
+    fn new(map: HashMap<MapData, u64, u32>) -> Self {
+        let current = map.keys().filter_map(Result::ok).collect();
+        Self { map, current }
+    }
+
+    /// Makes the kernel's set of enrolled pod cgroups exactly `wanted`.
+    /// Returns whether anything changed.
+    pub fn set(&mut self, wanted: BTreeSet<u64>) -> bool {
+        if wanted == self.current {
+            return false;
+        }
+        for id in self.current.difference(&wanted) {
+            let _ = self.map.remove(id);
+        }
+        let mut applied = BTreeSet::new();
+        for id in wanted {
+            match self.map.insert(id, 1, 0) {
+                Ok(()) => {
+                    applied.insert(id);
+                }
+                // Left out of `current`, so the next sync tries again.
+                Err(e) => tracing::error!(cgroup = id, error = %e, "enrolling a pod's cgroup"),
+            }
+        }
+        self.current = applied;
+        true
+    }
+
+    /// The cgroup ids the kernel holds now.
+    pub fn current(&self) -> &BTreeSet<u64> {
+        &self.current
+    }
+}
+
 impl InboundModes {
     /// Starts from what the map holds (an adopted map keeps the
     /// predecessor's entries until the first [`InboundModes::set`]).
@@ -511,6 +568,7 @@ impl KernelStats {
             redirected4: sum(stat::REDIRECTED4),
             redirected6: sum(stat::REDIRECTED6),
             skipped_proxy: sum(stat::SKIPPED_PROXY),
+            skipped_unenrolled: sum(stat::SKIPPED_UNENROLLED),
             record_failed: sum(stat::RECORD_FAILED),
             flows_recorded: sum(stat::FLOW_RECORDED),
             flows_closed: sum(stat::FLOW_CLOSED),

@@ -24,8 +24,8 @@ use aya::{
 use nodeward_common::{maps, programs, LpmAddr, RedirectConfig};
 
 use super::{
-    cidr_key, config_value, hash_map, FlowTable, InboundModes, KernelStats, RedirectError,
-    Redirector, Settings,
+    cidr_key, config_value, hash_map, FlowTable, InboundModes, KernelStats, PodCgroups,
+    RedirectError, Redirector, Settings,
 };
 
 /// The programs, in the order [`super::attach_programs`] returns their links.
@@ -42,13 +42,14 @@ pub(super) const SPLICE_PODS: &str = programs::SPLICE_OPS;
 pub(super) const SPLICE_PROXY: &str = "nw_splice_ops_proxy";
 
 /// Every map name that may be pinned, for removal.
-const ALL_MAPS: [&str; 8] = [
+const ALL_MAPS: [&str; 9] = [
     maps::CONFIG,
     maps::MESH_CIDRS,
     maps::BY_COOKIE,
     maps::FLOWS,
     maps::STATS,
     maps::INBOUND_MODES,
+    maps::PODS,
     maps::SPLICE,
     maps::SPLICE_OFF,
 ];
@@ -64,6 +65,7 @@ pub(super) struct MapSet {
     flows: Map,
     stats: Map,
     modes: Map,
+    pods: Map,
     /// The sockhash and the fallback marks, when the fast path is on.
     splice: Option<(Map, Map)>,
 }
@@ -88,6 +90,7 @@ impl MapSet {
             flows: take(maps::FLOWS)?,
             stats: take(maps::STATS)?,
             modes: take(maps::INBOUND_MODES)?,
+            pods: take(maps::PODS)?,
             splice: if splice {
                 Some((take(maps::SPLICE)?, take(maps::SPLICE_OFF)?))
             } else {
@@ -110,6 +113,7 @@ impl MapSet {
             flows: Map::LruHashMap(open(maps::FLOWS)?),
             stats: Map::PerCpuArray(open(maps::STATS)?),
             modes: Map::HashMap(open(maps::INBOUND_MODES)?),
+            pods: Map::HashMap(open(maps::PODS)?),
             splice: if splice {
                 Some((
                     Map::SockHash(open(maps::SPLICE)?),
@@ -170,6 +174,7 @@ impl MapSet {
             (maps::FLOWS, &self.flows),
             (maps::STATS, &self.stats),
             (maps::INBOUND_MODES, &self.modes),
+            (maps::PODS, &self.pods),
         ];
         if let Some((hash, off)) = &self.splice {
             all.extend([(maps::SPLICE, hash), (maps::SPLICE_OFF, off)]);
@@ -198,7 +203,14 @@ impl MapSet {
         let by_cookie = hash_map(self.by_cookie, maps::BY_COOKIE)?;
         let stats = KernelStats::open(stats, by_cookie, flows_id, splice)?;
         let modes: HashMap<MapData, LpmAddr, u32> = hash_map(self.modes, maps::INBOUND_MODES)?;
-        Ok((redirector, flows, stats, InboundModes::new(modes)))
+        let pods: HashMap<MapData, u64, u32> = hash_map(self.pods, maps::PODS)?;
+        Ok(super::Attached {
+            redirector,
+            flows,
+            stats,
+            modes: InboundModes::new(modes),
+            pods: PodCgroups::new(pods),
+        })
     }
 }
 

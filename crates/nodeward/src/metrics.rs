@@ -699,6 +699,7 @@ struct KernelCollector {
     stats: KernelStats,
     redirects: IntCounterVec,
     skipped: IntCounter,
+    unenrolled: IntCounter,
     record_failures: IntCounter,
     map_entries: IntGaugeVec,
     inbound: IntCounterVec,
@@ -723,6 +724,11 @@ impl KernelCollector {
         let skipped = IntCounter::with_opts(Opts::new(
             "bpf_proxy_sockets_skipped_total",
             "Connects from the proxy's namespace left alone",
+        ))
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let unenrolled = IntCounter::with_opts(Opts::new(
+            "bpf_unenrolled_skipped_total",
+            "Mesh-bound connects from pods not enrolled in the mesh, left alone",
         ))
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let record_failures = IntCounter::with_opts(Opts::new(
@@ -765,6 +771,7 @@ impl KernelCollector {
             inbound.desc(),
             redirects.desc(),
             skipped.desc(),
+            unenrolled.desc(),
             record_failures.desc(),
             map_entries.desc(),
         ]
@@ -776,6 +783,7 @@ impl KernelCollector {
             stats,
             redirects,
             skipped,
+            unenrolled,
             record_failures,
             map_entries,
             inbound,
@@ -802,6 +810,7 @@ impl Collector for KernelCollector {
         catch_up(&self.redirects.with_label_values(&["ipv4"]), k.redirected4);
         catch_up(&self.redirects.with_label_values(&["ipv6"]), k.redirected6);
         catch_up(&self.skipped, k.skipped_proxy);
+        catch_up(&self.unenrolled, k.skipped_unenrolled);
         catch_up(&self.record_failures, k.record_failed);
         catch_up(
             &self.inbound.with_label_values(&["dropped"]),
@@ -824,6 +833,7 @@ impl Collector for KernelCollector {
         catch_up(&self.splice_fallbacks, k.splice_fallbacks);
         let mut out = self.redirects.collect();
         out.extend(self.skipped.collect());
+        out.extend(self.unenrolled.collect());
         out.extend(self.record_failures.collect());
         out.extend(self.map_entries.collect());
         out.extend(self.inbound.collect());

@@ -17,7 +17,7 @@ use std::{
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use nodeward_bpf::{InboundMode, InboundModes};
+use nodeward_bpf::{InboundMode, InboundModes, PodCgroups};
 use nodeward_policy::{LoadErrors, MtlsMode, PolicySet, Settings};
 use nodeward_proxy::authz::Authz;
 use nodeward_workloads::Registry;
@@ -122,31 +122,50 @@ fn report_error(errors: &str, metrics: &Metrics, consequence: &str) {
     metrics.policy_reloads.with_label_values(&["error"]).inc();
 }
 
-/// Keeps the kernel's per-pod inbound modes in line with the
-/// PeerAuthentication policies in force and the local workloads, until
-/// `shutdown` flips. Pods no PeerAuthentication covers use the config's mode.
-pub async fn sync_inbound_modes(
+/// What the kernel must know about this node's pods.
+pub struct KernelPods {
+    pub node: String,
+    /// The inbound mode of an enrolled pod no PeerAuthentication covers.
+    pub default_mode: MtlsMode,
+    pub modes: InboundModes,
+    pub pods: PodCgroups,
+}
+
+/// Keeps the kernel's enrolled pods (their cgroups, which the connect
+/// programs redirect for) and their inbound modes in line with the local
+/// workloads and the PeerAuthentication policies in force, until
+/// `shutdown` flips. Enrolled pods no PeerAuthentication covers get the
+/// config's mode; pods that are not enrolled get no entry at all.
+pub async fn sync_kernel_pods(
     authz: Arc<Authz>,
     registry: Arc<ArcSwap<Registry>>,
-    node: String,
-    mut modes: InboundModes,
+    mut kernel: KernelPods,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        let registry_now = registry.load();
+        if kernel.pods.set(registry_now.enrolled_cgroups().collect()) {
+            tracing::info!(pods = kernel.pods.current().len(), "enrolled pods applied");
+        }
         let set = authz.policies().clone();
-        let wanted: BTreeMap<IpAddr, InboundMode> = registry
-            .load()
+        let wanted: BTreeMap<IpAddr, InboundMode> = registry_now
             .all()
             .iter()
-            .filter(|w| w.node == node)
-            .filter_map(|w| set.mtls_mode(&w.namespace, &w.labels).map(|m| (w, m)))
+            .filter(|w| w.node == kernel.node && w.enrolled)
+            .map(|w| {
+                (
+                    w,
+                    set.mtls_mode(&w.namespace, &w.labels)
+                        .unwrap_or(kernel.default_mode),
+                )
+            })
             .flat_map(|(w, m)| w.ips.iter().map(move |ip| (*ip, inbound_mode(m))))
             .collect();
         let permissive = wanted
             .values()
             .filter(|m| **m == InboundMode::Permissive)
             .count();
-        if modes.set(wanted) {
+        if kernel.modes.set(wanted) {
             tracing::info!(
                 permissive_pod_ips = permissive,
                 "per-workload inbound mTLS modes applied"

@@ -151,8 +151,13 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let tunnel_listener = bind_tunnel(cfg.tunnel_port, shared).await?;
     let admin_listener = bind(cfg.admin_addr, shared).await?;
     let settings = redirect_settings(&cfg, &pod_cgroup, &mount);
-    let (redirector, flows, kernel, inbound_modes) =
-        attach_or_adopt(&settings, opts.takeover || predecessor)?;
+    let redirect::Attached {
+        redirector,
+        flows,
+        stats: kernel,
+        modes: inbound_modes,
+        pods: pod_cgroups,
+    } = attach_or_adopt(&settings, opts.takeover || predecessor)?;
     metrics.register_kernel(kernel);
     let readiness = Arc::new(Readiness::new());
     readiness.set_bpf_attached(true);
@@ -199,11 +204,16 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let accept = tokio::spawn(outbound::serve(listeners, flows, shared, stop_rx.clone()));
     let tunnel_task = tokio::spawn(inbound::serve(tunnel_listener, inbound, stop_rx.clone()));
     let control_task = tokio::spawn(control.run(stop_rx.clone()));
-    let modes_task = tokio::spawn(reload::sync_inbound_modes(
+    let kernel_pods = reload::KernelPods {
+        node: cfg.node.clone(),
+        default_mode: cfg.mtls,
+        modes: inbound_modes,
+        pods: pod_cgroups,
+    };
+    let modes_task = tokio::spawn(reload::sync_kernel_pods(
         authz.clone(),
         registry.clone(),
-        cfg.node.clone(),
-        inbound_modes,
+        kernel_pods,
         stop_rx.clone(),
     ));
     let policy_task = tokio::spawn(reload::watch(

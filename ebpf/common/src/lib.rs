@@ -109,8 +109,11 @@ pub mod stat {
     /// Sockets whose sends took the normal TCP path because their peer was
     /// not in the sockhash (not spliced, or already closed); they stay on it.
     pub const SPLICE_FALLBACK: u32 = 9;
+    /// Mesh-bound connections from a cgroup below no enrolled pod's, left
+    /// alone (the pod is not in the mesh).
+    pub const SKIPPED_UNENROLLED: u32 = 10;
     /// Number of statistics slots.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Map names, shared so userspace looks up exactly what the programs define.
@@ -127,6 +130,10 @@ pub mod maps {
     pub const STATS: &str = "NW_STATS";
     /// Per-pod inbound mode overrides (PeerAuthentication).
     pub const INBOUND_MODES: &str = "NW_INBOUND_MODES";
+    /// `HashMap<u64, u32>`: cgroup id of each enrolled pod on the node → 1.
+    /// A connection is the pod's when it comes from that cgroup or any
+    /// cgroup below it (its containers).
+    pub const PODS: &str = "NW_PODS";
     /// `SockHash<FlowKey>`: both sockets of each pod ⇄ proxy connection,
     /// keyed by their own view of the 4-tuple (the sockmap fast path).
     pub const SPLICE: &str = "NW_SPLICE";

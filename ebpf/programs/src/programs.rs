@@ -6,7 +6,8 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, sk_msg_md, BPF_F_INGRESS, BPF_SOCK_OPS_STATE_CB_FLAG},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_fullsock,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        bpf_sk_fullsock,
     },
     macros::{cgroup_skb, cgroup_sock_addr, map, sk_msg, sock_ops},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
@@ -50,8 +51,9 @@ static NW_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(655
 #[map(name = "NW_FLOWS")]
 static NW_FLOWS: LruHashMap<FlowKey, OrigDst> = LruHashMap::with_max_entries(65536, 0);
 
-/// Per-pod inbound mode (PeerAuthentication), keyed by the pod's address
-/// (IPv4 as `::ffff:a.b.c.d`); pods without an entry use the config's mode.
+/// Per-pod inbound mode (PeerAuthentication, or the node's default), keyed
+/// by the pod's address (IPv4 as `::ffff:a.b.c.d`). Only enrolled pods have
+/// an entry: an address without one is no meshed pod's, and is left alone.
 #[map(name = "NW_INBOUND_MODES")]
 static NW_INBOUND_MODES: HashMap<LpmAddr, u32> = HashMap::with_max_entries(8192, 0);
 
@@ -65,6 +67,16 @@ static NW_SPLICE: SockHash<FlowKey> = SockHash::with_max_entries(65536, 0);
 /// later would be read before those still queued in TCP.
 #[map(name = "NW_SPLICE_OFF")]
 static NW_SPLICE_OFF: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// The cgroup id of every enrolled pod on this node (value 1). Containers
+/// live in cgroups below their pod's; the program finds the pod by walking
+/// the caller's ancestors, so container cgroups never enter a map.
+#[map(name = "NW_PODS")]
+static NW_PODS: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Deepest cgroup level searched for the pod (kubelet's pods sit at 3 or 4,
+/// their containers one below).
+const MAX_CGROUP_LEVEL: i32 = 16;
 
 #[map(name = "NW_STATS")]
 static NW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -148,7 +160,11 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<(), ()> {
     if NW_MESH_CIDRS.get(Key::new(128, to_bytes(&dst))).is_none() {
         return Ok(());
     }
-    record(ctx, dst, port, v6)?;
+    let Some(pod) = enrolled_pod() else {
+        bump(stat::SKIPPED_UNENROLLED);
+        return Ok(());
+    };
+    record(ctx, dst, port, v6, pod)?;
     rewrite(sa, cfg, v6, mapped);
     bump(if v6 {
         stat::REDIRECTED6
@@ -181,15 +197,34 @@ fn read_dst(sa: *mut bpf_sock_addr, v6: bool) -> Addr {
     }
 }
 
+/// The cgroup id of the enrolled pod the calling process belongs to: its
+/// own cgroup or the nearest ancestor in [`NW_PODS`], searched from the
+/// root down (a pod is never below another pod).
 #[inline(always)]
-fn record(ctx: &SockAddrContext, addr: Addr, port: u16, v6: bool) -> Result<(), ()> {
+fn enrolled_pod() -> Option<u64> {
+    for level in 1..=MAX_CGROUP_LEVEL {
+        // SAFETY: helper without preconditions; 0 means "deeper than the
+        // caller's own cgroup".
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            return None;
+        }
+        // SAFETY: a plain u32 read at once; userspace updates whole entries.
+        if unsafe { NW_PODS.get(&id) }.is_some() {
+            return Some(id);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn record(ctx: &SockAddrContext, addr: Addr, port: u16, v6: bool, pod: u64) -> Result<(), ()> {
     let value = OrigDst {
         addr,
         port,
         family: if v6 { AF_INET6 } else { AF_INET },
         _pad: 0,
-        // SAFETY: helper without preconditions.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id: pod,
     };
     // SAFETY: sock_addr programs may call bpf_get_socket_cookie with their context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -247,9 +282,10 @@ fn try_inbound(ctx: &SkBuffContext) -> Result<i32, ()> {
     let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     // SAFETY: the value is a plain u32 copied out at once; the map is only
     // updated whole-entry by userspace.
-    let mode = unsafe { NW_INBOUND_MODES.get(&to_bytes(&dst)) }
-        .copied()
-        .unwrap_or(cfg.inbound_mode);
+    let Some(mode) = (unsafe { NW_INBOUND_MODES.get(&to_bytes(&dst)) }).copied() else {
+        // Not an enrolled pod: nodeward leaves it as it would be without.
+        return Ok(PASS);
+    };
     if mode != inbound::PERMISSIVE {
         if syn {
             bump(stat::INBOUND_DROPPED);
