@@ -128,6 +128,10 @@ pub struct Cluster {
     pub(crate) app_labels: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     /// Pods left out of the workloads file, see [`Cluster::unlist`].
     pub(crate) unlisted: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Pods listed with `mesh: false`, see [`Cluster::unenroll`].
+    pub(crate) unenrolled: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The workloads file's `services:` items, see [`Cluster::set_services`].
+    pub(crate) services: std::sync::Mutex<String>,
 }
 
 /// Proxy settings a test can change.
@@ -222,6 +226,8 @@ impl Cluster {
             options,
             app_labels: std::sync::Mutex::default(),
             unlisted: std::sync::Mutex::default(),
+            unenrolled: std::sync::Mutex::default(),
+            services: std::sync::Mutex::default(),
         };
         fs::write(c.cgroup_root_marker(), std::process::id().to_string())?;
         Ok(c)
@@ -247,6 +253,11 @@ impl Cluster {
             .iter()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// The cgroup of pod `name` (its containers' cgroups go below it).
+    pub fn cgroup_of(&self, name: &str) -> PathBuf {
+        self.pod_cgroup(self.pod(name))
     }
 
     pub(crate) fn pod_cgroup(&self, pod: &PodSpec) -> PathBuf {

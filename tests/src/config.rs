@@ -31,8 +31,21 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let unenrolled = self
+            .unenrolled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for p in self.pods.iter().filter(|p| !unlisted.contains(p.name)) {
             w += &self.workload_entry(p, labels.get(p.name).map_or(p.name, String::as_str));
+            if unenrolled.contains(p.name) {
+                w += "    mesh: false\n";
+            }
+        }
+        let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        if !services.is_empty() {
+            w += "services:\n";
+            w += &services;
         }
         // Write then rename, so a proxy never reads half a file.
         let tmp = self.dir.join("workloads.yaml.tmp");
@@ -68,6 +81,23 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(pod.to_owned());
+        self.write_workloads().expect("write workloads");
+    }
+
+    /// Lists `pod` with `mesh: false` (not enrolled) and rewrites the
+    /// workloads file.
+    pub fn unenroll(&self, pod: &str) {
+        self.unenrolled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pod.to_owned());
+        self.write_workloads().expect("write workloads");
+    }
+
+    /// Makes `items` (YAML list items) the workloads file's `services:`
+    /// and rewrites it.
+    pub fn set_services(&self, items: &str) {
+        *self.services.lock().unwrap_or_else(|e| e.into_inner()) = items.to_owned();
         self.write_workloads().expect("write workloads");
     }
 

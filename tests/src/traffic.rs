@@ -61,6 +61,43 @@ impl Cluster {
         self.pod_tool(pod, &args)
     }
 
+    /// From `pod`: `count` sequential calls with extra `nw-pod call` flags;
+    /// how many were intact.
+    pub fn call_many_with(
+        &self,
+        pod: &str,
+        to: SocketAddr,
+        bytes: usize,
+        count: usize,
+        extra: &[&str],
+    ) -> u64 {
+        let mut args = call_args(to, bytes, count);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let v = self.pod_tool(pod, &args);
+        v["intact"].as_u64().expect("intact count")
+    }
+
+    /// Starts one call from `pod` with extra `nw-pod call` flags in the
+    /// background; [`finish_tool`] collects the report.
+    pub fn spawn_call_with(
+        &self,
+        pod: &str,
+        to: SocketAddr,
+        bytes: usize,
+        extra: &[&str],
+    ) -> Child {
+        let mut args = call_args(to, bytes, 1);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.spawn_tool(pod, &args)
+    }
+
+    /// From `pod`'s network namespace and the cgroup `cgroup` (a
+    /// container's, below the pod's; created if missing): one call.
+    pub fn call_in_cgroup(&self, pod: &str, cgroup: &Path, to: SocketAddr, bytes: usize) -> Value {
+        cgroups::create(cgroup).expect("container cgroup");
+        self.tool_in(&self.ns(pod), cgroup, &call_args(to, bytes, 1))
+    }
+
     /// From `pod`'s network namespace but outside the mesh cgroup, so the
     /// connection is not redirected: a pod bypassing its proxy.
     pub fn call_bypassing_proxy(&self, pod: &str, to: SocketAddr, bytes: usize) -> Value {
@@ -72,15 +109,20 @@ impl Cluster {
     /// Starts `count` short calls from `pod` to `to`, `gap_ms` apart, in
     /// the background; [`finish_tool`] collects the report.
     pub fn spawn_call_stream(&self, pod: &str, to: SocketAddr, count: usize, gap_ms: u64) -> Child {
-        let p = self.pod(pod);
         let mut args = call_args(to, 200, count);
         args.extend(["--gap-ms".to_owned(), gap_ms.to_string()]);
+        self.spawn_tool(pod, &args)
+    }
+
+    /// Starts `nw-pod <args>` in `pod` in the background.
+    fn spawn_tool(&self, pod: &str, args: &[String]) -> Child {
+        let p = self.pod(pod);
         Command::new(&self.bins.nw_pod)
             .arg("--netns")
             .arg(self.ns(pod))
             .arg("--cgroup")
             .arg(self.pod_cgroup(p))
-            .args(&args)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
