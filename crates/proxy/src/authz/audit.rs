@@ -1,11 +1,11 @@
 //! Audit records: one JSON line per authorization decision, written by a
 //! dedicated thread so a slow sink never stalls a connection.
 //!
-//! Every string that came from a certificate or the network is cleaned of
-//! control and bidi-format characters before it is serialised, so a hostile
-//! SAN, header or path cannot forge or hide log lines (Envoy
-//! CVE-2023-27493, CVE-2024-45808). JSON escaping alone leaves DEL, C1
-//! controls and bidi overrides intact.
+//! Every string that came from a certificate or the network is cleaned
+//! ([`crate::escape::clean`]: Unicode categories Cc, Cf, Zl, Zp) before it
+//! is serialised, so a hostile SAN, header or path cannot forge or hide log
+//! lines (Envoy CVE-2023-27493, CVE-2024-45808). JSON escaping alone leaves
+//! DEL, C1 controls, bidi overrides and U+2028 intact.
 
 use std::{
     borrow::Cow,
