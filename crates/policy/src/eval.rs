@@ -364,10 +364,17 @@ fn host_seen(host: Option<&NormalizedHost>, hosts: &[HostMatch], destination_por
 }
 
 /// A header repeated with values that disagree (one matches, one does
-/// not) is unknowable: the application may read either.
+/// not) is unknowable: the application may read either. `-` and `_` in
+/// names are one character here: CGI-style servers read `x-debug` and
+/// `x_debug` both as `HTTP_X_DEBUG`, so every spelling is a repeat of the
+/// one header. (The proxy refuses `_` in header names unless configured to
+/// allow them.)
 fn header_seen(headers: &HeaderMap, name: &http::HeaderName, set: &StrSet) -> Seen {
     let (mut any, mut all, mut present) = (false, true, false);
-    for value in headers.get_all(name) {
+    let spellings = headers
+        .iter()
+        .filter(|(n, _)| same_cgi_name(n.as_str(), name.as_str()));
+    for (_, value) in spellings {
         let hit = set.matches(value.as_bytes(), false);
         present = true;
         any |= hit;
@@ -379,6 +386,13 @@ fn header_seen(headers: &HeaderMap, name: &http::HeaderName, set: &StrSet) -> Se
         (true, false, _) => Seen::Known(false),
         (true, true, false) => Seen::Unknowable,
     }
+}
+
+/// Equal names once `-` and `_` are taken as one character (names are
+/// lowercase already).
+fn same_cgi_name(a: &str, b: &str) -> bool {
+    let dash = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| dash(x) == dash(y))
 }
 
 impl StrSet {

@@ -577,6 +577,31 @@ fn repeated_header_with_disagreeing_values_falls_to_deny() {
     assert_eq!(rule_matches(rule, twice), (true, true));
 }
 
+/// CGI-style servers read `x_debug` as `x-debug` (both are
+/// `HTTP_X_DEBUG`): a header check sees every spelling, and two spellings
+/// with disagreeing values are a repeated header that falls to deny.
+#[test]
+fn header_checks_see_dash_and_underscore_spellings_as_one_header() {
+    let dash_rule = when("{key: 'request.headers[x-debug]', values: ['1']}");
+    let underscore_rule = when("{key: 'request.headers[x_debug]', values: ['1']}");
+    let cases: &[(&[(&str, &str)], (bool, bool))] = &[
+        (&[("x-debug", "1")], (true, true)),
+        (&[("x_debug", "1")], (true, true)),
+        (&[("X_Debug", "1")], (true, true)),
+        (&[("x-debug", "0"), ("x_debug", "1")], (false, true)),
+        (
+            &[("xdebug", "1"), ("x-debug-", "1"), ("x-debuh", "1")],
+            (false, false),
+        ),
+    ];
+    for rule in [&dash_rule, &underscore_rule] {
+        for (headers, want) in cases {
+            let call = Call { headers, ..GET };
+            assert_eq!(rule_matches(rule, call), *want, "{rule} {headers:?}");
+        }
+    }
+}
+
 /// `hosts: [admin.example:8080]` in a DENY policy stops `Host:
 /// admin.example` sent to port 8080, and in an ALLOW policy admits it; on
 /// another port neither applies.

@@ -33,7 +33,7 @@ use nodeward_workloads::{Registry, Workload};
 use crate::{
     access,
     escape::clean,
-    http::{self as proxy_http, Verdict},
+    http::{self as proxy_http, HeadersWithUnderscores, Verdict},
     ratelimit::{self, RateLimiter, RateOutcome},
     telemetry::{LimitKind as MetricLimit, Observer, RateLimitOutcome, Reporter},
 };
@@ -46,6 +46,7 @@ const SHARDS: usize = 16;
 /// The enforcement point shared by the outbound and tunnel paths.
 pub struct Authz {
     policies: ArcSwap<PolicySet>,
+    underscores: HeadersWithUnderscores,
     live: [Mutex<HashMap<u64, Tracked>>; SHARDS],
     next_id: AtomicU64,
     auditor: Auditor,
@@ -100,12 +101,20 @@ impl Authz {
     pub fn new(policies: PolicySet, auditor: Auditor, observer: Arc<Observer>) -> Self {
         Self {
             policies: ArcSwap::from_pointee(policies),
+            underscores: HeadersWithUnderscores::default(),
             live: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
             auditor,
             observer,
             limiter: RateLimiter::new(ratelimit::DEFAULT_MAX_BUCKETS),
         }
+    }
+
+    /// Whether requests with `_` in a header name are refused (the
+    /// default) or judged and forwarded.
+    pub fn with_headers_with_underscores(mut self, action: HeadersWithUnderscores) -> Self {
+        self.underscores = action;
+        self
     }
 
     /// The policy set in force.
@@ -367,6 +376,13 @@ struct RequestView<'a> {
 
 impl proxy_http::Authorizer for RequestGate {
     fn authorize(&self, parts: &mut Parts) -> Verdict {
+        if self.authz.underscores == HeadersWithUnderscores::Reject {
+            if let Some(name) = parts.headers.keys().find(|n| n.as_str().contains('_')) {
+                let why = format!("header name with an underscore: {}", clean(name.as_str()));
+                let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                return self.refuse(parts, &raw.to_owned(), &why);
+            }
+        }
         let host = match effective_host(parts) {
             Ok(h) => h.map(|h| h.to_string()).unwrap_or_default(),
             Err(why) => return self.refuse(parts, "-", &why),

@@ -95,6 +95,20 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// connection stays usable; a larger body closes the connection instead.
 pub const MAX_DISCARD: u64 = 256 * 1024;
 
+/// What to do with a request whose header names contain `_`. CGI, WSGI,
+/// Rack and the servers built on them read `X_Debug` and `X-Debug` both as
+/// `HTTP_X_DEBUG`, so an underscore spelling could pass a header policy
+/// written for the dash one (Envoy's `headers_with_underscores_action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeadersWithUnderscores {
+    /// Refuse the request with 400 (the default).
+    #[default]
+    Reject,
+    /// Forward it; header policies then match either spelling (see the
+    /// policy docs).
+    Allow,
+}
+
 /// What the authorizer says about one request.
 #[derive(Debug)]
 pub enum Verdict {

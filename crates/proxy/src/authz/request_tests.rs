@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     drain::DrainControl,
-    http::{Authorizer, Verdict},
+    http::{Authorizer, HeadersWithUnderscores, Verdict},
     telemetry::Observer,
 };
 use nodeward_policy::{PolicySet, Settings};
@@ -38,6 +38,10 @@ struct Gate {
 
 impl Gate {
     fn new(policies: &[(&str, &str, &str)]) -> Self {
+        Self::with(policies, HeadersWithUnderscores::Reject)
+    }
+
+    fn with(policies: &[(&str, &str, &str)], underscores: HeadersWithUnderscores) -> Self {
         let yaml: String = policies
             .iter()
             .map(|(name, action, rules)| policy(name, action, rules))
@@ -49,7 +53,8 @@ impl Gate {
         let sink = AuditSink::File(dir.path().join("audit.log"));
         let observer = Arc::new(Observer::discard());
         let auditor = Auditor::open(&sink, Arc::new(crate::telemetry::Discard)).expect("audit");
-        let authz = Arc::new(Authz::new(set, auditor, observer));
+        let authz = Authz::new(set, auditor, observer).with_headers_with_underscores(underscores);
+        let authz = Arc::new(authz);
         let lease = match authz.admit(subject()) {
             Admission::Http(lease) | Admission::Relay(lease) => lease,
             Admission::Denied(d) | Admission::Limited(d) => panic!("connection refused: {d:?}"),
@@ -210,6 +215,45 @@ fn authority_forms_are_normalised_too() {
         .body(())
         .expect("request");
     assert_eq!(allow.judge(bad).0, Some(StatusCode::BAD_REQUEST));
+}
+
+/// `X_Debug` would pass a DENY on `x-debug` to a pod that reads both as
+/// `HTTP_X_DEBUG`: refused with 400 by default.
+#[test]
+fn a_header_name_with_an_underscore_is_refused_by_default() {
+    let gate = Gate::new(&[("all", "ALLOW", ALLOW_ALL)]);
+    let with = |name: &str| {
+        Request::get("/")
+            .header(HOST, "backend")
+            .header(name, "1")
+            .body(())
+            .expect("request")
+    };
+    assert_eq!(gate.judge(with("X_Debug")).0, Some(StatusCode::BAD_REQUEST));
+    assert_eq!(gate.judge(with("X-Debug")).0, None);
+}
+
+/// With `headersWithUnderscores: allow` the request is forwarded as sent,
+/// and a header DENY still sees the underscore spelling.
+#[test]
+fn allowed_underscore_headers_still_meet_a_header_deny() {
+    let deny_debug = "[{when: [{key: 'request.headers[x-debug]', values: ['1']}]}]";
+    let policies = [
+        ("deny-debug", "DENY", deny_debug),
+        ("all", "ALLOW", ALLOW_ALL),
+    ];
+    let gate = Gate::with(&policies, HeadersWithUnderscores::Allow);
+    let with = |value: &str| {
+        Request::get("/")
+            .header(HOST, "backend")
+            .header("x_debug", value)
+            .body(())
+            .expect("request")
+    };
+    assert_eq!(gate.judge(with("1")).0, Some(StatusCode::FORBIDDEN));
+    let (status, parts) = gate.judge(with("0"));
+    assert_eq!(status, None);
+    assert!(parts.headers.contains_key("x_debug"));
 }
 
 /// End to end through `http::serve`: the pod gets valid HTTP/1.1 with a
