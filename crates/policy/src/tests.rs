@@ -584,7 +584,8 @@ fn repeated_header_with_disagreeing_values_falls_to_deny() {
 fn header_checks_see_dash_and_underscore_spellings_as_one_header() {
     let dash_rule = when("{key: 'request.headers[x-debug]', values: ['1']}");
     let underscore_rule = when("{key: 'request.headers[x_debug]', values: ['1']}");
-    let cases: &[(&[(&str, &str)], (bool, bool))] = &[
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Headers, (bool, bool))] = &[
         (&[("x-debug", "1")], (true, true)),
         (&[("x_debug", "1")], (true, true)),
         (&[("X_Debug", "1")], (true, true)),

@@ -9,7 +9,7 @@
 //! counted one by one between two summaries (later ones are summed), and a
 //! summary names the [`SUMMARY_SOURCES`] that lost the most.
 
-use std::{borrow::Cow, collections::HashMap};
+use std::collections::HashMap;
 
 use serde::Serialize;
 
@@ -119,6 +119,7 @@ fn source_of<'r>(record: &'r Record<'_>) -> &'r str {
 #[cfg(test)]
 mod tests {
     use std::{
+        borrow::Cow,
         io::Write,
         sync::{mpsc, Arc, Mutex},
     };
