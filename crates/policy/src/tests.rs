@@ -1174,6 +1174,11 @@ fn normalize_host_table() {
     ];
     for (raw, want) in cases {
         assert_eq!(&normalize_host(raw), want, "{raw:?}");
+        // The forwarded form is its own normal form: the pod and any
+        // proxy after this one read the same host.
+        if let Ok(host) = want {
+            assert_eq!(normalize_host(&host.to_string()).as_ref(), Ok(host));
+        }
     }
     let long_label = "a".repeat(64);
     assert_eq!(normalize_host(&long_label), Err(TooLong));
@@ -1188,6 +1193,33 @@ fn normalize_host_table() {
     assert_eq!(normalize_host(&format!("a{long_name}")), Err(TooLong));
     let forwarded = normalize_host("[FD00::1]:08080").map(|h| h.to_string());
     assert_eq!(forwarded.as_deref(), Ok("[fd00::1]:8080"));
+}
+
+/// Hosts come from the network: whatever the bytes, no panic, and what is
+/// accepted is stable (normalising the forwarded form changes nothing).
+#[test]
+fn normalize_host_never_panics_and_is_idempotent_on_generated_hosts() {
+    let alphabet: Vec<char> = "[]:.-_aZ0917fx@%, \u{e9}".chars().collect();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize
+    };
+    let mut accepted = 0;
+    for _ in 0..100_000 {
+        let len = next() % 12;
+        let raw: String = (0..len)
+            .map(|_| alphabet[next() % alphabet.len()])
+            .collect();
+        if let Ok(host) = normalize_host(&raw) {
+            accepted += 1;
+            let again = normalize_host(&host.to_string());
+            assert_eq!(again.as_ref(), Ok(&host), "{raw:?}");
+        }
+    }
+    assert!(accepted > 1000, "{accepted}");
 }
 
 #[test]
