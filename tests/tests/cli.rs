@@ -245,6 +245,28 @@ fn policy_explain_prints_the_decision_as_json_without_any_workload() {
         .concat(),
     );
     assert_eq!(sneaky["decision"], "deny", "{sneaky}");
+    let bad_host = explain(
+        &[
+            &["--from", frontend],
+            &backend[..],
+            &[
+                "--method",
+                "GET",
+                "--path",
+                "/api/items",
+                "--host",
+                "b,backend",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(bad_host["decision"], "deny", "{bad_host}");
+    assert!(
+        bad_host["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("host rejected") && r.contains("400")),
+        "{bad_host}"
+    );
     let ops = explain(
         &[
             &["--from", "spiffe://cluster.local/ns/ops/sa/ops-tool"],

@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 pub use nodeward_policy::MtlsMode;
 use nodeward_policy::{self as policy, DefaultPolicy};
-pub use nodeward_proxy::{authz::audit::AuditSink, telemetry::AccessLog};
+pub use nodeward_proxy::{
+    authz::audit::AuditSink, http::HeadersWithUnderscores, telemetry::AccessLog,
+};
 use nodeward_yaml as yaml;
 pub use nodeward_yaml::FileError as ConfigError;
 
@@ -72,6 +74,9 @@ pub struct ConfigFile {
     /// Access-log sampling.
     #[serde(default)]
     pub access_log: AccessLogFile,
+    /// How requests on HTTP ports are read.
+    #[serde(default)]
+    pub http: HttpFile,
     /// The sockmap fast path for the pod ⇄ proxy hop.
     #[serde(default)]
     pub sockmap: SockmapFile,
@@ -98,6 +103,24 @@ pub struct AccessLogFile {
     /// errors, refusals and denials are always logged. Default 1.0.
     #[serde(default)]
     pub sampling: Option<f64>,
+}
+
+/// `http`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpFile {
+    /// Requests with `_` in a header name: `reject` (400, default) or
+    /// `allow` (forwarded; header policies match `_` and `-` alike).
+    #[serde(default)]
+    pub headers_with_underscores: Option<HeadersWithUnderscoresFile>,
+}
+
+/// `http.headersWithUnderscores`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HeadersWithUnderscoresFile {
+    Reject,
+    Allow,
 }
 
 /// `bpf`.
@@ -207,6 +230,8 @@ pub struct Config {
     pub bpf_pin_dir: Option<PathBuf>,
     pub drain_deadline: Duration,
     pub access_log: AccessLog,
+    /// What to do with `_` in request header names on HTTP ports.
+    pub headers_with_underscores: HeadersWithUnderscores,
     /// Whether to try the sockmap fast path.
     pub sockmap: bool,
     /// The file this came from, for error messages.
@@ -242,6 +267,9 @@ impl Config {
             bpf: BpfFile { pin_dir },
             lifecycle: LifecycleFile { drain_deadline },
             access_log: AccessLogFile { sampling },
+            http: HttpFile {
+                headers_with_underscores,
+            },
             sockmap: SockmapFile { enabled: sockmap },
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
@@ -337,6 +365,10 @@ impl Config {
             bpf_pin_dir: pin_dir,
             drain_deadline,
             access_log,
+            headers_with_underscores: match headers_with_underscores {
+                None | Some(HeadersWithUnderscoresFile::Reject) => HeadersWithUnderscores::Reject,
+                Some(HeadersWithUnderscoresFile::Allow) => HeadersWithUnderscores::Allow,
+            },
             sockmap: sockmap.unwrap_or(false),
             source: path.to_owned(),
         })

@@ -20,6 +20,7 @@ use http::HeaderMap;
 
 use super::{
     file::HostMatch,
+    host::{normalize_host, NormalizedHost},
     model::{AuthzPolicy, Check, Checks, Rule, StrSet, Test},
     pattern::Pattern,
     Action, Connection, Decision, DefaultPolicy, Destination, LimitKind, PolicyRef, PolicySet,
@@ -71,15 +72,9 @@ enum Peer<'a> {
 struct Http<'a> {
     method: &'a str,
     path: &'a str,
-    host: Host<'a>,
+    /// `None`: unknowable (no Host at all, or one that is not a valid host).
+    host: Option<NormalizedHost>,
     headers: &'a HeaderMap,
-}
-
-#[derive(Debug)]
-enum Host<'a> {
-    Missing,
-    Name { name: &'a str, port: Option<u16> },
-    Malformed,
 }
 
 /// What a test saw, before negation.
@@ -121,7 +116,7 @@ impl<'a> Attrs<'a> {
         let http = Http {
             method: req.method,
             path: req.path,
-            host: Host::new(req.host),
+            host: normalize_host(req.host).ok(),
             headers: req.headers,
         };
         Self {
@@ -309,7 +304,7 @@ impl Test {
             Self::Path(set) => {
                 attrs.with_http(|h| Seen::Known(set.matches(h.path.as_bytes(), fold)))
             }
-            Self::Host(hosts) => attrs.with_http(|h| h.host.seen(hosts, attrs.port)),
+            Self::Host(hosts) => attrs.with_http(|h| host_seen(h.host.as_ref(), hosts, attrs.port)),
             Self::Header(name, set) => attrs.with_http(|h| header_seen(h.headers, name, set)),
         }
     }
@@ -350,51 +345,36 @@ impl<'a> Peer<'a> {
     }
 }
 
-impl<'a> Host<'a> {
-    /// `name[:port]`, `[v6][:port]`; a trailing dot on the name is dropped.
-    fn new(host: &'a str) -> Self {
-        if host.is_empty() {
-            return Self::Missing;
-        }
-        let (name, port) = match super::file::split_port(host) {
-            Some((name, "")) => (name, None),
-            Some((name, port)) => match super::file::parse_port(port) {
-                Ok(port) => (name, Some(port)),
-                Err(_) => return Self::Malformed,
-            },
-            None if host.starts_with('[') == host.ends_with(']') => (host, None),
-            None => return Self::Malformed,
-        };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        if name.is_empty() || (name.contains(':') && !name.starts_with('[')) {
-            return Self::Malformed;
-        }
-        Self::Name { name, port }
-    }
-
-    /// A pattern's port is compared with the Host's, or, when the Host has
-    /// none, with the port the connection reached (`destination_port`):
-    /// otherwise `Host: admin.example` would slip past a DENY on
-    /// `admin.example:8080`.
-    fn seen(&self, hosts: &[HostMatch], destination_port: u16) -> Seen {
-        match self {
-            Self::Missing => Seen::Known(false),
-            Self::Malformed => Seen::Unknowable,
-            Self::Name { name, port } => {
-                let port = port.unwrap_or(destination_port);
-                Seen::Known(hosts.iter().any(|h| {
-                    h.host.matches(name.as_bytes(), true) && h.port.is_none_or(|p| p == port)
-                }))
-            }
-        }
-    }
+/// A pattern's port is compared with the Host's, or, when the Host has
+/// none, with the port the connection reached (`destination_port`):
+/// otherwise `Host: admin.example` would slip past a DENY on
+/// `admin.example:8080`. A request without a usable host (HTTP/1.0 without
+/// `Host`, or a malformed one) is unknowable: a DENY on hosts holds, an
+/// ALLOW on hosts (or on `notHosts`) does not.
+fn host_seen(host: Option<&NormalizedHost>, hosts: &[HostMatch], destination_port: u16) -> Seen {
+    let Some(host) = host else {
+        return Seen::Unknowable;
+    };
+    let port = host.port.unwrap_or(destination_port);
+    Seen::Known(
+        hosts.iter().any(|h| {
+            h.host.matches(host.name.as_bytes(), true) && h.port.is_none_or(|p| p == port)
+        }),
+    )
 }
 
 /// A header repeated with values that disagree (one matches, one does
-/// not) is unknowable: the application may read either.
+/// not) is unknowable: the application may read either. `-` and `_` in
+/// names are one character here: CGI-style servers read `x-debug` and
+/// `x_debug` both as `HTTP_X_DEBUG`, so every spelling is a repeat of the
+/// one header. (The proxy refuses `_` in header names unless configured to
+/// allow them.)
 fn header_seen(headers: &HeaderMap, name: &http::HeaderName, set: &StrSet) -> Seen {
     let (mut any, mut all, mut present) = (false, true, false);
-    for value in headers.get_all(name) {
+    let spellings = headers
+        .iter()
+        .filter(|(n, _)| same_cgi_name(n.as_str(), name.as_str()));
+    for (_, value) in spellings {
         let hit = set.matches(value.as_bytes(), false);
         present = true;
         any |= hit;
@@ -406,6 +386,13 @@ fn header_seen(headers: &HeaderMap, name: &http::HeaderName, set: &StrSet) -> Se
         (true, false, _) => Seen::Known(false),
         (true, true, false) => Seen::Unknowable,
     }
+}
+
+/// Equal names once `-` and `_` are taken as one character (names are
+/// lowercase already).
+fn same_cgi_name(a: &str, b: &str) -> bool {
+    let dash = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| dash(x) == dash(y))
 }
 
 impl StrSet {

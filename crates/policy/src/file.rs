@@ -15,7 +15,9 @@ use serde::{
     Deserialize, Deserializer,
 };
 
-use super::{path, pattern::Pattern, LimitKind, LimitMode, LimitPer, TokenBucket};
+use super::{
+    host::normalize_host, path, pattern::Pattern, LimitKind, LimitMode, LimitPer, TokenBucket,
+};
 
 /// The API versions nodeward reads (both describe the same schema).
 pub(super) const API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
@@ -465,7 +467,9 @@ fn parse_path(s: &str) -> Result<Pattern, String> {
 }
 
 /// Hosts match case-insensitively, without a trailing dot; a `:port`
-/// suffix makes the port part of the match.
+/// suffix makes the port part of the match. An exact host is kept in the
+/// normal form requests are matched in ([`normalize_host`]), and one that
+/// has none is an error: it could never match.
 fn parse_host(s: &str) -> Result<HostMatch, String> {
     let bad =
         |c: char| c.is_ascii_whitespace() || c.is_ascii_control() || c == '/' || !c.is_ascii();
@@ -479,12 +483,16 @@ fn parse_host(s: &str) -> Result<HostMatch, String> {
         }
         None => (s, None),
     };
-    let host = host.to_ascii_lowercase();
-    let host = host.strip_suffix('.').unwrap_or(&host);
-    Ok(HostMatch {
-        host: Pattern::parse(host)?,
-        port,
-    })
+    let lower = host.to_ascii_lowercase();
+    let host = match Pattern::parse(lower.strip_suffix('.').unwrap_or(&lower))? {
+        Pattern::Exact(_) => Pattern::Exact(
+            normalize_host(host)
+                .map_err(|why| format!("{s:?}: {why}, so it would never match"))?
+                .name,
+        ),
+        wildcard => wildcard,
+    };
+    Ok(HostMatch { host, port })
 }
 
 /// A single address becomes a /32 (/128); host bits are cleared as Istio
@@ -509,7 +517,7 @@ pub(super) fn parse_port(s: &str) -> Result<u16, String> {
 
 /// `host:port` → `(host, port)` when the text ends in a port; a colon
 /// inside `[...]` is an IPv6 address, not a port.
-pub(super) fn split_port(s: &str) -> Option<(&str, &str)> {
+fn split_port(s: &str) -> Option<(&str, &str)> {
     let (host, port) = s.rsplit_once(':')?;
     let bracketed = host.starts_with('[') && host.ends_with(']');
     (bracketed || !host.contains(':')).then_some((host, port))

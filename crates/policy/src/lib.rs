@@ -19,7 +19,7 @@
 //!   [`PolicySet::evaluate_connection`] answers [`L4Decision::NeedsHttp`] when
 //!   the outcome depends on them.
 //! - `load`: directories, `---` documents, and every error with file:line.
-//! - `path`: request path normalisation.
+//! - `path`, `host`: request path and host normalisation.
 //!
 //! - `pattern`: Istio's match syntax, shared by the layers above.
 //! - `tool`: `nodeward policy check|explain`, evaluation only.
@@ -51,12 +51,14 @@ use serde::{Deserialize, Serialize, Serializer};
 
 mod eval;
 mod file;
+mod host;
 mod load;
 mod model;
 mod path;
 mod pattern;
 pub mod tool;
 
+pub use host::{normalize_host, HostRejected, NormalizedHost};
 pub use load::{LoadErrors, PolicyError, MAX_FILE_BYTES};
 pub use path::{normalize_path, NormalizedPath, PathRejected};
 
@@ -218,7 +220,10 @@ pub struct Request<'a> {
     /// The normalised path ([`NormalizedPath::path`]), without the query. A
     /// path that is not in normal form is denied.
     pub path: &'a str,
-    /// The `Host`/`:authority` value; empty when the request has none.
+    /// The `Host`/`:authority` value, best in normal form
+    /// ([`normalize_host`]; it is normalised again here). Empty when the
+    /// request has none; then, as when it is not a valid host, the host is
+    /// unknowable: a DENY on hosts holds, an ALLOW on hosts does not.
     pub host: &'a str,
     pub headers: &'a http::HeaderMap,
 }

@@ -459,7 +459,8 @@ fn host_port_and_form() {
         ),
         ("'backend.*'", with_host("Backend.shop.svc"), true, true),
         ("'[fd00::1]'", with_host("[fd00::1]:8080"), true, true),
-        ("'*'", with_host(""), false, false),
+        // No host at all (HTTP/1.0): unknowable, like a malformed one.
+        ("'*'", with_host(""), false, true),
         (
             "backend.shop.svc",
             with_host("backend.shop.svc:http"),
@@ -479,6 +480,86 @@ fn host_port_and_form() {
     }
 }
 
+/// A request without a Host (HTTP/1.0), or with an empty one, cannot be
+/// matched against hosts: a DENY on hosts denies it, and neither `hosts`
+/// nor `notHosts` in an ALLOW admits it.
+#[test]
+fn a_request_without_a_host_falls_to_deny_on_hosts_rules() {
+    let no_host = Call { host: "", ..GET };
+    for rule in [
+        op("hosts: [admin.example]"),
+        op("notHosts: [admin.example]"),
+    ] {
+        assert_eq!(rule_matches(&rule, no_host), (false, true), "{rule}");
+    }
+}
+
+/// Host spellings a server may read as `admin.example` (or as something
+/// the policy cannot name) are not valid hosts: they fall to deny.
+#[test]
+fn host_spellings_that_are_not_valid_hosts_fall_to_deny() {
+    let rule = op("hosts: [admin.example]");
+    for host in [
+        "admin.example..",
+        "[admin.example]",
+        "b,admin.example",
+        ".admin.example",
+        "admin.example:80:80",
+        "admin.example:0",
+        "admin example",
+        "127.1",
+    ] {
+        assert_eq!(
+            rule_matches(&rule, Call { host, ..GET }),
+            (false, true),
+            "{host:?}"
+        );
+    }
+    let canonical = [
+        "ADMIN.example.",
+        "admin.example:8080",
+        "admin.example:08080",
+        "admin.example:",
+    ];
+    for host in canonical {
+        assert_eq!(
+            rule_matches(&rule, Call { host, ..GET }),
+            (true, true),
+            "{host:?}"
+        );
+    }
+}
+
+/// An exact host pattern is kept in normal form (so `[FD00:0::1]` matches
+/// the `[fd00::1]` requests are normalised to), and one that is not a valid
+/// host is refused: it could never match.
+#[test]
+fn exact_host_patterns_are_normalised_or_refused() {
+    let v6 = Call {
+        host: "[fd00:0::1]:8080",
+        ..GET
+    };
+    assert_eq!(
+        rule_matches(&op("hosts: ['[FD00:0::1]']"), v6),
+        (true, true)
+    );
+    for bad in ["admin.example..", "'[admin.example]'", "'b,admin.example'"] {
+        let yaml = policy(
+            "p",
+            "DENY",
+            &format!("[{}]", op(&format!("hosts: [{bad}]"))),
+        );
+        let sources = [(PathBuf::from(FILE), yaml)];
+        let err = PolicySet::from_sources(&sources, Settings::default())
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            err.contains("operation.hosts[0]") && err.contains("never match"),
+            "{err}"
+        );
+    }
+}
+
 /// A repeated header whose values disagree cannot be matched: the
 /// application may read either, so it falls to deny.
 #[test]
@@ -494,6 +575,32 @@ fn repeated_header_with_disagreeing_values_falls_to_deny() {
     };
     assert_eq!(rule_matches(rule, both), (false, true));
     assert_eq!(rule_matches(rule, twice), (true, true));
+}
+
+/// CGI-style servers read `x_debug` as `x-debug` (both are
+/// `HTTP_X_DEBUG`): a header check sees every spelling, and two spellings
+/// with disagreeing values are a repeated header that falls to deny.
+#[test]
+fn header_checks_see_dash_and_underscore_spellings_as_one_header() {
+    let dash_rule = when("{key: 'request.headers[x-debug]', values: ['1']}");
+    let underscore_rule = when("{key: 'request.headers[x_debug]', values: ['1']}");
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Headers, (bool, bool))] = &[
+        (&[("x-debug", "1")], (true, true)),
+        (&[("x_debug", "1")], (true, true)),
+        (&[("X_Debug", "1")], (true, true)),
+        (&[("x-debug", "0"), ("x_debug", "1")], (false, true)),
+        (
+            &[("xdebug", "1"), ("x-debug-", "1"), ("x-debuh", "1")],
+            (false, false),
+        ),
+    ];
+    for rule in [&dash_rule, &underscore_rule] {
+        for (headers, want) in cases {
+            let call = Call { headers, ..GET };
+            assert_eq!(rule_matches(rule, call), *want, "{rule} {headers:?}");
+        }
+    }
 }
 
 /// `hosts: [admin.example:8080]` in a DENY policy stops `Host:
@@ -1018,6 +1125,102 @@ fn decision_json_shape() {
 }
 
 // ---- paths ----------------------------------------------------------------
+
+#[test]
+fn normalize_host_table() {
+    use HostRejected::*;
+    let ok = |name: &str, port: Option<u16>| {
+        Ok(NormalizedHost {
+            name: name.to_owned(),
+            port,
+        })
+    };
+    let cases: &[(&str, Result<NormalizedHost, HostRejected>)] = &[
+        ("backend", ok("backend", None)),
+        ("Backend.Shop.SVC.", ok("backend.shop.svc", None)),
+        ("my_service:8080", ok("my_service", Some(8080))),
+        ("a:", ok("a", None)),
+        ("a:00080", ok("a", Some(80))),
+        ("10.0.0.1:80", ok("10.0.0.1", Some(80))),
+        ("10.0.0.1.", ok("10.0.0.1", None)),
+        ("[FD00:0::1]", ok("[fd00::1]", None)),
+        ("[::ffff:10.0.0.1]:443", ok("[::ffff:10.0.0.1]", Some(443))),
+        ("x.0x7fz", ok("x.0x7fz", None)),
+        ("", Err(Empty)),
+        (".", Err(Empty)),
+        (":80", Err(Empty)),
+        ("admin.example..", Err(EmptyLabel)),
+        (".admin.example", Err(EmptyLabel)),
+        ("[admin.example]", Err(BadIpv6)),
+        ("[fe80::1%25eth0]", Err(BadIpv6)),
+        ("[fd00::1", Err(BadIpv6)),
+        ("[fd00::1]x", Err(BadIpv6)),
+        ("fd00::1", Err(BadCharacter)),
+        ("b,admin.example", Err(BadCharacter)),
+        ("a b", Err(BadCharacter)),
+        ("caf\u{e9}", Err(BadCharacter)),
+        ("a%2eb", Err(BadCharacter)),
+        ("u@a", Err(BadCharacter)),
+        ("a:http", Err(BadPort)),
+        ("a:0", Err(BadPort)),
+        ("a:65536", Err(BadPort)),
+        ("a:-1", Err(BadPort)),
+        ("127.1", Err(BadIpv4)),
+        ("2130706433", Err(BadIpv4)),
+        ("0x7f.0.0.1", Err(BadIpv4)),
+        ("a.0x7f", Err(BadIpv4)),
+        ("10.0.0.01", Err(BadIpv4)),
+        ("1.2.3.256", Err(BadIpv4)),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(&normalize_host(raw), want, "{raw:?}");
+        // The forwarded form is its own normal form: the pod and any
+        // proxy after this one read the same host.
+        if let Ok(host) = want {
+            assert_eq!(normalize_host(&host.to_string()).as_ref(), Ok(host));
+        }
+    }
+    let long_label = "a".repeat(64);
+    assert_eq!(normalize_host(&long_label), Err(TooLong));
+    let long_name = ["a"; 127].join(".");
+    assert_eq!(
+        normalize_host(&long_name),
+        Ok(NormalizedHost {
+            name: long_name.clone(),
+            port: None
+        })
+    );
+    assert_eq!(normalize_host(&format!("a{long_name}")), Err(TooLong));
+    let forwarded = normalize_host("[FD00::1]:08080").map(|h| h.to_string());
+    assert_eq!(forwarded.as_deref(), Ok("[fd00::1]:8080"));
+}
+
+/// Hosts come from the network: whatever the bytes, no panic, and what is
+/// accepted is stable (normalising the forwarded form changes nothing).
+#[test]
+fn normalize_host_never_panics_and_is_idempotent_on_generated_hosts() {
+    let alphabet: Vec<char> = "[]:.-_aZ0917fx@%, \u{e9}".chars().collect();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize
+    };
+    let mut accepted = 0;
+    for _ in 0..100_000 {
+        let len = next() % 12;
+        let raw: String = (0..len)
+            .map(|_| alphabet[next() % alphabet.len()])
+            .collect();
+        if let Ok(host) = normalize_host(&raw) {
+            accepted += 1;
+            let again = normalize_host(&host.to_string());
+            assert_eq!(again.as_ref(), Ok(&host), "{raw:?}");
+        }
+    }
+    assert!(accepted > 1000, "{accepted}");
+}
 
 #[test]
 fn normalize_path_table() {

@@ -127,25 +127,32 @@ fn request_decision(
     args: &ExplainArgs,
 ) -> Result<(Decision, Vec<RateLimitInfo>), ToolError> {
     let raw = args.path.as_deref().unwrap_or("/");
+    // The proxy answers such requests 400 before any policy: a deny.
     let path = match policy::normalize_path(raw) {
         Ok(p) => p,
-        // The proxy answers such a request 400 before any policy: a deny.
         Err(e) => {
-            let d = Decision {
-                allow: false,
-                policy: None,
-                action: None,
-                reason: format!("request path rejected: {e} (the proxy answers 400)"),
-                audit: Vec::new(),
-            };
-            return Ok((d, Vec::new()));
+            return Ok((
+                bad_request(format!("request path rejected: {e}")),
+                Vec::new(),
+            ))
+        }
+    };
+    // No `--host` is a request without one (HTTP/1.0), as the proxy judges it.
+    let host = match args.host.as_deref().map(policy::normalize_host) {
+        None => String::new(),
+        Some(Ok(h)) => h.to_string(),
+        Some(Err(e)) => {
+            return Ok((
+                bad_request(format!("request host rejected: {e}")),
+                Vec::new(),
+            ))
         }
     };
     let headers = headers(&args.headers)?;
     let request = policy::Request {
         method: args.method.as_deref().unwrap_or("GET"),
         path: &path.path,
-        host: args.host.as_deref().unwrap_or(""),
+        host: &host,
         headers: &headers,
     };
     Ok((
@@ -164,6 +171,17 @@ fn headers(pairs: &[String]) -> Result<HeaderMap, ToolError> {
         map.append(name, value);
     }
     Ok(map)
+}
+
+/// A request the proxy refuses with 400 before asking any policy.
+fn bad_request(why: String) -> Decision {
+    Decision {
+        allow: false,
+        policy: None,
+        action: None,
+        reason: format!("{why} (the proxy answers 400)"),
+        audit: Vec::new(),
+    }
 }
 
 /// What a non-HTTP client gets on a port whose policies look at HTTP: the

@@ -8,6 +8,8 @@
 //! When no valid set was ever loaded, the set in force denies everything.
 
 pub mod audit;
+#[cfg(test)]
+mod request_tests;
 
 use std::{
     borrow::Cow,
@@ -25,13 +27,13 @@ use http::{request::Parts, StatusCode, Uri};
 use tokio::sync::Notify;
 
 use nodeward_identity::SpiffeId;
-use nodeward_policy::{self as policy, Decision, L4Decision, LimitKind, PolicySet};
+use nodeward_policy::{self as policy, Decision, L4Decision, LimitKind, NormalizedHost, PolicySet};
 use nodeward_workloads::{Registry, Workload};
 
 use crate::{
     access,
     escape::clean,
-    http::{self as proxy_http, Verdict},
+    http::{self as proxy_http, HeadersWithUnderscores, Verdict},
     ratelimit::{self, RateLimiter, RateOutcome},
     telemetry::{LimitKind as MetricLimit, Observer, RateLimitOutcome, Reporter},
 };
@@ -44,6 +46,7 @@ const SHARDS: usize = 16;
 /// The enforcement point shared by the outbound and tunnel paths.
 pub struct Authz {
     policies: ArcSwap<PolicySet>,
+    underscores: HeadersWithUnderscores,
     live: [Mutex<HashMap<u64, Tracked>>; SHARDS],
     next_id: AtomicU64,
     auditor: Auditor,
@@ -98,12 +101,20 @@ impl Authz {
     pub fn new(policies: PolicySet, auditor: Auditor, observer: Arc<Observer>) -> Self {
         Self {
             policies: ArcSwap::from_pointee(policies),
+            underscores: HeadersWithUnderscores::default(),
             live: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
             auditor,
             observer,
             limiter: RateLimiter::new(ratelimit::DEFAULT_MAX_BUCKETS),
         }
+    }
+
+    /// Whether requests with `_` in a header name are refused (the
+    /// default) or judged and forwarded.
+    pub fn with_headers_with_underscores(mut self, action: HeadersWithUnderscores) -> Self {
+        self.underscores = action;
+        self
     }
 
     /// The policy set in force.
@@ -365,9 +376,16 @@ struct RequestView<'a> {
 
 impl proxy_http::Authorizer for RequestGate {
     fn authorize(&self, parts: &mut Parts) -> Verdict {
+        if self.authz.underscores == HeadersWithUnderscores::Reject {
+            if let Some(name) = parts.headers.keys().find(|n| n.as_str().contains('_')) {
+                let why = format!("header name with an underscore: {}", clean(name.as_str()));
+                let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                return self.refuse(parts, raw, &why);
+            }
+        }
         let host = match effective_host(parts) {
-            Ok(h) => h,
-            Err(why) => return self.refuse(parts, "-", why),
+            Ok(h) => h.map(|h| h.to_string()).unwrap_or_default(),
+            Err(why) => return self.refuse(parts, "-", &why),
         };
         let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let normalized = match policy::normalize_path(raw) {
@@ -378,8 +396,14 @@ impl proxy_http::Authorizer for RequestGate {
             }
         };
         // The pod gets origin-form with the Host that was judged (RFC 9112
-        // §3.2.2: a proxy replaces Host with an absolute-form authority).
-        if origin_form(&normalized.request_target(), &host, parts).is_none() {
+        // §3.2.2: a proxy replaces Host with an absolute-form authority),
+        // and an HTTP/1.0 request without one gets the address it reached,
+        // as HTTP/1.1 requires a Host.
+        let forwarded = match host.as_str() {
+            "" => Cow::Owned(self.subject.dst.to_string()),
+            judged => Cow::Borrowed(judged),
+        };
+        if origin_form(&normalized.request_target(), &forwarded, parts).is_none() {
             return self.refuse(parts, &normalized.path, "request target cannot be rebuilt");
         }
         let request = policy::Request {
@@ -569,51 +593,54 @@ impl RequestGate {
     }
 }
 
-/// The one host a request is for, as the pod will see it. HTTP/2: the
-/// `:authority`, and a `host` header that disagrees is refused. HTTP/1:
-/// an absolute-form authority wins over Host (RFC 9112 §3.2.2); otherwise
-/// exactly one Host header. Anything that does not parse as a plain
-/// `host[:port]` (userinfo, paths) is refused.
-fn effective_host(parts: &Parts) -> Result<String, &'static str> {
+/// The one host a request is for, normalised ([`policy::normalize_host`]):
+/// what is judged and what the pod gets. HTTP/2: the `:authority`, and a
+/// `host` header that disagrees is refused. HTTP/1: an absolute-form
+/// authority wins over Host (RFC 9112 §3.2.2); otherwise exactly one Host
+/// header, never empty. `None` only for HTTP/1.0 without any.
+fn effective_host(parts: &Parts) -> Result<Option<NormalizedHost>, String> {
     let headers: Vec<&http::HeaderValue> =
         parts.headers.get_all(http::header::HOST).iter().collect();
     let from_header = match headers.as_slice() {
         [] => None,
         [one] => Some(one.to_str().map_err(|_| "Host header is not text")?),
-        _ => return Err("more than one Host header"),
+        _ => return Err("more than one Host header".into()),
     };
     let chosen = match (parts.uri.authority(), from_header) {
         (Some(a), Some(h))
             if parts.version == http::Version::HTTP_2 && !a.as_str().eq_ignore_ascii_case(h) =>
         {
-            return Err("host header differs from :authority")
+            return Err("host header differs from :authority".into())
         }
-        (Some(a), _) => a.as_str().to_owned(),
-        (None, Some(h)) => h.to_owned(),
-        (None, None) if parts.version == http::Version::HTTP_10 => String::new(),
-        (None, None) => return Err("missing Host header"),
+        (Some(a), _) => a.as_str(),
+        (None, Some("")) => return Err("empty Host header".into()),
+        (None, Some(h)) => h,
+        (None, None) if parts.version == http::Version::HTTP_10 => return Ok(None),
+        (None, None) => return Err("missing Host header".into()),
     };
-    if !chosen.is_empty() {
-        let parsed: http::uri::Authority = chosen.parse().map_err(|_| "malformed host")?;
-        if parsed.as_str().contains('@') {
-            return Err("userinfo in host");
-        }
+    if chosen.contains('@') {
+        return Err("userinfo in host".into());
     }
-    Ok(chosen)
+    match policy::normalize_host(chosen) {
+        Ok(host) => Ok(Some(host)),
+        Err(e) => Err(format!("request host rejected: {e}")),
+    }
 }
 
-/// Rewrites the request target to the normalised path and, for HTTP/1,
-/// origin-form with `Host` set to the judged host.
+/// Rewrites the request target to the normalised path and the host to the
+/// judged one: for HTTP/2 in the `:authority` (and `host`, if sent), for
+/// HTTP/1 origin-form with `Host`.
 fn origin_form(path_and_query: &str, host: &str, parts: &mut Parts) -> Option<()> {
+    let value = http::HeaderValue::from_str(host).ok()?;
     if parts.version == http::Version::HTTP_2 {
-        parts.uri = rewrite_uri(&parts.uri, path_and_query)?;
+        parts.uri = rewrite_uri(&parts.uri, path_and_query, host)?;
+        if parts.headers.contains_key(http::header::HOST) {
+            parts.headers.insert(http::header::HOST, value);
+        }
         return Some(());
     }
     parts.uri = path_and_query.parse().ok()?;
-    if !host.is_empty() {
-        let value = http::HeaderValue::from_str(host).ok()?;
-        parts.headers.insert(http::header::HOST, value);
-    }
+    parts.headers.insert(http::header::HOST, value);
     Some(())
 }
 
@@ -662,10 +689,14 @@ fn connection(s: &Subject) -> policy::Connection<'_> {
     }
 }
 
-/// `uri` with its path and query replaced by `path_and_query`.
-fn rewrite_uri(uri: &Uri, path_and_query: &str) -> Option<Uri> {
+/// `uri` with its path and query replaced by `path_and_query`, and its
+/// authority (if it has one) by `host`.
+fn rewrite_uri(uri: &Uri, path_and_query: &str, host: &str) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);
+    if parts.authority.is_some() {
+        parts.authority = Some(host.parse().ok()?);
+    }
     Uri::from_parts(parts).ok()
 }
 

@@ -20,7 +20,9 @@
 //! Hop-by-hop headers (`Connection` and the names it lists, `Keep-Alive`,
 //! `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` other than
 //! `trailers`) are removed from requests before the authorizer sees them and
-//! from responses, as RFC 9110 §7.6.1 requires of proxies.
+//! from responses, as RFC 9110 §7.6.1 requires of proxies. Request trailers
+//! (HTTP/2, and HTTP/1 chunked) come after the authorizer decided, so they
+//! are dropped, never forwarded; response trailers (gRPC status) pass.
 //!
 //! Not supported, answered with 501: `CONNECT`, HTTP/1 protocol upgrades
 //! (WebSocket and the like), and HTTP/2 extended CONNECT (never enabled, so
@@ -73,7 +75,10 @@ use tokio::{
     sync::oneshot,
 };
 
-use self::{body::Counted, tasks::Tasks};
+use self::{
+    body::{Counted, NoTrailers},
+    tasks::Tasks,
+};
 use crate::drain::Drain;
 
 mod body;
@@ -94,6 +99,20 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Body bytes of a refused HTTP/1 request read and thrown away so the
 /// connection stays usable; a larger body closes the connection instead.
 pub const MAX_DISCARD: u64 = 256 * 1024;
+
+/// What to do with a request whose header names contain `_`. CGI, WSGI,
+/// Rack and the servers built on them read `X_Debug` and `X-Debug` both as
+/// `HTTP_X_DEBUG`, so an underscore spelling could pass a header policy
+/// written for the dash one (Envoy's `headers_with_underscores_action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeadersWithUnderscores {
+    /// Refuse the request with 400 (the default).
+    #[default]
+    Reject,
+    /// Forward it; header policies then match either spelling (see the
+    /// policy docs).
+    Allow,
+}
 
 /// What the authorizer says about one request.
 #[derive(Debug)]
@@ -233,7 +252,7 @@ struct Counters {
     error: Mutex<Option<String>>,
 }
 
-type ReqBody = Counted<Incoming>;
+type ReqBody = NoTrailers<Counted<Incoming>>;
 type ResBody = Either<Full<Bytes>, Counted<Incoming>>;
 
 impl Counters {
@@ -412,7 +431,7 @@ async fn handle<A: Authorizer + ?Sized>(
     }
     let started = std::time::Instant::now();
     let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
-    let body = Counted::new(body, shared.counters.clone(), |c| &c.bytes_in);
+    let body = NoTrailers(Counted::new(body, shared.counters.clone(), |c| &c.bytes_in));
     let response = match shared.send(Request::from_parts(parts, body)).await {
         Ok(response) => relay_response(response, &shared.counters, h1),
         Err(e) => bad_gateway(&shared.counters, e, h1),

@@ -177,3 +177,18 @@ fn sockmap_is_off_by_default_and_can_be_switched_on() {
         .to_string();
     assert!(err.contains("sockmap"), "{err}");
 }
+
+#[test]
+fn header_names_with_underscores_are_rejected_by_default_and_can_be_allowed() {
+    let cfg = parse(GOOD).expect("valid");
+    assert_eq!(cfg.headers_with_underscores, HeadersWithUnderscores::Reject);
+    let cfg = parse(&format!("{GOOD}http:\n  headersWithUnderscores: allow\n")).expect("valid");
+    assert_eq!(cfg.headers_with_underscores, HeadersWithUnderscores::Allow);
+    let cfg = parse(&format!("{GOOD}http: {{headersWithUnderscores: reject}}\n")).expect("valid");
+    assert_eq!(cfg.headers_with_underscores, HeadersWithUnderscores::Reject);
+    let err = parse(&format!("{GOOD}http:\n  headersWithUnderscores: drop\n"))
+        .expect_err("unknown action")
+        .to_string();
+    assert!(err.starts_with("/etc/nodeward/config.yaml:12:"), "{err}");
+    assert!(err.contains("http.headersWithUnderscores"), "{err}");
+}

@@ -1,11 +1,11 @@
 //! Audit records: one JSON line per authorization decision, written by a
 //! dedicated thread so a slow sink never stalls a connection.
 //!
-//! Every string that came from a certificate or the network is cleaned of
-//! control and bidi-format characters before it is serialised, so a hostile
-//! SAN, header or path cannot forge or hide log lines (Envoy
-//! CVE-2023-27493, CVE-2024-45808). JSON escaping alone leaves DEL, C1
-//! controls and bidi overrides intact.
+//! Every string that came from a certificate or the network is cleaned
+//! ([`crate::escape::clean`]: Unicode categories Cc, Cf, Zl, Zp) before it
+//! is serialised, so a hostile SAN, header or path cannot forge or hide log
+//! lines (Envoy CVE-2023-27493, CVE-2024-45808). JSON escaping alone leaves
+//! DEL, C1 controls, bidi overrides and U+2028 intact.
 
 use std::{
     borrow::Cow,
@@ -15,13 +15,16 @@ use std::{
     path::PathBuf,
     sync::{
         mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
 };
 
 use serde::Serialize;
 
 use crate::{sink::BatchingWriter, telemetry::Telemetry};
+use dropped::Dropped;
+
+mod dropped;
 
 /// Where audit records are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +35,9 @@ pub enum AuditSink {
 }
 
 /// Records buffered between connections and the writer thread. When full,
-/// records are dropped and counted rather than blocking the data path.
+/// records are dropped and counted rather than blocking the data path, and
+/// a summary record of the dropped ones follows once the writer catches up
+/// (see `dropped`).
 const QUEUE: usize = 16 * 1024;
 
 /// Where audit records go; cheap to share. Dropping it writes out the
@@ -42,6 +47,8 @@ pub struct Auditor {
     tx: Option<SyncSender<String>>,
     writer: Option<std::thread::JoinHandle<()>>,
     dropped: Arc<dyn Telemetry>,
+    /// Records dropped on a full queue, until the writer summarises them.
+    ledger: Arc<Mutex<Dropped>>,
 }
 
 /// How long dropping an [`Auditor`] waits for its queue to be written: a
@@ -119,12 +126,22 @@ impl Auditor {
                     })?,
             ),
         };
-        let (tx, rx) = sync_channel(QUEUE);
+        Self::start(out, dropped, QUEUE)
+    }
+
+    /// Starts the writer thread on `out` with a queue of `queue` records.
+    fn start(
+        out: Box<dyn Write + Send>,
+        dropped: Arc<dyn Telemetry>,
+        queue: usize,
+    ) -> Result<Self, SinkError> {
+        let (tx, rx) = sync_channel(queue);
+        let ledger = Arc::new(Mutex::new(Dropped::default()));
         let writer = std::thread::Builder::new()
             .name("nodeward-audit".into())
             .spawn({
-                let dropped = dropped.clone();
-                move || write_loop(rx, BatchingWriter::new(out), &*dropped)
+                let (dropped, ledger) = (dropped.clone(), ledger.clone());
+                move || write_loop(rx, BatchingWriter::new(out), &*dropped, &ledger)
             })
             .map_err(|source| SinkError {
                 path: "(writer thread)".into(),
@@ -134,10 +151,12 @@ impl Auditor {
             tx: Some(tx),
             writer: Some(writer),
             dropped,
+            ledger,
         })
     }
 
-    /// Queues `record`; never blocks.
+    /// Queues `record`; never blocks. On a full queue the record is dropped,
+    /// counted, and reported in a summary record later.
     pub fn write(&self, record: &Record<'_>) {
         let Ok(mut line) = serde_json::to_string(record) else {
             return;
@@ -149,9 +168,12 @@ impl Auditor {
         };
         match tx.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.audit_dropped(1)
+            Err(TrySendError::Full(_)) => {
+                self.dropped.audit_dropped(1);
+                let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+                ledger.add(record);
             }
+            Err(TrySendError::Disconnected(_)) => self.dropped.audit_dropped(1),
         }
     }
 }
@@ -159,16 +181,37 @@ impl Auditor {
 /// Writes whole lines (one `write_all` each, so they never interleave with
 /// the tracing output on a shared stdout) and flushes when the queue is
 /// empty; the [`BatchingWriter`]'s flush then lingers, so records queue up
-/// meanwhile without waking this thread one by one.
-fn write_loop<W: Write>(rx: Receiver<String>, mut out: BatchingWriter<W>, lost: &dyn Telemetry) {
+/// meanwhile without waking this thread one by one. Once the queue is
+/// empty, a summary of the records dropped meanwhile follows. Records are
+/// only dropped while the queue is full, so the writer always has more to
+/// read after a drop and comes back here.
+fn write_loop<W: Write>(
+    rx: Receiver<String>,
+    mut out: BatchingWriter<W>,
+    lost: &dyn Telemetry,
+    ledger: &Mutex<Dropped>,
+) {
     while let Ok(line) = rx.recv() {
         let _ = out.write_all(line.as_bytes());
         while let Ok(more) = rx.try_recv() {
             let _ = out.write_all(more.as_bytes());
         }
+        write_summary(&mut out, ledger);
         let _ = out.flush();
         // Whole batches a broken sink refused, counted line by line.
         lost.audit_dropped(out.take_lost_lines());
+    }
+    write_summary(&mut out, ledger);
+    let _ = out.flush();
+}
+
+fn write_summary<W: Write>(out: &mut BatchingWriter<W>, ledger: &Mutex<Dropped>) {
+    let summary = ledger
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take_summary();
+    if let Some(line) = summary {
+        let _ = out.write_all(line.as_bytes());
     }
 }
 

@@ -1,4 +1,5 @@
-//! A body that passes frames through unchanged and counts its data bytes.
+//! Request and response bodies as the proxy relays them: counted, and for
+//! requests without trailers.
 
 use std::{
     pin::Pin,
@@ -64,5 +65,40 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Passes `inner`'s data frames and drops its trailers. Request trailers
+/// arrive after the request was judged, so no header policy ever sees
+/// them: forwarding them would hand the pod headers nobody authorised
+/// (`x-debug: 1` as a trailer past a DENY on `x-debug`). Trailers are the
+/// last frame, so the body simply ends there.
+pub(super) struct NoTrailers<B>(pub(super) B);
+
+impl<B> Body for NoTrailers<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        loop {
+            match Pin::new(&mut self.0).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
+                polled => return polled,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
     }
 }

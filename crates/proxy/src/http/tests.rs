@@ -80,7 +80,9 @@ struct Upstream {
 impl Upstream {
     /// A hyper server for both versions. `/echo` streams the request body
     /// back, `/slow` answers after 200 ms, `/hop` answers with hop-by-hop
-    /// headers; anything else answers "METHOD PATH host=HOST len=N".
+    /// headers, `/trailers` answers "trailers=NAMES" (or "trailers=none")
+    /// with the request trailers it got; anything else answers
+    /// "METHOD PATH host=HOST len=N".
     async fn http() -> Self {
         let (listener, addr) = bind().await;
         let log = Log::default();
@@ -159,6 +161,7 @@ async fn echo(req: Request<Incoming>, log: Log) -> Result<Response<EchoBody>, In
     log.seen.lock().expect("log lock").push(seen.clone());
     match req.uri().path() {
         "/echo" => return Ok(Response::new(req.into_body().boxed())),
+        "/trailers" => return Ok(trailer_names(req).await),
         "/slow" => tokio::time::sleep(Duration::from_millis(200)).await,
         _ => {}
     }
@@ -179,6 +182,21 @@ async fn echo(req: Request<Incoming>, log: Log) -> Result<Response<EchoBody>, In
         headers.insert(header::CONNECTION, "x-hop".parse().expect("header value"));
     }
     Ok(response)
+}
+
+/// "trailers=a,b" for the request trailers received, "trailers=none" if none.
+async fn trailer_names(req: Request<Incoming>) -> Response<EchoBody> {
+    let text = match req.into_body().collect().await {
+        Ok(body) => match body.trailers() {
+            Some(t) => {
+                let names: Vec<&str> = t.keys().map(|n| n.as_str()).collect();
+                format!("trailers={}", names.join(","))
+            }
+            None => "trailers=none".to_owned(),
+        },
+        Err(e) => format!("error {e}"),
+    };
+    Response::new(full(text).map_err(|never| match never {}).boxed())
 }
 
 /// Copies every byte read into `raw`, so tests can prove what reached the pod.
@@ -908,4 +926,37 @@ fn refusal_is_short_plain_text() {
     assert_eq!(response.headers()[header::CONTENT_TYPE], "text/plain");
     assert_eq!(response.headers()[header::CONTENT_LENGTH], "20");
     assert_eq!(response.body().as_ref(), b"RBAC: access denied\n");
+}
+
+/// Request trailers arrive after the request was judged, so no header
+/// policy sees them: they are dropped, never forwarded (HTTP/2, and HTTP/1
+/// chunked with a `Trailer` header, which hyper would otherwise forward).
+#[tokio::test]
+async fn request_trailers_are_never_forwarded() {
+    let (_upstream, proxy) = setup().await;
+    let io = TokioIo::new(TcpStream::connect(proxy.addr).await.expect("connect"));
+    let (mut tx, conn) = client2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-debug", "1".parse().expect("value"));
+    let body = full("abc").with_trailers(std::future::ready(Some(Ok(trailers))));
+    let req = Request::post(format!("http://{HOST}/trailers"))
+        .body(body)
+        .expect("request");
+    let response = timeout(WAIT, tx.send_request(req))
+        .await
+        .expect("reply in time")
+        .expect("reply");
+    let reply = reply(response).await.expect("body");
+    assert_eq!(reply.text(), "trailers=none", "HTTP/2");
+
+    let (_upstream, proxy) = setup().await;
+    let chunked = b"POST /trailers HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\
+        transfer-encoding: chunked\r\ntrailer: x-debug\r\n\r\n\
+        3\r\nabc\r\n0\r\nx-debug: 1\r\n\r\n";
+    let answer = raw_exchange(proxy.addr, chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("trailers=none"), "HTTP/1: {answer}");
 }
