@@ -94,6 +94,7 @@ fn subject() -> Subject {
         ips: vec!["10.0.0.2".parse().expect("ip")],
         labels: BTreeMap::from([("app".to_owned(), "backend".to_owned())]),
         cgroup: None,
+        enrolled: true,
     };
     Subject {
         principal: Some(
