@@ -5,7 +5,7 @@
 //! while the workloads file puts that identity on the node that signed the
 //! certificate: checked in the handshake (the verifier), again on every
 //! stream, and on every workloads reload for the open connections
-//! ([`lifetime`], which also ends idle and old connections). [`limits`]
+//! (`lifetime`, which also ends idle and old connections). [`limits`]
 //! bounds the handshakes and pod dials a peer can hold at once.
 
 use std::{

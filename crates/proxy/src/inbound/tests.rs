@@ -178,8 +178,8 @@ struct Mesh {
     addr: SocketAddr,
     _stop: watch::Sender<bool>,
     _drain: DrainControl,
-    /// Connections that fill a blackhole's accept queue.
-    _held: Vec<TcpStream>,
+    /// A blackhole upstream, and the connections that fill its queue.
+    _held: Option<(TcpListener, Vec<TcpStream>)>,
 }
 
 /// One raw HTTP/2 connection to the tunnel server, as node-a's frontend.
@@ -364,9 +364,10 @@ fn authz(dir: &TempDir, policy: &str, observer: Arc<Observer>) -> Authz {
 }
 
 /// Starts backend's upstream; its address, and what must stay open.
-async fn start_upstream(kind: Upstream) -> (SocketAddr, Vec<TcpStream>) {
+async fn start_upstream(kind: Upstream) -> (SocketAddr, Option<(TcpListener, Vec<TcpStream>)>) {
     if let Upstream::Blackhole = kind {
-        return blackhole().await;
+        let (addr, held) = blackhole().await;
+        return (addr, Some(held));
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -378,7 +379,7 @@ async fn start_upstream(kind: Upstream) -> (SocketAddr, Vec<TcpStream>) {
             };
         }
     });
-    (addr, Vec::new())
+    (addr, None)
 }
 
 async fn echo(mut stream: TcpStream) {
@@ -397,7 +398,7 @@ async fn http_ok(stream: TcpStream) {
 
 /// A listener whose accept queue is full (backlog 0 holds one connection,
 /// and nobody accepts): further SYNs are dropped, so a dial hangs.
-async fn blackhole() -> (SocketAddr, Vec<TcpStream>) {
+async fn blackhole() -> (SocketAddr, (TcpListener, Vec<TcpStream>)) {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .bind("127.0.0.1:0".parse().expect("addr"))
@@ -409,8 +410,7 @@ async fn blackhole() -> (SocketAddr, Vec<TcpStream>) {
     while let Ok(Ok(s)) = timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
         held.push(s);
     }
-    std::mem::forget(listener);
-    (addr, held)
+    (addr, (listener, held))
 }
 
 /// Sends `bytes` and reads them back.
@@ -522,7 +522,7 @@ async fn an_idle_connection_is_closed_but_one_with_a_stream_is_not() {
 
 #[tokio::test]
 async fn at_its_maximum_age_a_connection_takes_no_new_streams_and_cuts_old_ones_after_the_grace() {
-    let mesh = Mesh::start(short(3_600_000, 500, 3000), ALLOW_ALL, Upstream::Echo).await;
+    let mesh = Mesh::start(short(3_600_000, 500, 5000), ALLOW_ALL, Upstream::Echo).await;
     let mut old = mesh.pooled().await;
     echoes(&mut old, b"young").await;
     sleep(Duration::from_millis(800)).await;
