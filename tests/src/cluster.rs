@@ -149,6 +149,9 @@ pub struct Options {
     pub drain_deadline: &'static str,
     /// `sockmap.enabled` (off by default, as in the product).
     pub sockmap: bool,
+    /// `tunnel:` as a YAML flow mapping (`{idleTimeout: 2s}`); empty for
+    /// the product's defaults.
+    pub tunnel: &'static str,
 }
 
 /// A mesh-wide policy that allows every connection: the default for tests
@@ -185,6 +188,7 @@ impl Default for Options {
             policy_link: None,
             drain_deadline: "2s",
             sockmap: false,
+            tunnel: "",
         }
     }
 }

@@ -104,9 +104,10 @@ pub struct Registry {
     by_cgroup: HashMap<u64, Arc<Workload>>,
     all: Vec<Arc<Workload>>,
     nodes: HashMap<String, IpAddr>,
-    /// (node, namespace, service account) of every workload: which identities
-    /// each node's proxy may speak for.
-    hosted: HashSet<(String, String, String)>,
+    /// node -> namespace -> service accounts of its workloads: which
+    /// identities each node's proxy may speak for. Nested so a lookup
+    /// borrows its keys (the tunnel checks it on every stream).
+    hosted: HashMap<String, HashMap<String, HashSet<String>>>,
 }
 
 impl Registry {
@@ -176,11 +177,12 @@ impl Registry {
                 let msg = format!("node {:?} has no entry under `nodes`", w.node);
                 return Err(FileError::invalid(path, field("node"), msg));
             }
-            reg.hosted.insert((
-                w.node.clone(),
-                w.namespace.clone(),
-                w.service_account.clone(),
-            ));
+            reg.hosted
+                .entry(w.node.clone())
+                .or_default()
+                .entry(w.namespace.clone())
+                .or_default()
+                .insert(w.service_account.clone());
             if w.node == node {
                 if let Some(dir) = &w.cgroup {
                     let id = cgroup::cgroup_id(&cgroup::resolve(cgroup_mount, dir))
@@ -220,13 +222,10 @@ impl Registry {
 
     /// Whether `node` runs a workload with this namespace and service account.
     pub fn hosts(&self, node: &str, namespace: &str, service_account: &str) -> bool {
-        // Borrowed lookups into a tuple set need owned keys; identities are
-        // checked once per tunnel handshake, not per stream.
-        self.hosted.contains(&(
-            node.to_owned(),
-            namespace.to_owned(),
-            service_account.to_owned(),
-        ))
+        self.hosted
+            .get(node)
+            .and_then(|namespaces| namespaces.get(namespace))
+            .is_some_and(|accounts| accounts.contains(service_account))
     }
 
     /// (namespace, service account) of every workload on `node`.
