@@ -190,6 +190,23 @@ fn policy_check_accepts_the_examples_and_lists_every_error_of_a_broken_dir() {
     assert!(err.contains("b.yaml:6") && err.contains("pathz"), "{err}");
 }
 
+/// Valid (exit 0), but the proxy would deny everything: say so on stderr.
+#[test]
+fn policy_check_of_an_empty_dir_warns_that_everything_is_denied() {
+    let dir = std::env::temp_dir().join(format!("nw-cli-empty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tempdir");
+    let (code, out, err) = policy_cmd(&["check", &dir.display().to_string()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.ends_with(": ok: no policy files\n"), "{out}");
+    assert!(err.starts_with("warning: "), "{err}");
+    assert!(err.contains("denies every connection"), "{err}");
+    // The examples allow calls: no warning.
+    let (code, _, err) = policy_cmd(&["check", &examples()]);
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+}
+
 fn explain(args: &[&str]) -> serde_json::Value {
     let policies = examples();
     let mut all = vec!["explain", "--policies", &policies];
@@ -236,6 +253,11 @@ fn policy_explain_prints_the_decision_as_json_without_any_workload() {
         .concat(),
     );
     assert_eq!(post["decision"], "deny", "{post}");
+    // No workload name is known: the labels name the destination.
+    assert_eq!(
+        post["reason"], "no ALLOW policy for shop/{app=backend} matched",
+        "{post}"
+    );
     let sneaky = explain(
         &[
             &["--from", frontend],

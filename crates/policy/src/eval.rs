@@ -453,18 +453,12 @@ impl Outcome<'_> {
             Self::NoAllowMatched => (
                 None,
                 None,
-                format!(
-                    "no ALLOW policy for {}/{} matched",
-                    dest.namespace, dest.name
-                ),
+                format!("no ALLOW policy for {dest} matched"),
             ),
             Self::Default(default) => (
                 None,
                 None,
-                format!(
-                    "no ALLOW policy selects {}/{}; defaultPolicy {default}",
-                    dest.namespace, dest.name
-                ),
+                format!("no ALLOW policy selects {dest}; defaultPolicy {default}"),
             ),
         };
         Decision {

@@ -633,6 +633,41 @@ fn defaults_decide_only_where_no_allow_policy_selects() {
     );
 }
 
+/// `policy explain --to-namespace shop --to-labels app=backend` knows no
+/// workload name: reasons name the destination by its labels instead of
+/// reading `shop/`.
+#[test]
+fn a_destination_without_a_name_is_named_by_its_labels() {
+    let unnamed = Call { name: "", ..GET };
+    let decision = unnamed.request(&load(""));
+    assert_eq!(
+        decision.reason,
+        "no ALLOW policy selects shop/{app=backend}; defaultPolicy deny"
+    );
+    let only_ops = policy("only-ops", "ALLOW", &format!("[{}]", src("namespaces: [ops]")));
+    let decision = unnamed.request(&load(&only_ops));
+    assert_eq!(
+        decision.reason,
+        "no ALLOW policy for shop/{app=backend} matched"
+    );
+    let labels = BTreeMap::from([
+        ("app".to_owned(), "web".to_owned()),
+        ("tier".to_owned(), "a".to_owned()),
+    ]);
+    let mut to = Destination {
+        namespace: "shop",
+        name: "",
+        labels: &labels,
+        port: 80,
+    };
+    assert_eq!(to.to_string(), "shop/{app=web,tier=a}");
+    let none = BTreeMap::new();
+    to.labels = &none;
+    assert_eq!(to.to_string(), "shop/{}");
+    to.name = "web";
+    assert_eq!(to.to_string(), "shop/web");
+}
+
 #[test]
 fn root_namespace_policies_apply_mesh_wide() {
     let mesh = policy_in(
@@ -2012,6 +2047,37 @@ fn empty_policy_directory_is_valid_and_says_so() {
         closed.summary().to_string(),
         "no valid policy set loaded: denying everything"
     );
+}
+
+/// `policy check` passes a directory that lets `defaultPolicy` decide every
+/// call (exit 0: it is valid), but warns: under the default, deny, the proxy
+/// then refuses every connection.
+#[test]
+fn check_warns_when_the_default_decides_every_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = tool::check(dir.path()).expect("an empty directory is valid");
+    assert!(report.summary.ends_with(": ok: no policy files"), "{report:?}");
+    let [warning] = report.warnings.as_slice() else {
+        panic!("expected one warning: {report:?}");
+    };
+    assert!(warning.starts_with("warning: "), "{warning}");
+    assert!(warning.contains("no policy files"), "{warning}");
+    assert!(warning.contains("denies every connection"), "{warning}");
+    // Policies, but none that allows anything: the same effect.
+    let deny_admin = policy("deny-admin", "DENY", &format!("[{}]", op("paths: [/admin]")));
+    fs::write(dir.path().join("deny.yaml"), &deny_admin).expect("write");
+    let report = tool::check(dir.path()).expect("valid");
+    let [warning] = report.warnings.as_slice() else {
+        panic!("expected one warning: {report:?}");
+    };
+    assert!(warning.contains("no ALLOW AuthorizationPolicy"), "{warning}");
+    fs::write(
+        dir.path().join("allow.yaml"),
+        policy("allow-get", "ALLOW", &format!("[{}]", op("methods: [GET]"))),
+    )
+    .expect("write");
+    let report = tool::check(dir.path()).expect("valid");
+    assert_eq!(report.warnings, Vec::<String>::new());
 }
 
 #[test]
