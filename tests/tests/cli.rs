@@ -183,11 +183,32 @@ fn policy_check_accepts_the_examples_and_lists_every_error_of_a_broken_dir() {
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: x}\nspec:\n  rules:\n  - to: [{operation: {pathz: [/x]}}]\n",
     )
     .expect("write");
+    // Every wrong field of one document, not only the first serde meets.
+    std::fs::write(
+        dir.join("c.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: x}\n\
+         spec:\n  selectr: {matchLabels: {app: a}}\n  provider: {name: ext}\n  rules:\n  - to: [{operation: {paths: [/api/*/x]}}]\n",
+    )
+    .expect("write");
     let (code, out, err) = policy_cmd(&["check", &dir.display().to_string()]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("a.yaml:") && err.contains("CUSTOM"), "{err}");
     assert!(err.contains("b.yaml:6") && err.contains("pathz"), "{err}");
+    let c: Vec<&str> = err.lines().filter(|l| l.contains("c.yaml:")).collect();
+    assert_eq!(c.len(), 3, "{err}");
+    assert!(
+        c[0].contains("c.yaml:5:") && c[0].contains("`spec.selectr`"),
+        "{err}"
+    );
+    assert!(
+        c[1].contains("c.yaml:6:") && c[1].contains("`spec.provider`"),
+        "{err}"
+    );
+    assert!(
+        c[2].contains("c.yaml:8:") && c[2].contains("/api/*/x"),
+        "{err}"
+    );
 }
 
 /// Valid (exit 0), but the proxy would deny everything: say so on stderr.

@@ -450,11 +450,7 @@ impl Outcome<'_> {
                 Some(action),
                 format!("{action} policy {id} matched"),
             ),
-            Self::NoAllowMatched => (
-                None,
-                None,
-                format!("no ALLOW policy for {dest} matched"),
-            ),
+            Self::NoAllowMatched => (None, None, format!("no ALLOW policy for {dest} matched")),
             Self::Default(default) => (
                 None,
                 None,

@@ -57,7 +57,7 @@ mod path;
 mod pattern;
 pub mod tool;
 
-pub use load::{LoadErrors, PolicyError, MAX_FILE_BYTES};
+pub use load::{LoadErrors, PolicyError, MAX_ERRORS_PER_DOCUMENT, MAX_FILE_BYTES};
 pub use path::{normalize_path, NormalizedPath, PathRejected};
 
 /// Whether a meshed pod accepts connections that bypass its node proxy
@@ -710,7 +710,11 @@ impl fmt::Display for Destination<'_> {
             return write!(f, "{}/{}", self.namespace, self.name);
         }
         // The labels are all there is to tell the workload by.
-        let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         write!(f, "{}/{{{}}}", self.namespace, labels.join(","))
     }
 }
