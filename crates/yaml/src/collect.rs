@@ -16,7 +16,13 @@
 //! type's key as such: right for struct fields and string-keyed maps, the
 //! only keys the formats using this have.
 
-use std::{cell::RefCell, collections::HashSet, fmt};
+use std::{
+    cell::RefCell,
+    collections::HashSet,
+    fmt,
+    hash::{Hash, Hasher},
+    rc::Rc,
+};
 
 use serde::de::{
     self,
@@ -27,10 +33,18 @@ use serde::de::{
 /// Where a value sits in a document: `spec.rules[0].to`, `.` for the root.
 /// Spelled as `serde_path_to_error` spells it, so messages read the same
 /// whichever decoder found the error.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub(crate) struct FieldPath(Vec<Segment>);
+///
+/// Every value decoded gets one, so a child shares its parent's steps
+/// rather than copying them: cloning is a reference count.
+#[derive(Clone, Default)]
+pub(crate) struct FieldPath(Option<Rc<Step>>);
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Step {
+    parent: FieldPath,
+    segment: Segment,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
 enum Segment {
     Key(String),
     Index(usize),
@@ -129,7 +143,7 @@ where
 
 impl FieldPath {
     pub(crate) fn is_root(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
     /// The path of field `key` of this value.
@@ -138,18 +152,50 @@ impl FieldPath {
     }
 
     fn child(&self, segment: Segment) -> Self {
-        let mut path = self.clone();
-        path.0.push(segment);
-        path
+        let parent = self.clone();
+        Self(Some(Rc::new(Step { parent, segment })))
+    }
+
+    /// From the root down.
+    fn segments(&self) -> Vec<&Segment> {
+        let mut segments = Vec::new();
+        let mut at = self;
+        while let Some(step) = &at.0 {
+            segments.push(&step.segment);
+            at = &step.parent;
+        }
+        segments.reverse();
+        segments
+    }
+}
+
+impl PartialEq for FieldPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.segments() == other.segments()
+    }
+}
+
+impl Eq for FieldPath {}
+
+impl Hash for FieldPath {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.segments().hash(state);
+    }
+}
+
+impl fmt::Debug for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FieldPath({self})")
     }
 }
 
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
+        let segments = self.segments();
+        if segments.is_empty() {
             return f.write_str(".");
         }
-        for (i, segment) in self.0.iter().enumerate() {
+        for (i, segment) in segments.into_iter().enumerate() {
             match segment {
                 Segment::Index(index) => write!(f, "[{index}]")?,
                 Segment::Key(_) | Segment::Other if i > 0 => f.write_str(".")?,
@@ -166,6 +212,12 @@ impl fmt::Display for FieldPath {
 }
 
 impl State<'_> {
+    /// Whether the entry at `path` is passed over; `path` is only built
+    /// when something is (never in the first pass).
+    fn skips(&self, path: impl FnOnce() -> FieldPath) -> bool {
+        !self.skip.is_empty() && self.skip.contains(&path())
+    }
+
     /// Notes `path` as where the pass failed, unless an inner value was
     /// noted first.
     fn fail<E>(&self, path: &FieldPath, error: E) -> E {
@@ -340,7 +392,7 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Elements<'_, A> {
         loop {
             let path = self.path.child(Segment::Index(self.index));
             self.index += 1;
-            if !state.skip.contains(&path) {
+            if !state.skips(|| path.clone()) {
                 let seed = TrackedSeed { seed, path, state };
                 let next = self.seq.next_element_seed(seed);
                 return next.map_err(|e| state.fail(&self.path, e));
@@ -421,7 +473,7 @@ impl<'de, K: DeserializeSeed<'de>> Visitor<'de> for KeyProbe<'_, '_, K> {
     type Value = Probed<K::Value>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a field name")
+        f.write_str("a string")
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
@@ -441,7 +493,7 @@ impl<'de, K: DeserializeSeed<'de>> KeyProbe<'_, '_, K> {
         D: Deserializer<'de, Error = E>,
     {
         *self.key = Some(key.to_owned());
-        if self.state.skip.contains(&self.parent.key(key)) {
+        if self.state.skips(|| self.parent.key(key)) {
             return Ok(Probed::Skipped);
         }
         match self.seed.take() {

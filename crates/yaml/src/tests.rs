@@ -80,6 +80,7 @@ fn the_first_error_is_the_strict_decoders() {
         "name: [a]\n",
         "- a\n",
         "name: a\n  b: : c\n",
+        "name: a\nlabels: {[k]: v}\n",
     ] {
         let strict = decode::<Doc>(Path::new("f.yaml"), text).expect_err(text);
         let errors = decode_all::<Doc>(Path::new("f.yaml"), text, 10).expect_err(text);
