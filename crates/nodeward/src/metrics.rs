@@ -753,7 +753,7 @@ impl KernelCollector {
         let inbound = IntCounterVec::new(
             Opts::new(
                 "bpf_inbound_direct_total",
-                "Connection attempts that reached a pod without its node proxy",
+                "Connection attempts (not SYN retransmits) that reached a pod without its node proxy",
             ),
             &["verdict"],
         )

@@ -155,7 +155,7 @@ fn rate_limited_calls(c: &Cluster) {
 
 /// The audit records of one node proxy, as a table.
 fn decisions(node: &str, records: &[Value]) -> String {
-    let mut out = format!("\nauthorization decisions at {node}\n");
+    let mut out = format!("\nauthorization and rate-limit decisions at {node}\n");
     out += &format!(
         "{:<44} {:<14} {:>5} {:<24} {:<8} {}\n",
         "CALLER", "DESTINATION", "PORT", "REQUEST", "DECISION", "POLICY / REASON"
@@ -169,12 +169,16 @@ fn decisions(node: &str, records: &[Value]) -> String {
         let why = r["policy"]
             .as_str()
             .map_or_else(|| s("reason"), str::to_owned);
+        // A rate limit's refusal is not an authorization deny.
+        let decision = match r["kind"].as_str() {
+            Some("ratelimit") => "limited".to_owned(),
+            _ => s("decision"),
+        };
         out += &format!(
-            "{:<44} {:<14} {:>5} {request:<24} {:<8} {why}\n",
+            "{:<44} {:<14} {:>5} {request:<24} {decision:<8} {why}\n",
             s("source_principal"),
             s("destination"),
             r["port"],
-            s("decision"),
         );
     }
     out
