@@ -10,9 +10,8 @@ mod layout;
 mod links;
 mod metadata;
 mod modcycles;
+mod toolchain;
 
-/// The bpf-linker series known to match the nightly's LLVM.
-const BPF_LINKER_SERIES: &str = "0.10.";
 /// Debian packages the end-to-end tests need (`ip`, `sysctl`), and the
 /// benchmark's hand-built mTLS alternative (`haproxy`).
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -120,53 +119,7 @@ fn setup() -> Result<()> {
             run(Command::new("rustup").args(["component", "add", component]))?;
         }
     }
-    if !nightly_has_rust_src() {
-        eprintln!("xtask setup: adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "-c",
-            "rust-src",
-        ]))?;
-    }
-    let linker = Command::new("bpf-linker").arg("--version").output();
-    let version = linker
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if !version
-        .trim()
-        .trim_start_matches("bpf-linker ")
-        .starts_with(BPF_LINKER_SERIES)
-    {
-        eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_SERIES}x (about a minute)");
-        run(Command::new("cargo").args([
-            "install",
-            "bpf-linker",
-            "--version",
-            "~0.10",
-            "--locked",
-            "--force",
-            "--no-default-features",
-            "--features",
-            "rust-llvm-22",
-        ]))?;
-    }
-    Ok(())
-}
-
-fn nightly_has_rust_src() -> bool {
-    Command::new("rustup")
-        .args(["component", "list", "--toolchain", "nightly", "--installed"])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.starts_with("rust-src"))
-        })
+    toolchain::setup()
 }
 
 fn build() -> Result<()> {
