@@ -68,9 +68,9 @@ fn main() -> Result<()> {
             cmd.env_remove(var);
         }
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("running `rustup run {nightly} cargo` (run `cargo xtask setup` first)"))?;
+    let status = cmd.status().with_context(|| {
+        format!("running `rustup run {nightly} cargo` (run `cargo xtask setup` first)")
+    })?;
     if !status.success() {
         bail!("building the BPF programs with {nightly} failed; `cargo xtask setup` installs it with rust-src, and the bpf-linker that matches its LLVM");
     }

@@ -45,7 +45,9 @@ pub fn setup() -> Result<()> {
     if installed_linker_matches(&feature) {
         return Ok(());
     }
-    eprintln!("xtask setup: installing bpf-linker {LINKER_SERIES}x with {feature} (about a minute)");
+    eprintln!(
+        "xtask setup: installing bpf-linker {LINKER_SERIES}x with {feature} (about a minute)"
+    );
     run(Command::new("cargo").args([
         "install",
         "bpf-linker",
@@ -172,7 +174,10 @@ mod tests {
         assert_eq!(channel(file).as_deref(), Some("nightly-2026-05-15"));
         assert_eq!(channel("[other]\nchannel = \"x\"\n"), None);
         assert_eq!(channel("[toolchain]\ncomponents = []\n"), None);
-        assert_eq!(channel("[toolchain]\nchannel=\"1.95.0\""), Some("1.95.0".into()));
+        assert_eq!(
+            channel("[toolchain]\nchannel=\"1.95.0\""),
+            Some("1.95.0".into())
+        );
     }
 
     #[test]
