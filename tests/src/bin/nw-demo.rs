@@ -153,8 +153,8 @@ fn hints(c: &Cluster, examples: Option<&Path>) -> String {
         "\nnetns: {prefix}-node-a {prefix}-node-b {prefix}-<pod>; logs in /tmp/{prefix}\n\
          policies: {} ({whose}edit it: changes apply within a second; `nodeward policy check` it first)\n\
          try a call as a pod (joins its cgroup, then its netns):\n\
-         \x20 cargo xtask demo exec frontend -- curl -s http://{backend}:{HTTP_PORT}/api/items   # allowed\n\
-         \x20 cargo xtask demo exec frontend -- curl -s http://{backend}:{HTTP_PORT}/admin       # denied: 403\n\
+         \x20 cargo xtask demo exec frontend -- curl -i http://{backend}:{HTTP_PORT}/api/items   # allowed: 200\n\
+         \x20 cargo xtask demo exec frontend -- curl -i http://{backend}:{HTTP_PORT}/admin       # denied: 403\n\
          metrics: cargo xtask demo exec node-b -- curl -s http://127.0.0.1:{ADMIN_PORT}/metrics \
          (also /ready, /config_dump, /logging?level=debug)\n\
          stop: Ctrl-C here, or `cargo xtask demo --down` from another shell\n",
