@@ -1,12 +1,21 @@
 //! Builds the BPF programs so the `nodeward` binary embeds them.
 //!
 //! The kernel crate needs nightly, `-Z build-std=core` and `bpf-linker`
-//! (`cargo xtask setup` installs them). Set `NODEWARD_BPF_OBJECT` to a
-//! prebuilt object to skip this step.
+//! (`cargo xtask setup` installs them). It builds with the dated nightly
+//! pinned in `ebpf/programs/rust-toolchain.toml`, whatever toolchain runs
+//! this script. Set `NODEWARD_BPF_OBJECT` to a prebuilt object to skip
+//! this step.
 
-use std::{env, path::PathBuf, process::Command};
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context, Result};
+
+/// Pins the nightly the BPF programs build with.
+const TOOLCHAIN_FILE: &str = "ebpf/programs/rust-toolchain.toml";
 
 fn main() -> Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -25,15 +34,17 @@ fn main() -> Result<()> {
         "ebpf/programs/src",
         "ebpf/common/src",
         "ebpf/programs/Cargo.toml",
+        TOOLCHAIN_FILE,
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
+    let nightly = pinned_nightly(&root)?;
     let target_dir = out_dir.join("bpf-target");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(&root)
         .args([
             "run",
-            "nightly",
+            &nightly,
             "cargo",
             "build",
             "--release",
@@ -57,13 +68,33 @@ fn main() -> Result<()> {
             cmd.env_remove(var);
         }
     }
-    let status = cmd
-        .status()
-        .context("running `rustup run nightly cargo` (run `cargo xtask setup` first)")?;
+    let status = cmd.status().with_context(|| {
+        format!("running `rustup run {nightly} cargo` (run `cargo xtask setup` first)")
+    })?;
     if !status.success() {
-        bail!("building the BPF programs failed; `cargo xtask setup` installs nightly rust-src and bpf-linker");
+        bail!("building the BPF programs with {nightly} failed; `cargo xtask setup` installs it with rust-src, and the bpf-linker that matches its LLVM");
     }
     let built = target_dir.join("bpfel-unknown-none/release/nodeward-ebpf");
     std::fs::copy(&built, &dest).with_context(|| format!("copying {}", built.display()))?;
     Ok(())
+}
+
+/// The `channel` under `[toolchain]` in the pin file: the same line parser
+/// as xtask's `toolchain::channel` (unit-tested there), since a build script
+/// cannot share xtask's code.
+fn pinned_nightly(root: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(root.join(TOOLCHAIN_FILE)).context(TOOLCHAIN_FILE)?;
+    let mut in_toolchain = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_toolchain = line == "[toolchain]";
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            if in_toolchain && key.trim() == "channel" {
+                return Ok(value.trim().trim_matches('"').to_owned());
+            }
+        }
+    }
+    bail!("{TOOLCHAIN_FILE}: no `channel = \"...\"` under [toolchain]")
 }

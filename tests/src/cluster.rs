@@ -145,7 +145,7 @@ pub struct Options {
     pub default_policy: &'static str,
     /// Files written to the shared policy directory before the proxies
     /// start, as (file name, YAML).
-    pub policies: Vec<(&'static str, String)>,
+    pub policies: Vec<(String, String)>,
     /// Instead of writing `policies`, make the policy directory a symlink
     /// to this one, so its files are used (and reloaded) where they are.
     pub policy_link: Option<PathBuf>,
@@ -153,6 +153,9 @@ pub struct Options {
     pub drain_deadline: &'static str,
     /// `sockmap.enabled` (off by default, as in the product).
     pub sockmap: bool,
+    /// `tunnel:` as a YAML flow mapping (`{idleTimeout: 2s}`); empty for
+    /// the product's defaults.
+    pub tunnel: &'static str,
 }
 
 /// A mesh-wide policy that allows every connection: the default for tests
@@ -172,7 +175,7 @@ impl Options {
         Self {
             policies: policies
                 .iter()
-                .map(|(name, text)| (*name, (*text).to_owned()))
+                .map(|(name, text)| ((*name).to_owned(), (*text).to_owned()))
                 .collect(),
             ..Self::default()
         }
@@ -185,10 +188,11 @@ impl Default for Options {
             mtls: "STRICT",
             cert_lifetime: "24h",
             default_policy: "deny",
-            policies: vec![("allow-all.yaml", ALLOW_ALL.to_owned())],
+            policies: vec![("allow-all.yaml".to_owned(), ALLOW_ALL.to_owned())],
             policy_link: None,
             drain_deadline: "2s",
             sockmap: false,
+            tunnel: "",
         }
     }
 }
@@ -342,18 +346,28 @@ pub fn sweep() {
     let Ok(names) = netns::list() else {
         return;
     };
-    let dead_prefixes = dead_prefixes(&names);
-    let Ok(mount) = cgroup2_mount() else { return };
-    for prefix in dead_prefixes {
-        let netns: Vec<String> = names
-            .iter()
-            .filter(|n| n.starts_with(&format!("{prefix}-")))
-            .cloned()
-            .collect();
-        teardown(&mount.join(&prefix), &netns);
-        release_mounts(&std::env::temp_dir().join(&prefix));
-        let _ = fs::remove_dir_all(std::env::temp_dir().join(&prefix));
+    for prefix in dead_prefixes(&names) {
+        sweep_prefix(&prefix);
     }
+}
+
+/// Removes everything a cluster under `prefix` built, whoever built it and
+/// whether or not it still runs: kills every process in its cgroup tree
+/// (proxies, pod servers, commands run in pods; their BPF links go with
+/// them), deletes its namespaces and cgroups, releases its bpffs (and so
+/// its pins) and removes its directory. What `nw-demo down` and a new demo
+/// do to a demo whose owner died.
+pub fn sweep_prefix(prefix: &str) {
+    let netns: Vec<String> = netns::list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .collect();
+    if let Ok(mount) = cgroup2_mount() {
+        teardown(&mount.join(prefix), &netns);
+    }
+    release_mounts(&std::env::temp_dir().join(prefix));
+    let _ = fs::remove_dir_all(std::env::temp_dir().join(prefix));
 }
 
 /// Cluster prefixes ([`Cluster::unique_prefix`]) among the namespace

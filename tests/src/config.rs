@@ -119,7 +119,11 @@ impl Cluster {
     /// The config file of `node`'s proxy, with the cluster's `Options`.
     fn node_config(&self, node: &NodeSpec) -> String {
         let (i, options) = (node.index, &self.options);
-        format!(
+        let tunnel = match options.tunnel {
+            "" => String::new(),
+            t => format!("tunnel: {t}\n"),
+        };
+        tunnel + &format!(
             "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\nbpf:\n  pinDir: {}\nlifecycle:\n  drainDeadline: {}\nsockmap:\n  enabled: {}\n",
             node.name,
             self.node_cgroup(node.name).display(),

@@ -58,8 +58,8 @@ pub use admin::metric_value;
 pub use capture::{Capture, Captured};
 pub use cgroups::cgroup2_mount;
 pub use cluster::{
-    release_mounts, standard_pods, sweep, teardown, Binaries, Cluster, NodeSpec, Options, PodSpec,
-    ADMIN_PORT, ALLOW_ALL, MESH_CIDRS, OUTBOUND_PORT,
+    release_mounts, standard_pods, sweep, sweep_prefix, teardown, Binaries, Cluster, NodeSpec,
+    Options, PodSpec, ADMIN_PORT, ALLOW_ALL, MESH_CIDRS, OUTBOUND_PORT,
 };
 pub use lifecycle::require_root;
 pub use logs::wait_for;

@@ -49,18 +49,14 @@ impl Cluster {
         n: usize,
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found: Vec<_> = self
-                .access_log(node)
-                .into_iter()
-                .filter(|r| pred(r))
-                .collect();
-            if found.len() >= n || Instant::now() > deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_records(|| self.access_log(node), n, pred)
+    }
+
+    /// Waits (up to 10 s) for `node`'s audit log to hold `n` records
+    /// matching `pred` (the writer thread batches them), and returns the
+    /// matching ones.
+    pub fn audit_records(&self, node: &str, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        wait_records(|| self.audit_log(node), n, pred)
     }
 
     /// Peers an echo server accepted, in order.
@@ -113,4 +109,20 @@ pub(crate) fn json_lines(path: &Path) -> Vec<Value> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// Re-reads `records` until `n` of them match `pred`, for up to 10 s.
+fn wait_records(
+    records: impl Fn() -> Vec<Value>,
+    n: usize,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found: Vec<_> = records().into_iter().filter(|r| pred(r)).collect();
+        if found.len() >= n || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

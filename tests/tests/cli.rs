@@ -183,11 +183,49 @@ fn policy_check_accepts_the_examples_and_lists_every_error_of_a_broken_dir() {
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: x}\nspec:\n  rules:\n  - to: [{operation: {pathz: [/x]}}]\n",
     )
     .expect("write");
+    // Every wrong field of one document, not only the first serde meets.
+    std::fs::write(
+        dir.join("c.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: x}\n\
+         spec:\n  selectr: {matchLabels: {app: a}}\n  provider: {name: ext}\n  rules:\n  - to: [{operation: {paths: [/api/*/x]}}]\n",
+    )
+    .expect("write");
     let (code, out, err) = policy_cmd(&["check", &dir.display().to_string()]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("a.yaml:") && err.contains("CUSTOM"), "{err}");
     assert!(err.contains("b.yaml:6") && err.contains("pathz"), "{err}");
+    let c: Vec<&str> = err.lines().filter(|l| l.contains("c.yaml:")).collect();
+    assert_eq!(c.len(), 3, "{err}");
+    assert!(
+        c[0].contains("c.yaml:5:") && c[0].contains("`spec.selectr`"),
+        "{err}"
+    );
+    assert!(
+        c[1].contains("c.yaml:6:") && c[1].contains("`spec.provider`"),
+        "{err}"
+    );
+    assert!(
+        c[2].contains("c.yaml:8:") && c[2].contains("/api/*/x"),
+        "{err}"
+    );
+}
+
+/// Valid (exit 0), but the proxy would deny everything: say so on stderr.
+#[test]
+fn policy_check_of_an_empty_dir_warns_that_everything_is_denied() {
+    let dir = std::env::temp_dir().join(format!("nw-cli-empty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tempdir");
+    let (code, out, err) = policy_cmd(&["check", &dir.display().to_string()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.ends_with(": ok: no policy files\n"), "{out}");
+    assert!(err.starts_with("warning: "), "{err}");
+    assert!(err.contains("denies every connection"), "{err}");
+    // The examples allow calls: no warning.
+    let (code, _, err) = policy_cmd(&["check", &examples()]);
+    assert_eq!((code, err.as_str()), (Some(0), ""));
 }
 
 fn explain(args: &[&str]) -> serde_json::Value {
@@ -236,6 +274,11 @@ fn policy_explain_prints_the_decision_as_json_without_any_workload() {
         .concat(),
     );
     assert_eq!(post["decision"], "deny", "{post}");
+    // No workload name is known: the labels name the destination.
+    assert_eq!(
+        post["reason"], "no ALLOW policy for shop/{app=backend} matched",
+        "{post}"
+    );
     let sneaky = explain(
         &[
             &["--from", frontend],

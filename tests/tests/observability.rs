@@ -78,6 +78,33 @@ fn a_caller_over_its_connection_budget_is_cut_off_while_another_is_not() {
         &[("reason", "rate_limited")],
     );
     assert_eq!(failures, 3.0, "the source proxy learns why");
+    assert_refusals_counted_apart(&c, "shop/backend-conns", "connection", 3);
+}
+
+/// Rate-limit refusals are not authorization denies: they are counted in
+/// `nodeward_ratelimit_decisions_total` only, while authorization counts
+/// every call as the allow it was; their audit records say `ratelimit`.
+fn assert_refusals_counted_apart(c: &Cluster, policy: &str, layer: &str, limited: usize) {
+    let deny = [("decision", "deny")];
+    assert_eq!(
+        c.metric("node-b", "nodeward_authz_decisions_total", &deny),
+        0.0,
+        "{policy} refused as a rate limit, not by authorization"
+    );
+    let allowed = [("decision", "allow"), ("policy", "istio-system/allow-all")];
+    let allows = c.metric("node-b", "nodeward_authz_decisions_total", &allowed) as usize;
+    // One record per decision: every call's authorization, then the refusals.
+    let audit = c.audit_records("node-b", allows + limited, |_| true);
+    assert_eq!(audit.len(), allows + limited, "{audit:?}");
+    let refused: Vec<&Value> = audit.iter().filter(|r| r["decision"] == "deny").collect();
+    assert_eq!(refused.len(), limited, "{audit:?}");
+    for r in refused {
+        assert_eq!(r["kind"], "ratelimit", "{r}");
+        assert_eq!(r["policy"], policy, "{r}");
+        assert_eq!(r["layer"], layer, "{r}");
+    }
+    let authz = audit.iter().filter(|r| r["kind"] == "authz").count();
+    assert_eq!(authz, allows, "{audit:?}");
 }
 
 #[test]
@@ -127,6 +154,7 @@ fn an_http_client_gets_429_with_headers_and_recovers_after_refill() {
         .find(|r| r["event"] == "request" && r["status"] == 429)
         .expect("an access record of the 429");
     assert_eq!(limited["rate_limit"], "limited", "{limited}");
+    assert_refusals_counted_apart(&c, "shop/backend-requests", "request", 2);
 }
 
 #[test]

@@ -8,6 +8,10 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{client::conn::http2::SendRequest, upgrade::Upgraded, Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use nodeward_tests::{connect_from, require_root, Capture, Cluster, Options, PodSpec};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -22,7 +26,22 @@ use rustls::{
 };
 
 const PORT: u16 = 9100;
+const HTTP_PORT: u16 = 8080;
 const TD: &str = "cluster.local";
+/// Promptly, on a loaded machine.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// frontend may call backend's HTTP port, which policy judges per request.
+const BACKEND_HTTP: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: backend-http, namespace: shop}
+spec:
+  selector: {matchLabels: {app: backend}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]
+    to: [{operation: {ports: [\"8080\"], paths: [\"*\"]}}]
+";
 
 fn addr(ip: std::net::IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
@@ -213,16 +232,22 @@ fn strict_inbound_drops_connections_that_bypass_the_proxies() {
     let mut c = Cluster::start();
     c.serve_echo("backend", PORT);
     let to = addr(c.ip4("backend"), PORT);
+    let dropped = |c: &Cluster| {
+        c.metric(
+            "node-b",
+            "nodeward_bpf_inbound_direct_total",
+            &[("verdict", "dropped")],
+        )
+    };
+    // The attempt waits 5 s for an answer, resending its SYN meanwhile (4
+    // times on kernels with linear SYN timeouts, twice on older ones), and
+    // counts once all the same.
     let bypass = c.call_bypassing_proxy("frontend", to, 100);
     assert_eq!(bypass["connected"], false, "{bypass}");
+    assert_eq!(dropped(&c), 1.0, "one attempt, however many SYNs");
     // An outsider (a process on the other node, not in any pod) fails too.
     assert!(connect_from(&c.ns("node-a"), to).is_err());
-    let dropped = c.metric(
-        "node-b",
-        "nodeward_bpf_inbound_direct_total",
-        &[("verdict", "dropped")],
-    );
-    assert!(dropped >= 2.0, "{dropped}");
+    assert_eq!(dropped(&c), 2.0);
     assert!(c.accepted("backend", PORT).is_empty());
     // Through the proxies it works.
     assert_eq!(c.call("frontend", to, 100)["intact"], true);
@@ -255,6 +280,122 @@ fn permissive_inbound_lets_plaintext_in_and_says_so() {
         &[("verdict", "allowed")],
     );
     assert!(allowed >= 1.0, "{allowed}");
+}
+
+#[test]
+fn an_open_tunnel_stops_speaking_for_an_identity_that_left_its_node() {
+    if !require_root("an_open_tunnel_stops_speaking_for_an_identity_that_left_its_node") {
+        return;
+    }
+    let mut c = Cluster::start_with(Options::with_policies(&[("http.yaml", BACKEND_HTTP)]));
+    c.serve_http("backend", HTTP_PORT);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // What a compromised node-a can do: mint frontend's SVID with its key.
+    let node_a = NodeCa::load(&c.ca_dir().join("node-a"));
+    let frontend = node_a.leaf(&[&spiffe("shop", "frontend")], &|_| {});
+    let sni = sni_name(&spiffe("shop", "backend"));
+    let mut tunnel = RawTunnel::open(&rt, &c, &sni, frontend);
+    let backend = addr(c.ip4("backend"), HTTP_PORT);
+    let (status, path) = tunnel.connect(&rt, backend).expect("stream");
+    assert_eq!(status, StatusCode::OK);
+    let mut path = path.expect("upgraded");
+    assert_eq!(http_status(&rt, &mut path, "/before"), Some(200));
+
+    c.unlist("frontend");
+    let closed = c.wait_metric(
+        "node-b",
+        "nodeward_tunnel_closed_total",
+        &[("reason", "identity_left_node")],
+        1.0,
+        WAIT,
+    );
+    assert_eq!(
+        closed, 1.0,
+        "node-b did not close the tunnel of a departed identity"
+    );
+    // The open HTTP path is cut...
+    assert_eq!(http_status(&rt, &mut path, "/after"), None);
+    // ...and the connection takes no new stream.
+    let again = tunnel.connect(&rt, backend);
+    assert!(
+        again.as_ref().map_or(true, |(s, _)| *s != StatusCode::OK),
+        "a new stream was served: {:?}",
+        again.map(|(s, _)| s)
+    );
+    assert!(
+        tunnel.closed_within(&rt, WAIT),
+        "the connection stayed open"
+    );
+    let requests = c.http_requests_seen("backend", HTTP_PORT);
+    assert_eq!(requests, ["GET /before"], "what the pod got");
+}
+
+#[test]
+fn tunnel_connections_end_when_idle_and_at_their_maximum_age() {
+    if !require_root("tunnel_connections_end_when_idle_and_at_their_maximum_age") {
+        return;
+    }
+    let mut c = Cluster::start_with(Options {
+        tunnel: "{idleTimeout: 2s, maxConnectionAge: 3s, maxConnectionAgeGrace: 2s}",
+        ..Options::default()
+    });
+    c.serve_echo("backend", PORT);
+    let to = addr(c.ip4("backend"), PORT);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Idle: a connection that never opens a stream is closed.
+    let node_a = NodeCa::load(&c.ca_dir().join("node-a"));
+    let frontend = node_a.leaf(&[&spiffe("shop", "frontend")], &|_| {});
+    let idle = RawTunnel::open(&rt, &c, &sni_name(&spiffe("shop", "backend")), frontend);
+    assert!(
+        idle.closed_within(&rt, WAIT),
+        "an idle connection stayed open"
+    );
+    assert!(
+        c.metric(
+            "node-b",
+            "nodeward_tunnel_closed_total",
+            &[("reason", "idle")]
+        ) >= 1.0
+    );
+    // Maximum age: a call that outlives age and grace (8 s) is cut; one
+    // started after the GOAWAY goes through on a new connection.
+    let handshakes = || {
+        c.metric(
+            "node-a",
+            "nodeward_tunnel_handshakes_total",
+            &[("side", "client")],
+        )
+    };
+    let before = handshakes();
+    let long = std::thread::scope(|s| {
+        let long = s.spawn(|| {
+            c.call_with(
+                "frontend",
+                to,
+                16 * 1024,
+                &["--chunks", "16", "--pace-ms", "500"],
+            )
+        });
+        let aged = c.wait_metric(
+            "node-b",
+            "nodeward_tunnel_closed_total",
+            &[("reason", "max_age")],
+            1.0,
+            WAIT,
+        );
+        assert!(aged >= 1.0, "no connection reached its maximum age");
+        let short = c.call("frontend", to, 1000);
+        assert_eq!(
+            short["intact"], true,
+            "a stream after the GOAWAY failed: {short}"
+        );
+        long.join().expect("long call")
+    });
+    assert_eq!(long["intact"], false, "a stream outlived the grace: {long}");
+    assert!(
+        handshakes() >= before + 2.0,
+        "the pool reused the aged connection"
+    );
 }
 
 /// One bad peer: what it presents and the reason the server must count.
@@ -363,6 +504,21 @@ fn tunnel_rejects_invalid_peers_and_counts_each_reason() {
             case.name, case.reason
         );
     }
+    // An SNI that names no identity node-b holds.
+    let good = node_a.leaf(&[&frontend], &none);
+    let nobody = sni_name(&spiffe("shop", "nobody"));
+    assert!(handshake(&c, tunnel, &nobody, Some(good), false).is_err());
+    let counted = c.wait_metric(
+        "node-b",
+        "nodeward_tunnel_rejected_total",
+        &[("reason", "unknown_server_name")],
+        1.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        counted, 1.0,
+        "unknown SNI not counted as unknown_server_name"
+    );
     let mut plain = connect_from(&c.ns("node-a"), tunnel).expect("connect");
     plain
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -394,6 +550,29 @@ fn handshake(
     chain: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     tls12: bool,
 ) -> Result<(), String> {
+    let config = client_config(chain, tls12)?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let tcp = connect_from(&c.ns("node-a"), to).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    // The HTTP/2 client preface; a server that accepted us answers with SETTINGS.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 9];
+    match tls.read(&mut buf) {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("closed".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A client presenting `chain` (or nothing), ALPN `h2`, trusting any server.
+fn client_config(
+    chain: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    tls12: bool,
+) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let version: &'static rustls::SupportedProtocolVersion = if tls12 {
         &rustls::version::TLS12
@@ -412,21 +591,101 @@ fn handshake(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
-    let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
-    let tcp = connect_from(&c.ns("node-a"), to).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let mut tls = StreamOwned::new(conn, tcp);
-    // The HTTP/2 client preface; a server that accepted us answers with SETTINGS.
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 9];
-    match tls.read(&mut buf) {
-        Ok(n) if n > 0 => Ok(()),
-        Ok(_) => Err("closed".into()),
-        Err(e) => Err(e.to_string()),
+    Ok(config)
+}
+
+/// A tunnel connection of our own from node-a's namespace to node-b's
+/// proxy, as a compromised node-a could open one: HTTP/2 over TLS with a
+/// certificate the test minted with node-a's key. Runs on `rt`.
+struct RawTunnel {
+    send: SendRequest<Empty<Bytes>>,
+    /// Ends when the connection does.
+    ended: tokio::task::JoinHandle<()>,
+}
+
+impl RawTunnel {
+    fn open(
+        rt: &tokio::runtime::Runtime,
+        c: &Cluster,
+        sni: &str,
+        chain: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    ) -> Self {
+        let tunnel = addr(c.node_ip("node-b"), 15008);
+        let tcp = connect_from(&c.ns("node-a"), tunnel).expect("connect");
+        tcp.set_nonblocking(true).expect("nonblocking");
+        let config = Arc::new(client_config(Some(chain), false).expect("client config"));
+        let name = ServerName::try_from(sni.to_owned()).expect("sni");
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::from_std(tcp).expect("tokio stream");
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .expect("TLS handshake");
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(tls))
+                .await
+                .expect("HTTP/2 handshake");
+            let ended = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Self { send, ended }
+        })
     }
+
+    /// A CONNECT to `to`: its status and, on 200, the stream; `Err` when the
+    /// connection no longer takes streams.
+    fn connect(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        to: SocketAddr,
+    ) -> Result<(StatusCode, Option<TokioIo<Upgraded>>), String> {
+        let mut req = Request::new(Empty::new());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = hyper::Uri::builder()
+            .authority(to.to_string())
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let sent = tokio::time::timeout(WAIT, self.send.send_request(req)).await;
+            let response = sent.map_err(|_| "no answer".to_owned())?;
+            let response = response.map_err(|e| e.to_string())?;
+            let status = response.status();
+            if status != StatusCode::OK {
+                return Ok((status, None));
+            }
+            let upgraded = hyper::upgrade::on(response)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((status, Some(TokioIo::new(upgraded))))
+        })
+    }
+
+    /// Whether the server closed the connection within `within`.
+    fn closed_within(self, rt: &tokio::runtime::Runtime, within: Duration) -> bool {
+        rt.block_on(async { tokio::time::timeout(within, self.ended).await })
+            .is_ok()
+    }
+}
+
+/// One HTTP/1.1 request on a tunnelled stream: the response's status, or
+/// `None` when the stream ended or failed instead.
+fn http_status(
+    rt: &tokio::runtime::Runtime,
+    io: &mut TokioIo<Upgraded>,
+    path: &str,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    rt.block_on(async {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: backend\r\n\r\n");
+        io.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, io.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    })
 }
 
 /// The documented SNI: SHA-256 of the SPIFFE ID, first 16 bytes in hex, `.id.nodeward`.

@@ -6,20 +6,22 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod check;
+mod demo;
 mod layout;
 mod links;
 mod metadata;
 mod modcycles;
+mod toolchain;
 
-/// The bpf-linker series known to match the nightly's LLVM.
-const BPF_LINKER_SERIES: &str = "0.10.";
-/// Debian packages the end-to-end tests need (`ip`, `sysctl`), and the
-/// benchmark's hand-built mTLS alternative (`haproxy`).
+/// Debian packages the end-to-end tests need (`ip`, `sysctl`), the
+/// benchmark's hand-built mTLS alternative (`haproxy`), and the client the
+/// README's quick start and the demo tests call through the mesh (`curl`).
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("sysctl", "procps"),
     ("cc", "gcc"),
     ("haproxy", "haproxy"),
+    ("curl", "curl"),
 ];
 
 #[derive(Parser)]
@@ -40,12 +42,20 @@ enum Task {
     /// Crate layering, forbidden dependencies, module cycles and doc links
     /// (quick: builds nothing).
     Check,
-    /// Bring up the two-node demo cluster and show what flows through the proxies.
+    /// Bring up the two-node demo cluster and show what flows through the
+    /// proxies; runs until Ctrl-C, SIGTERM or SIGHUP, then tears it down.
+    #[command(args_conflicts_with_subcommands = true)]
     Demo {
-        /// Policy directory to run the mesh with (default: the examples in
-        /// `policies/`); edits to it are reloaded live.
+        /// Policy directory to run the mesh with, reloaded live as you edit
+        /// it (default: a copy of the examples in `policies/`, in the
+        /// demo's own directory).
         #[arg(long)]
         policies: Option<std::path::PathBuf>,
+        /// Stop the running demo, or remove what a dead one left behind.
+        #[arg(long, conflicts_with = "policies")]
+        down: bool,
+        #[command(subcommand)]
+        command: Option<DemoCommand>,
     },
     /// Benchmark direct, nodeward and HAProxy-mTLS paths on a netns cluster
     /// (needs root); writes `target/bench/bench.{md,json}`.
@@ -63,6 +73,21 @@ enum Task {
     },
 }
 
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Run a command as a pod of the running demo: it joins the pod's
+    /// cgroup, then its network namespace, so its connections go through
+    /// the mesh (`exec frontend -- curl http://10.20.2.10:8080/api/items`).
+    /// A node (node-a, node-b) joins only the node's netns.
+    Exec {
+        /// frontend, cache, backend, db, ops-tool, node-a or node-b.
+        pod: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
+}
+
 fn main() -> Result<()> {
     // `ip` and `sysctl` live in sbin, which `su` without `-` leaves off PATH.
     let path = std::env::var("PATH").unwrap_or_default();
@@ -72,11 +97,17 @@ fn main() -> Result<()> {
     let task = Cli::parse().task;
     // A user's path means what it meant where they typed it.
     let task = match task {
-        Task::Demo { policies: Some(p) } => Task::Demo {
+        Task::Demo {
+            policies: Some(p),
+            down,
+            command,
+        } => Task::Demo {
             policies: Some(
                 std::fs::canonicalize(&p)
                     .with_context(|| format!("policy directory {}", p.display()))?,
             ),
+            down,
+            command,
         },
         other => other,
     };
@@ -88,7 +119,15 @@ fn main() -> Result<()> {
         Task::Build => build(),
         Task::Test => test(),
         Task::Check => check::all(),
-        Task::Demo { policies } => demo(policies),
+        Task::Demo {
+            policies,
+            down,
+            command,
+        } => demo::run(match (down, command) {
+            (true, _) => demo::Action::Down,
+            (false, Some(DemoCommand::Exec { pod, argv })) => demo::Action::Exec { pod, argv },
+            (false, None) => demo::Action::Up { policies },
+        }),
         Task::Bench {
             seconds,
             idle,
@@ -120,53 +159,7 @@ fn setup() -> Result<()> {
             run(Command::new("rustup").args(["component", "add", component]))?;
         }
     }
-    if !nightly_has_rust_src() {
-        eprintln!("xtask setup: adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "-c",
-            "rust-src",
-        ]))?;
-    }
-    let linker = Command::new("bpf-linker").arg("--version").output();
-    let version = linker
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if !version
-        .trim()
-        .trim_start_matches("bpf-linker ")
-        .starts_with(BPF_LINKER_SERIES)
-    {
-        eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_SERIES}x (about a minute)");
-        run(Command::new("cargo").args([
-            "install",
-            "bpf-linker",
-            "--version",
-            "~0.10",
-            "--locked",
-            "--force",
-            "--no-default-features",
-            "--features",
-            "rust-llvm-22",
-        ]))?;
-    }
-    Ok(())
-}
-
-fn nightly_has_rust_src() -> bool {
-    Command::new("rustup")
-        .args(["component", "list", "--toolchain", "nightly", "--installed"])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.starts_with("rust-src"))
-        })
+    toolchain::setup()
 }
 
 fn build() -> Result<()> {
@@ -180,7 +173,10 @@ fn build() -> Result<()> {
         "nodeward-tests",
         "--bins",
     ])?;
-    eprintln!("xtask build: target/release/nodeward (BPF programs embedded)");
+    eprintln!(
+        "xtask build: {} (BPF programs embedded)",
+        target_dir().join("release/nodeward").display()
+    );
     Ok(())
 }
 
@@ -194,27 +190,9 @@ fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])
 }
 
-fn demo(policies: Option<std::path::PathBuf>) -> Result<()> {
-    let policies = match policies {
-        Some(p) => p,
-        None => std::fs::canonicalize("policies").context("the example policies")?,
-    };
-    build()?;
-    let status = Command::new("target/release/nw-demo")
-        .env("NW_DEMO_POLICIES", &policies)
-        .env("NODEWARD_BIN", "target/release/nodeward")
-        .env("NW_POD_BIN", "target/release/nw-pod")
-        .status()
-        .context("running nw-demo")?;
-    if !status.success() {
-        bail!("demo failed: {status}");
-    }
-    Ok(())
-}
-
 fn bench(seconds: f64, idle: usize, only: Option<&str>) -> Result<()> {
     build()?;
-    let mut cmd = Command::new("target/release/nw-bench");
+    let mut cmd = Command::new(target_dir().join("release/nw-bench"));
     cmd.args(["run", "--out", "target/bench"])
         .args(["--seconds", &seconds.to_string()])
         .args(["--idle", &idle.to_string()]);
@@ -222,14 +200,19 @@ fn bench(seconds: f64, idle: usize, only: Option<&str>) -> Result<()> {
         cmd.args(["--only", only]);
     }
     let status = cmd
-        .env("NODEWARD_BIN", "target/release/nodeward")
-        .env("NW_POD_BIN", "target/release/nw-pod")
+        .env("NODEWARD_BIN", target_dir().join("release/nodeward"))
+        .env("NW_POD_BIN", target_dir().join("release/nw-pod"))
         .status()
         .context("running nw-bench")?;
     if !status.success() {
         bail!("bench failed: {status}");
     }
     Ok(())
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` if set, else `target`.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), Into::into)
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

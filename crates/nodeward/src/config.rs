@@ -15,7 +15,8 @@ use serde::Deserialize;
 pub use nodeward_policy::MtlsMode;
 use nodeward_policy::{self as policy, DefaultPolicy};
 pub use nodeward_proxy::{
-    authz::audit::AuditSink, http::HeadersWithUnderscores, telemetry::AccessLog,
+    authz::audit::AuditSink, http::HeadersWithUnderscores,
+    inbound::limits::Settings as TunnelSettings, telemetry::AccessLog,
 };
 use nodeward_yaml as yaml;
 pub use nodeward_yaml::FileError as ConfigError;
@@ -80,6 +81,34 @@ pub struct ConfigFile {
     /// The sockmap fast path for the pod ⇄ proxy hop.
     #[serde(default)]
     pub sockmap: SockmapFile,
+    /// The tunnel server's connection timers and caps.
+    #[serde(default)]
+    pub tunnel: TunnelFile,
+}
+
+/// `tunnel`: how long tunnel connections live and what one peer may hold.
+/// Defaults are in `nodeward_proxy::inbound::limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TunnelFile {
+    /// Close a connection with no stream open this long (default `10m`).
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// GOAWAY a connection this old (default `1h`).
+    #[serde(default)]
+    pub max_connection_age: Option<String>,
+    /// Cut the streams still open this long after the GOAWAY (default `10m`).
+    #[serde(default)]
+    pub max_connection_age_grace: Option<String>,
+    /// TLS handshakes in progress at once (default 1024).
+    #[serde(default)]
+    pub max_handshakes: Option<usize>,
+    /// TLS handshakes in progress at once from one address (default 128).
+    #[serde(default)]
+    pub max_handshakes_per_address: Option<usize>,
+    /// Pod dials in progress at once for one calling node (default 256).
+    #[serde(default)]
+    pub max_pending_dials_per_node: Option<usize>,
 }
 
 /// `sockmap`.
@@ -234,6 +263,8 @@ pub struct Config {
     pub headers_with_underscores: HeadersWithUnderscores,
     /// Whether to try the sockmap fast path.
     pub sockmap: bool,
+    /// The tunnel server's timers and caps.
+    pub tunnel: TunnelSettings,
     /// The file this came from, for error messages.
     pub source: PathBuf,
 }
@@ -271,6 +302,7 @@ impl Config {
                 headers_with_underscores,
             },
             sockmap: SockmapFile { enabled: sockmap },
+            tunnel: tunnel_file,
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
         if node.trim().is_empty() {
@@ -343,6 +375,7 @@ impl Config {
             None => AccessLog::ALL,
             Some(f) => AccessLog::new(f).map_err(|e| bad("accessLog.sampling", &e.to_string()))?,
         };
+        let tunnel = tunnel_settings(path, tunnel_file)?;
         Ok(Self {
             node,
             pod_cgroup,
@@ -370,9 +403,67 @@ impl Config {
                 Some(HeadersWithUnderscoresFile::Allow) => HeadersWithUnderscores::Allow,
             },
             sockmap: sockmap.unwrap_or(false),
+            tunnel,
             source: path.to_owned(),
         })
     }
+}
+
+/// Validates `tunnel:`; unset fields take their defaults.
+fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, ConfigError> {
+    let TunnelFile {
+        idle_timeout,
+        max_connection_age,
+        max_connection_age_grace,
+        max_handshakes,
+        max_handshakes_per_address,
+        max_pending_dials_per_node,
+    } = file;
+    let defaults = TunnelSettings::default();
+    let duration = |field: &str, text: Option<String>, default: Duration| match text {
+        None => Ok(default),
+        Some(text) => parse_duration(&text)
+            // A zero grace cuts at the maximum age; a zero timer would
+            // close every connection at once.
+            .filter(|d| !d.is_zero() || field == "maxConnectionAgeGrace")
+            .ok_or_else(|| {
+                let msg = "must be a duration above zero, like `10m`, `1h` or `30s`";
+                ConfigError::invalid(path, format!("tunnel.{field}"), msg)
+            }),
+    };
+    let count = |field: &str, n: Option<usize>, default: usize| match n {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::invalid(
+            path,
+            format!("tunnel.{field}"),
+            "must be at least 1",
+        )),
+        Some(n) => Ok(n),
+    };
+    Ok(TunnelSettings {
+        idle_timeout: duration("idleTimeout", idle_timeout, defaults.idle_timeout)?,
+        max_connection_age: duration(
+            "maxConnectionAge",
+            max_connection_age,
+            defaults.max_connection_age,
+        )?,
+        max_connection_age_grace: duration(
+            "maxConnectionAgeGrace",
+            max_connection_age_grace,
+            defaults.max_connection_age_grace,
+        )?,
+        max_handshakes: count("maxHandshakes", max_handshakes, defaults.max_handshakes)?,
+        max_handshakes_per_address: count(
+            "maxHandshakesPerAddress",
+            max_handshakes_per_address,
+            defaults.max_handshakes_per_address,
+        )?,
+        max_pending_dials_per_node: count(
+            "maxPendingDialsPerNode",
+            max_pending_dials_per_node,
+            defaults.max_pending_dials_per_node,
+        )?,
+    })
 }
 
 /// True for an RFC 1123 label: what Kubernetes accepts as a namespace name.

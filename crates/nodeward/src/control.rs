@@ -35,6 +35,9 @@ pub struct Control {
     pub metrics: Arc<Metrics>,
     /// Open connections are re-judged when workloads (labels) change.
     pub authz: Arc<Authz>,
+    /// Told after each reload that replaced the registry: open tunnel
+    /// connections re-check the identity they speak for.
+    pub reloaded: watch::Sender<()>,
 }
 
 impl Control {
@@ -121,6 +124,7 @@ impl Control {
                 self.registry.store(Arc::new(registry));
                 let registry = self.registry.load();
                 self.authz.workloads_changed(&registry);
+                self.reloaded.send_replace(());
                 let workloads: HashSet<(&str, &str)> = registry
                     .all()
                     .iter()

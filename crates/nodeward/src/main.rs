@@ -243,7 +243,12 @@ fn exit_usage(e: clap::Error) -> ! {
 fn policy(cmd: PolicyCommand) -> i32 {
     use nodeward_policy::tool;
     let result = match cmd {
-        PolicyCommand::Check { dir } => tool::check(&dir),
+        PolicyCommand::Check { dir } => tool::check(&dir).map(|report| {
+            for warning in &report.warnings {
+                eprintln!("{warning}");
+            }
+            report.summary
+        }),
         PolicyCommand::Explain(args) => explain(*args),
     };
     match result {

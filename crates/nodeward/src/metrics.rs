@@ -91,6 +91,10 @@ pub struct Metrics {
     pub tunnel_rejected: IntCounterVec,
     /// CONNECT streams, by side and response status.
     pub tunnel_streams: IntCounterVec,
+    /// CONNECT streams the tunnel server refused, by reason.
+    pub tunnel_streams_refused: IntCounterVec,
+    /// Tunnel connections the server closed on its own, by reason.
+    pub tunnel_closed: IntCounterVec,
     /// Workload certificates minted, by cause (new|renewal).
     pub certificates_issued: IntCounterVec,
     /// Expiry (Unix seconds) of the current certificate of each local identity.
@@ -233,6 +237,16 @@ impl Metrics {
                 "tunnel_streams_total",
                 "HTTP/2 CONNECT streams through tunnels",
                 &["side", "status"],
+            ),
+            tunnel_streams_refused: counters(
+                "tunnel_streams_refused_total",
+                "CONNECT streams the tunnel server refused",
+                &["reason"],
+            ),
+            tunnel_closed: counters(
+                "tunnel_closed_total",
+                "Tunnel connections the server closed on its own",
+                &["reason"],
             ),
             certificates_issued: counters(
                 "certificates_issued_total",
@@ -626,6 +640,16 @@ impl Telemetry for Metrics {
             .inc();
     }
 
+    fn tunnel_stream_refused(&self, reason: &str) {
+        self.tunnel_streams_refused
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    fn tunnel_closed(&self, reason: &str) {
+        self.tunnel_closed.with_label_values(&[reason]).inc();
+    }
+
     fn authz_decision(&self, decision: &str, policy: &str, layer: &str) {
         self.authz_decisions
             .with_label_values(&[decision, policy, layer])
@@ -744,7 +768,7 @@ impl KernelCollector {
         let inbound = IntCounterVec::new(
             Opts::new(
                 "bpf_inbound_direct_total",
-                "Connection attempts that reached a pod without its node proxy",
+                "Connection attempts (not SYN retransmits) that reached a pod without its node proxy",
             ),
             &["verdict"],
         )
@@ -874,6 +898,8 @@ mod tests {
         t.tunnel_handshake(Side::Client, 0.25);
         t.tunnel_rejected("identity_not_on_node");
         t.tunnel_stream(Side::Server, "403");
+        t.tunnel_stream_refused("identity_left_node");
+        t.tunnel_closed("max_age");
         t.authz_decision("deny", "shop/deny-admin", "request");
         t.ratelimit("shop/api", RateLimitOutcome::Limited, LimitKind::Requests);
         t.ratelimit_buckets(7);
@@ -890,6 +916,8 @@ mod tests {
             r#"nodeward_tunnel_handshake_seconds_count{side="client"} 1"#,
             r#"nodeward_tunnel_rejected_total{reason="identity_not_on_node"} 1"#,
             r#"nodeward_tunnel_streams_total{side="server",status="403"} 1"#,
+            r#"nodeward_tunnel_streams_refused_total{reason="identity_left_node"} 1"#,
+            r#"nodeward_tunnel_closed_total{reason="max_age"} 1"#,
             r#"nodeward_authz_decisions_total{decision="deny",layer="request",policy="shop/deny-admin"} 1"#,
             r#"nodeward_ratelimit_decisions_total{limit="requests",outcome="limited",policy="shop/api"} 1"#,
             "nodeward_ratelimit_buckets 7",

@@ -2,9 +2,10 @@
 //!
 //! The directory is polled rather than watched with inotify: a Kubernetes
 //! ConfigMap volume changes by swapping the `..data` symlink, which inotify
-//! on the directory reports unreliably, and polling twice a second is well
-//! inside the 2 s promise. Contents are compared, not timestamps, so a
-//! rewrite within the same second is still seen.
+//! on the directory reports unreliably. Polling every 500 ms keeps the
+//! documented promise that changes apply within a second. Contents are
+//! compared, not timestamps, so a rewrite within the same second is still
+//! seen.
 
 use std::{
     collections::BTreeMap,

@@ -10,13 +10,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_rustls::TlsAcceptor;
 
 use nodeward_bpf::{self as redirect, RedirectError, Redirector};
-use nodeward_identity::{
-    tls::{ClientVerifier, TrustBundle},
-    tls_config, CertStore, NodeCa, SpiffeId,
-};
+use nodeward_identity::{tls::TrustBundle, tls_config, CertStore, NodeCa};
 use nodeward_proxy::{
     authz::{audit::Auditor, Authz},
     drain::DrainControl,
@@ -130,6 +126,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let authz = Arc::new(authz);
     let certs = Arc::new(CertStore::new(ca, cfg.cert_lifetime));
     let pool = Arc::new(Pool::new(bundle.clone(), observer.clone()));
+    let (reloaded, workloads_rx) = watch::channel(());
     let control = Control {
         node: cfg.node.clone(),
         workloads_file: cfg.workloads_file.clone(),
@@ -139,6 +136,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         pool: pool.clone(),
         metrics: metrics.clone(),
         authz: authz.clone(),
+        reloaded,
     };
     control.sync_certs();
 
@@ -177,19 +175,21 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         ipv4: cfg.proxy_ipv4,
         ipv6: cfg.proxy_ipv6,
     };
-    let verifier = client_verifier(bundle, registry.clone());
+    let verifier = inbound::client_verifier(bundle, registry.clone());
     let server_config = tls_config::server_config(certs.clone(), verifier)
         .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?;
     let (drain_control, relays_drain) = DrainControl::new();
     let inbound = Arc::new(inbound::Inbound {
         node: cfg.node.clone(),
         registry: registry.clone(),
-        acceptor: TlsAcceptor::from(server_config),
+        workloads: workloads_rx,
+        tls: server_config,
         certs: certs.clone(),
         observer: observer.clone(),
         dialer: dialer.clone(),
         authz: authz.clone(),
         drain: relays_drain.clone(),
+        limits: inbound::limits::Limits::new(cfg.tunnel.clone()),
     });
     let shared = Arc::new(outbound::Shared {
         node: cfg.node.clone(),
@@ -402,19 +402,6 @@ async fn claim_handover(
             Ok(None)
         }
     }
-}
-
-/// The tunnel server's client check: a valid SVID whose identity runs on
-/// the node that signed it (per the workloads file).
-fn client_verifier(
-    bundle: Arc<TrustBundle>,
-    registry: Arc<ArcSwap<Registry>>,
-) -> Arc<ClientVerifier> {
-    let authorize = move |id: &SpiffeId, node: &str| {
-        id.namespace_and_sa()
-            .is_some_and(|(ns, sa)| registry.load().hosts(node, ns, sa))
-    };
-    Arc::new(ClientVerifier::new(bundle, Arc::new(authorize)))
 }
 
 /// Binds the tunnel port on every address (dual-stack where IPv6 exists).

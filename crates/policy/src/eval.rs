@@ -437,21 +437,11 @@ impl Outcome<'_> {
                 Some(action),
                 format!("{action} policy {id} matched"),
             ),
-            Self::NoAllowMatched => (
-                None,
-                None,
-                format!(
-                    "no ALLOW policy for {}/{} matched",
-                    dest.namespace, dest.name
-                ),
-            ),
+            Self::NoAllowMatched => (None, None, format!("no ALLOW policy for {dest} matched")),
             Self::Default(default) => (
                 None,
                 None,
-                format!(
-                    "no ALLOW policy selects {}/{}; defaultPolicy {default}",
-                    dest.namespace, dest.name
-                ),
+                format!("no ALLOW policy selects {dest}; defaultPolicy {default}"),
             ),
         };
         Decision {

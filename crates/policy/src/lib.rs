@@ -59,7 +59,7 @@ mod pattern;
 pub mod tool;
 
 pub use host::{normalize_host, HostRejected, NormalizedHost};
-pub use load::{LoadErrors, PolicyError, MAX_FILE_BYTES};
+pub use load::{LoadErrors, PolicyError, MAX_ERRORS_PER_DOCUMENT, MAX_FILE_BYTES};
 pub use path::{normalize_path, NormalizedPath, PathRejected};
 
 /// Whether a meshed pod accepts connections that bypass its node proxy
@@ -204,10 +204,12 @@ pub struct Source<'a> {
     pub ip: Option<IpAddr>,
 }
 
-/// The workload being called.
+/// The workload being called. Displayed `namespace/name`, or
+/// `namespace/{k=v,...}` when no name is known (`policy explain` by labels).
 #[derive(Debug, Clone, Copy)]
 pub struct Destination<'a> {
     pub namespace: &'a str,
+    /// Empty when the workload need not exist yet (`policy explain`).
     pub name: &'a str,
     pub labels: &'a BTreeMap<String, String>,
     pub port: u16,
@@ -704,6 +706,21 @@ impl PolicySet {
             rate,
             rate_index,
         }
+    }
+}
+
+impl fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.name.is_empty() {
+            return write!(f, "{}/{}", self.namespace, self.name);
+        }
+        // The labels are all there is to tell the workload by.
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        write!(f, "{}/{{{}}}", self.namespace, labels.join(","))
     }
 }
 

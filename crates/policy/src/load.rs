@@ -3,6 +3,7 @@
 
 use std::{
     borrow::Cow,
+    cell::Cell,
     collections::{hash_map::Entry, HashMap},
     ffi::OsStr,
     fs,
@@ -21,11 +22,20 @@ use super::{
     model::{AuthzPolicy, FieldError, Loaded, Origin, PeerPolicy, RateLimitPolicy},
     PolicyKind, PolicyRef, PolicySet, Settings,
 };
-use nodeward_yaml::{self as yaml, FileError};
+use nodeward_yaml::{self as yaml, DecodeErrors, FileError};
 
 /// Larger policy files are refused: real ones are a few KiB, and a huge one
 /// is a mistake or an attempt to stall the loader.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// At most this many errors are listed per document.
+pub const MAX_ERRORS_PER_DOCUMENT: usize = 20;
+
+/// Each error after a document's first costs decoding it again (see
+/// `nodeward_yaml::decode_all`); a file may spend this many bytes on that.
+/// Real policies get every error (20 passes over a 50 KiB document), while
+/// a huge file of errors costs at most about twice one strict read.
+const REREAD_BYTES_PER_FILE: usize = 1 << 20;
 
 /// Fields of Istio's API that nodeward does not enforce. They get their own
 /// message: the policy is refused because honouring it half would be a hole.
@@ -81,6 +91,8 @@ struct Document<'a> {
     index: usize,
     /// ` (kind namespace/name)` once known.
     label: String,
+    /// What is left of the file's [`REREAD_BYTES_PER_FILE`].
+    reread: &'a Cell<usize>,
 }
 
 pub(super) fn load_dir(dir: &Path, settings: Settings) -> Result<PolicySet, LoadErrors> {
@@ -137,6 +149,7 @@ impl Loader {
             return;
         }
         let file: Arc<Path> = path.into();
+        let reread = Cell::new(REREAD_BYTES_PER_FILE);
         let mut index = 0;
         for (text, start_line, first_line) in split_documents(text) {
             let mut doc = Document {
@@ -146,20 +159,21 @@ impl Loader {
                 first_line,
                 index: index + 1,
                 label: String::new(),
+                reread: &reread,
             };
             let result = match decode::<Option<Header>>(&doc) {
                 Ok(None) => continue, // empty, e.g. after a trailing `---`
                 Ok(Some(header)) => self.document(&mut doc, header),
-                Err(err) => Err(err),
+                Err(err) => Err(vec![err]),
             };
             index += 1;
-            if let Err(err) = result {
-                self.errors.push(err);
+            if let Err(errors) = result {
+                self.errors.extend(errors);
             }
         }
     }
 
-    fn document(&mut self, doc: &mut Document<'_>, header: Header) -> Result<(), PolicyError> {
+    fn document(&mut self, doc: &mut Document<'_>, header: Header) -> Result<(), Vec<PolicyError>> {
         doc.label = label(&header);
         let Header {
             api_version,
@@ -167,22 +181,24 @@ impl Loader {
             metadata: _,
         } = header;
         match check_kind(api_version.as_deref(), kind.as_deref()) {
-            Err(message) => Err(doc.error(None, None, &message)),
+            Err(message) => Err(vec![doc.error(None, None, &message)]),
             Ok(kind @ PolicyKind::AuthorizationPolicy) => {
                 let policy = convert::<AuthorizationPolicyFile, AuthzPolicy>(doc)?;
-                let origin = self.register(kind, &policy.id, doc)?;
+                let origin = self.register(kind, &policy.id, doc).map_err(|e| vec![e])?;
                 self.authz.push(Loaded { policy, origin });
                 Ok(())
             }
             Ok(kind @ PolicyKind::PeerAuthentication) => {
                 let policy = convert::<PeerAuthenticationFile, PeerPolicy>(doc)?;
-                let origin = self.register(kind, &policy.id, doc)?;
+                let origin = self.register(kind, &policy.id, doc).map_err(|e| vec![e])?;
                 self.peer.push(Loaded { policy, origin });
                 Ok(())
             }
             Ok(kind @ PolicyKind::RateLimitPolicy) => {
                 let policy = convert::<RateLimitPolicyFile, RateLimitPolicy>(doc)?;
-                let origin = self.register(kind, &policy.limit.id, doc)?;
+                let origin = self
+                    .register(kind, &policy.limit.id, doc)
+                    .map_err(|e| vec![e])?;
                 self.rate.push(Loaded { policy, origin });
                 Ok(())
             }
@@ -229,6 +245,19 @@ impl Document<'_> {
         }
     }
 
+    /// How many errors to look for: as many passes as the file's budget
+    /// allows, from 1 (the strict decode) to [`MAX_ERRORS_PER_DOCUMENT`].
+    fn error_limit(&self) -> usize {
+        let passes = self.reread.get() / self.text.len().max(1);
+        passes.clamp(1, MAX_ERRORS_PER_DOCUMENT)
+    }
+
+    /// Charges the passes after the first to the file's budget.
+    fn spend_rereads(&self, passes: usize) {
+        let spent = passes.saturating_sub(1).saturating_mul(self.text.len());
+        self.reread.set(self.reread.get().saturating_sub(spent));
+    }
+
     /// Maps a line within the document to the file; line 1 is the `---` (or
     /// the file's start), so it is reported as the first line with content.
     fn file_line(&self, relative: usize) -> usize {
@@ -252,15 +281,41 @@ impl PolicyError {
 }
 
 /// Decodes the document strictly into `F`, then converts it.
+///
+/// Every error in the fields is reported (unknown fields, values that do
+/// not parse); the rules that span fields, checked by the conversion, only
+/// once the fields decode, and the first one broken.
 fn convert<F: DeserializeOwned, T: TryFrom<F, Error = FieldError>>(
     doc: &Document<'_>,
-) -> Result<T, PolicyError> {
-    let file = decode::<F>(doc)?;
-    T::try_from(file).map_err(|e| doc.error(None, Some(&e.field), &e.message))
+) -> Result<T, Vec<PolicyError>> {
+    let file = yaml::decode_all::<F>(doc.file, doc.text, doc.error_limit()).map_err(|e| {
+        let DecodeErrors {
+            errors,
+            truncated,
+            passes,
+        } = e;
+        doc.spend_rereads(passes);
+        let mut errors: Vec<PolicyError> = errors.into_iter().map(|e| file_error(doc, e)).collect();
+        if truncated {
+            let plural = if errors.len() == 1 { "" } else { "s" };
+            let message = format!(
+                "stopped after {} error{plural}; there may be more",
+                errors.len()
+            );
+            errors.push(doc.error(None, None, &message));
+        }
+        errors
+    })?;
+    T::try_from(file).map_err(|e| vec![doc.error(None, Some(&e.field), &e.message)])
 }
 
+/// Decodes the document's header: lenient, so one error is all it can have.
 fn decode<T: DeserializeOwned>(doc: &Document<'_>) -> Result<T, PolicyError> {
-    yaml::decode(doc.file, doc.text).map_err(|err| match err {
+    yaml::decode(doc.file, doc.text).map_err(|err| file_error(doc, err))
+}
+
+fn file_error(doc: &Document<'_>, err: FileError) -> PolicyError {
+    match err {
         FileError::Decode {
             line,
             field,
@@ -272,7 +327,7 @@ fn decode<T: DeserializeOwned>(doc: &Document<'_>) -> Result<T, PolicyError> {
             &explain_unknown(&field, message),
         ),
         other => doc.error(None, None, &other.to_string()),
-    })
+    }
 }
 
 fn check_kind(api_version: Option<&str>, kind: Option<&str>) -> Result<PolicyKind, String> {

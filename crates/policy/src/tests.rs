@@ -740,6 +740,45 @@ fn defaults_decide_only_where_no_allow_policy_selects() {
     );
 }
 
+/// `policy explain --to-namespace shop --to-labels app=backend` knows no
+/// workload name: reasons name the destination by its labels instead of
+/// reading `shop/`.
+#[test]
+fn a_destination_without_a_name_is_named_by_its_labels() {
+    let unnamed = Call { name: "", ..GET };
+    let decision = unnamed.request(&load(""));
+    assert_eq!(
+        decision.reason,
+        "no ALLOW policy selects shop/{app=backend}; defaultPolicy deny"
+    );
+    let only_ops = policy(
+        "only-ops",
+        "ALLOW",
+        &format!("[{}]", src("namespaces: [ops]")),
+    );
+    let decision = unnamed.request(&load(&only_ops));
+    assert_eq!(
+        decision.reason,
+        "no ALLOW policy for shop/{app=backend} matched"
+    );
+    let labels = BTreeMap::from([
+        ("app".to_owned(), "web".to_owned()),
+        ("tier".to_owned(), "a".to_owned()),
+    ]);
+    let mut to = Destination {
+        namespace: "shop",
+        name: "",
+        labels: &labels,
+        port: 80,
+    };
+    assert_eq!(to.to_string(), "shop/{app=web,tier=a}");
+    let none = BTreeMap::new();
+    to.labels = &none;
+    assert_eq!(to.to_string(), "shop/{}");
+    to.name = "web";
+    assert_eq!(to.to_string(), "shop/web");
+}
+
 #[test]
 fn root_namespace_policies_apply_mesh_wide() {
     let mesh = policy_in(
@@ -1864,6 +1903,105 @@ fn loader_errors_name_file_line_and_field() {
     }
 }
 
+/// serde stops at the first error; `policy check` goes on to list every
+/// wrong field of a document, each at its own line: here a misspelled
+/// field, an unsupported Istio field, a `*` inside a path, a bad port among
+/// good ones and an unsupported condition key (a required field).
+#[test]
+fn every_wrong_field_of_a_document_is_reported() {
+    const BAD: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  provider: {name: ext}
+  selectr: {matchLabels: {app: backend}}
+  rules:
+    - to:
+        - operation:
+            paths: [/api/*/items, /ok]
+            ports: [80, 0, 443]
+      when:
+        - {key: destination.ip, values: [10.0.0.1]}
+        - {key: source.namespace, values: [shop]}
+    - from:
+        - source: {principals: [cluster.local/ns/shop/sa/frontend], namespace: [shop]}
+";
+    let err = load_err(BAD);
+    let lines: Vec<&str> = err.lines().collect();
+    let expected = [
+        (
+            5,
+            "field `spec.provider`: `provider` is an Istio feature nodeward does not support",
+        ),
+        (6, "field `spec.selectr`: unknown field `selectr`"),
+        (
+            10,
+            "field `spec.rules[0].to[0].operation.paths[0]`: \"/api/*/items\"",
+        ),
+        (
+            11,
+            "field `spec.rules[0].to[0].operation.ports[1]`: 0 is not a port",
+        ),
+        (
+            13,
+            "field `spec.rules[0].when[0].key`: condition key \"destination.ip\"",
+        ),
+        (
+            16,
+            "field `spec.rules[1].from[0].source.namespace`: unknown field `namespace`",
+        ),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{err}");
+    for (line, (number, piece)) in lines.iter().zip(expected) {
+        let prefix = format!("{FILE}:{number}: document 1 (AuthorizationPolicy shop/p): {piece}");
+        assert!(line.starts_with(&prefix), "want {prefix:?}, got:\n{err}");
+    }
+    // Fixed, the same document loads: nothing was left out along the way.
+    let fixed = BAD
+        .replace("  provider: {name: ext}\n", "")
+        .replace("selectr", "selector")
+        .replace("/api/*/items", "/api/*")
+        .replace("80, 0, 443", "80, 443")
+        .replace("destination.ip", "source.ip")
+        .replace("namespace: [shop]}", "namespaces: [shop]}");
+    assert_eq!(load(&fixed).policies().count(), 1);
+}
+
+/// Each error after the first costs a pass over the document, so a
+/// document gets at most `MAX_ERRORS_PER_DOCUMENT` errors, and a huge one
+/// (a file may spend 1 MiB on passes) fewer; then a line says so.
+#[test]
+fn errors_per_document_are_capped() {
+    let fields: String = (0..MAX_ERRORS_PER_DOCUMENT + 5)
+        .map(|i| format!("  typo{i}: x\n"))
+        .collect();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {{name: p, namespace: shop}}\nspec:\n{fields}"
+    );
+    let err = load_err(&yaml);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), MAX_ERRORS_PER_DOCUMENT + 1, "{err}");
+    assert!(lines[0].contains("field `spec.typo0`"), "{err}");
+    assert!(
+        lines[MAX_ERRORS_PER_DOCUMENT].ends_with(&format!(
+            "stopped after {MAX_ERRORS_PER_DOCUMENT} errors; there may be more"
+        )),
+        "{err}"
+    );
+    // 600 KiB: one pass over it fits in the budget, not two.
+    let filler = "  # filler\n".repeat(600 * 1024 / 11);
+    let err = load_err(&format!("{yaml}{filler}"));
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].contains("field `spec.typo0`"), "{err}");
+    assert!(
+        lines[1].ends_with("stopped after 1 error; there may be more"),
+        "{err}"
+    );
+}
+
 #[test]
 fn errors_point_at_the_document_and_line_in_multi_document_files() {
     const BAD: &str = "\
@@ -2215,6 +2353,47 @@ fn empty_policy_directory_is_valid_and_says_so() {
         closed.summary().to_string(),
         "no valid policy set loaded: denying everything"
     );
+}
+
+/// `policy check` passes a directory that lets `defaultPolicy` decide every
+/// call (exit 0: it is valid), but warns: under the default, deny, the proxy
+/// then refuses every connection.
+#[test]
+fn check_warns_when_the_default_decides_every_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = tool::check(dir.path()).expect("an empty directory is valid");
+    assert!(
+        report.summary.ends_with(": ok: no policy files"),
+        "{report:?}"
+    );
+    let [warning] = report.warnings.as_slice() else {
+        panic!("expected one warning: {report:?}");
+    };
+    assert!(warning.starts_with("warning: "), "{warning}");
+    assert!(warning.contains("no policy files"), "{warning}");
+    assert!(warning.contains("denies every connection"), "{warning}");
+    // Policies, but none that allows anything: the same effect.
+    let deny_admin = policy(
+        "deny-admin",
+        "DENY",
+        &format!("[{}]", op("paths: [/admin]")),
+    );
+    fs::write(dir.path().join("deny.yaml"), &deny_admin).expect("write");
+    let report = tool::check(dir.path()).expect("valid");
+    let [warning] = report.warnings.as_slice() else {
+        panic!("expected one warning: {report:?}");
+    };
+    assert!(
+        warning.contains("no ALLOW AuthorizationPolicy"),
+        "{warning}"
+    );
+    fs::write(
+        dir.path().join("allow.yaml"),
+        policy("allow-get", "ALLOW", &format!("[{}]", op("methods: [GET]"))),
+    )
+    .expect("write");
+    let report = tool::check(dir.path()).expect("valid");
+    assert_eq!(report.warnings, Vec::<String>::new());
 }
 
 #[test]

@@ -49,9 +49,24 @@ pub struct Callee {
     pub port: u16,
 }
 
-/// Validates `dir`; the one-line summary on success.
-pub fn check(dir: &Path) -> Result<String, ToolError> {
-    load(dir, Settings::default()).map(|set| format!("{}: ok: {}", dir.display(), set.summary()))
+/// What `check` found in a valid directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The one-line summary (stdout).
+    pub summary: String,
+    /// Valid, but probably not what was meant (stderr; exit stays 0).
+    pub warnings: Vec<String>,
+}
+
+/// Validates `dir`: the summary, and a warning when the set leaves every
+/// call to `policy.defaultPolicy`.
+pub fn check(dir: &Path) -> Result<CheckReport, ToolError> {
+    let set = load(dir, Settings::default())?;
+    let summary = set.summary();
+    Ok(CheckReport {
+        summary: format!("{}: ok: {summary}", dir.display()),
+        warnings: default_warning(dir, summary).into_iter().collect(),
+    })
 }
 
 /// Loads the policy set `explain` evaluates against, with the proxy's
@@ -99,6 +114,25 @@ pub fn explain(set: &PolicySet, args: &ExplainArgs) -> Result<serde_json::Value,
     // limits when HTTP attributes are given); the buckets' state is not known here.
     out["rateLimits"] = serde_json::to_value(limits).unwrap_or_default();
     Ok(out)
+}
+
+/// A set without ALLOW policies lets `policy.defaultPolicy` decide every
+/// call: with the default, deny, the proxy refuses everything. Easy to get
+/// by pointing at the wrong directory, so `check` says so.
+fn default_warning(dir: &Path, summary: policy::Summary) -> Option<String> {
+    let what = if summary.files == 0 {
+        "no policy files"
+    } else if summary.allow == 0 {
+        "no ALLOW AuthorizationPolicy"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "warning: {}: {what}: `policy.defaultPolicy` decides every call, so the \
+         proxy denies every connection (with `defaultPolicy: allow`, it allows \
+         every one no DENY policy refuses)",
+        dir.display()
+    ))
 }
 
 fn load(dir: &Path, settings: Settings) -> Result<PolicySet, ToolError> {

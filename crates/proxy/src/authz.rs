@@ -37,7 +37,7 @@ use crate::{
     ratelimit::{self, RateLimiter, RateOutcome},
     telemetry::{LimitKind as MetricLimit, Observer, RateLimitOutcome, Reporter},
 };
-use audit::{Auditor, Record};
+use audit::{Auditor, Kind, Record};
 
 /// Open connections are tracked in this many independently locked shards,
 /// so connection setup and teardown do not all contend on one mutex.
@@ -131,7 +131,7 @@ impl Authz {
             let verdict = set.evaluate_connection(&connection(&subject));
             let http = match &verdict {
                 L4Decision::Decided(d) if !d.allow => {
-                    self.record(id, &subject, None, "connection", d, None);
+                    self.record(id, &subject, None, "connection", d, Kind::Authz, None);
                     return Admission::Denied(d.clone());
                 }
                 L4Decision::Decided(_) => false,
@@ -149,11 +149,12 @@ impl Authz {
             if !Arc::ptr_eq(&set, &self.policies.load()) {
                 continue;
             }
+            // Authorization allowed it; the rate limit is a decision of its own.
+            if let L4Decision::Decided(d) = &verdict {
+                self.record(id, &subject, None, "connection", d, Kind::Authz, None);
+            }
             if let Some(limited) = self.limit_connection(id, &subject, &set) {
                 return Admission::Limited(limited);
-            }
-            if let L4Decision::Decided(d) = &verdict {
-                self.record(id, &subject, None, "connection", d, None);
             }
             return if http {
                 Admission::Http(lease)
@@ -172,7 +173,7 @@ impl Authz {
             .check(set, &conn, None, LimitKind::Connections, Instant::now());
         self.count_limits(&outcome, MetricLimit::Connections);
         let d = limited_decision(&outcome, "connections")?;
-        self.record(id, subject, None, "connection", &d, None);
+        self.record(id, subject, None, "connection", &d, Kind::RateLimit, None);
         Some(d)
     }
 
@@ -260,6 +261,7 @@ impl Authz {
             None,
             "connection",
             d,
+            Kind::Authz,
             Some("policy reloaded: "),
         );
     }
@@ -297,8 +299,13 @@ impl Authz {
         &self.live[(id as usize) % SHARDS]
     }
 
-    /// Counts and audits a decision, plus one `audit` record per AUDIT
-    /// policy that matched.
+    /// Audits a decision, plus one `audit` record per AUDIT policy that
+    /// matched; counts an authorization decision (a rate limit's was
+    /// counted by [`Authz::count_limits`]).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per kind of decision; a struct would only rename them"
+    )]
     fn record(
         &self,
         id: u64,
@@ -306,17 +313,21 @@ impl Authz {
         request: Option<&RequestView<'_>>,
         layer: &'static str,
         d: &Decision,
+        kind: Kind,
         reason_prefix: Option<&str>,
     ) {
         let decision = if d.allow { "allow" } else { "deny" };
         let policy = d.policy.as_ref().map(ToString::to_string);
-        self.observer
-            .authz_decision(decision, policy.as_deref().unwrap_or("default"), layer);
+        if kind == Kind::Authz {
+            let counted = policy.as_deref().unwrap_or("default");
+            self.observer.authz_decision(decision, counted, layer);
+        }
         let reason = match reason_prefix {
             Some(p) => Cow::Owned(format!("{p}{}", d.reason)),
             None => Cow::Borrowed(d.reason.as_str()),
         };
         let mut rec = record(id, subject, request, layer);
+        rec.kind = kind.as_str();
         rec.decision = decision;
         rec.policy = policy;
         rec.action = d.action.map(|a| a.as_str());
@@ -324,6 +335,7 @@ impl Authz {
         self.auditor.write(&rec);
         for p in &d.audit {
             self.observer.authz_decision("audit", &p.to_string(), layer);
+            rec.kind = Kind::Authz.as_str();
             rec.decision = "audit";
             rec.policy = Some(p.to_string());
             rec.action = Some("AUDIT");
@@ -420,9 +432,17 @@ impl proxy_http::Authorizer for RequestGate {
             path: request.path,
             host: &host,
         };
+        // Authorization first, recorded whatever the rate limit says next.
+        self.authz.record(
+            self.id,
+            &self.subject,
+            Some(&view),
+            "request",
+            &d,
+            Kind::Authz,
+            None,
+        );
         if !d.allow {
-            self.authz
-                .record(self.id, &self.subject, Some(&view), "request", &d, None);
             let refusal = proxy_http::refusal(StatusCode::FORBIDDEN, "RBAC: access denied\n");
             self.log(&view, refusal.status(), Some(&d), None);
             return Verdict::Respond(refusal);
@@ -443,15 +463,13 @@ impl proxy_http::Authorizer for RequestGate {
                 Some(&view),
                 "request",
                 &limited,
+                Kind::RateLimit,
                 None,
             );
             let response = too_many_requests(&outcome);
             self.log(&view, response.status(), Some(&limited), rate);
             return Verdict::Respond(response);
         }
-        // Recorded once the rate limit let it through: one decision per request.
-        self.authz
-            .record(self.id, &self.subject, Some(&view), "request", &d, None);
         *self
             .last_rate
             .lock()
@@ -585,8 +603,15 @@ impl RequestGate {
             path: raw_path,
             host,
         };
-        self.authz
-            .record(self.id, &self.subject, Some(&view), "request", &d, None);
+        self.authz.record(
+            self.id,
+            &self.subject,
+            Some(&view),
+            "request",
+            &d,
+            Kind::Authz,
+            None,
+        );
         let response = proxy_http::refusal(StatusCode::BAD_REQUEST, "bad request\n");
         self.log(&view, response.status(), Some(&d), None);
         Verdict::Respond(response)
@@ -711,6 +736,7 @@ fn record<'a>(
         time: audit::now(),
         connection_id: id,
         layer,
+        kind: Kind::Authz.as_str(),
         decision: "deny",
         source_principal: s.principal.as_ref().map(|p| clean(p.as_str())),
         source_ip: s.source_ip.map(|ip| ip.to_string()),

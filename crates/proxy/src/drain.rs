@@ -5,10 +5,14 @@
 //! resets both sides, so a peer reading until end of stream sees an error
 //! instead of a FIN that would make a cut transfer look complete; an HTTP
 //! relay is closed (its framing shows a cut response).
+//!
+//! Each tunnel connection gives its streams' relays a drain of their own,
+//! which follows the proxy's and is also cut when the tunnel server closes
+//! that one connection (see `inbound`); [`DrainControl::cut_with`] says why.
 
 use std::sync::{
     atomic::{AtomicU8, Ordering},
-    Arc,
+    Arc, OnceLock,
 };
 
 use tokio::sync::Notify;
@@ -25,7 +29,13 @@ const CUT: u8 = 2;
 struct State {
     phase: AtomicU8,
     moved: Notify,
+    /// Why relays were cut, when not for the drain deadline (a tunnel
+    /// connection closed under them); set once, before the cut.
+    why: OnceLock<&'static str>,
 }
+
+/// What a cut relay logs when no other reason was given.
+const DEADLINE: &str = "cut at the drain deadline";
 
 /// What relays watch; cheap to clone.
 #[derive(Clone)]
@@ -48,6 +58,13 @@ impl DrainControl {
 
     /// The deadline has passed: cut what is left.
     pub fn cut(&self) {
+        self.advance(CUT);
+    }
+
+    /// Cuts what is left, for `why` (what cut relays log); the first
+    /// reason given stays.
+    pub fn cut_with(&self, why: &'static str) {
+        let _ = self.0.why.set(why);
         self.advance(CUT);
     }
 
@@ -77,6 +94,11 @@ impl Drain {
     /// Completes once the drain deadline has passed.
     pub async fn cut(&self) {
         self.reached(CUT).await;
+    }
+
+    /// Why the relays were cut, for their records.
+    pub fn why(&self) -> &'static str {
+        self.0.why.get().copied().unwrap_or(DEADLINE)
     }
 
     async fn reached(&self, phase: u8) {
@@ -118,6 +140,16 @@ mod tests {
             .expect("a cut has drained too");
         control.start();
         timeout(SHORT, drain.cut()).await.expect("never goes back");
+        assert_eq!(drain.why(), "cut at the drain deadline");
+    }
+
+    #[tokio::test]
+    async fn a_cut_keeps_its_first_reason() {
+        let (control, drain) = DrainControl::new();
+        control.cut_with("peer left");
+        control.cut_with("later");
+        timeout(SHORT, drain.cut()).await.expect("cut");
+        assert_eq!(drain.why(), "peer left");
     }
 
     #[tokio::test]

@@ -1,11 +1,18 @@
 //! Tunnel server: accepts mTLS connections from other node proxies on the
 //! tunnel port and serves their CONNECT streams to local workloads.
+//!
+//! A caller speaks for the identity in its client certificate, and only
+//! while the workloads file puts that identity on the node that signed the
+//! certificate: checked in the handshake (the verifier), again on every
+//! stream, and on every workloads reload for the open connections
+//! (`lifetime`, which also ends idle and old connections). [`limits`]
+//! bounds the handshakes and pod dials a peer can hold at once.
 
 use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -13,15 +20,22 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::{server::Acceptor, ServerConfig};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
-    time::timeout,
+    time::{timeout_at, Instant},
 };
-use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_rustls::{server::TlsStream, LazyConfigAcceptor};
 
-use nodeward_identity::{tls::VerifiedPeer, tls_config, CertStore, SpiffeId};
+use nodeward_identity::{
+    tls::{ClientVerifier, TrustBundle, VerifiedPeer},
+    tls_config, CertStore, SpiffeId,
+};
 use nodeward_workloads::{Registry, Workload};
+
+mod lifetime;
+pub mod limits;
 
 use crate::{
     authz::{Admission, Authz, Subject},
@@ -33,6 +47,8 @@ use crate::{
         STREAM_WINDOW,
     },
 };
+use lifetime::{Open, Tracker, Watched};
+use limits::{HandshakeSlot, Limits};
 
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -43,7 +59,12 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 pub struct Inbound {
     pub node: String,
     pub registry: Arc<ArcSwap<Registry>>,
-    pub acceptor: TlsAcceptor,
+    /// Changes on every workloads reload, after `registry` was replaced:
+    /// open connections re-check the identity they speak for.
+    pub workloads: watch::Receiver<()>,
+    /// The server TLS config ([`tls_config::server_config`], with
+    /// [`client_verifier`]).
+    pub tls: Arc<ServerConfig>,
     /// Local certificates; the SNI a client used names the one it got.
     pub certs: Arc<CertStore>,
     pub observer: Arc<Observer>,
@@ -52,6 +73,8 @@ pub struct Inbound {
     pub authz: Arc<Authz>,
     /// Ends the relays when the proxy stops.
     pub drain: Drain,
+    /// Connection timers and the caps on handshakes and dials.
+    pub limits: Limits,
 }
 
 /// One authenticated tunnel connection.
@@ -60,9 +83,47 @@ struct Peer {
     /// The local identity this connection authenticated as (picked by SNI).
     served: SpiffeId,
     addr: SocketAddr,
+    tracker: Arc<Tracker>,
 }
 
-/// Accepts tunnel connections until `shutdown` flips.
+/// Why a CONNECT stream was refused. [`Refusal::as_str`] labels the metric
+/// and the log; [`Refusal::message`] goes to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The caller's identity is no longer on the node that signed it.
+    IdentityLeftNode,
+    Method,
+    Authority,
+    Misdirected,
+    Forwarded,
+    ForwardedClient,
+    Denied,
+    RateLimited,
+    /// Too many dials of the calling node's streams are still waiting.
+    DialLimit,
+    Unreachable,
+    DialTimeout,
+}
+
+/// The tunnel server's client check: a valid SVID whose identity runs on
+/// the node that signed it, per the workloads file in force.
+pub fn client_verifier(
+    bundle: Arc<TrustBundle>,
+    registry: Arc<ArcSwap<Registry>>,
+) -> Arc<ClientVerifier> {
+    let authorize = move |id: &SpiffeId, node: &str| hosts(&registry.load(), id, node);
+    Arc::new(ClientVerifier::new(bundle, Arc::new(authorize)))
+}
+
+/// Whether the workloads file puts identity `id` on `node`: the one rule
+/// the verifier, every stream and every reload apply.
+fn hosts(registry: &Registry, id: &SpiffeId, node: &str) -> bool {
+    id.namespace_and_sa()
+        .is_some_and(|(ns, sa)| registry.hosts(node, ns, sa))
+}
+
+/// Accepts tunnel connections until `shutdown` flips. A connection over the
+/// handshake caps is refused at once (reset), before any TLS.
 pub async fn serve(
     listener: TcpListener,
     inbound: Arc<Inbound>,
@@ -80,18 +141,37 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        tokio::spawn(connection(stream, addr, inbound.clone(), shutdown.clone()));
+        match inbound.limits.start_handshake(addr.ip()) {
+            Ok(slot) => {
+                tokio::spawn(connection(
+                    stream,
+                    addr,
+                    slot,
+                    inbound.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(over) => {
+                let _ = stream.set_zero_linger();
+                inbound.observer.tunnel_rejected(over.as_str());
+                // Debug only: a flood must not become a log flood.
+                tracing::debug!(reason = over.as_str(), peer = %addr, "tunnel connection refused");
+            }
+        }
     }
 }
 
 async fn connection(
     stream: TcpStream,
     addr: SocketAddr,
+    slot: HandshakeSlot,
     inbound: Arc<Inbound>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (tls, peer) = match handshake(stream, addr, &inbound).await {
+    let handshake = handshake(stream, &inbound).await;
+    drop(slot);
+    let (tls, verified, served) = match handshake {
         Ok(ok) => ok,
         Err(reason) => {
             inbound.observer.tunnel_rejected(reason);
@@ -100,11 +180,20 @@ async fn connection(
             return;
         }
     };
-    let peer = Arc::new(peer);
-    let service = service_fn(move |req| {
-        let (inbound, peer) = (inbound.clone(), peer.clone());
-        async move { Ok::<_, Infallible>(stream_request(req, &inbound, &peer).await) }
+    let (tracker, control) = Tracker::new();
+    let peer = Arc::new(Peer {
+        verified,
+        served,
+        addr,
+        tracker,
     });
+    let service = {
+        let (inbound, peer) = (inbound.clone(), peer.clone());
+        service_fn(move |req| {
+            let (inbound, peer) = (inbound.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(stream_request(req, &inbound, &peer).await) }
+        })
+    };
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -113,31 +202,45 @@ async fn connection(
         .max_header_list_size(MAX_HEADER_LIST)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
-    // When this proxy stops, GOAWAY tells the peer's pool to open new
-    // streams elsewhere (a successor on the same port) while the streams
-    // already open finish: otherwise the drain would never converge.
-    let served = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+    let still_hosted = || {
+        hosts(
+            &inbound.registry.load(),
+            &peer.verified.id,
+            &peer.verified.node,
+        )
     };
-    if let Err(e) = served {
+    let watched = Watched {
+        tracker: &peer.tracker,
+        control,
+        still_hosted: &still_hosted,
+        workloads: inbound.workloads.clone(),
+        shutdown,
+        proxy: &inbound.drain,
+        settings: inbound.limits.settings(),
+        observer: &inbound.observer,
+        peer: addr,
+    };
+    // GOAWAY (graceful shutdown) tells the peer's pool to open new streams
+    // elsewhere (a new connection, or a successor on the same port) while
+    // the streams already open finish.
+    let served = lifetime::supervise(conn.as_mut(), |c| c.graceful_shutdown(), watched).await;
+    if let Some(Err(e)) = served {
         tracing::debug!(error = %e, peer = %addr, "tunnel connection ended");
     }
 }
 
-/// Refuses plaintext early, then runs the TLS handshake; the verifier does
-/// the SPIFFE checks. Returns the rejection label on failure.
+/// Refuses plaintext early, reads the ClientHello and refuses an SNI that
+/// names no local identity, then completes the TLS handshake; the verifier
+/// does the SPIFFE checks. One deadline covers it all. Returns the peer and
+/// the local identity it reached, or the rejection label.
 async fn handshake(
     stream: TcpStream,
-    addr: SocketAddr,
     inbound: &Inbound,
-) -> Result<(TlsStream<TcpStream>, Peer), &'static str> {
-    let started = Instant::now();
+) -> Result<(TlsStream<TcpStream>, VerifiedPeer, SpiffeId), &'static str> {
+    let started = std::time::Instant::now();
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let mut first = [0u8; 1];
-    match timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+    match timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
         Ok(Ok(1)) => {
             let _ = stream.set_zero_linger();
@@ -146,7 +249,21 @@ async fn handshake(
         Ok(_) => return Err("eof"),
         Err(_) => return Err("timeout"),
     }
-    let tls = match timeout(HANDSHAKE_TIMEOUT, inbound.acceptor.accept(stream)).await {
+    let hello = LazyConfigAcceptor::new(Acceptor::default(), stream);
+    let start = match timeout_at(deadline, hello).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return Err(tls_config::io_error_reason(&e)),
+        Err(_) => return Err("timeout"),
+    };
+    // Checked here rather than left to the certificate resolver: rustls
+    // reports a resolver's refusal as a generic error.
+    let served = start
+        .client_hello()
+        .server_name()
+        .and_then(|sni| inbound.certs.by_sni(sni))
+        .map(|issued| issued.svid.id.clone())
+        .ok_or("unknown_server_name")?;
+    let tls = match timeout_at(deadline, start.into_stream(inbound.tls.clone())).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(tls_config::io_error_reason(&e)),
         Err(_) => return Err("timeout"),
@@ -155,20 +272,10 @@ async fn handshake(
     let verified =
         nodeward_identity::tls::peer_from_chain(conn.peer_certificates().unwrap_or_default())
             .map_err(|r| r.as_str())?;
-    let served = conn
-        .server_name()
-        .and_then(|sni| inbound.certs.by_sni(sni))
-        .map(|issued| issued.svid.id.clone())
-        .ok_or("unknown_server_name")?;
     inbound
         .observer
         .tunnel_handshake(Side::Server, started.elapsed().as_secs_f64());
-    let peer = Peer {
-        verified,
-        served,
-        addr,
-    };
-    Ok((tls, peer))
+    Ok((tls, verified, served))
 }
 
 /// Handles one CONNECT stream: checks, dials the workload, answers 200 and
@@ -178,16 +285,22 @@ async fn stream_request(
     inbound: &Arc<Inbound>,
     peer: &Arc<Peer>,
 ) -> Response<Full<Bytes>> {
+    let open = peer.tracker.open();
     let pending = Pending::start(&inbound.observer);
-    let checked = check_request(&req, inbound, peer);
+    let checked = match check_request(&req, inbound, peer) {
+        Ok(ok) => ok,
+        Err(refusal) => return refuse(inbound, peer, refusal),
+    };
     let Checked {
         dst,
         dest,
         source,
         source_ip,
-    } = match checked {
-        Ok(ok) => ok,
-        Err((status, why)) => return refuse(inbound, status, why),
+    } = checked;
+    // Before authorization: a stream refused here costs no policy work,
+    // rate-limit token or audit record.
+    let Some(dialing) = inbound.limits.start_dial(&peer.verified.node) else {
+        return refuse(inbound, peer, Refusal::DialLimit);
     };
     let subject = Subject {
         principal: Some(peer.verified.id.clone()),
@@ -197,64 +310,91 @@ async fn stream_request(
     };
     let admission = inbound.authz.admit(subject);
     match admission {
-        Admission::Denied(_) => {
-            return refuse(
-                inbound,
-                StatusCode::FORBIDDEN,
-                "denied by authorization policy",
-            )
-        }
-        Admission::Limited(_) => {
-            return refuse(
-                inbound,
-                StatusCode::TOO_MANY_REQUESTS,
-                "connection rate limited",
-            )
-        }
+        Admission::Denied(_) => return refuse(inbound, peer, Refusal::Denied),
+        Admission::Limited(_) => return refuse(inbound, peer, Refusal::RateLimited),
         Admission::Relay(_) | Admission::Http(_) => {}
     }
-    let upstream = match inbound.dialer.dial(dst).await {
+    let dialled = inbound.dialer.dial(dst).await;
+    drop(dialing);
+    let upstream = match dialled {
         Ok(s) => s,
-        Err(e) => {
-            let status = match e.kind() {
-                std::io::ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return refuse(inbound, status, "destination unreachable");
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return refuse(inbound, peer, Refusal::DialTimeout)
         }
+        Err(_) => return refuse(inbound, peer, Refusal::Unreachable),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     inbound.observer.tunnel_stream(Side::Server, "200");
-    let (inbound, peer) = (inbound.clone(), peer.clone());
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let route = Route::Inbound {
-                    principal: peer.verified.id.clone(),
-                    source_node: peer.verified.node.clone(),
-                    source,
-                    peer: peer.addr,
-                };
-                drop(pending);
-                let io = TokioIo::new(upgraded);
-                let (authz, observer) = (&inbound.authz, &inbound.observer);
-                relay::admitted(
-                    admission,
-                    authz,
-                    io,
-                    upstream,
-                    route,
-                    dst,
-                    dest,
-                    observer,
-                    &inbound.drain,
-                )
-                .await;
-            }
-            Err(e) => tracing::debug!(error = %e, "CONNECT stream never upgraded"),
-        }
-    });
+    let relayed = Relayed {
+        admission,
+        upstream,
+        dst,
+        dest,
+        source,
+        pending,
+        open,
+    };
+    tokio::spawn(relay_upgraded(
+        on_upgrade,
+        relayed,
+        inbound.clone(),
+        peer.clone(),
+    ));
     Response::new(Full::new(Bytes::new()))
+}
+
+/// An admitted stream, dialled, waiting for its upgrade.
+struct Relayed {
+    admission: Admission,
+    upstream: TcpStream,
+    dst: SocketAddr,
+    dest: Arc<Workload>,
+    source: Option<Arc<Workload>>,
+    /// Counted as pending until the relay starts...
+    pending: Pending,
+    /// ...and open on its connection until the relay ends.
+    open: Open,
+}
+
+/// Relays an upgraded stream until it ends, its admission is revoked, or
+/// its connection's drain cuts it.
+async fn relay_upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    relayed: Relayed,
+    inbound: Arc<Inbound>,
+    peer: Arc<Peer>,
+) {
+    let Relayed {
+        admission,
+        upstream,
+        dst,
+        dest,
+        source,
+        pending,
+        open,
+    } = relayed;
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "CONNECT stream never upgraded");
+            return;
+        }
+    };
+    let route = Route::Inbound {
+        principal: peer.verified.id.clone(),
+        source_node: peer.verified.node.clone(),
+        source,
+        peer: peer.addr,
+    };
+    drop(pending);
+    let io = TokioIo::new(upgraded);
+    let (authz, observer) = (&inbound.authz, &inbound.observer);
+    let drain = peer.tracker.relays();
+    relay::admitted(
+        admission, authz, io, upstream, route, dst, dest, observer, drain,
+    )
+    .await;
+    drop(open);
 }
 
 /// A CONNECT request that passed the protocol checks.
@@ -273,27 +413,27 @@ fn check_request(
     req: &Request<Incoming>,
     inbound: &Inbound,
     peer: &Peer,
-) -> Result<Checked, (StatusCode, &'static str)> {
+) -> Result<Checked, Refusal> {
+    let registry = inbound.registry.load();
+    // First: a departed identity learns nothing more about this node.
+    if !hosts(&registry, &peer.verified.id, &peer.verified.node) {
+        return Err(Refusal::IdentityLeftNode);
+    }
     if req.method() != Method::CONNECT {
-        return Err((StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served"));
+        return Err(Refusal::Method);
     }
     let dst: SocketAddr = req
         .uri()
         .authority()
         .and_then(|a| a.as_str().parse().ok())
-        .ok_or((StatusCode::BAD_REQUEST, "authority must be ip:port"))?;
-    let registry = inbound.registry.load();
+        .ok_or(Refusal::Authority)?;
     let dest = registry
         .by_ip(dst.ip())
         .filter(|w| w.node == inbound.node)
         .filter(|w| same_identity(w, &peer.served))
         .cloned()
-        .ok_or((
-            StatusCode::MISDIRECTED_REQUEST,
-            "destination is not a local workload with the identity this connection authenticated",
-        ))?;
-    let source_ip =
-        forwarded_for(req).map_err(|()| (StatusCode::BAD_REQUEST, "malformed Forwarded header"))?;
+        .ok_or(Refusal::Misdirected)?;
+    let source_ip = forwarded_for(req).map_err(|()| Refusal::Forwarded)?;
     let source = match source_ip {
         None => None,
         Some(ip) => Some(
@@ -301,10 +441,7 @@ fn check_request(
                 .by_ip(ip)
                 .filter(|w| w.node == peer.verified.node && same_identity(w, &peer.verified.id))
                 .cloned()
-                .ok_or((
-                    StatusCode::BAD_REQUEST,
-                    "forwarded client is not a workload of the authenticated identity",
-                ))?,
+                .ok_or(Refusal::ForwardedClient)?,
         ),
     };
     Ok(Checked {
@@ -341,12 +478,20 @@ fn forwarded_for(req: &Request<Incoming>) -> Result<Option<IpAddr>, ()> {
         .map_err(|_| ())
 }
 
-fn refuse(inbound: &Inbound, status: StatusCode, why: &'static str) -> Response<Full<Bytes>> {
+/// Answers a refused stream. A departed identity also closes its connection.
+fn refuse(inbound: &Inbound, peer: &Peer, refusal: Refusal) -> Response<Full<Bytes>> {
+    let status = refusal.status();
     inbound
         .observer
         .tunnel_stream(Side::Server, status.as_str());
+    inbound.observer.tunnel_stream_refused(refusal.as_str());
     tracing::info!(target: "nodeward::access", event = "stream_refused", status = status.as_u16(),
-        reason = why, "tunnel stream refused");
+        reason = refusal.as_str(), source_principal = %peer.verified.id,
+        source_node = %peer.verified.node, peer = %peer.addr, "tunnel stream refused");
+    if refusal == Refusal::IdentityLeftNode {
+        peer.tracker.identity_left();
+    }
+    let why = refusal.message();
     let mut response = Response::new(Full::new(Bytes::from_static(why.as_bytes())));
     *response.status_mut() = status;
     response
@@ -354,3 +499,59 @@ fn refuse(inbound: &Inbound, status: StatusCode, why: &'static str) -> Response<
         .insert(ERROR_HEADER, hyper::header::HeaderValue::from_static(why));
     response
 }
+
+impl Refusal {
+    fn status(self) -> StatusCode {
+        match self {
+            Self::IdentityLeftNode | Self::Denied => StatusCode::FORBIDDEN,
+            Self::Method => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Authority | Self::Forwarded | Self::ForwardedClient => StatusCode::BAD_REQUEST,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::DialLimit | Self::Unreachable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DialTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Label value in `nodeward_tunnel_streams_refused_total` and the log.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::IdentityLeftNode => "identity_left_node",
+            Self::Method => "method",
+            Self::Authority => "bad_authority",
+            Self::Misdirected => "misdirected",
+            Self::Forwarded => "bad_forwarded",
+            Self::ForwardedClient => "forwarded_client",
+            Self::Denied => "denied",
+            Self::RateLimited => "rate_limited",
+            Self::DialLimit => "dial_limit",
+            Self::Unreachable => "unreachable",
+            Self::DialTimeout => "dial_timeout",
+        }
+    }
+
+    /// The `nodeward-error` header and body.
+    fn message(self) -> &'static str {
+        match self {
+            Self::IdentityLeftNode => {
+                "the caller's identity is no longer on the node that signed its certificate"
+            }
+            Self::Method => "only CONNECT is served",
+            Self::Authority => "authority must be ip:port",
+            Self::Misdirected => {
+                "destination is not a local workload with the identity this connection authenticated"
+            }
+            Self::Forwarded => "malformed Forwarded header",
+            Self::ForwardedClient => {
+                "forwarded client is not a workload of the authenticated identity"
+            }
+            Self::Denied => "denied by authorization policy",
+            Self::RateLimited => "connection rate limited",
+            Self::DialLimit => "too many dials from the calling node are pending",
+            Self::Unreachable | Self::DialTimeout => "destination unreachable",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -196,7 +196,7 @@ pub async fn run<A, B>(
             tokio::select! {
                 r = copy::bidirectional(&mut a, &mut b) => r,
                 () = revocation => Err(revoked()),
-                () = drain.cut() => Err(cut()),
+                () = drain.cut() => Err(cut(drain)),
             }
         };
         match result {
@@ -311,15 +311,15 @@ pub async fn run_http<A>(
                 sent: 0,
                 received: 0,
                 refused: 0,
-                error: Some(cut().to_string()),
+                error: Some(drain.why().to_owned()),
             },
         }
     };
     account(route, dst, dest, observer, pump).await;
 }
 
-fn cut() -> std::io::Error {
-    std::io::Error::other("cut at the drain deadline")
+fn cut(drain: &Drain) -> std::io::Error {
+    std::io::Error::other(drain.why())
 }
 
 fn revoked() -> std::io::Error {

@@ -141,6 +141,12 @@ pub trait Telemetry: Send + Sync {
     fn tunnel_rejected(&self, reason: &str);
     /// A CONNECT stream and the status it got.
     fn tunnel_stream(&self, side: Side, status: &str);
+    /// A CONNECT stream the tunnel server refused, by reason (the same
+    /// stream is also counted by [`Telemetry::tunnel_stream`] with its status).
+    fn tunnel_stream_refused(&self, reason: &str);
+    /// A tunnel connection the server closed on its own, by reason
+    /// (`identity_left_node`, `max_age`, `idle`).
+    fn tunnel_closed(&self, reason: &str);
     /// An authorization decision (`allow`, `deny`, `audit`) by the deciding
     /// policy (`ns/name` or `default`) at `layer` (connection|request).
     fn authz_decision(&self, decision: &str, policy: &str, layer: &str);
@@ -176,6 +182,8 @@ impl Telemetry for Discard {
     fn tunnel_handshake(&self, _: Side, _: f64) {}
     fn tunnel_rejected(&self, _: &str) {}
     fn tunnel_stream(&self, _: Side, _: &str) {}
+    fn tunnel_stream_refused(&self, _: &str) {}
+    fn tunnel_closed(&self, _: &str) {}
     fn authz_decision(&self, _: &str, _: &str, _: &str) {}
     fn ratelimit(&self, _: &str, _: RateLimitOutcome, _: LimitKind) {}
     fn ratelimit_buckets(&self, _: usize) {}

@@ -34,8 +34,11 @@ pub const SPREAD_STREAMS: usize = 4;
 /// onto the least-loaded one. Bounds handshakes and the state each peer's
 /// server keeps for us.
 pub const MAX_CONNECTIONS_PER_KEY: usize = 4;
-/// Concurrent streams a server accepts on one connection.
-pub const SERVER_MAX_STREAMS: u32 = 1000;
+/// Concurrent streams a server accepts on one connection: room above
+/// [`MAX_STREAMS_PER_CONNECTION`] (and ztunnel's 100) for streams still
+/// closing, while a client that ignores that bound sets up at most this
+/// many streams (each an authorization and a dial) at once per connection.
+pub const SERVER_MAX_STREAMS: u32 = 256;
 /// TCP connect and TLS handshake deadline.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pooled connections idle this long are closed.

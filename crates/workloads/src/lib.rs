@@ -117,9 +117,10 @@ pub struct Registry {
     by_cgroup: HashMap<u64, Arc<Workload>>,
     all: Vec<Arc<Workload>>,
     nodes: HashMap<String, IpAddr>,
-    /// (node, namespace, service account) of every enrolled workload:
-    /// which identities each node's proxy may speak for.
-    hosted: HashSet<(String, String, String)>,
+    /// node -> namespace -> service accounts of its enrolled workloads:
+    /// which identities each node's proxy may speak for. Nested so a
+    /// lookup borrows its keys (the tunnel checks it on every stream).
+    hosted: HashMap<String, HashMap<String, HashSet<String>>>,
     services: Services,
     /// Problems that do not reject the file (a selector matching nothing).
     warnings: Vec<String>,
@@ -198,11 +199,12 @@ impl Registry {
                 return Err(FileError::invalid(path, field("node"), msg));
             }
             if w.enrolled {
-                reg.hosted.insert((
-                    w.node.clone(),
-                    w.namespace.clone(),
-                    w.service_account.clone(),
-                ));
+                reg.hosted
+                    .entry(w.node.clone())
+                    .or_default()
+                    .entry(w.namespace.clone())
+                    .or_default()
+                    .insert(w.service_account.clone());
             }
             if w.node == node && w.enrolled {
                 if let Some(dir) = &w.cgroup {
@@ -267,13 +269,10 @@ impl Registry {
 
     /// Whether `node` runs a workload with this namespace and service account.
     pub fn hosts(&self, node: &str, namespace: &str, service_account: &str) -> bool {
-        // Borrowed lookups into a tuple set need owned keys; identities are
-        // checked once per tunnel handshake, not per stream.
-        self.hosted.contains(&(
-            node.to_owned(),
-            namespace.to_owned(),
-            service_account.to_owned(),
-        ))
+        self.hosted
+            .get(node)
+            .and_then(|namespaces| namespaces.get(namespace))
+            .is_some_and(|accounts| accounts.contains(service_account))
     }
 
     /// (namespace, service account) of every enrolled workload on `node`.

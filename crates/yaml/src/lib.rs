@@ -6,9 +6,16 @@
 //! Must not know: any nodeward file format (each crate keeps its own).
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+mod collect;
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use serde::de::DeserializeOwned;
+
+use collect::{FieldPath, Pass};
 
 /// A file that could not be read or decoded, with where and which field.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +40,17 @@ pub enum FileError {
         field: String,
         message: String,
     },
+}
+
+/// Every error [`decode_all`] found in one document.
+#[derive(Debug)]
+pub struct DecodeErrors {
+    /// [`FileError::Decode`]s, in the order found.
+    pub errors: Vec<FileError>,
+    /// Decoding stopped at the limit: there may be more.
+    pub truncated: bool,
+    /// How many times the text was decoded to find them.
+    pub passes: usize,
 }
 
 impl FileError {
@@ -75,6 +93,88 @@ pub fn decode<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileErr
     })
 }
 
+/// Decodes `text` (the contents of `path`) as strictly as [`decode`], but
+/// reports every field that is wrong rather than the first, each at its own
+/// line: unknown fields and values that do not parse, up to `limit` errors.
+///
+/// After an error, the document is decoded again without the entry (mapping
+/// key and value, or list element) the error was in, to find the next one
+/// (see `collect`). What cannot be checked without that entry is not: when
+/// a required field is wrong, the value holding it is passed over too.
+/// Errors that stop the whole document (YAML syntax, a wrong top-level
+/// type) end the search. Map keys are read as strings: use it for formats
+/// whose keys are field names or string-keyed maps.
+pub fn decode_all<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    limit: usize,
+) -> Result<T, DecodeErrors> {
+    let mut skip = HashSet::new();
+    let mut errors = Vec::new();
+    let mut passes = 0;
+    let stop = |errors, truncated, passes| {
+        Err(DecodeErrors {
+            errors,
+            truncated,
+            passes,
+        })
+    };
+    loop {
+        passes += 1;
+        let de = serde_norway::Deserializer::from_str(text);
+        let (error, at) = match collect::pass::<T, _>(de, &skip) {
+            Pass::Decoded(value) if errors.is_empty() => return Ok(value),
+            Pass::Decoded(_) => return stop(errors, false, passes),
+            Pass::Failed(error, at) => (error, at),
+        };
+        // A pass that fails where an earlier one did (a key that is not a
+        // string, a syntax error) cannot get further.
+        if skip.contains(&at) {
+            return stop(errors, false, passes);
+        }
+        let message = strip_context(&error.to_string());
+        if !missing_skipped_field(&message, &at, &skip) {
+            errors.push(decode_error(path, &at, &error, message));
+            if errors.len() >= limit {
+                return stop(errors, true, passes);
+            }
+        }
+        if at.is_root() {
+            return stop(errors, false, passes);
+        }
+        skip.insert(at);
+    }
+}
+
+/// Whether `message` is serde's complaint about a required field that an
+/// earlier pass found wrong and this one passed over: already reported.
+fn missing_skipped_field(message: &str, at: &FieldPath, skip: &HashSet<FieldPath>) -> bool {
+    let field = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'));
+    field.is_some_and(|field| skip.contains(&at.key(field)))
+}
+
+fn decode_error(
+    path: &Path,
+    at: &FieldPath,
+    error: &serde_norway::Error,
+    message: String,
+) -> FileError {
+    let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+    let field = match at.to_string() {
+        p if p == "." => "(document)".to_owned(),
+        p => p,
+    };
+    FileError::Decode {
+        path: path.to_owned(),
+        line,
+        column,
+        field,
+        message,
+    }
+}
+
 /// serde_norway prefixes the parent path ("a.b: ") and appends
 /// " at line L column C"; both are already printed up front.
 fn strip_context(message: &str) -> String {
@@ -87,3 +187,6 @@ fn strip_context(message: &str) -> String {
         _ => message.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -99,9 +99,10 @@ pub mod stat {
     /// Flow records the kernel removed because the pod's socket closed
     /// before the proxy read them.
     pub const FLOW_CLOSED: u32 = 5;
-    /// Direct (not from the node proxy) connection attempts dropped under STRICT.
+    /// Direct (not from the node proxy) connection attempts dropped under
+    /// STRICT: once per attempt, however often its SYN is retransmitted.
     pub const INBOUND_DROPPED: u32 = 6;
-    /// Direct connection attempts let in under PERMISSIVE.
+    /// Direct connection attempts let in under PERMISSIVE (counted the same way).
     pub const INBOUND_ALLOWED: u32 = 7;
     /// Sockets of the pod ⇄ proxy hop put into the sockhash (fast path);
     /// both ends of a spliced connection count.

@@ -78,6 +78,14 @@ static NW_PODS: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
 /// their containers one below).
 const MAX_CGROUP_LEVEL: i32 = 16;
 
+/// Direct connection attempts already counted: the last SYN's initial
+/// sequence number per 4-tuple (as the pod sees it). A retransmitted SYN
+/// repeats its sequence number, a new attempt on the same 4-tuple picks
+/// another, so an attempt counts once however often its SYN is resent.
+/// Only counting reads it: when it is full, the oldest entries go.
+#[map(name = "NW_INBOUND_SEEN")]
+static NW_INBOUND_SEEN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
 #[map(name = "NW_STATS")]
 static NW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
@@ -276,10 +284,12 @@ fn try_inbound(ctx: &SkBuffContext) -> Result<i32, ()> {
     if from_proxy_or_self(cfg, &src, &dst) {
         return Ok(PASS);
     }
-    // Count connection attempts (SYN without ACK), not every packet; an
-    // unreadable header still gets the verdict, only the count is skipped.
+    // Count connection attempts (a SYN without ACK, not retransmitted),
+    // not packets; an unreadable header still gets the verdict, only the
+    // count is skipped.
     let flags: u8 = ctx.load(tcp_off + 13).unwrap_or(0);
     let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let counted = syn && new_attempt(ctx, &src, &dst, tcp_off);
     // SAFETY: the value is a plain u32 copied out at once; the map is only
     // updated whole-entry by userspace.
     let Some(mode) = (unsafe { NW_INBOUND_MODES.get(&to_bytes(&dst)) }).copied() else {
@@ -287,15 +297,41 @@ fn try_inbound(ctx: &SkBuffContext) -> Result<i32, ()> {
         return Ok(PASS);
     };
     if mode != inbound::PERMISSIVE {
-        if syn {
+        if counted {
             bump(stat::INBOUND_DROPPED);
         }
         return Ok(DROP);
     }
-    if syn {
+    if counted {
         bump(stat::INBOUND_ALLOWED);
     }
     Ok(PASS)
+}
+
+/// Whether a SYN starts an attempt not counted yet (see [`NW_INBOUND_SEEN`]);
+/// one whose ports or sequence number cannot be read counts.
+#[inline(always)]
+fn new_attempt(ctx: &SkBuffContext, src: &Addr, dst: &Addr, tcp_off: usize) -> bool {
+    let (Ok(sport), Ok(dport), Ok(seq)) = (
+        ctx.load::<u16>(tcp_off),
+        ctx.load::<u16>(tcp_off + 2),
+        ctx.load::<u32>(tcp_off + 4),
+    ) else {
+        return true;
+    };
+    let key = FlowKey {
+        src_addr: *src,
+        dst_addr: *dst,
+        src_port: u16::from_be(sport),
+        dst_port: u16::from_be(dport),
+    };
+    // SAFETY: the value is a plain u32 copied out at once.
+    if unsafe { NW_INBOUND_SEEN.get(&key) }.copied() == Some(seq) {
+        return false;
+    }
+    // A failed insert only means a retransmit may count again.
+    let _ = NW_INBOUND_SEEN.insert(&key, &seq, 0);
+    true
 }
 
 /// True when the packet is headed for a TCP socket in LISTEN state (a new

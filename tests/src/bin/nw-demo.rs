@@ -1,35 +1,90 @@
 //! `cargo xtask demo`: the two-node netns cluster with real node proxies,
 //! some traffic between pods, and a table of what went through each proxy.
+//!
+//! `nw-demo up` runs it until SIGINT, SIGTERM or SIGHUP, then tears it down;
+//! `nw-demo down` stops a running demo (its pid is in `/tmp/<prefix>/owner`)
+//! or removes what a dead one left; `nw-demo exec POD -- CMD` runs CMD as a
+//! pod of the running demo (in its cgroup, then its netns). Every name
+//! starts with the prefix `nw-demo`, or `NW_DEMO_PREFIX` (for tests).
 
 use std::{
     net::SocketAddr,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
-use nix::sys::signal::{SigSet, Signal};
-use nodeward_tests::{print_flush, standard_pods, teardown, Cluster, Options, PodSpec, ADMIN_PORT};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use nix::{
+    sys::signal::{kill, SigSet, Signal},
+    unistd::Pid,
+};
+use nodeward_tests::{
+    cgroup2_mount, join, print_flush, standard_pods, sweep_prefix, Cluster, Options, PodSpec,
+    ADMIN_PORT,
+};
 use serde_json::Value;
 
-const PREFIX: &str = "nw-demo";
 const PORT: u16 = 9000;
 const HTTP_PORT: u16 = 8080;
+/// How long `down` waits for a running demo to tear itself down (each
+/// proxy drains for up to 2 s; a stuck one is killed after 10 s).
+const DOWN_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Parser)]
+#[command(about = "The two-node demo cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the demo and run it until SIGINT, SIGTERM or SIGHUP.
+    Up {
+        /// Copy the policy files of this directory to the demo's own
+        /// directory and run the mesh under the copies.
+        #[arg(long, conflicts_with = "policies")]
+        examples: Option<PathBuf>,
+        /// Run the mesh under this directory itself (edits reload live).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+    },
+    /// Stop the running demo, or remove what a dead one left.
+    Down,
+    /// Run a command as a pod of the running demo (its cgroup, then its
+    /// netns), or in a node's netns (node-a, node-b).
+    Exec {
+        /// A pod (frontend, cache, backend, db, ops-tool) or a node.
+        pod: String,
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
+}
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
     if !nix::unistd::geteuid().is_root() {
         bail!("the demo needs root: it creates network namespaces, cgroups and BPF links");
     }
-    // Block the stop signals before any thread starts, then wait for them below.
-    let mut stop = SigSet::empty();
-    stop.add(Signal::SIGINT);
-    stop.add(Signal::SIGTERM);
-    stop.thread_block()?;
-    clean_stale_demo()?;
-    let policies = std::env::var_os("NW_DEMO_POLICIES").map(PathBuf::from);
-    let options = Options {
-        policy_link: policies.clone(),
-        ..Options::default()
-    };
+    let prefix = std::env::var("NW_DEMO_PREFIX").unwrap_or_else(|_| "nw-demo".to_owned());
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        bail!("NW_DEMO_PREFIX must be letters, digits and '-', not {prefix:?}");
+    }
+    match cli.command {
+        Cmd::Up { examples, policies } => up(&prefix, examples, policies),
+        Cmd::Down => down(&prefix),
+        Cmd::Exec { pod, argv } => exec(&prefix, &pod, &argv),
+    }
+}
+
+/// The demo's pods: the standard four and an ops tool.
+fn demo_pods() -> Vec<PodSpec> {
     let mut pods = standard_pods();
     pods.push(PodSpec {
         name: "ops-tool",
@@ -38,7 +93,30 @@ fn main() -> Result<()> {
         node: "node-a",
         host: 12,
     });
-    let mut c = Cluster::start_with_prefix(PREFIX, pods, options)?;
+    pods
+}
+
+fn up(prefix: &str, examples: Option<PathBuf>, policies: Option<PathBuf>) -> Result<()> {
+    // Block the stop signals before any thread starts, then wait for them below.
+    let mut stop = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        stop.add(sig);
+    }
+    stop.thread_block()?;
+    if let Some(pid) = running_demo(prefix) {
+        bail!("a demo is already running (pid {pid}): stop it with `cargo xtask demo --down`");
+    }
+    // A demo whose owner died left its proxies, namespaces and cgroups.
+    sweep_prefix(prefix);
+    let options = Options {
+        policy_link: policies.clone(),
+        policies: match &examples {
+            Some(dir) => read_policy_files(dir)?,
+            None => Vec::new(),
+        },
+        ..Options::default()
+    };
+    let mut c = Cluster::start_with_prefix(prefix, demo_pods(), options)?;
     for pod in ["backend", "cache", "db"] {
         c.serve_echo(pod, PORT);
     }
@@ -51,30 +129,37 @@ fn main() -> Result<()> {
         print_flush(&table(node, &c.access_log(node)));
         print_flush(&decisions(node, &c.audit_log(node)));
     }
-    println!(
-        "\nnetns: {0}-node-a {0}-node-b {0}-<pod>; logs in /tmp/{0}",
-        PREFIX
-    );
-    if let Some(dir) = &policies {
-        println!(
-            "policies: {} (edit it: changes apply within 2 s; `nodeward policy check` it first)",
-            dir.display()
-        );
-    }
-    println!(
-        "metrics: target/release/nw-pod --netns {PREFIX}-node-b http-get --addr 127.0.0.1:{ADMIN_PORT} --path /metrics | grep nodeward_ratelimit \
-         (also /ready, /config_dump, /logging?level=debug)"
-    );
-    println!(
-        "try a call: target/release/nw-pod --netns {PREFIX}-frontend --cgroup {} http-requests --to {}:{HTTP_PORT} --request 'GET /api/items'",
-        c.node_cgroup("node-a").join("frontend").display(),
-        c.ip4("backend"),
-    );
+    print_flush(&hints(&c, examples.as_deref()));
     print_flush("demo ready\n");
     let sig = stop.wait()?;
-    println!("{sig:?}: tearing down");
+    // Not println!: after SIGHUP the terminal may be gone, and a failed
+    // write must not skip the teardown.
+    print_flush(&format!("{sig:?}: tearing down\n"));
     drop(c);
     Ok(())
+}
+
+/// What to try next, printed before `demo ready`.
+fn hints(c: &Cluster, examples: Option<&Path>) -> String {
+    let prefix = &c.prefix;
+    let backend = c.ip4("backend");
+    let policies = c.policy_dir();
+    let policies = std::fs::canonicalize(&policies).unwrap_or(policies);
+    let whose = match examples {
+        Some(from) => format!("a copy of {}, removed with the demo; ", from.display()),
+        None => String::new(),
+    };
+    format!(
+        "\nnetns: {prefix}-node-a {prefix}-node-b {prefix}-<pod>; logs in /tmp/{prefix}\n\
+         policies: {} ({whose}edit it: changes apply within a second; `nodeward policy check` it first)\n\
+         try a call as a pod (joins its cgroup, then its netns):\n\
+         \x20 cargo xtask demo exec frontend -- curl -i http://{backend}:{HTTP_PORT}/api/items   # allowed: 200\n\
+         \x20 cargo xtask demo exec frontend -- curl -i http://{backend}:{HTTP_PORT}/admin       # denied: 403\n\
+         metrics: cargo xtask demo exec node-b -- curl -s http://127.0.0.1:{ADMIN_PORT}/metrics \
+         (also /ready, /config_dump, /logging?level=debug)\n\
+         stop: Ctrl-C here, or `cargo xtask demo --down` from another shell\n",
+        policies.display()
+    )
 }
 
 /// Plain TCP calls: allowed and denied by the example policies.
@@ -155,7 +240,7 @@ fn rate_limited_calls(c: &Cluster) {
 
 /// The audit records of one node proxy, as a table.
 fn decisions(node: &str, records: &[Value]) -> String {
-    let mut out = format!("\nauthorization decisions at {node}\n");
+    let mut out = format!("\nauthorization and rate-limit decisions at {node}\n");
     out += &format!(
         "{:<44} {:<14} {:>5} {:<24} {:<8} {}\n",
         "CALLER", "DESTINATION", "PORT", "REQUEST", "DECISION", "POLICY / REASON"
@@ -169,12 +254,16 @@ fn decisions(node: &str, records: &[Value]) -> String {
         let why = r["policy"]
             .as_str()
             .map_or_else(|| s("reason"), str::to_owned);
+        // A rate limit's refusal is not an authorization deny.
+        let decision = match r["kind"].as_str() {
+            Some("ratelimit") => "limited".to_owned(),
+            _ => s("decision"),
+        };
         out += &format!(
-            "{:<44} {:<14} {:>5} {request:<24} {:<8} {why}\n",
+            "{:<44} {:<14} {:>5} {request:<24} {decision:<8} {why}\n",
             s("source_principal"),
             s("destination"),
             r["port"],
-            s("decision"),
         );
     }
     out
@@ -223,26 +312,78 @@ fn table(node: &str, records: &[Value]) -> String {
     out
 }
 
-/// Removes what an earlier demo left, unless that demo is still running.
-fn clean_stale_demo() -> Result<()> {
-    let owner = std::env::temp_dir().join(PREFIX).join("owner");
-    if let Ok(pid) = std::fs::read_to_string(&owner) {
-        if Path::new(&format!("/proc/{}", pid.trim())).exists()
-            && pid.trim() != std::process::id().to_string()
-        {
-            bail!("another demo (pid {}) is running", pid.trim());
+/// Every regular file of `dir` (the example policies and their README),
+/// as (file name, text), for the demo's own copy.
+fn read_policy_files(dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("policy directory {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            let text = std::fs::read_to_string(entry.path())
+                .with_context(|| entry.path().display().to_string())?;
+            files.push((entry.file_name().to_string_lossy().into_owned(), text));
         }
     }
-    let netns = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()?;
-    let names: Vec<String> = String::from_utf8_lossy(&netns.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&format!("{PREFIX}-")))
-        .map(str::to_owned)
-        .collect();
-    teardown(&nodeward_tests::cgroup2_mount()?.join(PREFIX), &names);
-    nodeward_tests::release_mounts(&std::env::temp_dir().join(PREFIX));
+    files.sort();
+    Ok(files)
+}
+
+/// The pid of the running demo under `prefix`: the owner its cluster
+/// recorded, if that process is still an `nw-demo` (not a reused pid).
+fn running_demo(prefix: &str) -> Option<i32> {
+    let owner = std::env::temp_dir().join(prefix).join("owner");
+    let pid: i32 = std::fs::read_to_string(owner).ok()?.trim().parse().ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "nw-demo" && pid != std::process::id() as i32).then_some(pid)
+}
+
+/// Stops the running demo (SIGTERM, then waits for its teardown; SIGKILL
+/// if it does not finish), then removes whatever is left under `prefix`.
+fn down(prefix: &str) -> Result<()> {
+    if let Some(pid) = running_demo(prefix) {
+        println!("stopping the demo (pid {pid})");
+        let pid = Pid::from_raw(pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + DOWN_WAIT;
+        while kill(pid, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if kill(pid, None).is_ok() {
+            eprintln!("the demo did not stop within {DOWN_WAIT:?}: killing it");
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+    sweep_prefix(prefix);
+    println!("demo {prefix} removed");
     Ok(())
+}
+
+/// Replaces this process with `argv` run as `pod` of the running demo:
+/// in the pod's cgroup first (so its connections are redirected to the
+/// node proxy and attributed to the pod), then in its netns. A node name
+/// joins only the node's netns (outside the mesh: its admin port).
+fn exec(prefix: &str, pod: &str, argv: &[String]) -> Result<()> {
+    if running_demo(prefix).is_none() {
+        bail!("no demo is running: start one with `cargo xtask demo`");
+    }
+    let pods = demo_pods();
+    let cgroup = if pods.iter().any(|p| p.node == pod) {
+        None
+    } else {
+        let Some(p) = pods.iter().find(|p| p.name == pod) else {
+            let names: Vec<&str> = pods.iter().map(|p| p.name).collect();
+            bail!(
+                "no pod {pod:?}: the demo has {}, and nodes node-a, node-b",
+                names.join(", ")
+            );
+        };
+        // The harness's layout: <cgroup2>/<prefix>/<node>/<pod>.
+        Some(cgroup2_mount()?.join(prefix).join(p.node).join(p.name))
+    };
+    join(Some(&format!("{prefix}-{pod}")), cgroup.as_deref())?;
+    // exec resets the signal mask; this process blocked none anyway.
+    let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+    Err(err).with_context(|| format!("running {}", argv[0]))
 }

@@ -192,3 +192,46 @@ fn header_names_with_underscores_are_rejected_by_default_and_can_be_allowed() {
     assert!(err.starts_with("/etc/nodeward/config.yaml:12:"), "{err}");
     assert!(err.contains("http.headersWithUnderscores"), "{err}");
 }
+
+#[test]
+fn tunnel_timers_and_caps_default_and_are_read() {
+    assert_eq!(
+        parse(GOOD).expect("valid").tunnel,
+        TunnelSettings::default()
+    );
+    let text = format!(
+        "{GOOD}tunnel:\n  idleTimeout: 30s\n  maxConnectionAge: 2h\n  maxConnectionAgeGrace: 0s\n  maxHandshakes: 8\n  maxHandshakesPerAddress: 2\n  maxPendingDialsPerNode: 4\n"
+    );
+    let t = parse(&text).expect("valid").tunnel;
+    assert_eq!(t.idle_timeout, Duration::from_secs(30));
+    assert_eq!(t.max_connection_age, Duration::from_secs(7200));
+    assert_eq!(t.max_connection_age_grace, Duration::ZERO);
+    assert_eq!(
+        (
+            t.max_handshakes,
+            t.max_handshakes_per_address,
+            t.max_pending_dials_per_node
+        ),
+        (8, 2, 4)
+    );
+}
+
+#[test]
+fn tunnel_values_that_would_close_everything_are_refused_by_field() {
+    for (bad, field) in [
+        ("idleTimeout: 0s", "tunnel.idleTimeout"),
+        ("maxConnectionAge: 0m", "tunnel.maxConnectionAge"),
+        ("maxConnectionAge: soon", "tunnel.maxConnectionAge"),
+        ("maxHandshakes: 0", "tunnel.maxHandshakes"),
+        ("maxPendingDialsPerNode: 0", "tunnel.maxPendingDialsPerNode"),
+    ] {
+        let err = parse(&format!("{GOOD}tunnel:\n  {bad}\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+    let err = parse(&format!("{GOOD}tunnel:\n  idle: 5m\n"))
+        .expect_err("unknown field")
+        .to_string();
+    assert!(err.contains("idle"), "{err}");
+}

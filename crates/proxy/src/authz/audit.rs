@@ -72,6 +72,25 @@ impl Drop for Auditor {
     }
 }
 
+/// Which decision a record is: authorization (policies) or a rate limit.
+/// They are counted apart too (`nodeward_authz_decisions_total`,
+/// `nodeward_ratelimit_decisions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Authz,
+    RateLimit,
+}
+
+impl Kind {
+    /// The `kind` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authz => "authz",
+            Self::RateLimit => "ratelimit",
+        }
+    }
+}
+
 /// One decision, as logged.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
@@ -81,7 +100,12 @@ pub struct Record<'a> {
     pub connection_id: u64,
     /// `connection` (L4, or a reload re-check) or `request` (HTTP).
     pub layer: &'static str,
-    /// `allow`, `deny` or `audit` (an AUDIT policy matched).
+    /// [`Kind::as_str`]: `authz` (a policy decision, or a request refused
+    /// as malformed) or `ratelimit` (an empty bucket refused the call). A
+    /// summary of dropped records says `dropped` (see `dropped.rs`).
+    pub kind: &'static str,
+    /// `allow`, `deny` or `audit` (an AUDIT policy matched); a `ratelimit`
+    /// record is always `deny`.
     pub decision: &'static str,
     pub source_principal: Option<Cow<'a, str>>,
     pub source_ip: Option<String>,
@@ -239,6 +263,7 @@ mod tests {
             time: now(),
             connection_id: 7,
             layer: "request",
+            kind: Kind::RateLimit.as_str(),
             decision: "deny",
             source_principal: Some(clean("spiffe://td/ns/a/sa/b\n{\"forged\":1}")),
             source_ip: None,
@@ -264,6 +289,7 @@ mod tests {
         assert_eq!(text.lines().count(), 1, "{text}");
         let v: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
         assert_eq!(v["decision"], "deny");
+        assert_eq!(v["kind"], "ratelimit");
         assert_eq!(v["connection_id"], 7);
         assert_eq!(v["policy"], "shop/deny-admin");
         assert!(v["source_principal"]

@@ -185,12 +185,13 @@ impl Pool {
     /// the source's current certificate, spreading streams over a few
     /// connections (see `choose`).
     pub async fn connect(&self, target: Target<'_>) -> Result<Stream, TunnelError> {
-        let (mut send, slot, broken) = self.checkout(&target).await?;
+        let (mut send, slot, broken) = self.checkout(&target, false).await?;
         let response = match send.send_request(connect_request(&target)).await {
             Ok(r) => r,
             // A pooled connection the peer is closing (GOAWAY: its proxy is
-            // stopping or handing over) refuses new streams: retire it and
-            // try once more on a fresh connection.
+            // stopping or handing over, or the connection reached its
+            // maximum age) refuses new streams: retire it and try once more
+            // on a fresh connection.
             Err(_) => {
                 broken.store(true, Ordering::Relaxed);
                 drop(slot);
@@ -200,8 +201,12 @@ impl Pool {
         Self::upgrade(response, slot).await
     }
 
+    /// On a connection opened for this stream: the key's other pooled
+    /// connections may have had the same GOAWAY (a server closes
+    /// connections of the same age together), and we cannot tell until a
+    /// stream fails on them.
     async fn connect_fresh(&self, target: &Target<'_>) -> Result<Stream, TunnelError> {
-        let (mut send, slot, _) = self.checkout(target).await?;
+        let (mut send, slot, _) = self.checkout(target, true).await?;
         let response = send.send_request(connect_request(target)).await?;
         Self::upgrade(response, slot).await
     }
@@ -243,9 +248,12 @@ impl Pool {
         });
     }
 
+    /// A connection for the next stream to `target`: a pooled one (see
+    /// `choose`), or with `fresh` one opened for it.
     async fn checkout(
         &self,
         target: &Target<'_>,
+        fresh: bool,
     ) -> Result<(SendRequest<Empty<Bytes>>, StreamSlot, Arc<AtomicBool>), TunnelError> {
         let slot = self.slot(target);
         let mut conns = slot.conns.lock().await;
@@ -253,7 +261,8 @@ impl Pool {
         let generation = target.source.generation;
         conns.retain(|c| usable(c, now) && c.generation == generation);
         let loads = conns.iter().map(|c| c.streams.load(Ordering::Relaxed));
-        let index = match choose(loads) {
+        let choice = if fresh { Choice::Open } else { choose(loads) };
+        let index = match choice {
             Choice::Reuse(index) => index,
             Choice::Open => {
                 conns.push(self.open(target).await?);

@@ -133,6 +133,7 @@ mod tests {
             time: now(),
             connection_id: 1,
             layer: "request",
+            kind: "authz",
             decision: "deny",
             source_principal: Some(Cow::Owned(source.to_owned())),
             source_ip: None,
