@@ -401,3 +401,23 @@ fn files(dir: &Path) -> Vec<(String, String)> {
     files.sort();
     files
 }
+
+#[test]
+fn the_demo_calls_its_service_and_shows_the_calls_to_the_vip() {
+    if !require_root("the_demo_calls_its_service_and_shows_the_calls_to_the_vip") {
+        return;
+    }
+    let mut demo = Demo::new();
+    let lines = demo.up();
+    let calls: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("(Service backend.shop)"))
+        .collect();
+    assert_eq!(calls.len(), 2, "{lines:#?}");
+    assert!(calls.iter().all(|l| l.contains("HTTP 200")), "{calls:#?}");
+    let relayed = lines
+        .iter()
+        .filter(|l| l.contains("via Service backend.shop at 10.20.200.10:80"))
+        .count();
+    assert!(relayed >= 1, "{lines:#?}");
+}

@@ -20,13 +20,13 @@ use tokio::{
 
 use nodeward_bpf::{orig_dst_addr, FlowTable};
 use nodeward_identity::{CertStore, SpiffeId};
-use nodeward_workloads::{EndpointGuard, Registry, Service, Workload};
+use nodeward_workloads::{EndpointGuard, Registry, Workload};
 
 use crate::{
     authz::{Admission, Authz, Subject},
     balance,
     drain::Drain,
-    relay::{self, Dialer, Path, Route},
+    relay::{self, Dialer, Path, Route, ServiceCall},
     telemetry::{Observer, Pending},
     tunnel::{pool, Pool, Target, TunnelError},
 };
@@ -95,7 +95,7 @@ struct Resolved {
     /// Service VIP resolved to.
     dst: SocketAddr,
     dest: Option<Arc<Workload>>,
-    service: Option<Arc<Service>>,
+    service: Option<ServiceCall>,
     /// Counts the connection against its endpoint while it is open.
     _load: Option<EndpointGuard>,
 }
@@ -232,7 +232,10 @@ fn resolve(shared: &Shared, dst: SocketAddr) -> Result<Resolved, Refusal> {
     Ok(Resolved {
         dst: SocketAddr::new(ip, target),
         dest: endpoint.workload.clone(),
-        service: Some(service.clone()),
+        service: Some(ServiceCall {
+            service: service.clone(),
+            vip: dst,
+        }),
         _load: Some(EndpointGuard::open(endpoint)),
     })
 }

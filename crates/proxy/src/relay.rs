@@ -51,7 +51,7 @@ pub enum Route {
         peer: SocketAddr,
         path: Path,
         /// The Service whose VIP the caller dialled, when it did.
-        service: Option<Arc<Service>>,
+        service: Option<ServiceCall>,
     },
     /// A stream from another node's proxy, authenticated by mTLS.
     Inbound {
@@ -61,6 +61,14 @@ pub enum Route {
         source: Option<Arc<Workload>>,
         peer: SocketAddr,
     },
+}
+
+/// A call to a Service: which one, and the VIP and port the caller
+/// dialled (the connection goes to one of its endpoints).
+#[derive(Debug, Clone)]
+pub struct ServiceCall {
+    pub service: Arc<Service>,
+    pub vip: SocketAddr,
 }
 
 /// Which way an outbound connection went.
@@ -436,8 +444,9 @@ fn labels<'a>(
 fn service_label(route: &Route) -> &str {
     match route {
         Route::Outbound {
-            service: Some(s), ..
-        } => &s.id,
+            service: Some(call),
+            ..
+        } => &call.service.id,
         _ => UNKNOWN,
     }
 }
@@ -486,7 +495,8 @@ fn log(route: &Route, d: &Done<'_>) {
             target: "nodeward::access",
             event = "connection",
             path = path.as_str(),
-            destination_service = service.as_ref().map_or(UNKNOWN, |s| s.id.as_str()),
+            destination_service = service.as_ref().map_or(UNKNOWN, |c| c.service.id.as_str()),
+            service_vip = %service.as_ref().map_or_else(|| UNKNOWN.to_owned(), |c| c.vip.to_string()),
             source = %source,
             source_service_account = %source.service_account,
             peer = %peer,

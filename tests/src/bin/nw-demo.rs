@@ -28,6 +28,8 @@ use serde_json::Value;
 
 const PORT: u16 = 9000;
 const HTTP_PORT: u16 = 8080;
+/// The demo Service's VIP, inside the mesh CIDRs.
+const SERVICE_VIP: &str = "10.20.200.10";
 /// How long `down` waits for a running demo to tear itself down (each
 /// proxy drains for up to 2 s; a stuck one is killed after 10 s).
 const DOWN_WAIT: Duration = Duration::from_secs(60);
@@ -121,8 +123,10 @@ fn up(prefix: &str, examples: Option<PathBuf>, policies: Option<PathBuf>) -> Res
         c.serve_echo(pod, PORT);
     }
     c.serve_http("backend", HTTP_PORT);
+    define_service(&c);
     tcp_calls(&c);
     http_calls(&c);
+    service_calls(&c);
     rate_limited_calls(&c);
     std::thread::sleep(std::time::Duration::from_millis(300));
     for node in ["node-a", "node-b"] {
@@ -160,6 +164,43 @@ fn hints(c: &Cluster, examples: Option<&Path>) -> String {
          stop: Ctrl-C here, or `cargo xtask demo --down` from another shell\n",
         policies.display()
     )
+}
+
+/// The Service `backend.shop` (VIP [`SERVICE_VIP`], port 80 to the
+/// backend's HTTP port), as a Service and its EndpointSlice would define
+/// it; returns once both proxies have it.
+fn define_service(c: &Cluster) {
+    let reloads = |node| {
+        c.metric(
+            node,
+            "nodeward_workloads_reloads_total",
+            &[("result", "ok")],
+        )
+    };
+    let before = [reloads("node-a"), reloads("node-b")];
+    c.set_services(&format!(
+        "  - {{name: backend, namespace: shop, vips: ['{SERVICE_VIP}'], ports: [{{port: 80, targetPort: {HTTP_PORT}}}], selector: {{app: backend}}}}\n"
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (reloads("node-a") <= before[0] || reloads("node-b") <= before[1])
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// HTTP calls to the Service's VIP: the proxy picks the endpoint.
+fn service_calls(c: &Cluster) {
+    let to = SocketAddr::new(SERVICE_VIP.parse().expect("vip"), 80);
+    let requests = ["GET /api/items", "GET /api/items"];
+    let r = c.http_calls("frontend", to, &requests);
+    for (i, req) in requests.iter().enumerate() {
+        let status = &r["statuses"][i];
+        println!(
+            "{:>9} -> {to:<24} {req:<22} HTTP {status} (Service backend.shop)",
+            "frontend"
+        );
+    }
 }
 
 /// Plain TCP calls: allowed and denied by the example policies.
@@ -279,7 +320,17 @@ fn table(node: &str, records: &[Value]) -> String {
         let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
         let n = |k: &str| r[k].as_u64().map_or("-".to_owned(), |v| v.to_string());
         let (caller, result) = match s("event").as_str() {
-            "connection" => (s("source"), format!("relayed ({})", s("path"))),
+            "connection" => match r["service_vip"].as_str() {
+                Some(vip) if vip != "unknown" => (
+                    s("source"),
+                    format!(
+                        "relayed ({}) via Service {} at {vip}",
+                        s("path"),
+                        s("destination_service")
+                    ),
+                ),
+                _ => (s("source"), format!("relayed ({})", s("path"))),
+            },
             "inbound" => (
                 s("source_principal"),
                 format!("from tunnel ({})", s("source_node")),
