@@ -69,6 +69,11 @@ const HAPROXY_TLS: u16 = 17443;
 const CLIENT: &str = "frontend";
 const REMOTE_POD: &str = "backend";
 const LOCAL_POD: &str = "cache";
+/// Service VIPs (inside the mesh CIDRs) in front of the remote and the
+/// local pod, one endpoint each, so the VIP path ends where the pod path does.
+const VIP_REMOTE: &str = "10.20.250.1";
+const VIP_LOCAL: &str = "10.20.250.2";
+const VIP_PORT: u16 = 80;
 /// `/proc/<pid>/stat` counts CPU time in USER_HZ, 100 on Linux.
 const USER_HZ: f64 = 100.0;
 
@@ -77,6 +82,9 @@ const USER_HZ: f64 = 100.0;
 enum Kind {
     Direct,
     Nodeward,
+    /// nodeward, the client dialling a Service VIP that the proxy resolves
+    /// to the same pod (the cost of Service resolution).
+    NodewardVip,
     Haproxy,
     /// nodeward with `sockmap.enabled: true` (the same proxies, restarted).
     NodewardSockmap,
@@ -84,9 +92,10 @@ enum Kind {
 
 impl Kind {
     /// Table order (the sockmap path runs after all the others, see `run`).
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::Direct,
         Self::Nodeward,
+        Self::NodewardVip,
         Self::Haproxy,
         Self::NodewardSockmap,
     ];
@@ -95,13 +104,17 @@ impl Kind {
         match self {
             Self::Direct => "direct",
             Self::Nodeward => "nodeward",
+            Self::NodewardVip => "nodeward-vip",
             Self::Haproxy => "haproxy-mtls",
             Self::NodewardSockmap => "nodeward-sockmap",
         }
     }
 
     fn is_nodeward(self) -> bool {
-        matches!(self, Self::Nodeward | Self::NodewardSockmap)
+        matches!(
+            self,
+            Self::Nodeward | Self::NodewardVip | Self::NodewardSockmap
+        )
     }
 }
 
@@ -331,11 +344,36 @@ impl Bench {
             let plain = b.outside_cgroup(&format!("bench-plain-{pod}"))?;
             b.serve(pod, &plain, PORT_PLAIN)?;
         }
+        b.define_services();
         b.write_certs()?;
         for node in ["node-a", "node-b"] {
             b.start_haproxy(node)?;
         }
         Ok(b)
+    }
+
+    /// One Service per pod under test, its only endpoint that pod; returns
+    /// once both proxies reloaded the workloads file.
+    fn define_services(&self) {
+        let c = &self.cluster;
+        let reloads = |n| c.metric(n, "nodeward_workloads_reloads_total", &[("result", "ok")]);
+        let before = [reloads("node-a"), reloads("node-b")];
+        let service = |name: &str, vip: &str, pod: &str| {
+            format!(
+                "  - {{name: {name}, namespace: shop, vips: ['{vip}'], ports: [{{port: {VIP_PORT}, targetPort: {PORT_MESH}}}], endpoints: ['{}']}}\n",
+                c.ip4(pod)
+            )
+        };
+        c.set_services(
+            &(service("bench-remote", VIP_REMOTE, REMOTE_POD)
+                + &service("bench-local", VIP_LOCAL, LOCAL_POD)),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while (reloads("node-a") <= before[0] || reloads("node-b") <= before[1])
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn cgroup_root(&self) -> Result<PathBuf> {
@@ -555,6 +593,17 @@ backend local_pod
                         sock(c.ip4(pod), PORT_MESH),
                         carriers.iter().map(|n| nodeward(n)).collect(),
                     ),
+                    Kind::NodewardVip => {
+                        let vip = match locality {
+                            Locality::Cross => VIP_REMOTE,
+                            Locality::Same => VIP_LOCAL,
+                        };
+                        (
+                            self.pod_cgroup(CLIENT),
+                            sock(vip.parse().context("vip")?, VIP_PORT),
+                            carriers.iter().map(|n| nodeward(n)).collect(),
+                        )
+                    }
                     Kind::Haproxy => {
                         let port = match locality {
                             Locality::Cross => HAPROXY_CROSS,
@@ -741,7 +790,7 @@ backend local_pod
         for &node in nodes {
             match path.kind {
                 Kind::Direct => {}
-                Kind::Nodeward | Kind::NodewardSockmap => {
+                Kind::Nodeward | Kind::NodewardVip | Kind::NodewardSockmap => {
                     self.cluster.stop_proxy(node);
                     self.cluster.start_proxy(node)?;
                 }
@@ -1035,11 +1084,12 @@ fn value(rows: &[Row], kind: Kind, locality: Locality, key: &str) -> Option<f64>
 }
 
 /// The comparisons the table shows, per locality and metric.
-const COMPARISONS: [(Kind, Kind); 4] = [
+const COMPARISONS: [(Kind, Kind); 5] = [
     (Kind::Nodeward, Kind::Direct),
     (Kind::Haproxy, Kind::Direct),
     (Kind::Nodeward, Kind::Haproxy),
     (Kind::NodewardSockmap, Kind::Nodeward),
+    (Kind::NodewardVip, Kind::Nodeward),
 ];
 
 fn ratios(rows: &[Row]) -> Value {
@@ -1089,8 +1139,8 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
                 Locality::Same => LOCAL_POD,
             }
         );
-        md += "| metric | better | direct | nodeward | haproxy-mtls | nodeward-sockmap | nodeward ÷ direct | haproxy-mtls ÷ direct | nodeward ÷ haproxy-mtls | sockmap on ÷ off |\n";
-        md += "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+        md += "| metric | better | direct | nodeward | nodeward-vip | haproxy-mtls | nodeward-sockmap | nodeward ÷ direct | haproxy-mtls ÷ direct | nodeward ÷ haproxy-mtls | sockmap on ÷ off | vip ÷ pod IP |\n";
+        md += "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
         for metric in METRICS {
             let cell = |k: Kind| fmt_value(value(rows, k, locality, metric.key));
             let comp = |(a, b): (Kind, Kind)| {
@@ -1100,7 +1150,7 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
                 ))
             };
             md += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 metric.label,
                 if metric.higher_is_better {
                     "higher"
@@ -1109,12 +1159,14 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
                 },
                 cell(Kind::Direct),
                 cell(Kind::Nodeward),
+                cell(Kind::NodewardVip),
                 cell(Kind::Haproxy),
                 cell(Kind::NodewardSockmap),
                 comp(COMPARISONS[0]),
                 comp(COMPARISONS[1]),
                 comp(COMPARISONS[2]),
                 comp(COMPARISONS[3]),
+                comp(COMPARISONS[4]),
             );
         }
     }
