@@ -194,12 +194,18 @@ fn a_takeover_applies_the_new_configs_mesh_cidrs() {
     }
     let mut c = Cluster::start();
     c.serve_echo_on_node("node-b", PORT);
-    // node-b's bridge address is inside the IPv6 mesh CIDR: captured.
+    // node-b's bridge address is inside the IPv6 mesh CIDR: captured, and
+    // refused by the proxy, since it is no workload or Service (fail closed).
     let node_b6 = SocketAddr::new("fd00:20:2::1".parse().expect("ip"), PORT);
     let v6 = [("family", "ipv6")];
-    assert_eq!(c.call("frontend", node_b6, 100)["intact"], true);
+    assert_ne!(c.call("frontend", node_b6, 100)["intact"], true);
     let before = c.metric("node-a", "nodeward_bpf_redirects_total", &v6);
     assert!(before >= 1.0, "captured before the takeover");
+    let unknown = [("reason", "unknown_destination")];
+    assert_eq!(
+        c.metric("node-a", "nodeward_outbound_refused_total", &unknown),
+        1.0
+    );
     // The successor's config drops the IPv6 mesh CIDR.
     let path = c.config_path("node-a");
     let cfg = std::fs::read_to_string(&path).expect("config");
@@ -208,6 +214,7 @@ fn a_takeover_applies_the_new_configs_mesh_cidrs() {
     std::fs::write(&path, dropped).expect("write config");
     c.start_proxy_with("node-a", &["--takeover"])
         .unwrap_or_else(|e| panic!("takeover: {e:#}"));
+    // Not captured any more: straight to node-b.
     assert_eq!(c.call("frontend", node_b6, 100)["intact"], true);
     let after = c.metric("node-a", "nodeward_bpf_redirects_total", &v6);
     assert_eq!(after, before, "no longer captured after the takeover");
