@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod demo;
+mod deploy;
+mod image;
 mod layout;
 mod links;
 mod metadata;
@@ -24,6 +26,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
 ];
 
+/// Debian packages for the deployment tests: the C compiler ring's code
+/// needs for the static (musl) image binary, podman and runc to run the
+/// image, vagrant and its libvirt provider to validate `vagrant/`. Without
+/// podman or vagrant those tests print SKIPPED, so a failed install here
+/// is a warning, not an error.
+const DEPLOY_APT_PACKAGES: &[(&str, &str)] = &[
+    ("musl-gcc", "musl-tools"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("vagrant", "vagrant"),
+    ("vagrant", "vagrant-libvirt"),
+];
+
 #[derive(Parser)]
 #[command(about = "nodeward's build and test tasks")]
 struct Cli {
@@ -37,8 +52,22 @@ enum Task {
     Setup,
     /// Build the BPF objects and a release `nodeward` that embeds them.
     Build,
-    /// Setup, lint, unit tests and the end-to-end suite (needs root).
-    Test,
+    /// Setup, lint, unit tests, the end-to-end suite (needs root) and the
+    /// deployment checks (manifests, image, Vagrantfile).
+    Test {
+        /// Only the deployment checks: manifests against the Kubernetes
+        /// schemas, the image built and run with podman, `vagrant validate`.
+        #[arg(long)]
+        deployment: bool,
+    },
+    /// Build a static nodeward and write the OCI image archive
+    /// `target/image/nodeward-<version>.oci.tar` (no container daemon).
+    Image {
+        /// Then load it with podman and run `nodeward --version` and
+        /// `nodeward policy check policies/` in it (as `cargo xtask test` does).
+        #[arg(long)]
+        test: bool,
+    },
     /// Crate layering, forbidden dependencies, module cycles and doc links
     /// (quick: builds nothing).
     Check,
@@ -117,7 +146,19 @@ fn main() -> Result<()> {
     match task {
         Task::Setup => setup(),
         Task::Build => build(),
-        Task::Test => test(),
+        Task::Test { deployment: false } => test(),
+        Task::Test { deployment: true } => {
+            setup()?;
+            test_deployment()
+        }
+        Task::Image { test } => {
+            setup()?;
+            let archive = image::build()?;
+            if test {
+                image::test(&archive)?;
+            }
+            Ok(())
+        }
         Task::Check => check::all(),
         Task::Demo {
             policies,
@@ -149,6 +190,7 @@ fn setup() -> Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing))?;
     }
+    install_deploy_packages();
     for (probe, component) in [("rustfmt", "rustfmt"), ("cargo-clippy", "clippy")] {
         if Command::new(probe)
             .arg("--version")
@@ -159,7 +201,40 @@ fn setup() -> Result<()> {
             run(Command::new("rustup").args(["component", "add", component]))?;
         }
     }
-    toolchain::setup()
+    toolchain::setup()?;
+    image::setup()
+}
+
+/// Installs what the deployment tests use, warning (not failing) when apt
+/// cannot: those tests then say SKIPPED.
+fn install_deploy_packages() {
+    let vagrant_plugin = Command::new("vagrant")
+        .args(["plugin", "list"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("vagrant-libvirt"));
+    let missing: Vec<&str> = DEPLOY_APT_PACKAGES
+        .iter()
+        .filter(|(bin, pkg)| match *pkg {
+            "vagrant-libvirt" => !vagrant_plugin,
+            _ => !on_path(bin),
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!("xtask setup: installing {missing:?}");
+    let installed = run(Command::new("apt-get").arg("update").arg("-q")).and_then(|()| {
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing))
+    });
+    if let Err(e) = installed {
+        eprintln!(
+            "xtask setup: warning: {e:#}; the deployment tests that need them will be SKIPPED"
+        );
+    }
 }
 
 fn build() -> Result<()> {
@@ -187,7 +262,23 @@ fn test() -> Result<()> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The e2e suite runs the real binaries; build them before the tests look for them.
     cargo(&["build", "-p", "nodeward", "-p", "nodeward-tests", "--bins"])?;
-    cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])
+    cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])?;
+    test_deployment()
+}
+
+/// The deployment checks: manifests against the Kubernetes schemas, the
+/// image built and run with podman, the Vagrantfile validated (with the
+/// host-side preparation it triggers). Prints how long the image took.
+fn test_deployment() -> Result<()> {
+    deploy::validate_manifests()?;
+    let started = std::time::Instant::now();
+    let archive = image::build()?;
+    image::test(&archive)?;
+    eprintln!(
+        "xtask test: image built and tested in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    deploy::validate_vagrant(&archive)
 }
 
 fn bench(seconds: f64, idle: usize, only: Option<&str>) -> Result<()> {
