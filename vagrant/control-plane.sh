@@ -16,9 +16,11 @@ if [ ! -f "$KUBECONFIG" ]; then
 fi
 rm -rf /tmp/kubernetes-pki
 
-# flannel, told which interface carries the private network by address.
+# flannel, told which interface carries the private network by an address
+# on it: the host's end (.1, with libvirt and VirtualBox alike), not this
+# node's own, which every node but this one routes the same way.
 curl -fsSL https://github.com/flannel-io/flannel/releases/latest/download/kube-flannel.yml |
-    sed "s|- --kube-subnet-mgr|- --kube-subnet-mgr\n        - --iface-can-reach=$node_ip|" |
+    sed "s|- --kube-subnet-mgr|- --kube-subnet-mgr\n        - --iface-can-reach=${node_ip%.*}.1|" |
     kubectl apply -f -
 
 kubectl apply -f /tmp/nodeward-deploy/
