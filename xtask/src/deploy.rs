@@ -57,6 +57,7 @@ pub fn validate_vagrant(archive: &std::path::Path) -> Result<()> {
         );
         return Ok(());
     }
+    check_shell_syntax()?;
     let state = std::path::absolute(target_dir().join("vagrant-state"))?;
     let nodeward = target_dir()
         .join(image::MUSL_TARGET)
@@ -98,6 +99,18 @@ pub fn validate_vagrant(archive: &std::path::Path) -> Result<()> {
             ""
         };
         println!("vagrant/: Vagrantfile valid for {provider}{note}");
+    }
+    Ok(())
+}
+
+/// `sh -n` on the recipe's scripts: they run only inside VMs, which
+/// cannot be booted here, so a syntax error would go unseen otherwise.
+fn check_shell_syntax() -> Result<()> {
+    for entry in std::fs::read_dir("vagrant").context("vagrant/")? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "sh") {
+            crate::run(Command::new("sh").arg("-n").arg(&path))?;
+        }
     }
     Ok(())
 }

@@ -345,3 +345,82 @@ fn sha256(data: &[u8]) -> String {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// The archive's entries by name.
+    fn entries(archive: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut tar = tar::Archive::new(std::fs::File::open(archive).expect("archive"));
+        tar.entries()
+            .expect("entries")
+            .map(|e| {
+                let mut e = e.expect("entry");
+                let name = e.path().expect("path").display().to_string();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).expect("read");
+                (name, data)
+            })
+            .collect()
+    }
+
+    fn json(data: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(data).expect("json")
+    }
+
+    #[test]
+    fn every_blob_is_named_by_its_digest_and_the_index_reaches_the_binary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("image.oci.tar");
+        write_archive(b"not really an ELF", &out).expect("archive");
+        let files = entries(&out);
+        for (name, data) in &files {
+            // Every file there (the directory itself has an empty name).
+            if let Some(hex) = name.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
+                assert_eq!(sha256(data), format!("sha256:{hex}"), "{name}");
+            }
+        }
+        let blob = |digest: &serde_json::Value| {
+            let d = digest
+                .as_str()
+                .expect("digest")
+                .trim_start_matches("sha256:");
+            files[&format!("blobs/sha256/{d}")].clone()
+        };
+        let index = json(&files["index.json"]);
+        let entry = &index["manifests"][0];
+        assert_eq!(
+            entry["annotations"]["org.opencontainers.image.ref.name"],
+            reference()
+        );
+        let manifest = json(&blob(&entry["digest"]));
+        let config = json(&blob(&manifest["config"]["digest"]));
+        assert_eq!(config["config"]["Entrypoint"][0], "/usr/local/bin/nodeward");
+        let layer_gz = blob(&manifest["layers"][0]["digest"]);
+        let mut layer = Vec::new();
+        flate2::read::GzDecoder::new(&layer_gz[..])
+            .read_to_end(&mut layer)
+            .expect("gunzip");
+        assert_eq!(config["rootfs"]["diff_ids"][0], sha256(&layer));
+        let mut tar = tar::Archive::new(&layer[..]);
+        let bin = tar
+            .entries()
+            .expect("layer")
+            .map(|e| e.expect("entry"))
+            .find(|e| e.path().expect("path").to_str() == Some(BIN_IN_IMAGE))
+            .expect("the binary is in the layer");
+        assert_eq!(bin.header().mode().expect("mode"), 0o755);
+    }
+
+    #[test]
+    fn the_same_binary_gives_the_same_archive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.tar"), dir.path().join("b.tar"));
+        write_archive(b"binary", &a).expect("a");
+        write_archive(b"binary", &b).expect("b");
+        assert_eq!(std::fs::read(a).expect("a"), std::fs::read(b).expect("b"));
+    }
+}
