@@ -28,13 +28,15 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 
 /// Debian packages for the deployment tests: the C compiler ring's code
 /// needs for the static (musl) image binary, podman and runc to run the
-/// image, vagrant and its libvirt provider to validate `vagrant/`. Without
+/// image, openssl for the recipe's host preparation, vagrant and its
+/// libvirt provider to validate `vagrant/`. Without
 /// podman or vagrant those tests print SKIPPED, so a failed install here
 /// is a warning, not an error.
 const DEPLOY_APT_PACKAGES: &[(&str, &str)] = &[
     ("musl-gcc", "musl-tools"),
     ("podman", "podman"),
     ("runc", "runc"),
+    ("openssl", "openssl"),
     ("vagrant", "vagrant"),
     ("vagrant", "vagrant-libvirt"),
 ];
@@ -208,14 +210,12 @@ fn setup() -> Result<()> {
 /// Installs what the deployment tests use, warning (not failing) when apt
 /// cannot: those tests then say SKIPPED.
 fn install_deploy_packages() {
-    let vagrant_plugin = Command::new("vagrant")
-        .args(["plugin", "list"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("vagrant-libvirt"));
     let missing: Vec<&str> = DEPLOY_APT_PACKAGES
         .iter()
         .filter(|(bin, pkg)| match *pkg {
-            "vagrant-libvirt" => !vagrant_plugin,
+            // A plugin, not a command: ask dpkg (`vagrant plugin list`
+            // takes seconds).
+            "vagrant-libvirt" => !deb_installed(pkg),
             _ => !on_path(bin),
         })
         .map(|(_, pkg)| *pkg)
@@ -316,6 +316,13 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+fn deb_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", pkg])
+        .output()
+        .is_ok_and(|o| o.stdout == b"install ok installed")
 }
 
 fn on_path(bin: &str) -> bool {
