@@ -99,20 +99,21 @@ pub fn build() -> Result<PathBuf> {
 
 /// Loads the archive with podman and runs `nodeward --version` and
 /// `nodeward policy check` on the example policies inside it. Prints a
-/// SKIPPED line and succeeds only where podman cannot run a container.
-pub fn test(archive: &Path) -> Result<()> {
+/// SKIPPED line and returns `false` only where podman cannot run a
+/// container.
+pub fn test(archive: &Path) -> Result<bool> {
     let podman = Podman::new()?;
     if !on_path("podman") || !on_path("runc") {
         println!("SKIPPED image test: podman or runc is not installed");
-        return Ok(());
+        return Ok(false);
     }
-    let bin = target_dir().join(MUSL_TARGET).join("release/nodeward");
+    let bin = musl_binary();
     // A binary that does not run on the host is a failure, not a reason
     // to skip.
     run(Command::new(&bin).arg("--version"))?;
     if let Err(e) = podman.probe(&bin) {
         println!("SKIPPED image test: podman cannot run a container here: {e:#}");
-        return Ok(());
+        return Ok(false);
     }
     let loaded = podman.output(&["load", "-i", &archive.display().to_string()])?;
     if !loaded.contains(&reference()) {
@@ -152,18 +153,23 @@ pub fn test(archive: &Path) -> Result<()> {
         version.trim(),
         checked.trim()
     );
-    Ok(())
+    Ok(true)
+}
+
+/// The static binary `build` builds.
+pub fn musl_binary() -> PathBuf {
+    target_dir().join(MUSL_TARGET).join("release/nodeward")
 }
 
 /// podman with this machine's workarounds and its own storage under the
 /// target dir (so the test leaves nothing in the host's image store).
-struct Podman {
+pub struct Podman {
     base: Vec<String>,
     conf: PathBuf,
 }
 
 impl Podman {
-    fn new() -> Result<Self> {
+    pub fn new() -> Result<Self> {
         let dir = std::path::absolute(target_dir().join("image/podman"))?;
         std::fs::create_dir_all(&dir)?;
         // crun (podman's default) cannot set rlimits without
@@ -213,7 +219,23 @@ impl Podman {
         .map(drop)
     }
 
-    fn output(&self, args: &[&str]) -> Result<String> {
+    /// podman's stdout and stderr together (`podman logs` passes the
+    /// container's two streams through apart).
+    pub fn combined(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("podman")
+            .env("CONTAINERS_CONF", &self.conf)
+            .args(&self.base)
+            .args(args)
+            .output()
+            .context("running podman")?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    pub fn output(&self, args: &[&str]) -> Result<String> {
         let out = Command::new("podman")
             .env("CONTAINERS_CONF", &self.conf)
             .args(&self.base)

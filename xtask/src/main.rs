@@ -13,6 +13,7 @@ mod layout;
 mod links;
 mod metadata;
 mod modcycles;
+mod rollout;
 mod toolchain;
 
 /// Debian packages the end-to-end tests need (`ip`, `sysctl`), the
@@ -157,7 +158,7 @@ fn main() -> Result<()> {
             setup()?;
             let archive = image::build()?;
             if test {
-                image::test(&archive)?;
+                test_image(&archive)?;
             }
             Ok(())
         }
@@ -273,12 +274,21 @@ fn test_deployment() -> Result<()> {
     deploy::validate_manifests()?;
     let started = std::time::Instant::now();
     let archive = image::build()?;
-    image::test(&archive)?;
+    test_image(&archive)?;
     eprintln!(
         "xtask test: image built and tested in {:.0}s",
         started.elapsed().as_secs_f64()
     );
     deploy::validate_vagrant(&archive)
+}
+
+/// The image run with podman: `--version` and `policy check`, then the
+/// rollout the DaemonSet performs (where podman can run containers).
+fn test_image(archive: &std::path::Path) -> Result<()> {
+    if image::test(archive)? {
+        rollout::test(&image::Podman::new()?, &image::musl_binary())?;
+    }
+    Ok(())
 }
 
 fn bench(seconds: f64, idle: usize, only: Option<&str>) -> Result<()> {
