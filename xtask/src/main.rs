@@ -7,10 +7,13 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod demo;
+mod deploy;
+mod image;
 mod layout;
 mod links;
 mod metadata;
 mod modcycles;
+mod rollout;
 mod toolchain;
 
 /// Debian packages the end-to-end tests need (`ip`, `sysctl`), the
@@ -22,6 +25,21 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("cc", "gcc"),
     ("haproxy", "haproxy"),
     ("curl", "curl"),
+];
+
+/// Debian packages for the deployment tests: the C compiler ring's code
+/// needs for the static (musl) image binary, podman and runc to run the
+/// image, openssl for the recipe's host preparation, vagrant and its
+/// libvirt provider to validate `vagrant/`. Without
+/// podman or vagrant those tests print SKIPPED, so a failed install here
+/// is a warning, not an error.
+const DEPLOY_APT_PACKAGES: &[(&str, &str)] = &[
+    ("musl-gcc", "musl-tools"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("openssl", "openssl"),
+    ("vagrant", "vagrant"),
+    ("vagrant", "vagrant-libvirt"),
 ];
 
 #[derive(Parser)]
@@ -37,8 +55,22 @@ enum Task {
     Setup,
     /// Build the BPF objects and a release `nodeward` that embeds them.
     Build,
-    /// Setup, lint, unit tests and the end-to-end suite (needs root).
-    Test,
+    /// Setup, lint, unit tests, the end-to-end suite (needs root) and the
+    /// deployment checks (manifests, image, Vagrantfile).
+    Test {
+        /// Only the deployment checks: manifests against the Kubernetes
+        /// schemas, the image built and run with podman, `vagrant validate`.
+        #[arg(long)]
+        deployment: bool,
+    },
+    /// Build a static nodeward and write the OCI image archive
+    /// `target/image/nodeward-<version>.oci.tar` (no container daemon).
+    Image {
+        /// Then load it with podman and run `nodeward --version` and
+        /// `nodeward policy check policies/` in it (as `cargo xtask test` does).
+        #[arg(long)]
+        test: bool,
+    },
     /// Crate layering, forbidden dependencies, module cycles and doc links
     /// (quick: builds nothing).
     Check,
@@ -117,7 +149,19 @@ fn main() -> Result<()> {
     match task {
         Task::Setup => setup(),
         Task::Build => build(),
-        Task::Test => test(),
+        Task::Test { deployment: false } => test(),
+        Task::Test { deployment: true } => {
+            setup()?;
+            test_deployment()
+        }
+        Task::Image { test } => {
+            setup()?;
+            let archive = image::build()?;
+            if test {
+                test_image(&archive)?;
+            }
+            Ok(())
+        }
         Task::Check => check::all(),
         Task::Demo {
             policies,
@@ -149,6 +193,7 @@ fn setup() -> Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing))?;
     }
+    install_deploy_packages();
     for (probe, component) in [("rustfmt", "rustfmt"), ("cargo-clippy", "clippy")] {
         if Command::new(probe)
             .arg("--version")
@@ -159,7 +204,38 @@ fn setup() -> Result<()> {
             run(Command::new("rustup").args(["component", "add", component]))?;
         }
     }
-    toolchain::setup()
+    toolchain::setup()?;
+    image::setup()
+}
+
+/// Installs what the deployment tests use, warning (not failing) when apt
+/// cannot: those tests then say SKIPPED.
+fn install_deploy_packages() {
+    let missing: Vec<&str> = DEPLOY_APT_PACKAGES
+        .iter()
+        .filter(|(bin, pkg)| match *pkg {
+            // A plugin, not a command: ask dpkg (`vagrant plugin list`
+            // takes seconds).
+            "vagrant-libvirt" => !deb_installed(pkg),
+            _ => !on_path(bin),
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!("xtask setup: installing {missing:?}");
+    let installed = run(Command::new("apt-get").arg("update").arg("-q")).and_then(|()| {
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing))
+    });
+    if let Err(e) = installed {
+        eprintln!(
+            "xtask setup: warning: {e:#}; the deployment tests that need them will be SKIPPED"
+        );
+    }
 }
 
 fn build() -> Result<()> {
@@ -187,7 +263,32 @@ fn test() -> Result<()> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The e2e suite runs the real binaries; build them before the tests look for them.
     cargo(&["build", "-p", "nodeward", "-p", "nodeward-tests", "--bins"])?;
-    cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])
+    cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])?;
+    test_deployment()
+}
+
+/// The deployment checks: manifests against the Kubernetes schemas, the
+/// image built and run with podman, the Vagrantfile validated (with the
+/// host-side preparation it triggers). Prints how long the image took.
+fn test_deployment() -> Result<()> {
+    deploy::validate_manifests()?;
+    let started = std::time::Instant::now();
+    let archive = image::build()?;
+    test_image(&archive)?;
+    eprintln!(
+        "xtask test: image built and tested in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    deploy::validate_vagrant(&archive)
+}
+
+/// The image run with podman: `--version` and `policy check`, then the
+/// rollout the DaemonSet performs (where podman can run containers).
+fn test_image(archive: &std::path::Path) -> Result<()> {
+    if image::test(archive)? {
+        rollout::test(&image::Podman::new()?, &image::musl_binary())?;
+    }
+    Ok(())
 }
 
 fn bench(seconds: f64, idle: usize, only: Option<&str>) -> Result<()> {
@@ -225,6 +326,13 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+fn deb_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", pkg])
+        .output()
+        .is_ok_and(|o| o.stdout == b"install ok installed")
 }
 
 fn on_path(bin: &str) -> bool {

@@ -538,12 +538,12 @@ impl KernelStats {
     fn open(
         stats: PerCpuArray<MapData, u64>,
         by_cookie: HashMap<MapData, u64, OrigDst>,
-        flows_id: u32,
+        flows_fd: std::os::fd::OwnedFd,
         splice: Option<SockHash<MapData, FlowKey>>,
     ) -> Result<Self, RedirectError> {
         // A second descriptor for the flow map, so the accept loop keeps sole
         // ownership of the one it mutates.
-        let second = MapData::from_id(flows_id).map_err(|source| RedirectError::Map {
+        let second = MapData::from_fd(flows_fd).map_err(|source| RedirectError::Map {
             name: maps::FLOWS,
             source,
         })?;
@@ -690,12 +690,23 @@ where
         .map_err(|source| RedirectError::Program { name, source })
 }
 
-fn map_id(map: &Map, name: &'static str) -> Result<u32, RedirectError> {
+/// A second descriptor for a hash map: a `dup` of its own. Reopening it by
+/// id (`BPF_MAP_GET_FD_BY_ID`) would need `CAP_SYS_ADMIN`, which the
+/// DaemonSet does not grant (deploy/30-daemonset.yaml).
+fn dup_map_fd(map: &Map, name: &'static str) -> Result<std::os::fd::OwnedFd, RedirectError> {
+    use std::os::fd::AsFd;
     match map {
         Map::HashMap(data) | Map::LruHashMap(data) => data
-            .info()
-            .map(|info| info.id())
-            .map_err(|source| RedirectError::Map { name, source }),
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| RedirectError::Map {
+                name,
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: e,
+                }),
+            }),
         _ => Err(RedirectError::Missing(name)),
     }
 }

@@ -187,7 +187,7 @@ impl MapSet {
         self,
         redirector: Redirector,
     ) -> Result<super::Attached, RedirectError> {
-        let flows_id = super::map_id(&self.flows, maps::FLOWS)?;
+        let flows_fd = super::dup_map_fd(&self.flows, maps::FLOWS)?;
         let flows = FlowTable {
             flows: hash_map(self.flows, maps::FLOWS)?,
         };
@@ -201,7 +201,7 @@ impl MapSet {
             .transpose()
             .map_err(|source| RedirectError::Map { name, source })?;
         let by_cookie = hash_map(self.by_cookie, maps::BY_COOKIE)?;
-        let stats = KernelStats::open(stats, by_cookie, flows_id, splice)?;
+        let stats = KernelStats::open(stats, by_cookie, flows_fd, splice)?;
         let modes: HashMap<MapData, LpmAddr, u32> = hash_map(self.modes, maps::INBOUND_MODES)?;
         let pods: HashMap<MapData, u64, u32> = hash_map(self.pods, maps::PODS)?;
         Ok(super::Attached {

@@ -44,7 +44,7 @@ pub const WANTED_NOFILE: u64 = 1 << 20;
 /// Raises `RLIMIT_NOFILE` as far as allowed: the default soft limit (1024)
 /// would cap a node at a few hundred connections (ztunnel#1585), and a hard
 /// limit inherited from a shell or runtime (often 20k or 64k) at a few
-/// thousand. With `CAP_SYS_RESOURCE` (the DaemonSet runs privileged) both
+/// thousand. With `CAP_SYS_RESOURCE` (the DaemonSet grants it) both
 /// limits go up to [`WANTED_NOFILE`], bounded by `fs.nr_open`; without it
 /// the soft limit goes up to the hard one. Returns the limits before and
 /// after.
