@@ -36,12 +36,15 @@ use kube::{
         watcher::{self, Event},
         WatchStreamExt,
     },
-    Api, Client, Resource,
+    Api, Resource,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 
 use nodeward_workloads::Registry;
+
+/// The API server client ([`connect`] makes one).
+pub use kube::Client;
 
 pub mod cgroup;
 pub mod convert;
@@ -141,20 +144,22 @@ impl Status {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn listed(&self, kind: Kind) {
+    /// Records the first (or a new) complete list of `kind`.
+    pub fn listed(&self, kind: Kind) {
         let mut s = self.lock();
         s.listed.insert(kind);
         s.stale_since = None;
     }
 
-    fn failed(&self) {
+    /// Records a failed watch: stale from now, unless already.
+    pub fn failed(&self) {
         let mut s = self.lock();
         s.stale_since.get_or_insert_with(SystemTime::now);
         s.last_error = Some(Instant::now());
     }
 
-    /// A watch delivered something: the API server is back.
-    fn healthy(&self) {
+    /// Records that a watch delivered something: the API server is back.
+    pub fn healthy(&self) {
         self.lock().stale_since = None;
     }
 
