@@ -14,9 +14,10 @@ use std::{
     sync::Arc,
 };
 
+use crate::strip::PodInfo;
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Node, Pod, Service, ServicePort},
+        core::v1::{Namespace, Node, Service, ServicePort},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::util::intstr::IntOrString,
@@ -34,7 +35,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Every object of the watched kinds, as the reflectors hold them.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub pods: Vec<Arc<Pod>>,
+    pub pods: Vec<Arc<PodInfo>>,
     pub namespaces: Vec<Arc<Namespace>>,
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
@@ -153,55 +154,36 @@ fn nodes(nodes: &[Arc<Node>], skipped: &mut Vec<String>) -> Vec<NodeFile> {
 /// What `pod` is for the registry; `Err` for pods that should be a
 /// workload but cannot.
 fn workload(
-    pod: &Pod,
+    pod: &PodInfo,
     local_node: &str,
     known_nodes: &HashSet<&str>,
     enrolled_namespaces: &HashSet<&str>,
     pod_cgroup: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> Result<PodOutcome, String> {
-    let meta = &pod.metadata;
-    let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else {
-        return Ok(PodOutcome::Not);
-    };
-    let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
-    if spec.host_network == Some(true) || meta.deletion_timestamp.is_some() || finished {
+    if pod.host_network || pod.terminating || pod.finished || pod.ips.is_empty() {
         return Ok(PodOutcome::Not);
     }
-    let ips: Vec<IpAddr> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|p| p.ip.parse().ok())
-        .chain(status.pod_ip.iter().filter_map(|ip| ip.parse().ok()))
-        .collect::<Vec<_>>();
-    let ips = dedup(ips);
-    let Some(node) = spec.node_name.clone().filter(|_| !ips.is_empty()) else {
+    let Some(node) = pod.node.clone() else {
         return Ok(PodOutcome::Not);
     };
     if node != local_node && !known_nodes.contains(node.as_str()) {
         return Err(format!("node {node:?} has no InternalIP known"));
     }
-    let namespace = meta.namespace.clone().unwrap_or_default();
-    let labels = meta.labels.clone().unwrap_or_default();
-    let enrolled = enrolled_namespaces.contains(namespace.as_str())
-        && labels.get(MESH_LABEL).map(String::as_str) != Some("disabled");
-    let cgroup = (node == local_node && enrolled)
-        .then(|| meta.uid.as_deref().and_then(pod_cgroup))
-        .flatten();
-    if node == local_node && enrolled && cgroup.is_none() {
+    let enrolled = enrolled_namespaces.contains(pod.namespace.as_str())
+        && pod.labels.get(MESH_LABEL).map(String::as_str) != Some("disabled");
+    let local_enrolled = node == local_node && enrolled;
+    let cgroup = local_enrolled.then(|| pod_cgroup(&pod.uid)).flatten();
+    if local_enrolled && cgroup.is_none() {
         // Its containers are not started yet: enrolled once they are.
         return Ok(PodOutcome::WaitingForCgroup);
     }
     Ok(PodOutcome::Workload(WorkloadFile {
-        name: meta.name.clone().unwrap_or_default(),
-        namespace,
-        service_account: spec
-            .service_account_name
-            .clone()
-            .unwrap_or_else(|| "default".into()),
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        service_account: pod.service_account.clone(),
         node,
-        ips,
-        labels,
+        ips: pod.ips.clone(),
+        labels: pod.labels.clone(),
         cgroup,
         mesh: Some(enrolled),
     }))
@@ -321,12 +303,8 @@ fn dedup(ips: Vec<IpAddr>) -> Vec<IpAddr> {
         .collect()
 }
 
-fn id(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
+fn id(pod: &PodInfo) -> String {
+    format!("{}/{}", pod.namespace, pod.name)
 }
 
 /// A pod cgroup finder for `convert` that looks under `root`.

@@ -25,9 +25,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use futures_util::{pin_mut, StreamExt};
+use futures_util::{pin_mut, StreamExt, TryStreamExt};
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Pod, Service},
+    core::v1::{Namespace, Node, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -51,6 +51,7 @@ pub mod convert;
 pub mod strip;
 
 pub use convert::{convert, Converted, Snapshot, MESH_LABEL};
+pub use strip::PodInfo;
 
 /// Objects per page of a (re-)list: bounds the memory one response takes.
 const PAGE_SIZE: u32 = 500;
@@ -191,7 +192,7 @@ pub struct Discovery {
 /// The reflector stores of every watched kind.
 #[derive(Clone)]
 struct Stores {
-    pods: Store<Pod>,
+    pods: Store<PodInfo>,
     namespaces: Store<Namespace>,
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
@@ -293,37 +294,49 @@ impl Discovery {
         };
         let (pods, w) = reflector::store();
         tasks.push(tokio::spawn(watch_kind(
-            Api::all(client.clone()),
+            Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
             w,
-            strip::pod,
+            PodInfo::from,
             ctx(Kind::Pod),
         )));
         let (namespaces, w) = reflector::store();
         tasks.push(tokio::spawn(watch_kind(
             Api::all(client.clone()),
             w,
-            strip::namespace,
+            |mut o: Namespace| {
+                strip::namespace(&mut o);
+                o
+            },
             ctx(Kind::Namespace),
         )));
         let (services, w) = reflector::store();
         tasks.push(tokio::spawn(watch_kind(
             Api::all(client.clone()),
             w,
-            strip::service,
+            |mut o: Service| {
+                strip::service(&mut o);
+                o
+            },
             ctx(Kind::Service),
         )));
         let (endpoint_slices, w) = reflector::store();
         tasks.push(tokio::spawn(watch_kind(
             Api::all(client.clone()),
             w,
-            strip::endpoint_slice,
+            |mut o: EndpointSlice| {
+                strip::endpoint_slice(&mut o);
+                o
+            },
             ctx(Kind::EndpointSlice),
         )));
         let (nodes, w) = reflector::store();
         tasks.push(tokio::spawn(watch_kind(
             Api::all(client.clone()),
             w,
-            strip::node,
+            |mut o: Node| {
+                strip::node(&mut o);
+                o
+            },
             ctx(Kind::Node),
         )));
         let stores = Stores {
@@ -347,22 +360,23 @@ struct Ctx {
 
 /// Watches one kind into its store for ever: the watcher re-lists after
 /// `410 Gone` and re-connects after cuts, with kube-rs' default backoff.
-/// `strip` drops the fields nodeward never reads before the store keeps
-/// the object (10 000 full pods would otherwise cost hundreds of MB).
-async fn watch_kind<K>(
+/// `keep` turns each object into what the store keeps (see [`strip`]:
+/// 10 000 full pods would otherwise cost hundreds of MB).
+async fn watch_kind<K, T>(
     api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    strip: fn(&mut K),
+    writer: reflector::store::Writer<T>,
+    keep: fn(K) -> T,
     ctx: Ctx,
 ) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: reflector::Lookup + Clone + Send + Sync + 'static,
+    T::DynamicType: Default + Eq + Hash + Clone,
 {
     let config = watcher::Config::default().page_size(PAGE_SIZE);
-    let stream = watcher::watcher(api, config)
-        .modify(strip)
-        .default_backoff()
-        .reflect(writer);
+    let events = watcher::watcher(api, config)
+        .map_ok(move |event| map_event(event, keep))
+        .default_backoff();
+    let stream = reflector::reflector(writer, events);
     pin_mut!(stream);
     while let Some(event) = stream.next().await {
         match event {
@@ -381,5 +395,16 @@ async fn watch_kind<K>(
                 ctx.status.failed();
             }
         }
+    }
+}
+
+/// `event` with its object(s) turned into what the store keeps.
+fn map_event<K, T>(event: Event<K>, keep: fn(K) -> T) -> Event<T> {
+    match event {
+        Event::Apply(o) => Event::Apply(keep(o)),
+        Event::Delete(o) => Event::Delete(keep(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(keep(o)),
+        Event::InitDone => Event::InitDone,
     }
 }

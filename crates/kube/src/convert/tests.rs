@@ -61,9 +61,14 @@ fn slice(service: &str, port: i32, endpoints: serde_json::Value) -> Arc<Endpoint
     )
 }
 
+fn pod_info(v: serde_json::Value) -> Arc<PodInfo> {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(v).expect("a valid pod");
+    Arc::new(PodInfo::from(pod))
+}
+
 fn cluster(pods: Vec<serde_json::Value>) -> Snapshot {
     Snapshot {
-        pods: pods.into_iter().map(obj).collect(),
+        pods: pods.into_iter().map(pod_info).collect(),
         namespaces: vec![namespace("shop", Some("enabled"))],
         nodes: vec![node("node-a", "192.168.1.1"), node("node-b", "192.168.1.2")],
         ..Snapshot::default()
@@ -126,7 +131,7 @@ fn enrolment_follows_the_namespace_label_and_the_pod_opt_out() {
     assert_eq!(run(&snap).file.workloads[0].mesh, Some(true));
     let mut opted_out = pod("cart", "node-b", "10.0.1.5");
     opted_out["metadata"]["labels"][MESH_LABEL] = json!("disabled");
-    snap.pods = vec![obj(opted_out)];
+    snap.pods = vec![pod_info(opted_out)];
     assert_eq!(run(&snap).file.workloads[0].mesh, Some(false));
 }
 
