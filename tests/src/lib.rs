@@ -34,7 +34,8 @@
 //! - `admin`: a proxy's admin port and metrics;
 //! - `policies`: the shared policy directory;
 //! - `lifecycle`: starting a cluster, tearing it down on drop;
-//! - [`bench`](mod@bench): the benchmark `nw-bench run` drives.
+//! - [`bench`](mod@bench): the benchmark `nw-bench run` drives;
+//! - [`apiserver`]: a Kubernetes API server speaking list/watch (standalone).
 
 mod admin;
 mod capture;
@@ -52,6 +53,7 @@ mod processes;
 mod programs;
 mod traffic;
 
+pub mod apiserver;
 pub mod bench;
 
 pub use admin::metric_value;
