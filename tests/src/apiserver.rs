@@ -200,6 +200,12 @@ impl ApiServer {
         let listener = TcpListener::bind(addr)
             .await
             .context("binding the API server")?;
+        Self::serve(listener, state)
+    }
+
+    /// Serves `state` on a bound listener (one bound in another network
+    /// namespace keeps living there). Needs a tokio runtime.
+    pub fn serve(listener: TcpListener, state: ApiState) -> Result<Self> {
         let addr = listener.local_addr()?;
         let tls = tls(addr)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
@@ -536,5 +542,65 @@ mod base64_lite {
             }
         }
         out
+    }
+}
+
+/// An API server with a runtime of its own, for the synchronous cluster
+/// harness: it listens inside a node's network namespace.
+pub struct BlockingApiServer {
+    runtime: tokio::runtime::Runtime,
+    server: Option<ApiServer>,
+}
+
+impl BlockingApiServer {
+    /// Binds `addr` after `enter` moved a fresh thread into the wanted
+    /// network namespace, and serves `state` there.
+    pub fn start_in(
+        enter: impl FnOnce() -> Result<()> + Send + 'static,
+        addr: SocketAddr,
+        state: ApiState,
+    ) -> Result<Self> {
+        let listener = std::thread::spawn(move || -> Result<std::net::TcpListener> {
+            enter()?;
+            let l = std::net::TcpListener::bind(addr).context("binding the API server")?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the binding thread panicked"))??;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let server = runtime
+            .block_on(async { ApiServer::serve(TcpListener::from_std(listener)?, state) })?;
+        Ok(Self {
+            runtime,
+            server: Some(server),
+        })
+    }
+
+    /// The objects served.
+    pub fn state(&self) -> ApiState {
+        self.server
+            .as_ref()
+            .map(|s| s.state.clone())
+            .unwrap_or_default()
+    }
+
+    /// A kubeconfig for the server.
+    pub fn kubeconfig(&self) -> String {
+        self.server
+            .as_ref()
+            .map(ApiServer::kubeconfig)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for BlockingApiServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = self.runtime.block_on(server.stop());
+        }
     }
 }

@@ -20,6 +20,8 @@
 //! Modules, in layers: each uses only modules listed before it (methods of
 //! [`Cluster`] included), never one after it:
 //! - `command`: running a helper command to completion;
+//! - [`apiserver`]: a Kubernetes API server speaking list/watch (uses no
+//!   other module);
 //! - `cgroups`: cgroup2 mount, creating, joining, killing and removing cgroups;
 //! - `netns`: named network namespaces through `ip` and `setns`;
 //! - `capture`: packet capture on an interface of a netns;
@@ -28,14 +30,14 @@
 //! - `cluster`: topology, the [`Cluster`] value, names, addresses, removal, sweep;
 //! - `config`: node configs and the workloads file;
 //! - `network`: wiring the namespaces of nodes and pods;
+//! - `kubernetes`: the in-test API server of a `discovery: kubernetes` cluster;
 //! - `logs`: log files of the cluster's processes;
 //! - `processes`: node proxies and `nw-pod` servers;
 //! - `traffic`: `nw-pod` clients (calls, HTTP requests);
 //! - `admin`: a proxy's admin port and metrics;
 //! - `policies`: the shared policy directory;
 //! - `lifecycle`: starting a cluster, tearing it down on drop;
-//! - [`bench`](mod@bench): the benchmark `nw-bench run` drives;
-//! - [`apiserver`]: a Kubernetes API server speaking list/watch (standalone).
+//! - [`bench`](mod@bench): the benchmark `nw-bench run` drives.
 
 mod admin;
 mod capture;
@@ -44,6 +46,7 @@ mod cgroups;
 mod cluster;
 mod command;
 mod config;
+mod kubernetes;
 mod lifecycle;
 mod logs;
 mod netns;

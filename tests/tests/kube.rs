@@ -313,3 +313,59 @@ async fn the_last_state_stays_while_the_api_server_is_away() {
         "the failures are counted"
     );
 }
+
+// End to end: the netns cluster with `discovery: kubernetes`, the API
+// server in node-a's netns.
+
+const PORT: u16 = 9400;
+
+fn cluster_addr(c: &nodeward_tests::Cluster, pod: &str) -> SocketAddr {
+    SocketAddr::new(c.ip4(pod), PORT)
+}
+
+/// Waits until `check` holds, re-trying every 200 ms for up to 30 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn e2e_enrolment_follows_the_api_server() {
+    if !nodeward_tests::require_root("e2e_enrolment_follows_the_api_server") {
+        return;
+    }
+    let mut c = nodeward_tests::Cluster::start_with(nodeward_tests::Options {
+        kubernetes: true,
+        ..nodeward_tests::Options::default()
+    });
+    c.serve_echo("backend", PORT);
+    c.serve_echo("db", PORT);
+    // Listed from the API: across nodes, through both proxies.
+    let r = c.call("frontend", cluster_addr(&c, "backend"), 100);
+    assert_eq!(r["intact"], true, "{r}");
+    let (status, _, body) = c.admin("node-a", "/ready");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    // cache opts out: no longer redirected, so STRICT backend refuses it.
+    let mut cache = c.kube().get("Pod", "shop", "cache").expect("cache pod");
+    cache["metadata"]["labels"]["nodeward.io/mesh"] = json!("disabled");
+    c.kube().apply(cache);
+    eventually("cache refused once opted out", || {
+        c.call("cache", cluster_addr(&c, "backend"), 100)["connected"] == false
+    });
+    // The whole namespace off: frontend is no longer meshed, so db (in
+    // namespace data, still enrolled and STRICT) refuses it; then on again.
+    let mut shop = c.kube().get("Namespace", "", "shop").expect("shop");
+    shop["metadata"]["labels"]["nodeward.io/mesh"] = json!("disabled");
+    c.kube().apply(shop.clone());
+    eventually("frontend refused with shop unenrolled", || {
+        c.call("frontend", cluster_addr(&c, "db"), 100)["connected"] == false
+    });
+    shop["metadata"]["labels"]["nodeward.io/mesh"] = json!("enabled");
+    c.kube().apply(shop);
+    eventually("frontend meshed again", || {
+        c.call("frontend", cluster_addr(&c, "db"), 100)["intact"] == true
+    });
+}
