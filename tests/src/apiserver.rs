@@ -166,12 +166,16 @@ impl ApiState {
         self.gone.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Moves the revision on and compacts the history up to it (as etcd
-    /// does), then cuts every watch: every client's last revision is now
-    /// too old, so its resume gets `410 Gone` and it must list again.
-    pub fn compact_and_cut(&self) {
+    /// Stores `object` without telling any watch, moves the revision on
+    /// and compacts the history up to it (as etcd does), then cuts every
+    /// watch: every client's last revision is now too old, so its resume
+    /// gets `410 Gone`, and only a new list shows it `object`.
+    pub fn compact_and_cut_with(&self, mut object: Value) {
         {
             let mut store = self.store();
+            store.revision += 1;
+            object["metadata"]["resourceVersion"] = json!(store.revision.to_string());
+            store.objects.insert(key(&object), object);
             store.revision += 1;
             store.compacted = store.revision;
             store.history.clear();
@@ -550,16 +554,39 @@ mod base64_lite {
 pub struct BlockingApiServer {
     runtime: tokio::runtime::Runtime,
     server: Option<ApiServer>,
+    /// What was served, kept across [`BlockingApiServer::stop`].
+    state: ApiState,
+    addr: SocketAddr,
+    enter: Arc<dyn Fn() -> Result<()> + Send + Sync>,
 }
 
 impl BlockingApiServer {
     /// Binds `addr` after `enter` moved a fresh thread into the wanted
     /// network namespace, and serves `state` there.
     pub fn start_in(
-        enter: impl FnOnce() -> Result<()> + Send + 'static,
+        enter: impl Fn() -> Result<()> + Send + Sync + 'static,
         addr: SocketAddr,
         state: ApiState,
     ) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let mut server = Self {
+            runtime,
+            server: None,
+            state,
+            addr,
+            enter: Arc::new(enter),
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// Starts the server again (after [`BlockingApiServer::stop`]) on the
+    /// same address with the same objects.
+    pub fn restart(&mut self) -> Result<()> {
+        let (enter, addr) = (self.enter.clone(), self.addr);
         let listener = std::thread::spawn(move || -> Result<std::net::TcpListener> {
             enter()?;
             let l = std::net::TcpListener::bind(addr).context("binding the API server")?;
@@ -568,24 +595,24 @@ impl BlockingApiServer {
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the binding thread panicked"))??;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let server = runtime
+        let state = self.state.clone();
+        let server = self
+            .runtime
             .block_on(async { ApiServer::serve(TcpListener::from_std(listener)?, state) })?;
-        Ok(Self {
-            runtime,
-            server: Some(server),
-        })
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Kills the server (every connection cut); the objects stay.
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = self.runtime.block_on(server.stop());
+        }
     }
 
     /// The objects served.
     pub fn state(&self) -> ApiState {
-        self.server
-            .as_ref()
-            .map(|s| s.state.clone())
-            .unwrap_or_default()
+        self.state.clone()
     }
 
     /// A kubeconfig for the server.
@@ -599,8 +626,6 @@ impl BlockingApiServer {
 
 impl Drop for BlockingApiServer {
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let _ = self.runtime.block_on(server.stop());
-        }
+        self.stop();
     }
 }

@@ -45,6 +45,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills the API server (the proxies' watches fail); the objects stay.
+    pub fn stop_api_server(&mut self) {
+        if let Some(api) = self.api.as_mut() {
+            api.stop();
+        }
+    }
+
+    /// Starts the killed API server again, same address, same objects.
+    pub fn restart_api_server(&mut self) {
+        if let Some(api) = self.api.as_mut() {
+            api.restart().expect("restarting the API server");
+        }
+    }
+
     /// Where the proxies' kubeconfig is.
     pub(crate) fn kubeconfig_path(&self) -> PathBuf {
         self.dir.join("kubeconfig")

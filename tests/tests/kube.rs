@@ -249,8 +249,8 @@ async fn a_410_gone_forces_a_relist_and_nothing_is_lost() {
     h.until("the fixtures", |r| r.all().len() == 2).await;
     let before = h.errors.0.load(Ordering::Relaxed);
     // History compacted and watches cut: the resume gets 410 Gone.
-    h.state().compact_and_cut();
-    h.state().apply(pod(
+    // Known only to a new list: the watches' resumes get 410 Gone.
+    h.state().compact_and_cut_with(pod(
         "after-410",
         "node-b",
         "10.244.1.40",
@@ -260,10 +260,14 @@ async fn a_410_gone_forces_a_relist_and_nothing_is_lost() {
         workload(r, "after-410").is_some()
     })
     .await;
-    assert!(
-        h.state().gone_sent() >= 5,
-        "every kind's resume was answered 410"
-    );
+    let every_kind = async {
+        while h.state().gone_sent() < 5 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, every_kind)
+        .await
+        .expect("every kind's resume answered 410");
     assert!(
         h.errors.0.load(Ordering::Relaxed) > before,
         "the 410 is counted"
@@ -323,9 +327,10 @@ fn cluster_addr(c: &nodeward_tests::Cluster, pod: &str) -> SocketAddr {
     SocketAddr::new(c.ip4(pod), PORT)
 }
 
-/// Waits until `check` holds, re-trying every 200 ms for up to 30 s.
+/// Waits until `check` holds, re-trying every 200 ms for up to 90 s (a
+/// watch's backoff after an outage reaches 30 s).
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + PATIENCE;
     while !check() {
         assert!(std::time::Instant::now() < deadline, "never: {what}");
         std::thread::sleep(Duration::from_millis(200));
@@ -348,7 +353,17 @@ fn e2e_enrolment_follows_the_api_server() {
     assert_eq!(r["intact"], true, "{r}");
     let (status, _, body) = c.admin("node-a", "/ready");
     assert_eq!((status, body.as_str()), (200, "ready\n"));
-    // cache opts out: no longer redirected, so STRICT backend refuses it.
+    // cache deleted from the API: no longer redirected, so STRICT backend
+    // refuses it; created again: meshed again.
+    c.kube().delete("Pod", "shop", "cache");
+    eventually("cache refused once deleted", || {
+        c.call("cache", cluster_addr(&c, "backend"), 100)["connected"] == false
+    });
+    c.kube().apply(c.pod_object(c.pod("cache")));
+    eventually("cache meshed once created", || {
+        c.call("cache", cluster_addr(&c, "backend"), 100)["intact"] == true
+    });
+    // cache opts out: the same as deleted, for the mesh.
     let mut cache = c.kube().get("Pod", "shop", "cache").expect("cache pod");
     cache["metadata"]["labels"]["nodeward.io/mesh"] = json!("disabled");
     c.kube().apply(cache);
@@ -368,4 +383,101 @@ fn e2e_enrolment_follows_the_api_server() {
     eventually("frontend meshed again", || {
         c.call("frontend", cluster_addr(&c, "db"), 100)["intact"] == true
     });
+}
+
+/// Service `backend` at `VIP:80` -> `PORT`, and its EndpointSlice with
+/// `endpoints` (pod names) ready.
+fn backend_service(c: &nodeward_tests::Cluster, endpoints: &[&str]) -> (Value, Value) {
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "backend", "namespace": "shop"},
+        "spec": {"type": "ClusterIP", "clusterIP": VIP, "clusterIPs": [VIP],
+            "selector": {"app": "backend"},
+            "ports": [{"name": "echo", "port": 80, "protocol": "TCP", "targetPort": PORT}]}});
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|p| json!({"addresses": [c.ip4(p).to_string()], "conditions": {"ready": true}}))
+        .collect();
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "backend-x7k2p", "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "backend"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "echo", "port": PORT, "protocol": "TCP"}],
+        "endpoints": endpoints});
+    (service, slice)
+}
+
+/// A VIP inside the mesh CIDRs, so the kernel hands its connections over.
+const VIP: &str = "10.20.200.10";
+
+#[test]
+fn e2e_services_outages_and_410s() {
+    if !nodeward_tests::require_root("e2e_services_outages_and_410s") {
+        return;
+    }
+    let mut c = nodeward_tests::Cluster::start_with(nodeward_tests::Options {
+        kubernetes: true,
+        ..nodeward_tests::Options::default()
+    });
+    c.serve_echo("backend", PORT);
+    let vip = SocketAddr::new(ip(VIP), 80);
+    // A Service with its endpoints from an EndpointSlice.
+    let (service, slice) = backend_service(&c, &["backend"]);
+    c.kube().apply(service);
+    c.kube().apply(slice);
+    eventually("the VIP reaches backend", || {
+        c.call("frontend", vip, 100)["intact"] == true
+    });
+    // Scaled to zero, then back.
+    let (_, empty) = backend_service(&c, &[]);
+    c.kube().apply(empty);
+    eventually("no endpoint: the VIP call fails", || {
+        c.call("frontend", vip, 100)["intact"] != true
+    });
+    let (_, slice) = backend_service(&c, &["backend"]);
+    c.kube().apply(slice);
+    eventually("the VIP reaches backend again", || {
+        c.call("frontend", vip, 100)["intact"] == true
+    });
+
+    // The API server killed: the last state stays, /ready says stale.
+    c.stop_api_server();
+    eventually("node-a reports stale discovery", || {
+        let (status, _, body) = c.admin("node-a", "/ready");
+        status == 200 && body.starts_with("ready\ndiscovery stale since ")
+    });
+    let r = c.call("frontend", vip, 100);
+    assert_eq!(r["intact"], true, "still served on the last state: {r}");
+    assert!(
+        c.metric(
+            "node-a",
+            "nodeward_discovery_watch_errors_total",
+            &[("kind", "pod")]
+        ) > 0.0
+    );
+    // Back: fresh again.
+    c.restart_api_server();
+    for node in ["node-a", "node-b"] {
+        eventually("fresh again", || c.admin(node, "/ready").2 == "ready\n");
+    }
+
+    // A forced 410: every watch re-lists; a change made then still lands.
+    let errors = c.metric(
+        "node-b",
+        "nodeward_discovery_watch_errors_total",
+        &[("kind", "pod")],
+    );
+    let mut cache = c.kube().get("Pod", "shop", "cache").expect("cache pod");
+    cache["metadata"]["labels"]["nodeward.io/mesh"] = json!("disabled");
+    c.kube().compact_and_cut_with(cache);
+    eventually("cache opted out after the re-list", || {
+        c.call("cache", cluster_addr(&c, "backend"), 100)["connected"] == false
+    });
+    eventually("the 410 is counted", || {
+        c.metric(
+            "node-b",
+            "nodeward_discovery_watch_errors_total",
+            &[("kind", "pod")],
+        ) > errors
+    });
+    assert!(c.kube().gone_sent() > 0);
 }
