@@ -481,3 +481,34 @@ fn e2e_services_outages_and_410s() {
     });
     assert!(c.kube().gone_sent() > 0);
 }
+
+#[test]
+fn e2e_a_proxy_started_without_the_api_server_is_not_ready_until_it_lists() {
+    if !nodeward_tests::require_root(
+        "e2e_a_proxy_started_without_the_api_server_is_not_ready_until_it_lists",
+    ) {
+        return;
+    }
+    let mut c = nodeward_tests::Cluster::start_with(nodeward_tests::Options {
+        kubernetes: true,
+        ..nodeward_tests::Options::default()
+    });
+    c.serve_echo("backend", PORT);
+    c.stop_proxy("node-a");
+    c.stop_api_server();
+    // Starts after `kubernetes.syncTimeout` (15 s here) with nothing listed:
+    // no pod enrolled, not ready.
+    c.start_proxy("node-a")
+        .expect("node-a starts without the API server");
+    let (status, _, body) = c.admin("node-a", "/ready");
+    assert_eq!(status, 503, "{body}");
+    let report: Value = serde_json::from_str(&body).expect("a JSON report");
+    assert_eq!(report["discoverySynced"], false, "{body}");
+    c.restart_api_server();
+    eventually("node-a ready once listed", || {
+        c.admin("node-a", "/ready").0 == 200
+    });
+    eventually("frontend meshed once listed", || {
+        c.call("frontend", cluster_addr(&c, "backend"), 100)["intact"] == true
+    });
+}
