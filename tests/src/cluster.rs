@@ -64,6 +64,15 @@ pub fn standard_pods() -> Vec<PodSpec> {
     ]
 }
 
+/// The pod's UID, as the in-test API server lists it.
+pub fn pod_uid(pod: &PodSpec) -> String {
+    format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        node_index(pod.node),
+        pod.host
+    )
+}
+
 /// The cluster's nodes.
 pub(crate) const NODES: [NodeSpec; 2] = [
     NodeSpec {
@@ -132,6 +141,8 @@ pub struct Cluster {
     pub(crate) unenrolled: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The workloads file's `services:` items, see [`Cluster::set_services`].
     pub(crate) services: std::sync::Mutex<String>,
+    /// With `Options::kubernetes`: the API server in node-a's netns.
+    pub(crate) api: Option<crate::apiserver::BlockingApiServer>,
 }
 
 /// Proxy settings a test can change.
@@ -156,6 +167,10 @@ pub struct Options {
     /// `tunnel:` as a YAML flow mapping (`{idleTimeout: 2s}`); empty for
     /// the product's defaults.
     pub tunnel: &'static str,
+    /// `discovery: kubernetes` against an in-test API server in node-a's
+    /// netns (instead of the workloads file); pods' cgroups are laid out as
+    /// kubelet's systemd driver lays them out.
+    pub kubernetes: bool,
 }
 
 /// A mesh-wide policy that allows every connection: the default for tests
@@ -193,6 +208,7 @@ impl Default for Options {
             drain_deadline: "2s",
             sockmap: false,
             tunnel: "",
+            kubernetes: false,
         }
     }
 }
@@ -232,6 +248,7 @@ impl Cluster {
             unlisted: std::sync::Mutex::default(),
             unenrolled: std::sync::Mutex::default(),
             services: std::sync::Mutex::default(),
+            api: None,
         };
         fs::write(c.cgroup_root_marker(), std::process::id().to_string())?;
         Ok(c)
@@ -265,6 +282,15 @@ impl Cluster {
     }
 
     pub(crate) fn pod_cgroup(&self, pod: &PodSpec) -> PathBuf {
+        if self.options.kubernetes {
+            return self
+                .node_cgroup(pod.node)
+                .join("kubepods.slice/kubepods-besteffort.slice")
+                .join(format!(
+                    "kubepods-besteffort-pod{}.slice",
+                    pod_uid(pod).replace('-', "_")
+                ));
+        }
         self.node_cgroup(pod.node).join(pod.name)
     }
 

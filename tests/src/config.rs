@@ -123,8 +123,16 @@ impl Cluster {
             "" => String::new(),
             t => format!("tunnel: {t}\n"),
         };
-        tunnel + &format!(
-            "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nworkloadsFile: workloads.yaml\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\nbpf:\n  pinDir: {}\nlifecycle:\n  drainDeadline: {}\nsockmap:\n  enabled: {}\n",
+        let discovery = if options.kubernetes {
+            format!(
+                "discovery: kubernetes\nkubernetes:\n  cgroupRoot: {}\n  syncTimeout: 15s\n",
+                self.node_cgroup(node.name).display()
+            )
+        } else {
+            "workloadsFile: workloads.yaml\n".to_owned()
+        };
+        tunnel + &discovery + &format!(
+            "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\nbpf:\n  pinDir: {}\nlifecycle:\n  drainDeadline: {}\nsockmap:\n  enabled: {}\n",
             node.name,
             self.node_cgroup(node.name).display(),
             MESH_CIDRS[0],

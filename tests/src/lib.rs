@@ -20,6 +20,8 @@
 //! Modules, in layers: each uses only modules listed before it (methods of
 //! [`Cluster`] included), never one after it:
 //! - `command`: running a helper command to completion;
+//! - [`apiserver`]: a Kubernetes API server speaking list/watch (uses no
+//!   other module);
 //! - `cgroups`: cgroup2 mount, creating, joining, killing and removing cgroups;
 //! - `netns`: named network namespaces through `ip` and `setns`;
 //! - `capture`: packet capture on an interface of a netns;
@@ -28,6 +30,7 @@
 //! - `cluster`: topology, the [`Cluster`] value, names, addresses, removal, sweep;
 //! - `config`: node configs and the workloads file;
 //! - `network`: wiring the namespaces of nodes and pods;
+//! - `kubernetes`: the in-test API server of a `discovery: kubernetes` cluster;
 //! - `logs`: log files of the cluster's processes;
 //! - `processes`: node proxies and `nw-pod` servers;
 //! - `traffic`: `nw-pod` clients (calls, HTTP requests);
@@ -43,6 +46,7 @@ mod cgroups;
 mod cluster;
 mod command;
 mod config;
+mod kubernetes;
 mod lifecycle;
 mod logs;
 mod netns;
@@ -52,6 +56,7 @@ mod processes;
 mod programs;
 mod traffic;
 
+pub mod apiserver;
 pub mod bench;
 
 pub use admin::metric_value;

@@ -44,6 +44,9 @@ impl Cluster {
         let mut c = Self::new(prefix, pods, options)?;
         c.mount_bpffs()?;
         c.build_network()?;
+        if c.options.kubernetes {
+            c.start_api_server()?;
+        }
         c.write_files()?;
         for node in NODES {
             c.start_proxy(node.name)?;

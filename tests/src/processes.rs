@@ -85,6 +85,9 @@ impl Cluster {
             .args(["run", "--config"])
             .arg(self.config_path(node))
             .args(extra);
+        if self.options.kubernetes {
+            cmd.env("KUBECONFIG", self.kubeconfig_path());
+        }
         cmd
     }
 

@@ -90,6 +90,8 @@ pub struct AdminState {
 pub struct Readiness {
     bpf_attached: AtomicBool,
     draining: AtomicBool,
+    /// Kubernetes watch health, with `discovery: kubernetes`.
+    discovery: std::sync::OnceLock<Arc<nodeward_kube::Status>>,
 }
 
 /// The conditions of `/ready`, as its 503 body lists them.
@@ -105,6 +107,10 @@ pub struct ReadyReport {
     pub policy_loaded: bool,
     /// The proxy is stopping (or handing over): never ready again.
     pub draining: bool,
+    /// With `discovery: kubernetes`: every watched kind has been listed
+    /// completely once (absent with the workloads file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_synced: Option<bool>,
 }
 
 impl Readiness {
@@ -133,6 +139,17 @@ impl Readiness {
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
+
+    /// Makes `/ready` wait for the Kubernetes watches' first complete list
+    /// and report when they go stale.
+    pub fn set_discovery(&self, status: Arc<nodeward_kube::Status>) {
+        let _ = self.discovery.set(status);
+    }
+
+    /// The Kubernetes watch health, with `discovery: kubernetes`.
+    pub fn discovery(&self) -> Option<&nodeward_kube::Status> {
+        self.discovery.get().map(Arc::as_ref)
+    }
 }
 
 impl AdminState {
@@ -142,12 +159,18 @@ impl AdminState {
         let certificates = self.certificates_ready(SystemTime::now());
         let policy_loaded = !self.authz.policies().summary().fail_closed;
         let draining = self.readiness.draining();
+        let discovery_synced = self.readiness.discovery().map(|d| d.synced());
         ReadyReport {
-            ready: bpf_attached && certificates && policy_loaded && !draining,
+            ready: bpf_attached
+                && certificates
+                && policy_loaded
+                && !draining
+                && discovery_synced != Some(false),
             bpf_attached,
             certificates,
             policy_loaded,
             draining,
+            discovery_synced,
         }
     }
 
@@ -266,11 +289,24 @@ fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
 
 fn ready(state: &AdminState) -> Response<Full<Bytes>> {
     let report = state.ready();
-    if report.ready {
+    let stale = state.readiness.discovery().and_then(|d| d.stale_since());
+    if let (true, Some(since)) = (report.ready, stale) {
+        // Still serving on the last known state: ready, but say so.
+        text(
+            StatusCode::OK,
+            format!("ready\ndiscovery stale since {}\n", rfc3339(since)),
+        )
+    } else if report.ready {
         text(StatusCode::OK, "ready\n")
     } else {
         json(StatusCode::SERVICE_UNAVAILABLE, &report)
     }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "an unknown time".into())
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {

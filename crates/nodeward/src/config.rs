@@ -33,6 +33,11 @@ pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(2);
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Default root namespace: its selector-less policies apply mesh-wide (Istio's default).
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+/// Default time to wait for the Kubernetes API server's first complete
+/// list before attaching with an empty registry (and `/ready` 503).
+pub const DEFAULT_KUBERNETES_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Quiet time after a Kubernetes change before the registry is rebuilt.
+pub const KUBERNETES_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Default admin (metrics, health) address: loopback, so pods cannot reach it.
 pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
 
@@ -40,8 +45,11 @@ pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConfigFile {
-    /// This node's name, as used in the workloads file.
-    pub node: String,
+    /// This node's name, as used in the workloads file (and the Node's
+    /// name in Kubernetes); unset: the `NODE_NAME` environment variable
+    /// (the downward API's `spec.nodeName`).
+    #[serde(default)]
+    pub node: Option<String>,
     /// cgroup v2 directory the node's pods live below; relative paths are
     /// taken from the cgroup2 mount point.
     pub pod_cgroup: PathBuf,
@@ -53,8 +61,17 @@ pub struct ConfigFile {
     pub ports: PortsFile,
     #[serde(default)]
     pub admin: AdminFile,
-    /// Workloads file; relative paths are taken from the config file's directory.
-    pub workloads_file: PathBuf,
+    /// Where workloads, nodes and Services come from: `file` (default, the
+    /// `workloadsFile`) or `kubernetes` (the API server).
+    #[serde(default)]
+    pub discovery: Option<DiscoveryFile>,
+    /// Workloads file (with `discovery: file`); relative paths are taken
+    /// from the config file's directory.
+    #[serde(default)]
+    pub workloads_file: Option<PathBuf>,
+    /// Settings of `discovery: kubernetes`.
+    #[serde(default)]
+    pub kubernetes: KubernetesFile,
     /// Where this node's certificate authority material lives.
     pub identity: IdentityFile,
     /// Inbound mTLS mode for the node's pods (default `STRICT`);
@@ -84,6 +101,29 @@ pub struct ConfigFile {
     /// The tunnel server's connection timers and caps.
     #[serde(default)]
     pub tunnel: TunnelFile,
+}
+
+/// `discovery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DiscoveryFile {
+    File,
+    Kubernetes,
+}
+
+/// `kubernetes`: how the API server is watched.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesFile {
+    /// Directory holding kubelet's `kubepods` (systemd driver:
+    /// `kubepods.slice`) hierarchy; relative paths are taken from the
+    /// cgroup2 mount. Default: the cgroup2 mount itself.
+    #[serde(default)]
+    pub cgroup_root: Option<PathBuf>,
+    /// How long to wait at start for the first complete list of every
+    /// watched kind (default `30s`).
+    #[serde(default)]
+    pub sync_timeout: Option<String>,
 }
 
 /// `tunnel`: how long tunnel connections live and what one peer may hold.
@@ -215,7 +255,10 @@ pub struct IdentityFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxyAddressesFile {
-    pub ipv4: Ipv4Addr,
+    /// An IPv4 address, or `${NAME}` for one read from the environment
+    /// variable NAME (a DaemonSet passes the node's address, which differs
+    /// per node, as `status.hostIP`).
+    pub ipv4: String,
     #[serde(default)]
     pub ipv6: Option<Ipv6Addr>,
 }
@@ -238,6 +281,25 @@ pub struct AdminFile {
     pub address: Option<SocketAddr>,
 }
 
+/// Where workloads, nodes and Services come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// The workloads file, reloaded when it changes.
+    File(PathBuf),
+    /// The Kubernetes API server.
+    Kubernetes(KubernetesSettings),
+}
+
+/// A validated `kubernetes` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSettings {
+    /// Where kubelet's pod cgroups are looked for (relative: under the
+    /// cgroup2 mount; `None`: the mount itself).
+    pub cgroup_root: Option<PathBuf>,
+    /// How long start-up waits for the first complete list.
+    pub sync_timeout: Duration,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -249,7 +311,7 @@ pub struct Config {
     pub outbound_port: u16,
     pub tunnel_port: u16,
     pub admin_addr: SocketAddr,
-    pub workloads_file: PathBuf,
+    pub discovery: Discovery,
     pub identity_dir: PathBuf,
     pub cert_lifetime: Duration,
     pub mtls: MtlsMode,
@@ -277,7 +339,17 @@ impl Config {
     }
 
     /// Validates a decoded file; `path` anchors relative paths and errors.
+    /// An unset `node` is taken from `NODE_NAME`.
     pub fn from_file(path: &Path, file: ConfigFile) -> Result<Self, ConfigError> {
+        Self::from_file_with_env(path, file, std::env::var("NODE_NAME").ok())
+    }
+
+    /// [`Config::from_file`] with `NODE_NAME` given.
+    pub fn from_file_with_env(
+        path: &Path,
+        file: ConfigFile,
+        node_name_env: Option<String>,
+    ) -> Result<Self, ConfigError> {
         let ConfigFile {
             node,
             pod_cgroup,
@@ -285,7 +357,9 @@ impl Config {
             proxy_addresses: ProxyAddressesFile { ipv4, ipv6 },
             ports: PortsFile { outbound, tunnel },
             admin: AdminFile { address },
+            discovery,
             workloads_file,
+            kubernetes,
             identity: IdentityFile { dir, cert_lifetime },
             mtls,
             policy:
@@ -305,12 +379,17 @@ impl Config {
             tunnel: tunnel_file,
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
+        let node = node.or(node_name_env).unwrap_or_default();
         if node.trim().is_empty() {
-            return Err(bad("node", "must not be empty"));
+            return Err(bad(
+                "node",
+                "must be set (here or in NODE_NAME) and not be empty",
+            ));
         }
         if mesh_cidrs.is_empty() {
             return Err(bad("meshCidrs", "must list at least one CIDR"));
         }
+        let ipv4 = from_env_or_literal(&ipv4).map_err(|msg| bad("proxyAddresses.ipv4", &msg))?;
         if ipv4.is_unspecified() || ipv4.is_broadcast() {
             return Err(bad("proxyAddresses.ipv4", "must be a unicast address"));
         }
@@ -376,6 +455,7 @@ impl Config {
             Some(f) => AccessLog::new(f).map_err(|e| bad("accessLog.sampling", &e.to_string()))?,
         };
         let tunnel = tunnel_settings(path, tunnel_file)?;
+        let discovery = discovery_settings(path, discovery, workloads_file, kubernetes)?;
         Ok(Self {
             node,
             pod_cgroup,
@@ -385,7 +465,7 @@ impl Config {
             outbound_port,
             tunnel_port,
             admin_addr: address.unwrap_or(DEFAULT_ADMIN_ADDR),
-            workloads_file: base.join(workloads_file),
+            discovery,
             identity_dir: base.join(dir),
             cert_lifetime,
             mtls: mtls.unwrap_or(MtlsMode::Strict),
@@ -406,6 +486,55 @@ impl Config {
             tunnel,
             source: path.to_owned(),
         })
+    }
+}
+
+/// Validates `discovery`, `workloadsFile` and `kubernetes` together: each
+/// source needs its own settings and rejects the other's.
+fn discovery_settings(
+    path: &Path,
+    mode: Option<DiscoveryFile>,
+    workloads_file: Option<PathBuf>,
+    kubernetes: KubernetesFile,
+) -> Result<Discovery, ConfigError> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let KubernetesFile {
+        cgroup_root,
+        sync_timeout,
+    } = kubernetes;
+    let kubernetes_set = cgroup_root.is_some() || sync_timeout.is_some();
+    match mode.unwrap_or(DiscoveryFile::File) {
+        DiscoveryFile::File => {
+            if kubernetes_set {
+                let msg = "only applies with `discovery: kubernetes`";
+                return Err(ConfigError::invalid(path, "kubernetes", msg));
+            }
+            let file = workloads_file.ok_or_else(|| {
+                let msg = "must be set with `discovery: file` (the default)";
+                ConfigError::invalid(path, "workloadsFile", msg)
+            })?;
+            Ok(Discovery::File(base.join(file)))
+        }
+        DiscoveryFile::Kubernetes => {
+            if workloads_file.is_some() {
+                let msg =
+                    "must not be set with `discovery: kubernetes` (the API server is the source)";
+                return Err(ConfigError::invalid(path, "workloadsFile", msg));
+            }
+            let sync_timeout = match sync_timeout {
+                None => DEFAULT_KUBERNETES_SYNC_TIMEOUT,
+                Some(text) => parse_duration(&text)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        let msg = "must be a duration above zero, like `30s` or `2m`";
+                        ConfigError::invalid(path, "kubernetes.syncTimeout", msg)
+                    })?,
+            };
+            Ok(Discovery::Kubernetes(KubernetesSettings {
+                cgroup_root,
+                sync_timeout,
+            }))
+        }
     }
 }
 
@@ -495,3 +624,18 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests;
+
+/// `text` as an address, or, when it is `${NAME}`, the address in the
+/// environment variable NAME.
+fn from_env_or_literal(text: &str) -> Result<Ipv4Addr, String> {
+    let Some(name) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
+        return text
+            .parse()
+            .map_err(|_| format!("{text:?} is neither an IPv4 address nor ${{NAME}}"));
+    };
+    let value =
+        std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+    value
+        .parse()
+        .map_err(|_| format!("{name}={value:?} is not an IPv4 address"))
+}

@@ -2,6 +2,9 @@
 //! when it changes (a bad file is reported and the last good one stays),
 //! mints certificates for new local identities, renews them at half life,
 //! and closes idle pooled tunnels.
+//!
+//! A new registry, from the file or from the Kubernetes API server, goes
+//! in force through one path: [`RegistrySwap::apply`].
 
 use std::{
     collections::HashSet,
@@ -27,11 +30,20 @@ const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// The state the loop maintains and where it comes from.
 pub struct Control {
     pub node: String,
-    pub workloads_file: PathBuf,
+    /// The workloads file to poll; `None` when the registry comes from
+    /// the Kubernetes API server (through [`Control::swap`]).
+    pub workloads_file: Option<PathBuf>,
     pub cgroup_mount: PathBuf,
     pub registry: Arc<ArcSwap<Registry>>,
     pub certs: Arc<CertStore>,
     pub pool: Arc<Pool>,
+    pub metrics: Arc<Metrics>,
+    pub swap: Arc<RegistrySwap>,
+}
+
+/// Puts a new registry in force and tells everything that depends on it.
+pub struct RegistrySwap {
+    pub registry: Arc<ArcSwap<Registry>>,
     pub metrics: Arc<Metrics>,
     /// Open connections are re-judged when workloads (labels) change.
     pub authz: Arc<Authz>,
@@ -79,7 +91,8 @@ impl Control {
 
     /// Runs until `shutdown` flips.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut last = std::fs::read(&self.workloads_file).ok();
+        let read = |f: &Option<PathBuf>| f.as_ref().and_then(|f| std::fs::read(f).ok());
+        let mut last = read(&self.workloads_file);
         let mut pruned = Instant::now();
         loop {
             let wait = self.until_next_renewal().min(POLL);
@@ -87,7 +100,7 @@ impl Control {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
-            let current = std::fs::read(&self.workloads_file).ok();
+            let current = read(&self.workloads_file);
             if current.is_some() && current != last {
                 last = current;
                 self.reload();
@@ -112,57 +125,11 @@ impl Control {
     }
 
     fn reload(&self) {
-        match Registry::load(&self.workloads_file, &self.node, &self.cgroup_mount) {
-            Ok(mut registry) => {
-                registry.inherit_loads(&self.registry.load());
-                log_warnings(&registry);
-                tracing::info!(
-                    workloads = registry.all().len(),
-                    services = registry.services().all().len(),
-                    "workloads file reloaded"
-                );
-                self.registry.store(Arc::new(registry));
-                let registry = self.registry.load();
-                self.authz.workloads_changed(&registry);
-                self.reloaded.send_replace(());
-                let workloads: HashSet<(&str, &str)> = registry
-                    .all()
-                    .iter()
-                    .map(|w| (w.namespace.as_str(), w.name.as_str()))
-                    .collect();
-                let accounts: HashSet<(&str, &str)> = registry
-                    .all()
-                    .iter()
-                    .map(|w| (w.namespace.as_str(), w.service_account.as_str()))
-                    .collect();
-                let principal_exists = |p: &str| {
-                    SpiffeId::parse(p)
-                        .ok()
-                        .and_then(|id| id.namespace_and_sa().map(|k| accounts.contains(&k)))
-                        .unwrap_or(false)
-                };
-                let services: HashSet<&str> = registry
-                    .services()
-                    .all()
-                    .iter()
-                    .map(|s| s.id.as_str())
-                    .collect();
-                let pruned = self.metrics.prune_workloads(
-                    |ns, name| workloads.contains(&(ns, name)),
-                    principal_exists,
-                    |s| services.contains(s),
-                );
-                if pruned > 0 {
-                    tracing::debug!(
-                        series = pruned,
-                        "dropped the metric series of departed workloads"
-                    );
-                }
-                self.metrics
-                    .workloads_reloads
-                    .with_label_values(&["ok"])
-                    .inc();
-            }
+        let Some(file) = &self.workloads_file else {
+            return;
+        };
+        match Registry::load(file, &self.node, &self.cgroup_mount) {
+            Ok(registry) => self.swap.apply(registry, "workloads file"),
             Err(e) => {
                 tracing::error!(error = %e, "workloads file rejected; keeping the last good one");
                 self.metrics
@@ -170,6 +137,67 @@ impl Control {
                     .with_label_values(&["error"])
                     .inc();
             }
+        }
+    }
+}
+
+impl RegistrySwap {
+    /// Swaps `registry` in (keeping the Services' load state), re-judges
+    /// open connections, tells the tunnel server, and drops the metric
+    /// series of departed workloads. `source` names where it came from.
+    pub fn apply(&self, mut registry: Registry, source: &str) {
+        registry.inherit_loads(&self.registry.load());
+        log_warnings(&registry);
+        tracing::info!(
+            workloads = registry.all().len(),
+            services = registry.services().all().len(),
+            source,
+            "workloads reloaded"
+        );
+        self.registry.store(Arc::new(registry));
+        let registry = self.registry.load();
+        self.authz.workloads_changed(&registry);
+        self.reloaded.send_replace(());
+        self.prune_metrics(&registry);
+        self.metrics
+            .workloads_reloads
+            .with_label_values(&["ok"])
+            .inc();
+    }
+
+    fn prune_metrics(&self, registry: &Registry) {
+        let workloads: HashSet<(&str, &str)> = registry
+            .all()
+            .iter()
+            .map(|w| (w.namespace.as_str(), w.name.as_str()))
+            .collect();
+        let accounts: HashSet<(&str, &str)> = registry
+            .all()
+            .iter()
+            .map(|w| (w.namespace.as_str(), w.service_account.as_str()))
+            .collect();
+        let principal_exists = |p: &str| {
+            SpiffeId::parse(p)
+                .ok()
+                .and_then(|id| id.namespace_and_sa().map(|k| accounts.contains(&k)))
+                .unwrap_or(false)
+        };
+        let services: HashSet<&str> = registry
+            .services()
+            .all()
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect();
+        let pruned = self.metrics.prune_workloads(
+            |ns, name| workloads.contains(&(ns, name)),
+            principal_exists,
+            |s| services.contains(s),
+        );
+        if pruned > 0 {
+            tracing::debug!(
+                series = pruned,
+                "dropped the metric series of departed workloads"
+            );
         }
     }
 }

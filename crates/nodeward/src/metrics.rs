@@ -101,6 +101,9 @@ pub struct Metrics {
     pub certificate_expiry: IntGaugeVec,
     /// Workloads file reloads, by result (ok|error).
     pub workloads_reloads: IntCounterVec,
+    /// Kubernetes watch failures (each is followed by a restart after a
+    /// backoff), by kind (pod|namespace|service|endpointslice|node).
+    pub discovery_watch_errors: IntCounterVec,
     /// 1 for the configured inbound mTLS mode.
     pub mtls_mode: IntGaugeVec,
     /// Policy directory reloads, by result (ok|error).
@@ -262,6 +265,11 @@ impl Metrics {
                 "workloads_reloads_total",
                 "Workloads file reloads",
                 &["result"],
+            ),
+            discovery_watch_errors: counters(
+                "discovery_watch_errors_total",
+                "Kubernetes watch failures (list, watch, cut, 410 Gone), each retried after a backoff",
+                &["kind"],
             ),
             mtls_mode: gauges(
                 "mtls_mode",
@@ -1080,3 +1088,11 @@ mod tests {
 
 #[cfg(test)]
 mod relay_tests;
+
+impl nodeward_kube::WatchTelemetry for Metrics {
+    fn watch_error(&self, kind: nodeward_kube::Kind) {
+        self.discovery_watch_errors
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+}

@@ -25,8 +25,8 @@ use nodeward_workloads::{cgroup, Registry};
 
 use crate::{
     admin::{self, AdminState, LogControl, Readiness},
-    config::{Config, ConfigError},
-    control::Control,
+    config::{Config, ConfigError, Discovery, KubernetesSettings, KUBERNETES_DEBOUNCE},
+    control::{Control, RegistrySwap},
     lifecycle,
     metrics::Metrics,
     reload,
@@ -55,6 +55,10 @@ pub enum RunError {
     AlreadyRunning(std::path::PathBuf),
     #[error("looking for a running nodeward: {0}")]
     Handover(#[source] std::io::Error),
+    /// Taking over on an empty registry would drop every pod the running
+    /// instance serves: it keeps serving instead.
+    #[error("no complete list from the Kubernetes API server within {0:?}: not taking over from the running nodeward")]
+    DiscoveryTimeout(Duration),
 }
 
 impl RunError {
@@ -103,7 +107,16 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let pod_cgroup = cgroup::resolve(&mount, &cfg.pod_cgroup);
     cgroup::cgroup_id(&pod_cgroup)
         .map_err(|e| ConfigError::invalid(&cfg.source, "podCgroup", e))?;
-    let registry = Registry::load(&cfg.workloads_file, &cfg.node, &mount)?;
+    let (registry, kubernetes) = match &cfg.discovery {
+        Discovery::File(file) => (Registry::load(file, &cfg.node, &mount)?, None),
+        Discovery::Kubernetes(settings) => {
+            let client = nodeward_kube::connect()
+                .await
+                .map_err(|e| ConfigError::invalid(&cfg.source, "discovery", e))?;
+            // Empty until the API server's first complete list arrives.
+            (Registry::default(), Some((client, settings.clone())))
+        }
+    };
     crate::control::log_warnings(&registry);
     let registry = Arc::new(ArcSwap::from_pointee(registry));
     let ca = NodeCa::load(&cfg.identity_dir)
@@ -127,16 +140,34 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let certs = Arc::new(CertStore::new(ca, cfg.cert_lifetime));
     let pool = Arc::new(Pool::new(bundle.clone(), observer.clone()));
     let (reloaded, workloads_rx) = watch::channel(());
+    let swap = Arc::new(RegistrySwap {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        authz: authz.clone(),
+        reloaded,
+    });
     let control = Control {
         node: cfg.node.clone(),
-        workloads_file: cfg.workloads_file.clone(),
+        workloads_file: match &cfg.discovery {
+            Discovery::File(file) => Some(file.clone()),
+            Discovery::Kubernetes(_) => None,
+        },
         cgroup_mount: mount.clone(),
         registry: registry.clone(),
         certs: certs.clone(),
         pool: pool.clone(),
         metrics: metrics.clone(),
-        authz: authz.clone(),
-        reloaded,
+        swap: swap.clone(),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let discovery = match kubernetes {
+        Some((client, settings)) => {
+            let started =
+                start_discovery(&cfg, &mount, client, &settings, swap, &metrics, &stop_rx);
+            let (status, task) = started.wait(settings.sync_timeout, predecessor).await?;
+            Some((status, task))
+        }
+        None => None,
     };
     control.sync_certs();
 
@@ -161,6 +192,10 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     metrics.register_kernel(kernel);
     let readiness = Arc::new(Readiness::new());
     readiness.set_bpf_attached(true);
+    let discovery_task = discovery.map(|(status, task)| {
+        readiness.set_discovery(status);
+        task
+    });
     metrics
         .mtls_mode
         .with_label_values(&[cfg.mtls.as_str()])
@@ -170,7 +205,6 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         .filter_map(|l| l.local_addr().ok())
         .collect();
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let dialer = Dialer {
         ipv4: cfg.proxy_ipv4,
         ipv6: cfg.proxy_ipv6,
@@ -285,6 +319,9 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         }
     }
     let _ = control_task.await;
+    if let Some(task) = discovery_task {
+        let _ = task.await;
+    }
     let _ = policy_task.await;
     let _ = modes_task.await;
     drain(&metrics, cfg.drain_deadline, &drain_control).await;
@@ -292,6 +329,77 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The Kubernetes watches, started; [`StartedDiscovery::wait`] waits for
+/// their first complete list.
+struct StartedDiscovery {
+    status: Arc<nodeward_kube::Status>,
+    task: tokio::task::JoinHandle<()>,
+    first: watch::Receiver<bool>,
+}
+
+/// Starts watching the API server; every registry it builds goes in force
+/// through `swap`, as a file reload does.
+fn start_discovery(
+    cfg: &Config,
+    mount: &Path,
+    client: nodeward_kube::Client,
+    settings: &KubernetesSettings,
+    swap: Arc<RegistrySwap>,
+    metrics: &Arc<Metrics>,
+    stop: &watch::Receiver<bool>,
+) -> StartedDiscovery {
+    let status = Arc::new(nodeward_kube::Status::default());
+    let discovery = nodeward_kube::Discovery {
+        node: cfg.node.clone(),
+        cgroup_mount: mount.to_owned(),
+        cgroup_root: settings
+            .cgroup_root
+            .as_deref()
+            .map_or_else(|| mount.to_owned(), |r| cgroup::resolve(mount, r)),
+        debounce: KUBERNETES_DEBOUNCE,
+        status: status.clone(),
+        telemetry: metrics.clone(),
+    };
+    let (first_tx, first) = watch::channel(false);
+    let apply = move |registry| {
+        swap.apply(registry, nodeward_kube::SOURCE);
+        first_tx.send_replace(true);
+    };
+    let task = tokio::spawn(discovery.run(client, apply, stop.clone()));
+    StartedDiscovery {
+        status,
+        task,
+        first,
+    }
+}
+
+impl StartedDiscovery {
+    /// Waits up to `timeout` for the first registry from the API server, so
+    /// that no pod is refused for being unknown once the programs attach.
+    /// Past it, start-up goes on with the empty registry (which enrols no
+    /// pod) and `/ready` stays 503 until the list arrives, unless a running
+    /// instance would be replaced: that one keeps serving instead.
+    async fn wait(
+        mut self,
+        timeout: Duration,
+        predecessor: bool,
+    ) -> Result<(Arc<nodeward_kube::Status>, tokio::task::JoinHandle<()>), RunError> {
+        let first = tokio::time::timeout(timeout, self.first.wait_for(|done| *done)).await;
+        if first.is_err() {
+            if predecessor {
+                self.task.abort();
+                return Err(RunError::DiscoveryTimeout(timeout));
+            }
+            tracing::error!(
+                timeout = ?timeout,
+                "no complete list from the Kubernetes API server yet: serving with no workloads \
+                 (no pod is redirected) and not ready until it arrives"
+            );
+        }
+        Ok((self.status, self.task))
+    }
 }
 
 /// Every address of this network namespace's interfaces (node IPs, bridge

@@ -232,6 +232,42 @@ async fn ready_lists_every_unmet_condition() {
 }
 
 #[tokio::test]
+async fn kubernetes_discovery_is_ready_after_the_first_list_and_says_when_stale() {
+    let admin = Setup {
+        bpf: true,
+        certs: true,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    admin.state.authz.replace(policy_set());
+    let status = Arc::new(nodeward_kube::Status::default());
+    admin.state.readiness.set_discovery(status.clone());
+    let r = admin.get("/ready").await;
+    assert_eq!(
+        (r.status, r.json()["discoverySynced"].clone()),
+        (503, Value::Bool(false))
+    );
+    for kind in nodeward_kube::Kind::ALL {
+        status.listed(kind);
+    }
+    let r = admin.get("/ready").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+    // The API server went away: still serving the last state, and saying so.
+    status.failed();
+    let r = admin.get("/ready").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.starts_with("ready\ndiscovery stale since 20"),
+        "{}",
+        r.body
+    );
+    status.healthy();
+    let r = admin.get("/ready").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+}
+
+#[tokio::test]
 async fn ready_only_when_attached_certified_and_policy_loaded() {
     let admin = Setup {
         bpf: true,

@@ -14,9 +14,70 @@ policy:
 ";
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_with_env(text, None)
+}
+
+fn parse_with_env(text: &str, node_name: Option<&str>) -> Result<Config, ConfigError> {
     let path = Path::new("/etc/nodeward/config.yaml");
     let file = yaml::decode(path, text)?;
-    Config::from_file(path, file)
+    Config::from_file_with_env(path, file, node_name.map(str::to_owned))
+}
+
+#[test]
+fn kubernetes_discovery_takes_its_settings_and_no_workloads_file() {
+    let text = GOOD.replace(
+        "workloadsFile: workloads.yaml",
+        "discovery: kubernetes\nkubernetes:\n  cgroupRoot: kubelet\n  syncTimeout: 5s",
+    );
+    let cfg = parse(&text).expect("valid");
+    assert_eq!(
+        cfg.discovery,
+        Discovery::Kubernetes(KubernetesSettings {
+            cgroup_root: Some(PathBuf::from("kubelet")),
+            sync_timeout: Duration::from_secs(5),
+        })
+    );
+    let text = GOOD.replace("workloadsFile: workloads.yaml", "discovery: kubernetes");
+    let cfg = parse(&text).expect("valid");
+    assert_eq!(
+        cfg.discovery,
+        Discovery::Kubernetes(KubernetesSettings {
+            cgroup_root: None,
+            sync_timeout: DEFAULT_KUBERNETES_SYNC_TIMEOUT,
+        })
+    );
+}
+
+#[test]
+fn each_discovery_source_rejects_the_others_settings() {
+    let both = GOOD.replace("workloadsFile:", "discovery: kubernetes\nworkloadsFile:");
+    let err = parse(&both).expect_err("both").to_string();
+    assert!(err.contains("workloadsFile"), "{err}");
+    let stray = format!("{GOOD}kubernetes:\n  syncTimeout: 5s\n");
+    let err = parse(&stray).expect_err("stray").to_string();
+    assert!(err.contains("kubernetes"), "{err}");
+    let none = GOOD.replace("workloadsFile: workloads.yaml\n", "");
+    let err = parse(&none).expect_err("no file").to_string();
+    assert!(err.contains("workloadsFile"), "{err}");
+    let bad = GOOD.replace(
+        "workloadsFile: workloads.yaml",
+        "discovery: kubernetes\nkubernetes: {syncTimeout: 0s}",
+    );
+    let err = parse(&bad).expect_err("zero").to_string();
+    assert!(err.contains("kubernetes.syncTimeout"), "{err}");
+}
+
+#[test]
+fn the_node_name_falls_back_to_node_name_from_the_downward_api() {
+    let text = GOOD.replace("node: node-a\n", "");
+    let cfg = parse_with_env(&text, Some("worker-7")).expect("valid");
+    assert_eq!(cfg.node, "worker-7");
+    let cfg = parse_with_env(GOOD, Some("worker-7")).expect("valid");
+    assert_eq!(cfg.node, "node-a", "the config wins");
+    let err = parse_with_env(&text, None)
+        .expect_err("no name")
+        .to_string();
+    assert!(err.contains("NODE_NAME"), "{err}");
 }
 
 #[test]
@@ -25,8 +86,8 @@ fn defaults_fill_ports_and_admin_and_paths_are_relative_to_the_file() {
     assert_eq!(cfg.outbound_port, 15001);
     assert_eq!(cfg.admin_addr, DEFAULT_ADMIN_ADDR);
     assert_eq!(
-        cfg.workloads_file,
-        Path::new("/etc/nodeward/workloads.yaml")
+        cfg.discovery,
+        Discovery::File(PathBuf::from("/etc/nodeward/workloads.yaml"))
     );
     assert_eq!(cfg.mesh_cidrs.len(), 2);
     assert_eq!(cfg.tunnel_port, 15008);
@@ -234,4 +295,51 @@ fn tunnel_values_that_would_close_everything_are_refused_by_field() {
         .expect_err("unknown field")
         .to_string();
     assert!(err.contains("idle"), "{err}");
+}
+
+#[test]
+fn the_proxy_address_may_come_from_the_environment() {
+    // A variable no other test sets; tests in this file run in parallel.
+    std::env::set_var("NW_TEST_PROXY_ADDR_OK", "10.1.2.3");
+    let text = GOOD.replace("ipv4: 10.20.1.1", "ipv4: ${NW_TEST_PROXY_ADDR_OK}");
+    assert_ne!(text, GOOD, "GOOD names the proxy address");
+    let cfg = parse(&text).expect("valid");
+    assert_eq!(cfg.proxy_ipv4, std::net::Ipv4Addr::new(10, 1, 2, 3));
+    let unset = GOOD.replace("ipv4: 10.20.1.1", "ipv4: ${NW_TEST_PROXY_ADDR_UNSET}");
+    let err = parse(&unset).expect_err("unset").to_string();
+    assert!(
+        err.contains("proxyAddresses.ipv4") && err.contains("not set"),
+        "{err}"
+    );
+    let bad = GOOD.replace("ipv4: 10.20.1.1", "ipv4: HOST_IP");
+    let err = parse(&bad).expect_err("not an address").to_string();
+    assert!(err.contains("proxyAddresses.ipv4"), "{err}");
+}
+
+/// The config `deploy/` ships in its ConfigMap is one this binary accepts,
+/// with the environment the DaemonSet gives it.
+#[test]
+fn the_deploy_configmap_config_is_accepted() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/20-config.yaml"),
+    )
+    .expect("deploy/20-config.yaml");
+    let (_, block) = manifest
+        .split_once("config.yaml: |\n")
+        .expect("a config.yaml entry");
+    let text: String = block
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    // The DaemonSet's downward API; no other test reads HOST_IP.
+    std::env::set_var("HOST_IP", "192.0.2.7");
+    let cfg = parse_with_env(&text, Some("worker-1")).expect("the shipped config");
+    assert_eq!(cfg.node, "worker-1");
+    assert_eq!(cfg.proxy_ipv4, std::net::Ipv4Addr::new(192, 0, 2, 7));
+    assert!(
+        matches!(cfg.discovery, Discovery::Kubernetes { .. }),
+        "{:?}",
+        cfg.discovery
+    );
 }

@@ -1,0 +1,410 @@
+//! Kubernetes discovery: the API server as the source of workloads, nodes
+//! and Services.
+//!
+//! Pods (all namespaces), Namespaces, Services, EndpointSlices and Nodes are
+//! watched with kube-rs watchers (which re-list on `410 Gone` and back off
+//! on errors) into reflector stores. After a change, and at most every
+//! debounce interval, the stores are converted ([`convert`]) into the same
+//! registry input the workloads file gives, built into a
+//! [`Registry`], and handed to the caller, which swaps it in exactly as
+//! for a file reload.
+//!
+//! Owns: talking to the API server, what a pod/Service/node means for the
+//! registry, finding local pods' cgroups ([`cgroup`]), watch health
+//! ([`Status`]).
+//! Must not know: sockets, kernel programs, policies, metrics (errors are
+//! counted through [`WatchTelemetry`]).
+#![forbid(unsafe_code)]
+
+use std::{
+    collections::HashSet,
+    fmt::Debug,
+    hash::Hash,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures_util::{pin_mut, StreamExt, TryStreamExt};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    runtime::{
+        reflector::{self, Store},
+        watcher::{self, Event},
+        WatchStreamExt,
+    },
+    Api, Resource,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{watch, Notify};
+
+use nodeward_workloads::Registry;
+
+/// The API server client ([`connect`] makes one).
+pub use kube::Client;
+
+pub mod cgroup;
+pub mod convert;
+pub mod strip;
+
+pub use convert::{convert, Converted, Snapshot, MESH_LABEL};
+pub use strip::PodInfo;
+
+/// Objects per page of a (re-)list: bounds the memory one response takes.
+const PAGE_SIZE: u32 = 500;
+/// How often the API server is probed while the watches fail.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How soon a local pod whose cgroup was missing is looked for again.
+const CGROUP_RETRY: Duration = Duration::from_secs(1);
+/// The name errors give the API source (in place of a file path).
+pub const SOURCE: &str = "kubernetes";
+
+/// The watched kinds, as metrics and logs name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Pod,
+    Namespace,
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl Kind {
+    /// Every watched kind.
+    pub const ALL: [Kind; 5] = [
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+    ];
+
+    /// Stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Namespace => "namespace",
+            Self::Service => "service",
+            Self::EndpointSlice => "endpointslice",
+            Self::Node => "node",
+        }
+    }
+}
+
+/// No client could be made: no in-cluster service account and no usable
+/// `KUBECONFIG`.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to the Kubernetes API server: {0}")]
+pub struct ConnectError(#[source] kube::Error);
+
+/// A client from the in-cluster service account, or from `KUBECONFIG`
+/// (or `~/.kube/config`) outside a cluster.
+pub async fn connect() -> Result<Client, ConnectError> {
+    Client::try_default().await.map_err(ConnectError)
+}
+
+/// Where watch failures are counted (the binary's metrics).
+pub trait WatchTelemetry: Send + Sync {
+    /// A watch of `kind` failed (list, watch start, stream cut, `410 Gone`);
+    /// the watcher restarts it after a backoff.
+    fn watch_error(&self, kind: Kind);
+}
+
+/// Watch health, for `/ready`.
+#[derive(Debug, Default)]
+pub struct Status {
+    inner: Mutex<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    /// Kinds whose first complete list arrived.
+    listed: HashSet<Kind>,
+    /// Since when the watches fail (the registry is the last known state).
+    stale_since: Option<SystemTime>,
+    last_error: Option<Instant>,
+}
+
+impl Status {
+    /// Whether every kind has been listed completely at least once.
+    pub fn synced(&self) -> bool {
+        self.lock().listed.len() == Kind::ALL.len()
+    }
+
+    /// Since when the API server has been unreachable (or the watches
+    /// failing); `None` while they are healthy.
+    pub fn stale_since(&self) -> Option<SystemTime> {
+        self.lock().stale_since
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        // A panic elsewhere must not take readiness down with it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the first (or a new) complete list of `kind`.
+    pub fn listed(&self, kind: Kind) {
+        let mut s = self.lock();
+        s.listed.insert(kind);
+        s.stale_since = None;
+    }
+
+    /// Records a failed watch: stale from now, unless already.
+    pub fn failed(&self) {
+        let mut s = self.lock();
+        s.stale_since.get_or_insert_with(SystemTime::now);
+        s.last_error = Some(Instant::now());
+    }
+
+    /// Records that a watch delivered something: the API server is back.
+    pub fn healthy(&self) {
+        self.lock().stale_since = None;
+    }
+
+    /// The API server answered a probe: healthy unless a watch failed
+    /// since the previous probe.
+    fn probe_ok(&self) {
+        let mut s = self.lock();
+        if s.last_error.is_none_or(|t| t.elapsed() >= PROBE_EVERY) {
+            s.stale_since = None;
+        }
+    }
+}
+
+/// What the discovery loop needs besides the client.
+pub struct Discovery {
+    /// This node's name.
+    pub node: String,
+    /// The cgroup2 mount (the registry resolves cgroup ids under it).
+    pub cgroup_mount: PathBuf,
+    /// Where kubelet's `kubepods` hierarchy lives (usually the mount).
+    pub cgroup_root: PathBuf,
+    /// Quiet time after a change before the registry is rebuilt, so a
+    /// burst of events costs one rebuild.
+    pub debounce: Duration,
+    pub status: Arc<Status>,
+    pub telemetry: Arc<dyn WatchTelemetry>,
+}
+
+/// The reflector stores of every watched kind.
+#[derive(Clone)]
+struct Stores {
+    pods: Store<PodInfo>,
+    namespaces: Store<Namespace>,
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+}
+
+impl Stores {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            pods: self.pods.state(),
+            namespaces: self.namespaces.state(),
+            services: self.services.state(),
+            endpoint_slices: self.endpoint_slices.state(),
+            nodes: self.nodes.state(),
+        }
+    }
+}
+
+impl Discovery {
+    /// Watches until `shutdown` flips, calling `apply` with each new
+    /// registry: the first once every kind has been listed, then after
+    /// changes. While the API server is away nothing is applied, so the
+    /// last registry stays in force.
+    pub async fn run<F>(self, client: Client, mut apply: F, mut shutdown: watch::Receiver<bool>)
+    where
+        F: FnMut(Registry) + Send,
+    {
+        let changed = Arc::new(Notify::new());
+        let (stores, tasks) = self.spawn_watches(&client, &changed);
+        let mut retry = false;
+        loop {
+            let stale = self.status.stale_since().is_some();
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(CGROUP_RETRY), if retry => {}
+                _ = tokio::time::sleep(PROBE_EVERY), if stale => {
+                    if client.apiserver_version().await.is_ok() {
+                        self.status.probe_ok();
+                    }
+                    continue;
+                }
+                _ = shutdown.changed() => break,
+            }
+            if !self.status.synced() {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.debounce) => {}
+                _ = shutdown.changed() => break,
+            }
+            retry = match self.rebuild(&stores) {
+                Ok((registry, waiting)) => {
+                    apply(registry);
+                    waiting
+                }
+                Err(()) => true,
+            };
+        }
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    /// Converts the stores into a registry; also says whether a local pod
+    /// is still waiting for its cgroup (look again soon).
+    fn rebuild(&self, stores: &Stores) -> Result<(Registry, bool), ()> {
+        let snapshot = stores.snapshot();
+        let finder = convert::cgroup_finder(&self.cgroup_root);
+        let Converted {
+            file,
+            skipped,
+            waiting_for_cgroup,
+        } = convert(&snapshot, &self.node, &finder);
+        for why in &skipped {
+            tracing::debug!(reason = %why, "object left out of the registry");
+        }
+        match Registry::build(Path::new(SOURCE), file, &self.node, &self.cgroup_mount) {
+            Ok(registry) => Ok((registry, waiting_for_cgroup > 0)),
+            Err(e) => {
+                // A cgroup can vanish between finding and reading it (a pod
+                // stopping): try again shortly with fresh state.
+                tracing::warn!(error = %e, "registry from the API server rejected; keeping the last one");
+                Err(())
+            }
+        }
+    }
+
+    fn spawn_watches(
+        &self,
+        client: &Client,
+        changed: &Arc<Notify>,
+    ) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
+        let mut tasks = Vec::new();
+        let ctx = |kind| Ctx {
+            kind,
+            status: self.status.clone(),
+            telemetry: self.telemetry.clone(),
+            changed: changed.clone(),
+        };
+        let (pods, w) = reflector::store();
+        tasks.push(tokio::spawn(watch_kind(
+            Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
+            w,
+            PodInfo::from,
+            ctx(Kind::Pod),
+        )));
+        let (namespaces, w) = reflector::store();
+        tasks.push(tokio::spawn(watch_kind(
+            Api::all(client.clone()),
+            w,
+            |mut o: Namespace| {
+                strip::namespace(&mut o);
+                o
+            },
+            ctx(Kind::Namespace),
+        )));
+        let (services, w) = reflector::store();
+        tasks.push(tokio::spawn(watch_kind(
+            Api::all(client.clone()),
+            w,
+            |mut o: Service| {
+                strip::service(&mut o);
+                o
+            },
+            ctx(Kind::Service),
+        )));
+        let (endpoint_slices, w) = reflector::store();
+        tasks.push(tokio::spawn(watch_kind(
+            Api::all(client.clone()),
+            w,
+            |mut o: EndpointSlice| {
+                strip::endpoint_slice(&mut o);
+                o
+            },
+            ctx(Kind::EndpointSlice),
+        )));
+        let (nodes, w) = reflector::store();
+        tasks.push(tokio::spawn(watch_kind(
+            Api::all(client.clone()),
+            w,
+            |mut o: Node| {
+                strip::node(&mut o);
+                o
+            },
+            ctx(Kind::Node),
+        )));
+        let stores = Stores {
+            pods,
+            namespaces,
+            services,
+            endpoint_slices,
+            nodes,
+        };
+        (stores, tasks)
+    }
+}
+
+/// What one watch reports to.
+struct Ctx {
+    kind: Kind,
+    status: Arc<Status>,
+    telemetry: Arc<dyn WatchTelemetry>,
+    changed: Arc<Notify>,
+}
+
+/// Watches one kind into its store for ever: the watcher re-lists after
+/// `410 Gone` and re-connects after cuts, with kube-rs' default backoff.
+/// `keep` turns each object into what the store keeps (see [`strip`]:
+/// 10 000 full pods would otherwise cost hundreds of MB).
+async fn watch_kind<K, T>(
+    api: Api<K>,
+    writer: reflector::store::Writer<T>,
+    keep: fn(K) -> T,
+    ctx: Ctx,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: reflector::Lookup + Clone + Send + Sync + 'static,
+    T::DynamicType: Default + Eq + Hash + Clone,
+{
+    let config = watcher::Config::default().page_size(PAGE_SIZE);
+    let events = watcher::watcher(api, config)
+        .map_ok(move |event| map_event(event, keep))
+        .default_backoff();
+    let stream = reflector::reflector(writer, events);
+    pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::InitDone) => {
+                ctx.status.listed(ctx.kind);
+                ctx.changed.notify_one();
+            }
+            Ok(Event::Apply(_) | Event::Delete(_)) => {
+                ctx.status.healthy();
+                ctx.changed.notify_one();
+            }
+            Ok(Event::Init | Event::InitApply(_)) => ctx.status.healthy(),
+            Err(e) => {
+                tracing::warn!(kind = ctx.kind.as_str(), error = %e, "Kubernetes watch failed; retrying with backoff");
+                ctx.telemetry.watch_error(ctx.kind);
+                ctx.status.failed();
+            }
+        }
+    }
+}
+
+/// `event` with its object(s) turned into what the store keeps.
+fn map_event<K, T>(event: Event<K>, keep: fn(K) -> T) -> Event<T> {
+    match event {
+        Event::Apply(o) => Event::Apply(keep(o)),
+        Event::Delete(o) => Event::Delete(keep(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(keep(o)),
+        Event::InitDone => Event::InitDone,
+    }
+}
