@@ -258,7 +258,7 @@ pub struct ProxyAddressesFile {
     /// An IPv4 address, or `${NAME}` for one read from the environment
     /// variable NAME (a DaemonSet passes the node's address, which differs
     /// per node, as `status.hostIP`).
-    pub ipv4: String,
+    pub ipv4: AddrOrEnv,
     #[serde(default)]
     pub ipv6: Option<Ipv6Addr>,
 }
@@ -389,7 +389,9 @@ impl Config {
         if mesh_cidrs.is_empty() {
             return Err(bad("meshCidrs", "must list at least one CIDR"));
         }
-        let ipv4 = from_env_or_literal(&ipv4).map_err(|msg| bad("proxyAddresses.ipv4", &msg))?;
+        let ipv4 = ipv4
+            .resolve()
+            .map_err(|msg| bad("proxyAddresses.ipv4", &msg))?;
         if ipv4.is_unspecified() || ipv4.is_broadcast() {
             return Err(bad("proxyAddresses.ipv4", "must be a unicast address"));
         }
@@ -625,17 +627,39 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests;
 
-/// `text` as an address, or, when it is `${NAME}`, the address in the
-/// environment variable NAME.
-fn from_env_or_literal(text: &str) -> Result<Ipv4Addr, String> {
-    let Some(name) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
-        return text
-            .parse()
-            .map_err(|_| format!("{text:?} is neither an IPv4 address nor ${{NAME}}"));
-    };
-    let value =
-        std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
-    value
-        .parse()
-        .map_err(|_| format!("{name}={value:?} is not an IPv4 address"))
+/// An IPv4 address as written, or `${NAME}`: the one in the environment
+/// variable NAME when the config is validated. A malformed literal is a
+/// decode error at its own line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrOrEnv {
+    Literal(Ipv4Addr),
+    Env(String),
+}
+
+impl<'de> Deserialize<'de> for AddrOrEnv {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if let Some(name) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')) {
+            return Ok(Self::Env(name.to_owned()));
+        }
+        text.parse().map(Self::Literal).map_err(|_| {
+            serde::de::Error::custom(format!("{text:?} is neither an IPv4 address nor ${{NAME}}"))
+        })
+    }
+}
+
+impl AddrOrEnv {
+    /// The address, reading the environment for `${NAME}`.
+    fn resolve(&self) -> Result<Ipv4Addr, String> {
+        match self {
+            Self::Literal(addr) => Ok(*addr),
+            Self::Env(name) => {
+                let value = std::env::var(name)
+                    .map_err(|_| format!("environment variable {name} is not set"))?;
+                value
+                    .parse()
+                    .map_err(|_| format!("{name}={value:?} is not an IPv4 address"))
+            }
+        }
+    }
 }
