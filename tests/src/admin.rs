@@ -15,6 +15,26 @@ use crate::{
 };
 
 impl Cluster {
+    /// Runs `change` (an edit of the workloads file) and waits (up to
+    /// 10 s) until both node proxies reloaded it; whether they did.
+    pub fn reload_workloads(&self, change: impl FnOnce(&Self)) -> bool {
+        let count = |node| {
+            self.metric(
+                node,
+                "nodeward_workloads_reloads_total",
+                &[("result", "ok")],
+            )
+        };
+        let before = [count("node-a"), count("node-b")];
+        change(self);
+        let done = || count("node-a") > before[0] && count("node-b") > before[1];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done()
+    }
+
     /// `GET path` on a node proxy's admin port, from inside its netns:
     /// (status, headers, body).
     pub fn admin(&self, node: &str, path: &str) -> (u64, Value, String) {

@@ -356,24 +356,18 @@ impl Bench {
     /// once both proxies reloaded the workloads file.
     fn define_services(&self) {
         let c = &self.cluster;
-        let reloads = |n| c.metric(n, "nodeward_workloads_reloads_total", &[("result", "ok")]);
-        let before = [reloads("node-a"), reloads("node-b")];
         let service = |name: &str, vip: &str, pod: &str| {
             format!(
                 "  - {{name: {name}, namespace: shop, vips: ['{vip}'], ports: [{{port: {VIP_PORT}, targetPort: {PORT_MESH}}}], endpoints: ['{}']}}\n",
                 c.ip4(pod)
             )
         };
-        c.set_services(
-            &(service("bench-remote", VIP_REMOTE, REMOTE_POD)
-                + &service("bench-local", VIP_LOCAL, LOCAL_POD)),
-        );
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while (reloads("node-a") <= before[0] || reloads("node-b") <= before[1])
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        c.reload_workloads(|c| {
+            c.set_services(
+                &(service("bench-remote", VIP_REMOTE, REMOTE_POD)
+                    + &service("bench-local", VIP_LOCAL, LOCAL_POD)),
+            );
+        });
     }
 
     fn cgroup_root(&self) -> Result<PathBuf> {

@@ -26,23 +26,8 @@ fn spiffe(ns: &str, sa: &str) -> String {
 /// reloaded it and had time to apply it to the kernel (the kernel sync
 /// runs every 500 ms).
 fn reload(c: &Cluster, change: impl FnOnce(&Cluster)) {
-    let count = |node| {
-        c.metric(
-            node,
-            "nodeward_workloads_reloads_total",
-            &[("result", "ok")],
-        )
-    };
-    let before = [count("node-a"), count("node-b")];
-    change(c);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while (count("node-a") <= before[0] || count("node-b") <= before[1])
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
-        count("node-a") > before[0] && count("node-b") > before[1],
+        c.reload_workloads(change),
         "the workloads file was not reloaded"
     );
     std::thread::sleep(Duration::from_millis(1200));
@@ -310,4 +295,40 @@ fn a_service_without_endpoints_resets_and_a_removed_endpoint_keeps_its_connectio
         1,
         "the slow call went to backend"
     );
+}
+
+/// Hostile destinations a pod may dial through its proxy: an address of
+/// the node itself, and a VIP on a port its Service does not expose. Both
+/// are refused (reset) and counted, never dialled from the node.
+#[test]
+fn node_addresses_and_unexposed_service_ports_are_refused() {
+    if !require_root("node_addresses_and_unexposed_service_ports_are_refused") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo("backend", PORT);
+    // A listener on node-a itself, behind its bridge address (inside the
+    // mesh CIDRs, so the kernel hands the connection to the proxy).
+    c.serve_echo_on_node("node-a", PORT);
+    reload(&c, |c| c.set_services(&backend_service()));
+    let refused = |c: &Cluster, reason| {
+        c.metric(
+            "node-a",
+            "nodeward_outbound_refused_total",
+            &[("reason", reason)],
+        )
+    };
+    let r = c.call("frontend", addr(c.gateway4("node-a"), PORT), 100);
+    assert_ne!(r["intact"], true, "the proxy dialled its own node: {r}");
+    assert_eq!(refused(&c, "node_local"), 1.0);
+    let r = c.call(
+        "frontend",
+        addr(VIP.parse().expect("vip"), VIP_PORT + 1),
+        100,
+    );
+    assert_ne!(r["intact"], true, "{r}");
+    assert_eq!(refused(&c, "unknown_service_port"), 1.0);
+    // The exposed port still works.
+    let r = c.call("frontend", addr(VIP.parse().expect("vip"), VIP_PORT), 100);
+    assert_eq!(r["intact"], true, "{r}");
 }

@@ -404,11 +404,10 @@ impl Metrics {
     /// scrape time: log lines the non-blocking writer discarded because its
     /// queue was full (the proxy never waits for its log output).
     pub fn register_log_drops(&self, dropped: Arc<dyn Fn() -> u64 + Send + Sync>) {
-        let counter = IntCounter::with_opts(Opts::new(
+        let counter = unregistered_counter(
             "log_dropped_lines_total",
             "Log lines (access records included) dropped because the log writer fell behind",
-        ))
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        );
         let _ = self.registry.register(Box::new(ReadAtScrape {
             counter,
             dropped,
@@ -688,6 +687,13 @@ fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+/// A counter registered by hand (by a collector that reads it at scrape
+/// time).
+fn unregistered_counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::with_opts(Opts::new(name, help))
+        .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"))
+}
+
 fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric: {e}"));
     let _ = registry.register(Box::new(c.clone()));
@@ -753,21 +759,18 @@ impl KernelCollector {
             &["family"],
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let skipped = IntCounter::with_opts(Opts::new(
+        let skipped = unregistered_counter(
             "bpf_proxy_sockets_skipped_total",
             "Connects from the proxy's namespace left alone",
-        ))
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let unenrolled = IntCounter::with_opts(Opts::new(
+        );
+        let unenrolled = unregistered_counter(
             "bpf_unenrolled_skipped_total",
             "Mesh-bound connects from pods not enrolled in the mesh, left alone",
-        ))
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let record_failures = IntCounter::with_opts(Opts::new(
+        );
+        let record_failures = unregistered_counter(
             "bpf_record_failures_total",
             "Original-destination records the kernel could not store",
-        ))
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        );
         let map_entries = IntGaugeVec::new(
             Opts::new("bpf_map_entries", "Live entries in the redirect maps"),
             &["map"],
@@ -786,16 +789,11 @@ impl KernelCollector {
             "1 when the sockmap fast path for the pod-proxy hop is attached",
         ))
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let spliced = IntCounter::with_opts(Opts::new(
+        let spliced = unregistered_counter(
             "bpf_sockmap_spliced_sockets_total",
             "Sockets of the pod-proxy hop put into the sockhash (both ends count)",
-        ))
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let splice_fallbacks = IntCounter::with_opts(Opts::new(
-            "bpf_sockmap_fallbacks_total",
-            "Spliced sockets whose sends fell back to TCP because their peer was not in the sockhash",
-        ))
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        );
+        let splice_fallbacks = unregistered_counter("bpf_sockmap_fallbacks_total", "Spliced sockets whose sends fell back to TCP because their peer was not in the sockhash");
         let descs = [
             sockmap_enabled.desc(),
             spliced.desc(),

@@ -170,23 +170,11 @@ fn hints(c: &Cluster, examples: Option<&Path>) -> String {
 /// backend's HTTP port), as a Service and its EndpointSlice would define
 /// it; returns once both proxies have it.
 fn define_service(c: &Cluster) {
-    let reloads = |node| {
-        c.metric(
-            node,
-            "nodeward_workloads_reloads_total",
-            &[("result", "ok")],
-        )
-    };
-    let before = [reloads("node-a"), reloads("node-b")];
-    c.set_services(&format!(
-        "  - {{name: backend, namespace: shop, vips: ['{SERVICE_VIP}'], ports: [{{port: 80, targetPort: {HTTP_PORT}}}], selector: {{app: backend}}}}\n"
-    ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while (reloads("node-a") <= before[0] || reloads("node-b") <= before[1])
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    c.reload_workloads(|c| {
+        c.set_services(&format!(
+            "  - {{name: backend, namespace: shop, vips: ['{SERVICE_VIP}'], ports: [{{port: 80, targetPort: {HTTP_PORT}}}], selector: {{app: backend}}}}\n"
+        ));
+    });
 }
 
 /// HTTP calls to the Service's VIP: the proxy picks the endpoint.
