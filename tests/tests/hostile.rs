@@ -347,11 +347,10 @@ fn http2_floods_on_an_http_port_leave_the_proxy_up_and_other_clients_served() {
             flood.name, tally.goaway, tally.refused, tally.responses, tally.bytes
         );
         assert!(closed, "{}: the connection is still open", flood.name);
-        // Rapid reset is refused too, but its GOAWAY is lost here: the
-        // tunnel stream under it is reset as the connection ends.
-        if flood.calm && flood.name != "rapid reset" {
-            assert_eq!(tally.goaway, Some(CALM), "{}: {tally:?}", flood.name);
-        }
+        // No GOAWAY check here: when the proxy ends a connection while
+        // frames still arrive, the tunnel stream under it is reset and the
+        // pod's socket with it, which can discard the GOAWAY. The tunnel
+        // port test sees the codes first hand.
         assert_streams_capped(&flood, &tally);
     }
 }
@@ -470,24 +469,30 @@ fn thousands_of_silent_tls_connections_are_bounded_and_other_nodes_tunnels_work(
     // From a pod's netns, but not its cgroup: not captured, so these come
     // from the pod's address, not node-a's. Half stall after the first
     // bytes of a ClientHello, half never send anything.
-    let mut errors = Vec::new();
+    // Over the cap the proxy resets at accept, often before our connect
+    // returns: a reset is an outcome too, any other error is not.
+    let mut other_errors = Vec::new();
     let held: Vec<TcpStream> = (0..2_000)
-        .filter_map(|i| {
-            let mut s = connect_from(&c.ns("frontend"), tunnel)
-                .map_err(|e| errors.push(e.to_string()))
-                .ok()?;
-            if i % 2 == 0 {
-                let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
+        .filter_map(|i| match connect_from(&c.ns("frontend"), tunnel) {
+            Ok(mut s) => {
+                if i % 2 == 0 {
+                    let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
+                }
+                Some(s)
             }
-            Some(s)
+            Err(e) if e.to_string().contains("reset by peer") => None,
+            Err(e) => {
+                other_errors.push(e.to_string());
+                None
+            }
         })
         .collect();
-    errors.truncate(3);
     assert!(
-        held.len() > 1_000,
-        "only {} connections opened: {errors:?}",
-        held.len()
+        other_errors.is_empty(),
+        "{:?}",
+        &other_errors[..other_errors.len().min(3)]
     );
+    assert!(held.len() >= 128, "only {} connections opened", held.len());
     // node-a's proxy opens its tunnel to node-b now, during the flood.
     let r = c.call("frontend", SocketAddr::new(c.ip4("backend"), ECHO), 4096);
     assert_eq!(r["intact"], true, "a tunnelled call failed: {r}");
