@@ -418,8 +418,9 @@ fn http2_floods_on_the_tunnel_port_leave_the_proxy_up_and_other_nodes_served() {
         return;
     }
     // A graceful close waits for the peer to answer a PING, which a raw
-    // peer never does: the server's own PINGs end it (50 s) or the grace
-    // does, shortened here from 10 minutes so the test need not wait.
+    // peer never does: the server's own PINGs end it (within 60 s, seen
+    // with the default grace) or the grace does, shortened here from 10
+    // minutes so the test need not wait.
     let c = cluster("{idleTimeout: 3s, maxConnectionAgeGrace: 1s}");
     let authority = SocketAddr::new(c.ip4("backend"), ECHO).to_string();
     let block = |_: &str| h2raw::request_block("CONNECT", None, &authority, None, &[]);
