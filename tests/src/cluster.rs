@@ -167,6 +167,9 @@ pub struct Options {
     /// `tunnel:` as a YAML flow mapping (`{idleTimeout: 2s}`); empty for
     /// the product's defaults.
     pub tunnel: &'static str,
+    /// `http:` as a YAML flow mapping (`{idleTimeout: 2s}`); empty for
+    /// the product's defaults.
+    pub http: &'static str,
     /// `discovery: kubernetes` against an in-test API server in node-a's
     /// netns (instead of the workloads file); pods' cgroups are laid out as
     /// kubelet's systemd driver lays them out.
@@ -208,6 +211,7 @@ impl Default for Options {
             drain_deadline: "2s",
             sockmap: false,
             tunnel: "",
+            http: "",
             kubernetes: false,
         }
     }

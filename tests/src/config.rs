@@ -122,6 +122,9 @@ impl Cluster {
         let tunnel = match options.tunnel {
             "" => String::new(),
             t => format!("tunnel: {t}\n"),
+        } + &match options.http {
+            "" => String::new(),
+            h => format!("http: {h}\n"),
         };
         let discovery = if options.kubernetes {
             format!(

@@ -37,7 +37,11 @@
 //! - `admin`: a proxy's admin port and metrics;
 //! - `policies`: the shared policy directory;
 //! - `lifecycle`: starting a cluster, tearing it down on drop;
-//! - [`bench`](mod@bench): the benchmark `nw-bench run` drives.
+//! - [`bench`](mod@bench): the benchmark `nw-bench run` drives;
+//! - [`tlspeer`]: a tunnel peer of the tests' own making (node CAs that
+//!   mint leaves, a client config presenting one), using no other module;
+//! - [`h2raw`]: HTTP/2 frames written by hand, for hostile peers (uses no
+//!   other module).
 
 mod admin;
 mod capture;
@@ -58,6 +62,8 @@ mod traffic;
 
 pub mod apiserver;
 pub mod bench;
+pub mod h2raw;
+pub mod tlspeer;
 
 pub use admin::metric_value;
 pub use capture::{Capture, Captured};

@@ -212,6 +212,41 @@ impl Cluster {
         );
     }
 
+    /// Runs `nw-pod hyper-serve` in `pod` on `port`: HTTP/1.1 and HTTP/2
+    /// (prior knowledge), 200 for every request, `/big` 1 MiB.
+    pub fn serve_hyper(&mut self, pod: &str, port: u16) {
+        let p = self.pod(pod).clone();
+        let (ns, cg) = (self.ns(pod), self.pod_cgroup(&p));
+        let name = format!("hyper-{pod}-{port}");
+        self.serve_in(&ns, Some(&cg), &name, "hyper-serve", port);
+    }
+
+    /// Resident memory of `node`'s first proxy, in KiB (`VmRSS`).
+    pub fn proxy_rss_kib(&self, node: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proxy_pid(node)))
+            .expect("proxy status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// CPU time `node`'s first proxy has used (user + system), in clock ticks.
+    pub fn proxy_cpu_ticks(&self, node: &str) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.proxy_pid(node)))
+            .expect("proxy stat");
+        // Fields after the command name, which is in parentheses.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        // utime and stime are fields 14 and 15; `rest` starts at field 3.
+        field(11)
+            .zip(field(12))
+            .map(|(u, s)| u + s)
+            .expect("utime, stime")
+    }
+
     /// Runs an echo server in a node's netns (outside the mesh, for bypass tests).
     pub fn serve_echo_on_node(&mut self, node: &str, port: u16) {
         let ns = self.ns(node);

@@ -114,6 +114,24 @@ impl Cluster {
         self.spawn_tool(pod, &args)
     }
 
+    /// From `pod`: `nw-pod pipe` to `to`, with stdin and stdout piped: what
+    /// the test writes to its stdin goes to `to` as raw bytes, what comes
+    /// back appears on its stdout. Kill it to end the connection.
+    pub fn pipe(&self, pod: &str, to: SocketAddr) -> Child {
+        let p = self.pod(pod);
+        Command::new(&self.bins.nw_pod)
+            .arg("--netns")
+            .arg(self.ns(pod))
+            .arg("--cgroup")
+            .arg(self.pod_cgroup(p))
+            .args(["pipe", "--to", &to.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nw-pod pipe")
+    }
+
     /// Starts `nw-pod <args>` in `pod` in the background.
     fn spawn_tool(&self, pod: &str, args: &[String]) -> Child {
         let p = self.pod(pod);

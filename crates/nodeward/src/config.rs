@@ -15,8 +15,10 @@ use serde::Deserialize;
 pub use nodeward_policy::MtlsMode;
 use nodeward_policy::{self as policy, DefaultPolicy};
 pub use nodeward_proxy::{
-    authz::audit::AuditSink, http::HeadersWithUnderscores,
-    inbound::limits::Settings as TunnelSettings, telemetry::AccessLog,
+    authz::audit::AuditSink,
+    http::{HeadersWithUnderscores, Limits as HttpLimits},
+    inbound::limits::Settings as TunnelSettings,
+    telemetry::AccessLog,
 };
 use nodeward_yaml as yaml;
 pub use nodeward_yaml::FileError as ConfigError;
@@ -182,6 +184,14 @@ pub struct HttpFile {
     /// `allow` (forwarded; header policies match `_` and `-` alike).
     #[serde(default)]
     pub headers_with_underscores: Option<HeadersWithUnderscoresFile>,
+    /// Time a client has for a request head, for its first request, and
+    /// between HTTP/1 keep-alive requests. Default `30s`.
+    #[serde(default)]
+    pub header_read_timeout: Option<PositiveDuration>,
+    /// A connection on which no byte moves either way for this long is
+    /// closed. Default `5m`.
+    #[serde(default)]
+    pub idle_timeout: Option<PositiveDuration>,
 }
 
 /// `http.headersWithUnderscores`.
@@ -323,6 +333,8 @@ pub struct Config {
     pub access_log: AccessLog,
     /// What to do with `_` in request header names on HTTP ports.
     pub headers_with_underscores: HeadersWithUnderscores,
+    /// Timers of connections on HTTP ports.
+    pub http_limits: HttpLimits,
     /// Whether to try the sockmap fast path.
     pub sockmap: bool,
     /// The tunnel server's timers and caps.
@@ -372,9 +384,12 @@ impl Config {
             bpf: BpfFile { pin_dir },
             lifecycle: LifecycleFile { drain_deadline },
             access_log: AccessLogFile { sampling },
-            http: HttpFile {
-                headers_with_underscores,
-            },
+            http:
+                HttpFile {
+                    headers_with_underscores,
+                    header_read_timeout,
+                    idle_timeout,
+                },
             sockmap: SockmapFile { enabled: sockmap },
             tunnel: tunnel_file,
         } = file;
@@ -457,6 +472,7 @@ impl Config {
             Some(f) => AccessLog::new(f).map_err(|e| bad("accessLog.sampling", &e.to_string()))?,
         };
         let tunnel = tunnel_settings(path, tunnel_file)?;
+        let http_limits = http_limits(header_read_timeout, idle_timeout);
         let discovery = discovery_settings(path, discovery, workloads_file, kubernetes)?;
         Ok(Self {
             node,
@@ -484,6 +500,7 @@ impl Config {
                 None | Some(HeadersWithUnderscoresFile::Reject) => HeadersWithUnderscores::Reject,
                 Some(HeadersWithUnderscoresFile::Allow) => HeadersWithUnderscores::Allow,
             },
+            http_limits,
             sockmap: sockmap.unwrap_or(false),
             tunnel,
             source: path.to_owned(),
@@ -537,6 +554,18 @@ fn discovery_settings(
                 sync_timeout,
             }))
         }
+    }
+}
+
+/// `http.headerReadTimeout` and `http.idleTimeout`, or their defaults.
+fn http_limits(
+    header_read_timeout: Option<PositiveDuration>,
+    idle_timeout: Option<PositiveDuration>,
+) -> HttpLimits {
+    let defaults = HttpLimits::default();
+    HttpLimits {
+        header_read_timeout: header_read_timeout.map_or(defaults.header_read_timeout, |d| d.0),
+        idle_timeout: idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
     }
 }
 
@@ -626,6 +655,23 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests;
+
+/// A duration above zero as written (`30s`, `5m`), parsed while decoding,
+/// so a bad value is an error at its own line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositiveDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for PositiveDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .filter(|d| !d.is_zero())
+            .map(Self)
+            .ok_or_else(|| {
+                serde::de::Error::custom("must be a duration above zero, like `30s` or `5m`")
+            })
+    }
+}
 
 /// An IPv4 address as written, or `${NAME}`: the one in the environment
 /// variable NAME when the config is validated. A malformed literal is a

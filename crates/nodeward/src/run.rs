@@ -135,7 +135,8 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         .map_err(|e| ConfigError::invalid(&cfg.source, "audit.sink", e))?;
     let (policies, sources) = reload::initial(&cfg.policy_dir, cfg.policy.clone(), &metrics);
     let authz = Authz::new(policies, auditor, observer.clone())
-        .with_headers_with_underscores(cfg.headers_with_underscores);
+        .with_headers_with_underscores(cfg.headers_with_underscores)
+        .with_http_limits(cfg.http_limits);
     let authz = Arc::new(authz);
     let certs = Arc::new(CertStore::new(ca, cfg.cert_lifetime));
     let pool = Arc::new(Pool::new(bundle.clone(), observer.clone()));

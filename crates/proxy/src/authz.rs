@@ -47,6 +47,7 @@ const SHARDS: usize = 16;
 pub struct Authz {
     policies: ArcSwap<PolicySet>,
     underscores: HeadersWithUnderscores,
+    http_limits: proxy_http::Limits,
     live: [Mutex<HashMap<u64, Tracked>>; SHARDS],
     next_id: AtomicU64,
     auditor: Auditor,
@@ -102,6 +103,7 @@ impl Authz {
         Self {
             policies: ArcSwap::from_pointee(policies),
             underscores: HeadersWithUnderscores::default(),
+            http_limits: proxy_http::Limits::default(),
             live: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
             auditor,
@@ -115,6 +117,17 @@ impl Authz {
     pub fn with_headers_with_underscores(mut self, action: HeadersWithUnderscores) -> Self {
         self.underscores = action;
         self
+    }
+
+    /// The timers of connections on HTTP ports.
+    pub fn with_http_limits(mut self, limits: proxy_http::Limits) -> Self {
+        self.http_limits = limits;
+        self
+    }
+
+    /// The timers of connections on HTTP ports.
+    pub fn http_limits(&self) -> &proxy_http::Limits {
+        &self.http_limits
     }
 
     /// The policy set in force.

@@ -35,9 +35,14 @@
 //! away; a larger body (or one behind `Expect: 100-continue`) gets
 //! `connection: close` instead. On HTTP/2 the unread stream is reset.
 //!
-//! Limits against hostile clients: [`HEADER_READ_TIMEOUT`] for a request head
-//! (and for the first request at all), [`MAX_H1_BUF`] for an HTTP/1 head,
-//! [`MAX_HEADER_LIST`] and [`MAX_CONCURRENT_STREAMS`] for HTTP/2.
+//! Limits against hostile clients: [`Limits::header_read_timeout`] for a
+//! request head (and for the first request at all, and between HTTP/1
+//! keep-alive requests), [`Limits::idle_timeout`] for a connection on which
+//! no byte moves either way (a stalled body, an HTTP/2 connection left open,
+//! a client that stops reading), [`MAX_H1_BUF`] for an HTTP/1 head, and for
+//! HTTP/2 [`MAX_HEADER_LIST`], [`MAX_CONCURRENT_STREAMS`], [`MAX_SEND_BUF`]
+//! and the reset-stream caps ([`MAX_PENDING_ACCEPT_RESETS`],
+//! [`MAX_LOCAL_ERROR_RESETS`]) against rapid reset.
 //!
 //! Dropping the future returned by [`serve`] closes both sockets: every task
 //! hyper spawns for the connection belongs to it and is aborted with it.
@@ -83,22 +88,57 @@ use crate::drain::Drain;
 
 mod body;
 mod headers;
+mod idle;
 mod tasks;
 #[cfg(test)]
 mod tests;
 
-/// Time a client has to send a complete request head; also the time it has
-/// to start its first request, which covers the version sniff.
+/// Default [`Limits::header_read_timeout`].
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`Limits::idle_timeout`] (Envoy's stream idle timeout, and our
+/// pool's idle timeout).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// HTTP/1 read buffer cap, which bounds the size of a request head.
 pub const MAX_H1_BUF: usize = 64 * 1024;
 /// HTTP/2 header list cap (decoded), per request.
 pub const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// HTTP/2 streams a client may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 streams a client may open and reset before the proxy accepted
+/// them; more is rapid reset (CVE-2023-44487) and ends the connection.
+/// hyper's default, set here so it is not lost to a default change.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// HTTP/2 streams the proxy may have to reset for a client's protocol
+/// errors before the connection ends (the "MadeYouReset" class).
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// HTTP/2 response bytes buffered per stream for a client that reads slowly.
+pub const MAX_SEND_BUF: usize = 400 * 1024;
 /// Body bytes of a refused HTTP/1 request read and thrown away so the
 /// connection stays usable; a larger body closes the connection instead.
 pub const MAX_DISCARD: u64 = 256 * 1024;
+
+/// The timers of one HTTP connection (config `http.headerReadTimeout` and
+/// `http.idleTimeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a client has to send a complete request head; also the time it
+    /// has to start its first request (which covers the version sniff), and
+    /// the time an HTTP/1 connection may sit between requests.
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moved either way for this long is
+    /// closed, whatever it was doing: a stalled request body, an HTTP/2
+    /// connection with nothing to say, a client that stopped reading.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
 
 /// What to do with a request whose header names contain `_`. CGI, WSGI,
 /// Rack and the servers built on them read `X_Debug` and `X-Debug` both as
@@ -177,11 +217,12 @@ pub struct Summary {
 /// opens a new connection for its next request), HTTP/2 gets a GOAWAY
 /// (streams in flight finish). A connection that has not sent its first
 /// request yet, or stays idle, is left to the drain deadline: closing it
-/// could lose a request already on the wire.
+/// could lose a request already on the wire. `limits` holds its timers.
 pub async fn serve<C, A>(
     client: C,
     upstream: TcpStream,
     authorizer: Arc<A>,
+    limits: &Limits,
     drain: &Drain,
 ) -> Summary
 where
@@ -198,8 +239,11 @@ where
         exec: tasks.executor(),
         drain: drain.clone(),
         h2: AtomicBool::new(false),
+        limits: *limits,
     });
-    let client_error = drive(TokioIo::new(client), &shared, closed_rx).await;
+    let activity = idle::Activity::new();
+    let client = idle::Watched::new(client, activity.clone());
+    let client_error = drive(TokioIo::new(client), &shared, closed_rx, &activity).await;
     if let Some(e) = client_error {
         shared.counters.fail(e);
     }
@@ -229,6 +273,7 @@ struct Shared<A: ?Sized> {
     drain: Drain,
     /// The client spoke HTTP/2 (known from its first request).
     h2: AtomicBool,
+    limits: Limits,
 }
 
 /// The upstream connection: handshaken on the first request, because only
@@ -333,25 +378,30 @@ impl<A: Authorizer + ?Sized> Shared<A> {
 
 /// Runs the client connection until it ends; returns its error, if any.
 /// Shuts it down gracefully (in-flight responses finish) when the upstream
-/// connection ends or no request arrives in time.
+/// connection ends or no request arrives in time; ends it at once when no
+/// byte moved for the idle timeout.
 async fn drive<I, A>(
     io: TokioIo<I>,
     shared: &Arc<Shared<A>>,
     mut upstream_closed: oneshot::Receiver<Option<String>>,
+    activity: &idle::Activity,
 ) -> Option<String>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: Authorizer + ?Sized,
 {
-    let builder = server_builder(shared.exec.clone());
+    let limits = shared.limits;
+    let builder = server_builder(shared.exec.clone(), &limits);
     let service = {
         let shared = shared.clone();
         service_fn(move |req| handle(shared.clone(), req))
     };
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let first_request = tokio::time::sleep(HEADER_READ_TIMEOUT);
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(first_request);
+    let idle = tokio::time::sleep_until(activity.deadline(limits.idle_timeout));
+    tokio::pin!(idle);
     let (mut upstream_open, mut waiting_first, mut running) = (true, true, true);
     loop {
         tokio::select! {
@@ -379,17 +429,26 @@ where
                     conn.as_mut().graceful_shutdown();
                 }
             }
+            () = &mut idle => {
+                let deadline = activity.deadline(limits.idle_timeout);
+                if deadline <= tokio::time::Instant::now() {
+                    // Not graceful: a graceful end waits for the very
+                    // streams that stalled.
+                    return Some(format!("client: idle for {:?}", limits.idle_timeout));
+                }
+                idle.as_mut().reset(deadline);
+            }
         }
     }
 }
 
 /// The client side: both versions, with the limits from the module docs.
-fn server_builder(exec: tasks::Exec) -> auto::Builder<tasks::Exec> {
+fn server_builder(exec: tasks::Exec, limits: &Limits) -> auto::Builder<tasks::Exec> {
     let mut builder = auto::Builder::new(exec);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_H1_BUF)
         // A client that shuts its write side after the last request still
         // gets the responses to it.
@@ -398,7 +457,10 @@ fn server_builder(exec: tasks::Exec) -> auto::Builder<tasks::Exec> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST);
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        .max_send_buf_size(MAX_SEND_BUF);
     builder
 }
 
@@ -426,7 +488,7 @@ async fn handle<A: Authorizer + ?Sized>(
     let discardable = can_discard(&parts, &body);
     if let Verdict::Respond(response) = admit(&shared, &mut parts) {
         shared.counters.refused.fetch_add(1, Ordering::Relaxed);
-        let response = answer_here(&shared.exec, response, body, h1, discardable);
+        let response = answer_here(&shared, response, body, h1, discardable);
         return Ok(close_if_draining(&shared.drain, response, h1));
     }
     let started = std::time::Instant::now();
@@ -469,8 +531,8 @@ fn can_discard(parts: &Parts, body: &Incoming) -> bool {
 /// unread makes hyper close the connection, often with a reset that loses
 /// the response: small bodies are read and thrown away instead, so the
 /// client can go on; for the rest the client is told the connection closes.
-fn answer_here(
-    exec: &tasks::Exec,
+fn answer_here<A: ?Sized>(
+    shared: &Shared<A>,
     response: Response<Bytes>,
     body: Incoming,
     h1: bool,
@@ -482,7 +544,8 @@ fn answer_here(
         return response;
     }
     if discardable {
-        exec.spawn(discard(body));
+        let within = shared.limits.header_read_timeout;
+        shared.exec.spawn(discard(body, within));
     } else {
         let close = HeaderValue::from_static("close");
         response.headers_mut().insert(CONNECTION, close);
@@ -490,9 +553,9 @@ fn answer_here(
     response
 }
 
-/// Reads up to [`MAX_DISCARD`] body bytes, for at most
-/// [`HEADER_READ_TIMEOUT`]; dropping the body early makes hyper close.
-async fn discard(mut body: Incoming) {
+/// Reads up to [`MAX_DISCARD`] body bytes, for at most `within` (the header
+/// read timeout); dropping the body early makes hyper close.
+async fn discard(mut body: Incoming, within: Duration) {
     let mut left = MAX_DISCARD;
     let reading = async {
         while let Some(Ok(frame)) = body.frame().await {
@@ -503,7 +566,7 @@ async fn discard(mut body: Incoming) {
             }
         }
     };
-    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, reading).await;
+    let _ = tokio::time::timeout(within, reading).await;
 }
 
 /// Protocol checks, hop-by-hop removal and the authorizer, in that order.

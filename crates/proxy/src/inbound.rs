@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{server::Acceptor, ServerConfig};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -40,11 +40,12 @@ pub mod limits;
 use crate::{
     authz::{Admission, Authz, Subject},
     drain::Drain,
+    http,
     relay::{self, Route},
     telemetry::{Observer, Pending, Side},
     tunnel::{
-        CONNECTION_WINDOW, ERROR_HEADER, HANDSHAKE_TIMEOUT, MAX_FRAME, SERVER_MAX_STREAMS,
-        STREAM_WINDOW,
+        CONNECTION_WINDOW, ERROR_HEADER, HANDSHAKE_TIMEOUT, KEEPALIVE, KEEPALIVE_TIMEOUT,
+        MAX_FRAME, SERVER_MAX_STREAMS, STREAM_WINDOW,
     },
 };
 use lifetime::{Open, Tracker, Watched};
@@ -200,6 +201,15 @@ async fn connection(
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(SERVER_MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST)
+        // Rapid reset (CVE-2023-44487) and its kin end the connection.
+        .max_pending_accept_reset_streams(http::MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(http::MAX_LOCAL_ERROR_RESETS)
+        .max_send_buf_size(http::MAX_SEND_BUF)
+        // A peer that stops answering PINGs (gone, or not reading at all)
+        // is closed even while it holds streams open.
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let still_hosted = || {

@@ -269,6 +269,7 @@ pub async fn admitted<A>(
                 client,
                 upstream,
                 gate,
+                authz.http_limits(),
                 route,
                 dst,
                 Some(dest),
@@ -282,16 +283,17 @@ pub async fn admitted<A>(
     }
 }
 
-/// Serves an HTTP connection whose requests `gate` judges one by one, then
-/// logs and counts like [`run`]. A revocation closes both sides.
+/// Serves an HTTP connection whose requests `gate` judges one by one (with
+/// `limits`' timers), then logs and counts like [`run`]. A revocation closes both sides.
 #[expect(
     clippy::too_many_arguments,
-    reason = "the same flow description as `run`, plus the gate"
+    reason = "the same flow description as `run`, plus the gate and its timers"
 )]
 pub async fn run_http<A>(
     client: A,
     upstream: TcpStream,
     gate: RequestGate,
+    limits: &http::Limits,
     route: Route,
     dst: SocketAddr,
     dest: Option<Arc<Workload>>,
@@ -303,7 +305,7 @@ pub async fn run_http<A>(
 {
     let pump = async {
         tokio::select! {
-            s = http::serve(client, upstream, Arc::new(gate), drain) => Outcome {
+            s = http::serve(client, upstream, Arc::new(gate), limits, drain) => Outcome {
                 sent: s.bytes_in,
                 received: s.bytes_out,
                 refused: s.refused,

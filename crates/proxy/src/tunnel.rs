@@ -43,7 +43,10 @@ pub const SERVER_MAX_STREAMS: u32 = 256;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pooled connections idle this long are closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// HTTP/2 PING interval: finds dead peers on idle pooled connections.
+/// HTTP/2 PING interval: finds dead peers on idle pooled connections, and
+/// (server side) peers that stopped reading.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Response header naming why a CONNECT failed (non-2xx only).
 pub const ERROR_HEADER: &str = "nodeward-error";

@@ -81,6 +81,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         gap_ms: u64,
     },
+    /// HTTP/1.1 and HTTP/2 (prior knowledge) server: 200 `ok` for every
+    /// request, `/big` 1 MiB; logs `{"request": "METHOD /path"}` per request.
+    HyperServe {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Connects to ADDR and relays stdin to it and it to stdout, raw, until
+    /// it closes: a pod speaking whatever bytes a test writes.
+    Pipe {
+        #[arg(long)]
+        to: SocketAddr,
+    },
     /// HTTP/1.0 GET of PATH from ADDR; prints the body.
     HttpGet {
         #[arg(long)]
@@ -149,6 +161,8 @@ fn main() -> Result<()> {
         }
         Cmd::HttpGet { addr, path } => http_get(addr, &path),
         Cmd::HttpServe { listen } => http_serve(listen),
+        Cmd::HyperServe { listen } => hyper_serve(listen),
+        Cmd::Pipe { to } => pipe(to),
         Cmd::HttpRequests {
             to,
             requests,
@@ -161,6 +175,61 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn hyper_serve(addr: SocketAddr) -> Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind {addr}"))?;
+        println!("{}", json!({"listening": addr.to_string()}));
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                println!(
+                    "{}",
+                    json!({"request": format!("{} {}", req.method(), req.uri().path())})
+                );
+                let body = if req.uri().path() == "/big" {
+                    bytes::Bytes::from(vec![b'x'; 1024 * 1024])
+                } else {
+                    bytes::Bytes::from_static(b"ok\n")
+                };
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    body,
+                )))
+            });
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+fn pipe(to: SocketAddr) -> Result<()> {
+    let stream = TcpStream::connect_timeout(&to, Duration::from_secs(10))
+        .with_context(|| format!("connect {to}"))?;
+    // A peer that stops reading must not hang the test writing to us.
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut to_peer = stream.try_clone()?;
+    // Not joined: it may sit in a read of stdin when the peer closes.
+    std::thread::spawn(move || std::io::copy(&mut std::io::stdin().lock(), &mut to_peer));
+    let (mut from, mut out) = (stream, std::io::stdout().lock());
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+    // Ends the process, and so the stdin thread: the peer closed.
+    Ok(())
 }
 
 fn echo(addr: SocketAddr) -> Result<()> {

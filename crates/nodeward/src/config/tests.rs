@@ -255,6 +255,32 @@ fn header_names_with_underscores_are_rejected_by_default_and_can_be_allowed() {
 }
 
 #[test]
+fn http_timers_default_and_are_read_and_a_bad_one_is_named_at_its_line() {
+    assert_eq!(
+        parse(GOOD).expect("valid").http_limits,
+        HttpLimits::default()
+    );
+    let text = format!("{GOOD}http:\n  headerReadTimeout: 5s\n  idleTimeout: 2m\n");
+    let limits = parse(&text).expect("valid").http_limits;
+    assert_eq!(limits.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+    for (bad, field) in [
+        ("headerReadTimeout: 0s", "http.headerReadTimeout"),
+        ("idleTimeout: forever", "http.idleTimeout"),
+    ] {
+        let err = parse(&format!("{GOOD}http:\n  {bad}\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(err.starts_with("/etc/nodeward/config.yaml:12:"), "{err}");
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+    let err = parse(&format!("{GOOD}http:\n  readTimeout: 5s\n"))
+        .expect_err("unknown field")
+        .to_string();
+    assert!(err.contains("readTimeout"), "{err}");
+}
+
+#[test]
 fn tunnel_timers_and_caps_default_and_are_read() {
     assert_eq!(
         parse(GOOD).expect("valid").tunnel,

@@ -269,7 +269,16 @@ async fn the_pod_receives_http11_with_a_host_for_an_http10_request_without_one()
     let (mut pod, _) = listener.accept().await.expect("accept");
     let (client, mut caller) = tokio::io::duplex(64 * 1024);
     let (_control, drain) = DrainControl::new();
-    tokio::spawn(async move { crate::http::serve(client, upstream, Arc::new(gate), &drain).await });
+    tokio::spawn(async move {
+        crate::http::serve(
+            client,
+            upstream,
+            Arc::new(gate),
+            &Default::default(),
+            &drain,
+        )
+        .await
+    });
 
     caller
         .write_all(b"GET /x HTTP/1.0\r\n\r\n")

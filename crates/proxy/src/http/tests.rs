@@ -32,7 +32,7 @@ use tokio::{
     time::timeout,
 };
 
-use super::{refusal, serve, Authorizer, Summary, Verdict};
+use super::{refusal, serve, Authorizer, Limits, Summary, Verdict};
 use crate::drain::{Drain, DrainControl};
 
 /// Upper bound for anything that should happen promptly.
@@ -259,6 +259,20 @@ impl Proxy {
         authorizer: Arc<A>,
         drain: Drain,
     ) -> Self {
+        Self::spawn(upstream, authorizer, Limits::default(), drain).await
+    }
+
+    /// With these timers instead of the defaults.
+    async fn start_with_limits(upstream: &Upstream, limits: Limits) -> Self {
+        Self::spawn(upstream, Arc::new(rbac), limits, Drain::never()).await
+    }
+
+    async fn spawn<A: Authorizer + ?Sized>(
+        upstream: &Upstream,
+        authorizer: Arc<A>,
+        limits: Limits,
+        drain: Drain,
+    ) -> Self {
         let (listener, addr) = bind().await;
         let upstream = upstream.addr;
         let task = tokio::spawn(async move {
@@ -266,7 +280,7 @@ impl Proxy {
             let upstream = TcpStream::connect(upstream)
                 .await
                 .expect("connect upstream");
-            serve(client, upstream, authorizer, &drain).await
+            serve(client, upstream, authorizer, &limits, &drain).await
         });
         Self { addr, task }
     }
@@ -959,4 +973,186 @@ async fn request_trailers_are_never_forwarded() {
     let answer = raw_exchange(proxy.addr, chunked).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("trailers=none"), "HTTP/1: {answer}");
+}
+
+// ---- slow clients ----
+
+/// Timers short enough for a test; the idle timeout is longer than the
+/// header read timeout, so each scenario shows which of the two ended it.
+const SHORT: Limits = Limits {
+    header_read_timeout: Duration::from_millis(500),
+    idle_timeout: Duration::from_millis(1500),
+};
+
+/// Writes `first`, then `drip` every 100 ms (at most 50 times) until a
+/// write fails, then reads until the proxy closes.
+async fn dribble(addr: SocketAddr, first: &[u8], drip: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect proxy");
+    stream.write_all(first).await.expect("write");
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if stream.write_all(drip).await.is_err() {
+            break;
+        }
+    }
+    read_to_close(&mut stream).await
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_read_timeout() {
+    let upstream = Upstream::http().await;
+    let proxy = Proxy::start_with_limits(&upstream, SHORT).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    read_to_close(&mut stream).await;
+    let summary = proxy.summary().await;
+    assert_eq!(summary.requests, 0);
+    let error = summary.error.expect("an error");
+    assert!(error.contains("header read timeout"), "{error}");
+    assert!(upstream.log.raw().is_empty());
+}
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_at_the_header_read_timeout() {
+    let upstream = Upstream::http().await;
+    let proxy = Proxy::start_with_limits(&upstream, SHORT).await;
+    let head = b"GET /a HTTP/1.1\r\nHost: app.test\r\n";
+    // Each drip is a complete header line, so bytes keep moving.
+    let answer = dribble(proxy.addr, head, b"X-Drip: 1\r\n").await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+    let summary = proxy.summary().await;
+    assert_eq!(summary.requests, 0, "{summary:?}");
+    assert!(
+        upstream.log.raw().is_empty(),
+        "a partial head reached the pod"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_http1_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let upstream = Upstream::http().await;
+    let proxy = Proxy::start_with_limits(&upstream, SHORT).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let request = b"GET /a HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    stream.write_all(request).await.expect("write");
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let summary = proxy.summary().await;
+    assert_eq!(summary.requests, 1, "{summary:?}");
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_at_the_idle_timeout() {
+    let upstream = Upstream::http().await;
+    let proxy = Proxy::start_with_limits(&upstream, SHORT).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let head = b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n0123456789";
+    stream.write_all(head).await.expect("write");
+    read_to_close(&mut stream).await;
+    let error = proxy.summary().await.error.expect("an error");
+    assert!(error.contains("idle"), "{error}");
+}
+
+#[tokio::test]
+async fn a_slow_body_that_keeps_moving_is_not_cut() {
+    let upstream = Upstream::http().await;
+    let proxy = Proxy::start_with_limits(&upstream, SHORT).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let head =
+        b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 20\r\nConnection: close\r\n\r\n";
+    stream.write_all(head).await.expect("write");
+    // 2 s in all, longer than the idle timeout, one byte every 100 ms.
+    for byte in b"abcdefghijklmnopqrst" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(&[*byte]).await.expect("write");
+    }
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.ends_with("abcdefghijklmnopqrst"), "{answer:?}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_at_the_idle_timeout() {
+    let upstream = Upstream::http().await;
+    let proxy = Proxy::start_with_limits(&upstream, SHORT).await;
+    let mut client = Client::h2(proxy.addr).await;
+    assert_eq!(client.get("/a").await.status, StatusCode::OK);
+    let summary = proxy.summary().await;
+    assert_eq!(summary.requests, 1);
+    let error = summary.error.expect("an error");
+    assert!(error.contains("idle"), "{error}");
+}
+
+// ---- HTTP/1 smuggling ----
+
+/// Request-line tricks, bare LF, obfuscated framing and a 1 MiB head: each
+/// gets a 4xx (or is forwarded as parsed, re-framed; or, for a body that
+/// breaks off, a 502), the connection closes after one answer, and
+/// `/smuggled` never reaches the pod.
+#[tokio::test]
+async fn request_line_tricks_bare_lf_and_huge_heads_never_smuggle() {
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let huge = format!("X-Big: {}\r\n", "a".repeat(1024 * 1024));
+    let cases: Vec<(String, &str)> = vec![
+        // Request line.
+        (format!("GET /a HTTP/1.1 extra\r\nHost: app.test\r\n\r\n{smuggled}"), "400"),
+        (format!("GET  /a HTTP/1.1\r\nHost: app.test\r\n\r\n{smuggled}"), "400"),
+        (format!("GET /a\tHTTP/1.1\r\nHost: app.test\r\n\r\n{smuggled}"), "400"),
+        (format!("GET /a HTTP/1.1\rHost: app.test\r\n\r\n{smuggled}"), "400"),
+        (format!("GET /a?x=\x7f HTTP/1.1\r\nHost: app.test\r\n\r\n{smuggled}"), "400"),
+        (format!("GET /a HTTP/2.0\r\nHost: app.test\r\n\r\n{smuggled}"), "400"),
+        (format!("G\x00T /a HTTP/1.1\r\nHost: app.test\r\n\r\n{smuggled}"), "400"),
+        // Bare LF: read as a line end (RFC 9112 §2.2 allows it), so the
+        // head is parsed once and forwarded re-framed with CRLF.
+        ("GET /a HTTP/1.1\nHost: app.test\nConnection: close\n\n".to_owned(), "200"),
+        // A CR without LF inside a value, to hide a header.
+        (format!("POST /a HTTP/1.1\r\nHost: app.test\r\nX-A: 1\rTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n{smuggled}"), "400"),
+        // Obfuscated Transfer-Encoding spellings.
+        (format!("POST /a HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding : chunked\r\nContent-Length: 0\r\n\r\n{smuggled}"), "400"),
+        (format!("POST /a HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\nContent-Length: 0\r\n\r\n{smuggled}"), "400"),
+        (format!("POST /a HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding:\x0bchunked\r\nContent-Length: 0\r\n\r\n{smuggled}"), "400"),
+        (format!("POST /a HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: \"chunked\"\r\nContent-Length: 0\r\n\r\n{smuggled}"), "400"),
+        // A chunk size that overflows, or carries junk: the head was
+        // already forwarded (bodies stream), so the pod sees `/a` with a
+        // body that breaks off, and the client a 502 and a close.
+        (format!("POST /a HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFF1\r\n{smuggled}"), "502"),
+        (format!("POST /a HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\n{smuggled}"), "502"),
+        // Duplicate Content-Length that agree is still one length; that
+        // disagree is refused (and in one field, too).
+        (format!("POST /a HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{smuggled}", smuggled.len()), "400"),
+        // 1 MiB header block.
+        (format!("GET /a HTTP/1.1\r\nHost: app.test\r\n{huge}\r\n{smuggled}"), "431"),
+    ];
+    for (wire, status) in cases {
+        let (upstream, proxy) = setup().await;
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        // The proxy may close before taking all of a 1 MiB head.
+        let _ = stream.write_all(wire.as_bytes()).await;
+        let answer = read_to_close(&mut stream).await;
+        let label = wire.get(..120).unwrap_or(&wire).escape_debug().to_string();
+        let first = answer.get(9..12).unwrap_or("");
+        assert!(
+            answer.is_empty() && status != "200" || first == status,
+            "{label}: expected {status}, got {answer:?}"
+        );
+        assert!(
+            answer.matches("HTTP/1.1 ").count() <= 1,
+            "{label}: {answer}"
+        );
+        let paths = upstream.log.paths();
+        assert!(
+            !paths.iter().any(|p| p.contains("smuggled")),
+            "{label}: {paths:?}"
+        );
+        if status == "200" {
+            assert_eq!(paths, ["/a"], "{label}");
+        } else if status == "502" {
+            assert!(paths.iter().all(|p| p == "/a"), "{label}: {paths:?}");
+        } else {
+            assert!(upstream.log.raw().is_empty(), "{label} reached upstream");
+        }
+        proxy.summary().await;
+    }
 }

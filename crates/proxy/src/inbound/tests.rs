@@ -616,3 +616,155 @@ async fn a_node_with_too_many_pending_dials_gets_503_for_more_streams() {
     assert_eq!(mesh.recorder.count("refused:dial_limit"), 1);
     hanging.abort();
 }
+
+// ---- hostile CONNECT requests ----
+
+impl Raw {
+    /// A request with this method, authority and `Forwarded` header; its
+    /// status and refusal label (`nodeward-error`).
+    async fn ask(
+        &mut self,
+        method: Method,
+        authority: &str,
+        forwarded: Option<&str>,
+    ) -> StatusCode {
+        let mut req = Request::new(Empty::new());
+        *req.method_mut() = method.clone();
+        let uri = hyper::Uri::builder().authority(authority);
+        let uri = if method == Method::CONNECT {
+            uri
+        } else {
+            uri.scheme("http").path_and_query("/")
+        };
+        *req.uri_mut() = uri.build().expect("uri");
+        if let Some(f) = forwarded {
+            req.headers_mut()
+                .insert(hyper::header::FORWARDED, f.parse().expect("value"));
+        }
+        let response = timeout(WAIT, self.send.send_request(req))
+            .await
+            .expect("answered")
+            .expect("response");
+        response.status()
+    }
+}
+
+/// Each CONNECT the server must refuse, the status it answers and the
+/// reason it counts; the connection stays up for the next.
+#[tokio::test]
+async fn connects_with_a_bad_authority_or_a_spoofed_forwarded_are_refused() {
+    let mesh = Mesh::start(Settings::default(), ALLOW_ALL, Upstream::Echo).await;
+    let mut raw = mesh.raw().await;
+    let backend = mesh.backend.to_string();
+    let port = mesh.backend.port();
+    let cases: [(Method, String, Option<&str>, StatusCode, &str); 9] = [
+        (
+            Method::CONNECT,
+            format!("backend.shop:{port}"),
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_authority",
+        ),
+        (
+            Method::CONNECT,
+            format!("0x7f.1:{port}"),
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_authority",
+        ),
+        (
+            Method::CONNECT,
+            "127.0.0.1".into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_authority",
+        ),
+        (
+            Method::CONNECT,
+            format!("127.0.0.9:{port}"),
+            None,
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected",
+        ),
+        (
+            Method::GET,
+            backend.clone(),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+        ),
+        // Forwarded naming a workload that is not the caller's: another
+        // identity's pod, and an address no workload has.
+        (
+            Method::CONNECT,
+            backend.clone(),
+            Some("for=127.0.0.1"),
+            StatusCode::BAD_REQUEST,
+            "forwarded_client",
+        ),
+        (
+            Method::CONNECT,
+            backend.clone(),
+            Some("for=10.0.9.9"),
+            StatusCode::BAD_REQUEST,
+            "forwarded_client",
+        ),
+        (
+            Method::CONNECT,
+            backend.clone(),
+            Some("for=frontend"),
+            StatusCode::BAD_REQUEST,
+            "bad_forwarded",
+        ),
+        (
+            Method::CONNECT,
+            backend.clone(),
+            Some("by=10.0.1.10"),
+            StatusCode::BAD_REQUEST,
+            "bad_forwarded",
+        ),
+    ];
+    for (method, authority, forwarded, status, reason) in cases {
+        let got = raw.ask(method.clone(), &authority, forwarded).await;
+        assert_eq!(got, status, "{method} {authority} {forwarded:?}");
+        assert!(
+            mesh.recorder.count(&format!("refused:{reason}")) >= 1,
+            "{authority} {forwarded:?}: {reason} not counted"
+        );
+    }
+    // The caller's own address in Forwarded is believed, and served.
+    let own = format!("for=\"{FRONTEND_IP}\"");
+    let got = raw.ask(Method::CONNECT, &backend, Some(&own)).await;
+    assert_eq!(got, StatusCode::OK);
+}
+
+/// A client that opens a stream, writes and never reads what comes back:
+/// HTTP/2 flow control stops the echo long before memory grows, and the
+/// connection's other streams go on.
+#[tokio::test]
+async fn a_stream_that_never_reads_is_held_back_by_flow_control_and_others_go_on() {
+    let mesh = Mesh::start(Settings::default(), ALLOW_ALL, Upstream::Echo).await;
+    let mut raw = mesh.raw().await;
+    let mut stuck = raw.open(mesh.backend).await;
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = written.clone();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..1024 {
+            if stuck.write_all(&chunk).await.is_err() {
+                return;
+            }
+            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    sleep(Duration::from_secs(2)).await;
+    let taken = written.load(std::sync::atomic::Ordering::Relaxed);
+    // 64 MiB offered; windows and socket buffers hold a few MiB.
+    assert!(
+        taken < 48 * 1024 * 1024,
+        "{taken} bytes taken from a reader that never reads"
+    );
+    let mut other = raw.open(mesh.backend).await;
+    echoes(&mut other, b"still served").await;
+    writer.abort();
+}

@@ -572,6 +572,33 @@ fn a_flood_of_identities_keeps_the_bucket_count_bounded() {
     assert!(len >= 1024, "shards hold their share: {len}");
 }
 
+/// A million callers with distinct identities (buckets are kept per
+/// identity; callers without one share a bucket), at the default cap: the
+/// bucket count never passes it.
+#[test]
+fn a_million_distinct_sources_stay_within_the_default_bucket_cap() {
+    let clock = Clock::new();
+    let limiter = RateLimiter::default();
+    let set = set(&limit("api", &bucket("requests", 5, 10_000)));
+    for i in 0..1_000_000u64 {
+        let principal = format!("spiffe://cluster.local/ns/flood/sa/{i}");
+        GET.from(&principal)
+            .request(&limiter, &set, clock.at(i / 64));
+        if i % 50_000 == 0 {
+            assert!(
+                limiter.len() <= DEFAULT_MAX_BUCKETS,
+                "{} buckets",
+                limiter.len()
+            );
+        }
+    }
+    assert!(
+        limiter.len() <= DEFAULT_MAX_BUCKETS,
+        "{} buckets",
+        limiter.len()
+    );
+}
+
 #[test]
 fn idle_buckets_are_evicted_before_recently_used_ones() {
     let clock = Clock::new();
