@@ -960,3 +960,6 @@ async fn request_trailers_are_never_forwarded() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("trailers=none"), "HTTP/1: {answer}");
 }
+
+#[path = "trace_tests.rs"]
+mod trace_tests;
