@@ -123,6 +123,10 @@ impl Cluster {
             "" => String::new(),
             t => format!("tunnel: {t}\n"),
         };
+        let tunnel = match options.tracing.as_str() {
+            "" => tunnel,
+            t => format!("{tunnel}tracing: {t}\n"),
+        };
         let discovery = if options.kubernetes {
             format!(
                 "discovery: kubernetes\nkubernetes:\n  cgroupRoot: {}\n  syncTimeout: 15s\n",

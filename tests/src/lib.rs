@@ -37,6 +37,8 @@
 //! - `admin`: a proxy's admin port and metrics;
 //! - `policies`: the shared policy directory;
 //! - `lifecycle`: starting a cluster, tearing it down on drop;
+//! - [`otlp`]: an OTLP receiver (HTTP/protobuf and gRPC) for the tracing
+//!   tests and the bench;
 //! - [`bench`](mod@bench): the benchmark `nw-bench run` drives.
 
 mod admin;
@@ -58,6 +60,7 @@ mod traffic;
 
 pub mod apiserver;
 pub mod bench;
+pub mod otlp;
 
 pub use admin::metric_value;
 pub use capture::{Capture, Captured};
