@@ -336,11 +336,13 @@ fn serve_http_conn(stream: TcpStream) -> std::io::Result<()> {
             json!({"request": format!("{method} {target}"), "traceparent": traceparent, "tracestate": tracestate})
         );
         let reply = json!({"method": method, "path": target, "body": body.len()}).to_string();
-        write!(
-            out,
+        // One write: `write!` would send the pieces apart, and Nagle would
+        // hold the second for the peer's delayed ACK (40 ms a response).
+        let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{reply}",
             reply.len()
-        )?;
+        );
+        out.write_all(response.as_bytes())?;
     }
     Ok(())
 }
