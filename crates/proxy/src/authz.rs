@@ -393,7 +393,8 @@ impl proxy_http::Authorizer for RequestGate {
             if let Some(name) = parts.headers.keys().find(|n| n.as_str().contains('_')) {
                 let why = format!("header name with an underscore: {}", clean(name.as_str()));
                 let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                return self.refuse(parts, &raw.to_owned(), &why);
+                let raw = raw.to_owned();
+                return self.refuse(parts, &raw, &why);
             }
         }
         let host = match effective_host(parts) {

@@ -54,7 +54,7 @@ fn hostile_traceparents_are_ignored() {
     let bad: Vec<Vec<u8>> = vec![
         b"".to_vec(),
         b"00".to_vec(),
-        VALID[..54].as_bytes().to_vec(),
+        VALID.as_bytes()[..54].to_vec(),
         VALID.to_uppercase().into_bytes(),
         VALID.replacen("00", "ff", 1).into_bytes(),
         VALID.replacen("00", "0g", 1).into_bytes(),
