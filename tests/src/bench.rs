@@ -40,6 +40,8 @@ use serde_json::{json, Value};
 
 use crate::{connect_from, standard_pods, Cluster, Options};
 
+mod traced;
+
 /// What `nw-bench run` was asked for.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -230,7 +232,12 @@ pub fn run(settings: &Settings) -> Result<()> {
     }
     let prefix = Cluster::unique_prefix();
     cleanup_on_signal(&prefix)?;
-    let scenarios = Scenario::selected(&settings.only)?;
+    let (http_tracing, only) = traced::split_only(&settings.only);
+    let scenarios = if only.is_empty() && !settings.only.is_empty() {
+        Vec::new()
+    } else {
+        Scenario::selected(&only)?
+    };
     let machine = machine_info();
     eprintln!("bench: {machine}");
     let mut bench = Bench::start(&prefix, settings.clone())?;
@@ -264,6 +271,9 @@ pub fn run(settings: &Settings) -> Result<()> {
         }
     }
     let mut machine = machine;
+    if http_tracing {
+        machine["http_tracing"] = bench.http_tracing()?;
+    }
     machine["loadavg_end"] = json!(loadavg());
     machine["nodeward_config"] = json!(fs::read_to_string(bench.cluster.config_path("node-a"))?);
     drop(bench);
@@ -1177,6 +1187,7 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
         md += &notes.join("\n");
         md += "\n";
     }
+    md += &traced::markdown(m);
     md
 }
 

@@ -174,6 +174,9 @@ pub struct Options {
     /// netns (instead of the workloads file); pods' cgroups are laid out as
     /// kubelet's systemd driver lays them out.
     pub kubernetes: bool,
+    /// `tracing:` as a YAML flow mapping (see `otlp::tracing_config`);
+    /// empty: tracing off, as in the product.
+    pub tracing: String,
 }
 
 /// A mesh-wide policy that allows every connection: the default for tests
@@ -213,6 +216,7 @@ impl Default for Options {
             tunnel: "",
             http: "",
             kubernetes: false,
+            tracing: String::new(),
         }
     }
 }

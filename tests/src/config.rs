@@ -126,6 +126,10 @@ impl Cluster {
             "" => String::new(),
             h => format!("http: {h}\n"),
         };
+        let tunnel = match options.tracing.as_str() {
+            "" => tunnel,
+            t => format!("{tunnel}tracing: {t}\n"),
+        };
         let discovery = if options.kubernetes {
             format!(
                 "discovery: kubernetes\nkubernetes:\n  cgroupRoot: {}\n  syncTimeout: 15s\n",

@@ -37,6 +37,8 @@
 //! - `admin`: a proxy's admin port and metrics;
 //! - `policies`: the shared policy directory;
 //! - `lifecycle`: starting a cluster, tearing it down on drop;
+//! - [`otlp`]: an OTLP receiver (HTTP/protobuf and gRPC) for the tracing
+//!   tests and the bench;
 //! - [`bench`](mod@bench): the benchmark `nw-bench run` drives;
 //! - [`tlspeer`]: a tunnel peer of the tests' own making (node CAs that
 //!   mint leaves, a client config presenting one), using no other module;
@@ -63,6 +65,7 @@ mod traffic;
 pub mod apiserver;
 pub mod bench;
 pub mod h2raw;
+pub mod otlp;
 pub mod tlspeer;
 
 pub use admin::metric_value;

@@ -74,6 +74,15 @@ impl Cluster {
             .filter_map(|v| v["request"].as_str().map(str::to_owned))
             .collect()
     }
+
+    /// What [`Cluster::serve_http`]'s server logged per request: `request`
+    /// plus the `traceparent` and `tracestate` it got (null when none).
+    pub fn http_requests_logged(&self, pod: &str, port: u16) -> Vec<Value> {
+        json_lines(&self.log_path(&format!("http-{pod}-{port}")))
+            .into_iter()
+            .filter(|v| v["request"].is_string())
+            .collect()
+    }
 }
 
 /// Opens `path` for appending (created if missing): a child's stdout or stderr.

@@ -103,6 +103,39 @@ pub struct ConfigFile {
     /// The tunnel server's connection timers and caps.
     #[serde(default)]
     pub tunnel: TunnelFile,
+    /// Span export over OTLP (off when absent).
+    #[serde(default)]
+    pub tracing: Option<TracingFile>,
+}
+
+/// `tracing`: spans for HTTP requests and tunnel hops, exported over OTLP.
+/// Present (even empty) turns tracing on; absent, nothing is traced.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TracingFile {
+    #[serde(default)]
+    pub otlp: OtlpFile,
+    /// Fraction (0.0–1.0) of new traces sampled; a caller's sampled flag is
+    /// always followed (parent-based). Default 1.0.
+    #[serde(default)]
+    pub sampling: Option<f64>,
+    /// The `service.name` resource attribute (default `nodeward`).
+    #[serde(default)]
+    pub service_name: Option<String>,
+}
+
+/// `tracing.otlp`: where spans go.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OtlpFile {
+    /// Base URL of the collector, `http://host:port`; unset:
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else the protocol's default port on
+    /// localhost.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `http/protobuf` (default) or `grpc`.
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 /// `discovery`.
@@ -301,6 +334,25 @@ pub enum Discovery {
 }
 
 /// A validated `kubernetes` section.
+/// How spans are exported (`tracing`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// The collector's base URL; `None`: the standard environment
+    /// variables, then the protocol's default.
+    pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+    /// Fraction of new traces sampled.
+    pub sampling: f64,
+    pub service_name: String,
+}
+
+/// `tracing.otlp.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    HttpProtobuf,
+    Grpc,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesSettings {
     /// Where kubelet's pod cgroups are looked for (relative: under the
@@ -339,6 +391,8 @@ pub struct Config {
     pub sockmap: bool,
     /// The tunnel server's timers and caps.
     pub tunnel: TunnelSettings,
+    /// Span export; `None`: tracing off.
+    pub tracing: Option<TracingSettings>,
     /// The file this came from, for error messages.
     pub source: PathBuf,
 }
@@ -392,6 +446,7 @@ impl Config {
                 },
             sockmap: SockmapFile { enabled: sockmap },
             tunnel: tunnel_file,
+            tracing,
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
         let node = node.or(node_name_env).unwrap_or_default();
@@ -473,6 +528,7 @@ impl Config {
         };
         let tunnel = tunnel_settings(path, tunnel_file)?;
         let http_limits = http_limits(header_read_timeout, idle_timeout);
+        let tracing = tracing.map(|t| tracing_settings(path, t)).transpose()?;
         let discovery = discovery_settings(path, discovery, workloads_file, kubernetes)?;
         Ok(Self {
             node,
@@ -503,6 +559,7 @@ impl Config {
             http_limits,
             sockmap: sockmap.unwrap_or(false),
             tunnel,
+            tracing,
             source: path.to_owned(),
         })
     }
@@ -627,6 +684,54 @@ fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, Conf
 }
 
 /// True for an RFC 1123 label: what Kubernetes accepts as a namespace name.
+fn tracing_settings(path: &Path, file: TracingFile) -> Result<TracingSettings, ConfigError> {
+    let TracingFile {
+        otlp: OtlpFile { endpoint, protocol },
+        sampling,
+        service_name,
+    } = file;
+    let bad = |field: &str, msg: &str| ConfigError::invalid(path, format!("tracing.{field}"), msg);
+    let protocol = match protocol.as_deref() {
+        None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+        Some("grpc") => OtlpProtocol::Grpc,
+        Some(_) => return Err(bad("otlp.protocol", "must be `http/protobuf` or `grpc`")),
+    };
+    if let Some(e) = &endpoint {
+        check_endpoint(e).map_err(|msg| bad("otlp.endpoint", msg))?;
+    }
+    let sampling = sampling.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sampling) {
+        return Err(bad("sampling", "must be a fraction from 0.0 to 1.0"));
+    }
+    let service_name = service_name.unwrap_or_else(|| "nodeward".to_owned());
+    if service_name.is_empty() || service_name.chars().any(char::is_control) {
+        return Err(bad(
+            "serviceName",
+            "must be a non-empty name without control characters",
+        ));
+    }
+    Ok(TracingSettings {
+        endpoint,
+        protocol,
+        sampling,
+        service_name,
+    })
+}
+
+/// A collector base URL: `http://host[:port][/path]`. No TLS: the exporter
+/// is built without a TLS stack (see docs/tracing.md).
+pub fn check_endpoint(endpoint: &str) -> Result<(), &'static str> {
+    const FORM: &str = "must be a URL like `http://collector:4318`";
+    let uri: http::Uri = endpoint.parse().map_err(|_| FORM)?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http"), Some(h)) if !h.is_empty() => Ok(()),
+        (Some("https"), _) => Err(
+            "must be `http://`: TLS to the collector is not supported (run the collector on the node or its network)",
+        ),
+        _ => Err(FORM),
+    }
+}
+
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63

@@ -122,6 +122,10 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     /// Token buckets held now.
     pub ratelimit_buckets: IntGauge,
+    /// Spans sent to the OTLP collector.
+    pub trace_spans_exported: IntCounter,
+    /// Spans lost, by reason (`queue_full`, `export_failed`).
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 /// Counters that share one label set: `K` metric names over `N` labels.
@@ -300,6 +304,16 @@ impl Metrics {
                 &registry,
                 "audit_dropped_total",
                 "Audit records lost because the audit sink could not keep up",
+            ),
+            trace_spans_exported: int_counter(
+                &registry,
+                "trace_spans_exported_total",
+                "Spans the OTLP collector accepted",
+            ),
+            trace_spans_dropped: counters(
+                "trace_spans_dropped_total",
+                "Spans lost: the export queue was full, or the collector failed or timed out",
+                &["reason"],
             ),
             ratelimit_decisions: counters(
                 "ratelimit_decisions_total",

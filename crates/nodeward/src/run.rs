@@ -126,11 +126,15 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
             .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?,
     );
     let metrics = Arc::new(Metrics::new());
-    let observer = Arc::new(
-        Observer::new(metrics.clone())
-            .with_trust_domain(ca.trust_domain())
-            .with_access_log(cfg.access_log),
-    );
+    let mut observer = Observer::new(metrics.clone())
+        .with_trust_domain(ca.trust_domain())
+        .with_access_log(cfg.access_log);
+    if let Some(settings) = &cfg.tracing {
+        let tracer = crate::otlp::start(settings, &cfg.node, &metrics)
+            .map_err(|e| ConfigError::invalid(&cfg.source, "tracing.otlp", e))?;
+        observer = observer.with_tracer(tracer);
+    }
+    let observer = Arc::new(observer);
     let auditor = Auditor::open(&cfg.audit_sink, metrics.clone())
         .map_err(|e| ConfigError::invalid(&cfg.source, "audit.sink", e))?;
     let (policies, sources) = reload::initial(&cfg.policy_dir, cfg.policy.clone(), &metrics);

@@ -36,6 +36,7 @@ use crate::{
     http::{self as proxy_http, HeadersWithUnderscores, Verdict},
     ratelimit::{self, RateLimiter, RateOutcome},
     telemetry::{LimitKind as MetricLimit, Observer, RateLimitOutcome, Reporter},
+    trace::{RequestSpan, Tracer},
 };
 use audit::{Auditor, Kind, Record};
 
@@ -405,7 +406,8 @@ impl proxy_http::Authorizer for RequestGate {
             if let Some(name) = parts.headers.keys().find(|n| n.as_str().contains('_')) {
                 let why = format!("header name with an underscore: {}", clean(name.as_str()));
                 let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                return self.refuse(parts, raw, &why);
+                let raw = raw.to_owned();
+                return self.refuse(parts, &raw, &why);
             }
         }
         let host = match effective_host(parts) {
@@ -445,6 +447,7 @@ impl proxy_http::Authorizer for RequestGate {
             path: request.path,
             host: &host,
         };
+        self.traced(&mut parts.extensions, &host, &d);
         // Authorization first, recorded whatever the rate limit says next.
         self.authz.record(
             self.id,
@@ -469,6 +472,9 @@ impl proxy_http::Authorizer for RequestGate {
         );
         self.authz.count_limits(&outcome, MetricLimit::Requests);
         let rate = outcome.applies().then(|| rate_outcome(&outcome));
+        if let (Some(r), Some(span)) = (rate, parts.extensions.get_mut::<RequestSpan>()) {
+            span.rate_limited(r.as_str(), outcome.policy.as_ref().map(ToString::to_string));
+        }
         if let Some(limited) = limited_decision(&outcome, "requests") {
             self.authz.record(
                 self.id,
@@ -501,6 +507,10 @@ impl proxy_http::Authorizer for RequestGate {
             host: "",
         };
         self.log_with(&view, status, None, rate, elapsed);
+    }
+
+    fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.authz.observer.tracer()
     }
 }
 
@@ -545,6 +555,37 @@ impl RequestGate {
             error: None,
         };
         access::log_request(&self.authz.observer, &record);
+    }
+}
+
+impl RequestGate {
+    /// Tells the request's span, when it is traced, who called whom and
+    /// how the request was judged.
+    fn traced(&self, extensions: &mut http::Extensions, host: &str, d: &Decision) {
+        let Some(span) = extensions.get_mut::<RequestSpan>() else {
+            return;
+        };
+        let principal = self.subject.principal.as_ref().map(SpiffeId::as_str);
+        let destination = self.subject.destination.to_string();
+        let policy = d.policy.as_ref().map(ToString::to_string);
+        span.authorized(
+            principal,
+            &destination,
+            self.subject.dst.port(),
+            d.allow,
+            policy,
+        );
+        span.host(without_port(host));
+    }
+}
+
+/// `host[:port]` without the port (`[v6]:port` keeps its brackets).
+fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
     }
 }
 
@@ -598,7 +639,7 @@ fn too_many_requests(outcome: &RateOutcome) -> http::Response<bytes::Bytes> {
 impl RequestGate {
     /// A request whose target or host cannot be judged safely is refused
     /// outright (400), never matched in some other form.
-    fn refuse(&self, parts: &Parts, raw_path: &str, why: &str) -> Verdict {
+    fn refuse(&self, parts: &mut Parts, raw_path: &str, why: &str) -> Verdict {
         let d = Decision {
             allow: false,
             policy: None,
@@ -606,6 +647,7 @@ impl RequestGate {
             reason: why.to_owned(),
             audit: Vec::new(),
         };
+        self.traced(&mut parts.extensions, "", &d);
         let host = parts
             .headers
             .get(http::header::HOST)

@@ -84,7 +84,10 @@ use self::{
     body::{Counted, NoTrailers},
     tasks::Tasks,
 };
-use crate::drain::Drain;
+use crate::{
+    drain::Drain,
+    trace::{RequestSpan, Tracer},
+};
 
 mod body;
 mod headers;
@@ -180,6 +183,12 @@ pub trait Authorizer: Send + Sync + 'static {
     /// proxy answers 502), with the request as forwarded and the time since
     /// it arrived: for per-request access logs. Default: nothing.
     fn responded(&self, _method: &Method, _path: &str, _status: StatusCode, _elapsed: Duration) {}
+
+    /// The tracer that records a span per request (see [`crate::trace`]);
+    /// `None` (the default) traces nothing and leaves `traceparent` alone.
+    fn tracer(&self) -> Option<&Arc<Tracer>> {
+        None
+    }
 }
 
 impl<F> Authorizer for F
@@ -486,10 +495,24 @@ async fn handle<A: Authorizer + ?Sized>(
         shared.h2.store(true, Ordering::Relaxed);
     }
     let discardable = can_discard(&parts, &body);
-    if let Verdict::Respond(response) = admit(&shared, &mut parts) {
+    // The span rides in the extensions while the authorizer judges, so it
+    // can note its decision there.
+    if let Some(tracer) = shared.authorizer.tracer() {
+        let span = RequestSpan::start(tracer, &parts);
+        parts.extensions.insert(span);
+    }
+    let verdict = admit(&shared, &mut parts);
+    let span = parts.extensions.remove::<RequestSpan>();
+    if let Verdict::Respond(response) = verdict {
         shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = span {
+            s.finish(response.status());
+        }
         let response = answer_here(&shared, response, body, h1, discardable);
         return Ok(close_if_draining(&shared.drain, response, h1));
+    }
+    if let Some(s) = &span {
+        s.inject(&mut parts.headers);
     }
     let started = std::time::Instant::now();
     let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
@@ -501,6 +524,9 @@ async fn handle<A: Authorizer + ?Sized>(
     shared
         .authorizer
         .responded(&method, &path, response.status(), started.elapsed());
+    if let Some(s) = span {
+        s.finish(response.status());
+    }
     Ok(close_if_draining(&shared.drain, response, h1))
 }
 

@@ -43,6 +43,7 @@ use crate::{
     http,
     relay::{self, Route},
     telemetry::{Observer, Pending, Side},
+    trace::ConnSpan,
     tunnel::{
         CONNECTION_WINDOW, ERROR_HEADER, HANDSHAKE_TIMEOUT, KEEPALIVE, KEEPALIVE_TIMEOUT,
         MAX_FRAME, SERVER_MAX_STREAMS, STREAM_WINDOW,
@@ -291,9 +292,27 @@ async fn handshake(
 /// Handles one CONNECT stream: checks, dials the workload, answers 200 and
 /// relays once the stream is upgraded. Nothing is forwarded before the 200.
 async fn stream_request(
+    req: Request<Incoming>,
+    inbound: &Arc<Inbound>,
+    peer: &Arc<Peer>,
+) -> Response<Full<Bytes>> {
+    let tracer = inbound.observer.tracer();
+    let mut span = tracer.map(|t| ConnSpan::server(t, req.headers()));
+    let response = admit_stream(req, inbound, peer, &mut span).await;
+    // Still here: the stream was refused (a relayed one took its span).
+    if let Some(span) = span {
+        let why = response.headers().get(ERROR_HEADER);
+        span.finish(Some(why.and_then(|v| v.to_str().ok()).unwrap_or("refused")));
+    }
+    response
+}
+
+/// [`stream_request`] itself; an admitted stream takes `span` along.
+async fn admit_stream(
     mut req: Request<Incoming>,
     inbound: &Arc<Inbound>,
     peer: &Arc<Peer>,
+    span: &mut Option<ConnSpan>,
 ) -> Response<Full<Bytes>> {
     let open = peer.tracker.open();
     let pending = Pending::start(&inbound.observer);
@@ -343,6 +362,7 @@ async fn stream_request(
         source,
         pending,
         open,
+        trace: span.take(),
     };
     tokio::spawn(relay_upgraded(
         on_upgrade,
@@ -364,6 +384,7 @@ struct Relayed {
     pending: Pending,
     /// ...and open on its connection until the relay ends.
     open: Open,
+    trace: Option<ConnSpan>,
 }
 
 /// Relays an upgraded stream until it ends, its admission is revoked, or
@@ -382,6 +403,7 @@ async fn relay_upgraded(
         source,
         pending,
         open,
+        trace,
     } = relayed;
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -395,6 +417,7 @@ async fn relay_upgraded(
         source_node: peer.verified.node.clone(),
         source,
         peer: peer.addr,
+        trace,
     };
     drop(pending);
     let io = TokioIo::new(upgraded);

@@ -6,7 +6,7 @@
 //! every connection and, through [`http`], every request, enforces rate
 //! limits ([`ratelimit`]) and writes the audit log. [`drain`] lets a stop
 //! finish open connections. What the data path counts goes out through the
-//! [`telemetry::Telemetry`] trait.
+//! [`telemetry::Telemetry`] trait, and its spans through [`trace`].
 //!
 //! Owns: sockets, relaying, HTTP serving, the authorization runtime,
 //! token buckets, access and audit records.
@@ -27,4 +27,5 @@ pub mod ratelimit;
 pub mod relay;
 pub mod sink;
 pub mod telemetry;
+pub mod trace;
 pub mod tunnel;

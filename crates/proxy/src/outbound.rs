@@ -28,6 +28,7 @@ use crate::{
     drain::Drain,
     relay::{self, Dialer, Path, Route, ServiceCall},
     telemetry::{Observer, Pending},
+    trace::{ConnSpan, TraceParent},
     tunnel::{pool, Pool, Target, TunnelError},
 };
 
@@ -265,15 +266,21 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
         Some(_) => Path::Tunnel,
         None => Path::Passthrough,
     };
-    let route = Route::Outbound {
+    let trace = match (path, shared.observer.tracer()) {
+        (Path::Tunnel, Some(tracer)) => Some(ConnSpan::client(tracer)),
+        _ => None,
+    };
+    let mut route = Route::Outbound {
         source: source.clone(),
         peer,
         path,
         service: resolved.service.clone(),
+        trace,
     };
     let observer = &shared.observer;
+    let hop = (peer, dst, route.trace_context());
     match (path, dest) {
-        (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, &w, peer, dst).await {
+        (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, &w, hop).await {
             Ok(up) => {
                 drop(pending);
                 relay::run(
@@ -288,7 +295,12 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
                 )
                 .await
             }
-            Err(e) => connect_failed(stream, &source, peer, dst, e.reason(), &e, observer),
+            Err(e) => {
+                if let Some(span) = route.take_trace() {
+                    span.finish(Some(e.reason()));
+                }
+                connect_failed(stream, &source, peer, dst, e.reason(), &e, observer)
+            }
         },
         (Path::Local, Some(w)) => local(&shared, stream, route, w, peer, dst, pending).await,
         (_, dest) => match shared.dialer.dial(dst).await {
@@ -352,13 +364,13 @@ async fn local(
     .await;
 }
 
-/// Opens a tunnel stream to `dest`'s node as `source`.
+/// Opens a tunnel stream to `dest`'s node as `source`, for the caller at
+/// `peer` dialling `dst`, with the hop's span context when traced.
 async fn tunnel(
     shared: &Shared,
     source: &Workload,
     dest: &Workload,
-    peer: SocketAddr,
-    dst: SocketAddr,
+    (peer, dst, trace): (SocketAddr, SocketAddr, Option<TraceParent>),
 ) -> Result<pool::Stream, TunnelFailure> {
     let td = shared.certs.ca().trust_domain().to_owned();
     let src_id = SpiffeId::workload(&td, &source.namespace, &source.service_account)
@@ -381,6 +393,7 @@ async fn tunnel(
         node_addr: SocketAddr::new(node_ip, shared.tunnel_port),
         authority: dst,
         client_ip: peer.ip(),
+        trace,
     };
     Ok(shared.pool.connect(target).await?)
 }

@@ -3,9 +3,16 @@
 
 use std::{cell::Cell, collections::hash_map::RandomState, hash::BuildHasher};
 
-/// A uniform draw from [0, 1): xorshift64* per thread, seeded randomly, so
-/// sampling takes no lock and shares no cache line between threads.
+/// A uniform draw from [0, 1).
 pub(crate) fn unit_random() -> f64 {
+    // The top 53 bits, scaled: exactly representable, strictly below 1.
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// 64 random bits, never zero: xorshift64* per thread, seeded randomly, so
+/// a draw takes no lock and shares no cache line between threads (trace
+/// and span ids need uniqueness, not secrecy).
+pub(crate) fn random_u64() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
     }
@@ -15,8 +22,8 @@ pub(crate) fn unit_random() -> f64 {
         x ^= x << 25;
         x ^= x >> 27;
         state.set(x);
-        // The top 53 bits, scaled: exactly representable, strictly below 1.
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+        // A non-zero state times an odd constant is never zero.
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     })
 }
 

@@ -34,6 +34,7 @@ use crate::{
     drain::Drain,
     http,
     telemetry::{ConnLabels, ConnectionSeries, Observer, Reporter, UNKNOWN},
+    trace::{ConnSpan, TraceParent},
     tunnel::pool,
 };
 
@@ -52,6 +53,8 @@ pub enum Route {
         path: Path,
         /// The Service whose VIP the caller dialled, when it did.
         service: Option<ServiceCall>,
+        /// The tunnel hop's client span, when traced.
+        trace: Option<ConnSpan>,
     },
     /// A stream from another node's proxy, authenticated by mTLS.
     Inbound {
@@ -60,7 +63,28 @@ pub enum Route {
         /// The calling workload, when the client named it (`Forwarded`).
         source: Option<Arc<Workload>>,
         peer: SocketAddr,
+        /// The tunnel hop's server span, when traced.
+        trace: Option<ConnSpan>,
     },
+}
+
+impl Route {
+    /// The context of the connection's span, when it is traced and sampled
+    /// or not (a sampled-out one still tells the next hop so).
+    pub fn trace_context(&self) -> Option<TraceParent> {
+        match self {
+            Self::Outbound { trace, .. } | Self::Inbound { trace, .. } => {
+                trace.as_ref().map(ConnSpan::context)
+            }
+        }
+    }
+
+    /// Takes the connection's span out, to finish it.
+    pub fn take_trace(&mut self) -> Option<ConnSpan> {
+        match self {
+            Self::Outbound { trace, .. } | Self::Inbound { trace, .. } => trace.take(),
+        }
+    }
 }
 
 /// A call to a Service: which one, and the VIP and port the caller
@@ -347,13 +371,14 @@ struct Outcome {
 
 /// Counts the connection while `pump` moves its bytes, then logs it.
 async fn account(
-    route: Route,
+    mut route: Route,
     dst: SocketAddr,
     dest: Option<Arc<Workload>>,
     observer: &Observer,
     pump: impl std::future::Future<Output = Outcome>,
 ) {
     let start = Instant::now();
+    let span = route.take_trace();
     let series = series(&route, dest.as_deref(), observer);
     for s in &series {
         s.opened();
@@ -368,6 +393,16 @@ async fn account(
     observer.active(-1);
     for s in &series {
         s.closed(sent, received);
+    }
+    if let Some(span) = span {
+        finish_span(
+            span,
+            &route,
+            dest.as_deref(),
+            dst,
+            (sent, received),
+            error.is_some(),
+        );
     }
     let success = error.is_none() && refused == 0;
     if !observer.access_log().should_log(success) {
@@ -483,6 +518,51 @@ fn caller<'a>(route: &'a Route, trust_domain: Option<&str>) -> Caller<'a> {
     }
 }
 
+/// Records the tunnel hop's span: who called whom, and what moved. Only
+/// values the proxy vouches for (workloads, verified identities, addresses).
+fn finish_span(
+    mut span: ConnSpan,
+    route: &Route,
+    dest: Option<&Workload>,
+    dst: SocketAddr,
+    (sent, received): (u64, u64),
+    failed: bool,
+) {
+    match route {
+        Route::Outbound { source, .. } => {
+            span.set_str("nodeward.source.workload", &source.to_string());
+        }
+        Route::Inbound {
+            principal,
+            source_node,
+            source,
+            peer,
+            ..
+        } => {
+            span.set_str("nodeward.source.principal", principal.as_str());
+            span.set_str("nodeward.source.node", source_node);
+            if let Some(w) = source {
+                span.set_str("nodeward.source.workload", &w.to_string());
+            }
+            span.set_str("network.peer.address", &peer.ip().to_string());
+        }
+    }
+    if let Some(w) = dest {
+        span.set_str("nodeward.destination.workload", &w.to_string());
+    }
+    span.set_str("server.address", &dst.ip().to_string());
+    span.set_int("server.port", i64::from(dst.port()));
+    span.set_int(
+        "nodeward.bytes_sent",
+        i64::try_from(sent).unwrap_or(i64::MAX),
+    );
+    span.set_int(
+        "nodeward.bytes_received",
+        i64::try_from(received).unwrap_or(i64::MAX),
+    );
+    span.finish(failed.then_some("relay_error"));
+}
+
 fn log(route: &Route, d: &Done<'_>) {
     let destination = d
         .dest
@@ -493,6 +573,7 @@ fn log(route: &Route, d: &Done<'_>) {
             peer,
             path,
             service,
+            ..
         } => tracing::info!(
             target: "nodeward::access",
             event = "connection",
@@ -515,6 +596,7 @@ fn log(route: &Route, d: &Done<'_>) {
             source_node,
             source,
             peer,
+            ..
         } => tracing::info!(
             target: "nodeward::access",
             event = "inbound",

@@ -13,7 +13,7 @@
 
 use std::{ops::Deref, sync::Arc};
 
-use crate::random::unit_random;
+use crate::{random::unit_random, trace::Tracer};
 
 /// The label value for anything not attributable to a known workload.
 pub const UNKNOWN: &str = "unknown";
@@ -242,6 +242,8 @@ pub struct Observer {
     /// Mesh trust domain, to name local callers' SPIFFE IDs.
     trust_domain: Option<String>,
     access_log: AccessLog,
+    /// Starts spans; `None` (the default) traces nothing, at no cost.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Observer {
@@ -251,6 +253,7 @@ impl Observer {
             telemetry,
             trust_domain: None,
             access_log: AccessLog::ALL,
+            tracer: None,
         }
     }
 
@@ -270,6 +273,17 @@ impl Observer {
     pub fn with_access_log(mut self, access_log: AccessLog) -> Self {
         self.access_log = access_log;
         self
+    }
+
+    /// Records spans through `tracer` (see [`crate::trace`]).
+    pub fn with_tracer(mut self, tracer: Arc<Tracer>) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
+    /// The tracer, when tracing is on.
+    pub fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.tracer.as_ref()
     }
 
     /// The mesh trust domain, if known.

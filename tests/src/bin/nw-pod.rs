@@ -397,13 +397,21 @@ fn serve_http_conn(stream: TcpStream) -> std::io::Result<()> {
         let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let mut body = vec![0u8; content_length(&head)];
         reader.read_exact(&mut body)?;
-        println!("{}", json!({"request": format!("{method} {target}")}));
+        // The trace context the pod got (tracing e2e), when it got one.
+        let traceparent = header_value(&head, "traceparent");
+        let tracestate = header_value(&head, "tracestate");
+        println!(
+            "{}",
+            json!({"request": format!("{method} {target}"), "traceparent": traceparent, "tracestate": tracestate})
+        );
         let reply = json!({"method": method, "path": target, "body": body.len()}).to_string();
-        write!(
-            out,
+        // One write: `write!` would send the pieces apart, and Nagle would
+        // hold the second for the peer's delayed ACK (40 ms a response).
+        let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{reply}",
             reply.len()
-        )?;
+        );
+        out.write_all(response.as_bytes())?;
     }
     Ok(())
 }
@@ -421,6 +429,13 @@ fn read_head(r: &mut impl std::io::BufRead) -> std::io::Result<Option<String>> {
         }
         head.push_str(&line);
     }
+}
+
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
 }
 
 fn content_length(head: &str) -> usize {
@@ -450,11 +465,15 @@ fn http_requests(to: SocketAddr, requests: &[String], gap: Duration) -> serde_js
         if i > 0 {
             std::thread::sleep(gap);
         }
-        let (method, path) = r.split_once(' ').unwrap_or(("GET", r));
+        // "METHOD /path|name: value|name: value": extra header lines.
+        let mut fields = r.split('|');
+        let first = fields.next().unwrap_or(r);
+        let extra: String = fields.map(|h| format!("{h}\r\n")).collect();
+        let (method, path) = first.split_once(' ').unwrap_or(("GET", first));
         let body = if method == "POST" { "payload" } else { "" };
         let sent = write!(
             out,
-            "{method} {path} HTTP/1.1\r\nhost: {to}\r\ncontent-length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: {to}\r\n{extra}content-length: {}\r\n\r\n{body}",
             body.len()
         );
         let reply = sent.and_then(|()| read_response(&mut reader));

@@ -369,3 +369,53 @@ fn the_deploy_configmap_config_is_accepted() {
         cfg.discovery
     );
 }
+
+#[test]
+fn tracing_is_off_by_default_and_read_when_present() {
+    assert_eq!(parse(GOOD).expect("valid").tracing, None);
+    let on = format!("{GOOD}tracing: {{}}\n");
+    let t = parse(&on).expect("valid").tracing.expect("on");
+    assert_eq!(
+        t,
+        TracingSettings {
+            endpoint: None,
+            protocol: OtlpProtocol::HttpProtobuf,
+            sampling: 1.0,
+            service_name: "nodeward".into(),
+        }
+    );
+    let full = format!(
+        "{GOOD}tracing:\n  otlp:\n    endpoint: http://collector:4317\n    protocol: grpc\n  sampling: 0.25\n  serviceName: mesh\n"
+    );
+    let t = parse(&full).expect("valid").tracing.expect("on");
+    assert_eq!(t.endpoint.as_deref(), Some("http://collector:4317"));
+    assert_eq!((t.protocol, t.sampling), (OtlpProtocol::Grpc, 0.25));
+    assert_eq!(t.service_name, "mesh");
+}
+
+#[test]
+fn tracing_errors_name_the_field() {
+    for (text, field) in [
+        (
+            "  otlp:\n    protocol: http/json\n",
+            "tracing.otlp.protocol",
+        ),
+        (
+            "  otlp:\n    endpoint: https://collector:4318\n",
+            "tracing.otlp.endpoint",
+        ),
+        (
+            "  otlp:\n    endpoint: collector:4318\n",
+            "tracing.otlp.endpoint",
+        ),
+        ("  sampling: 1.5\n", "tracing.sampling"),
+        ("  serviceName: ''\n", "tracing.serviceName"),
+        ("  ratio: 0.5\n", "tracing"),
+        ("  otlp:\n    headers: {}\n", "tracing.otlp"),
+    ] {
+        let err = parse(&format!("{GOOD}tracing:\n{text}"))
+            .expect_err(text)
+            .to_string();
+        assert!(err.contains(field), "{text}: {err}");
+    }
+}

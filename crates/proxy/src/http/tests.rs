@@ -1156,3 +1156,5 @@ async fn request_line_tricks_bare_lf_and_huge_heads_never_smuggle() {
         proxy.summary().await;
     }
 }
+#[path = "trace_tests.rs"]
+mod trace_tests;

@@ -274,6 +274,7 @@ impl Mesh {
             node_addr: self.addr,
             authority: self.backend,
             client_ip: FRONTEND_IP.parse().expect("ip"),
+            trace: None,
         }
     }
 

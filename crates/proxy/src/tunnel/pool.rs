@@ -27,7 +27,10 @@ use nodeward_identity::{
     Issued, SpiffeId,
 };
 
-use crate::telemetry::{Observer, Side};
+use crate::{
+    telemetry::{Observer, Side},
+    trace::TraceParent,
+};
 
 /// Why a tunnel stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,9 @@ pub struct Target<'a> {
     pub authority: SocketAddr,
     /// The calling pod's address, sent as `Forwarded: for=`.
     pub client_ip: IpAddr,
+    /// The source proxy's span of this hop, sent as `traceparent` when the
+    /// connection is traced.
+    pub trace: Option<TraceParent>,
 }
 
 /// An open tunnel stream; keep it alive as long as the stream is used.
@@ -411,6 +417,10 @@ fn connect_request(target: &Target<'_>) -> Request<Empty<Bytes>> {
     );
     if let Ok(v) = hyper::http::HeaderValue::try_from(forwarded) {
         request.headers_mut().insert(hyper::header::FORWARDED, v);
+    }
+    if let Some(trace) = &target.trace {
+        let headers = request.headers_mut();
+        headers.insert(crate::trace::context::TRACEPARENT, trace.to_header());
     }
     request
 }
