@@ -15,7 +15,7 @@ use serde::Deserialize;
 pub use nodeward_policy::MtlsMode;
 use nodeward_policy::{self as policy, DefaultPolicy};
 pub use nodeward_proxy::{
-    authz::audit::AuditSink, http::HeadersWithUnderscores,
+    authz::audit::AuditSink, flows, http::HeadersWithUnderscores,
     inbound::limits::Settings as TunnelSettings, telemetry::AccessLog,
 };
 use nodeward_yaml as yaml;
@@ -101,6 +101,35 @@ pub struct ConfigFile {
     /// The tunnel server's connection timers and caps.
     #[serde(default)]
     pub tunnel: TunnelFile,
+    /// The flow map behind the admin `/flows` page.
+    #[serde(default)]
+    pub flows: FlowsFile,
+}
+
+/// `flows`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlowsFile {
+    /// Keep the flow map (default true). Off, connections count no flows
+    /// and `/flows.json` answers 404.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Most edges held, 1 to 10000 (default 10000).
+    #[serde(default)]
+    pub max_edges: Option<usize>,
+    /// Admin addresses of the other nodes, merged by `/flows.json?cluster=1`
+    /// and the page's cluster view.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
+}
+
+/// The flow map's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowsSettings {
+    /// `None`: the flow map is off.
+    pub max_edges: Option<usize>,
+    /// Other nodes' admin addresses, for the cluster view.
+    pub peers: Vec<SocketAddr>,
 }
 
 /// `discovery`.
@@ -327,6 +356,8 @@ pub struct Config {
     pub sockmap: bool,
     /// The tunnel server's timers and caps.
     pub tunnel: TunnelSettings,
+    /// The flow map.
+    pub flows: FlowsSettings,
     /// The file this came from, for error messages.
     pub source: PathBuf,
 }
@@ -377,6 +408,12 @@ impl Config {
             },
             sockmap: SockmapFile { enabled: sockmap },
             tunnel: tunnel_file,
+            flows:
+                FlowsFile {
+                    enabled: flows_enabled,
+                    max_edges,
+                    peers,
+                },
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
         let node = node.or(node_name_env).unwrap_or_default();
@@ -456,6 +493,17 @@ impl Config {
             None => AccessLog::ALL,
             Some(f) => AccessLog::new(f).map_err(|e| bad("accessLog.sampling", &e.to_string()))?,
         };
+        let max_edges = max_edges.unwrap_or(flows::MAX_EDGES);
+        if !(1..=flows::MAX_EDGES).contains(&max_edges) {
+            return Err(bad(
+                "flows.maxEdges",
+                &format!("must be from 1 to {}", flows::MAX_EDGES),
+            ));
+        }
+        let flows = FlowsSettings {
+            max_edges: flows_enabled.unwrap_or(true).then_some(max_edges),
+            peers,
+        };
         let tunnel = tunnel_settings(path, tunnel_file)?;
         let discovery = discovery_settings(path, discovery, workloads_file, kubernetes)?;
         Ok(Self {
@@ -486,6 +534,7 @@ impl Config {
             },
             sockmap: sockmap.unwrap_or(false),
             tunnel,
+            flows,
             source: path.to_owned(),
         })
     }

@@ -26,6 +26,7 @@ use crate::{
     authz::{Admission, Authz, Subject},
     balance,
     drain::Drain,
+    flows::{EdgeKey, End, EndKind},
     relay::{self, Dialer, Path, Route, ServiceCall},
     telemetry::{Observer, Pending},
     tunnel::{pool, Pool, Target, TunnelError},
@@ -256,7 +257,11 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
     let _ = stream.set_nodelay(true);
     let resolved = match resolve(&shared, orig_dst) {
         Ok(r) => r,
-        Err(reason) => return refuse_reset(&stream, reason, peer, &shared.observer),
+        Err(reason) => {
+            let flow = shared.observer.flow(|| edge(&source, None, orig_dst));
+            flow.error(&format!("refused: {}", reason.as_str()));
+            return refuse_reset(&stream, reason, peer, &shared.observer);
+        }
     };
     let (dst, dest) = (resolved.dst, resolved.dest.clone());
     let path = match &dest {
@@ -265,11 +270,15 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
         Some(_) => Path::Tunnel,
         None => Path::Passthrough,
     };
+    let flow = shared
+        .observer
+        .flow(|| edge(&source, Some(&resolved), orig_dst));
     let route = Route::Outbound {
         source: source.clone(),
         peer,
         path,
         service: resolved.service.clone(),
+        flow: flow.clone(),
     };
     let observer = &shared.observer;
     match (path, dest) {
@@ -288,7 +297,10 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
                 )
                 .await
             }
-            Err(e) => connect_failed(stream, &source, peer, dst, e.reason(), &e, observer),
+            Err(e) => {
+                flow.error(&format!("{}: {e}", e.reason()));
+                connect_failed(stream, &source, peer, dst, e.reason(), &e, observer)
+            }
         },
         (Path::Local, Some(w)) => local(&shared, stream, route, w, peer, dst, pending).await,
         (_, dest) => match shared.dialer.dial(dst).await {
@@ -296,7 +308,10 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
                 drop(pending);
                 relay::run(stream, up, route, dst, dest, observer, None, &shared.drain).await
             }
-            Err(e) => connect_failed(stream, &source, peer, dst, "connect", &e, observer),
+            Err(e) => {
+                flow.error(&format!("connect: {e}"));
+                connect_failed(stream, &source, peer, dst, "connect", &e, observer)
+            }
         },
     }
 }
@@ -327,6 +342,7 @@ async fn local(
         source_ip: Some(peer.ip()),
         destination: dest.clone(),
         dst,
+        flow: route.flow().clone(),
     };
     let admission = shared.authz.admit(subject);
     if let Admission::Denied(d) | Admission::Limited(d) = &admission {
@@ -340,6 +356,7 @@ async fn local(
     let up = match shared.dialer.dial(dst).await {
         Ok(up) => up,
         Err(e) => {
+            route.flow().error(&format!("connect: {e}"));
             let m = &shared.observer;
             return connect_failed(stream, &source, peer, dst, "connect", &e, m);
         }
@@ -350,6 +367,29 @@ async fn local(
         admission, authz, stream, up, route, dst, dest, observer, drain,
     )
     .await;
+}
+
+/// The flow-map edge of an outbound connection: from its workload to the
+/// Service it dialled, else the workload it reached, else unknown; on the
+/// port it dialled.
+fn edge(source: &Workload, resolved: Option<&Resolved>, orig_dst: SocketAddr) -> EdgeKey {
+    let destination = match resolved {
+        Some(Resolved {
+            service: Some(call),
+            ..
+        }) => End::new(
+            EndKind::Service,
+            &call.service.namespace,
+            &call.service.name,
+        ),
+        Some(Resolved { dest: Some(w), .. }) => End::new(EndKind::Workload, &w.namespace, &w.name),
+        _ => End::unknown(),
+    };
+    EdgeKey {
+        source: End::new(EndKind::Workload, &source.namespace, &source.name),
+        destination,
+        port: orig_dst.port(),
+    }
 }
 
 /// Opens a tunnel stream to `dest`'s node as `source`.

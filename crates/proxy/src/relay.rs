@@ -32,6 +32,7 @@ use crate::{
     access::millis,
     authz::{Admission, Authz, Lease, RequestGate},
     drain::Drain,
+    flows::Flow,
     http,
     telemetry::{ConnLabels, ConnectionSeries, Observer, Reporter, UNKNOWN},
     tunnel::pool,
@@ -52,6 +53,8 @@ pub enum Route {
         path: Path,
         /// The Service whose VIP the caller dialled, when it did.
         service: Option<ServiceCall>,
+        /// The connection's edge in the flow map.
+        flow: Flow,
     },
     /// A stream from another node's proxy, authenticated by mTLS.
     Inbound {
@@ -60,7 +63,18 @@ pub enum Route {
         /// The calling workload, when the client named it (`Forwarded`).
         source: Option<Arc<Workload>>,
         peer: SocketAddr,
+        /// The connection's edge in the flow map.
+        flow: Flow,
     },
+}
+
+impl Route {
+    /// The connection's edge in the flow map.
+    pub fn flow(&self) -> &Flow {
+        match self {
+            Self::Outbound { flow, .. } | Self::Inbound { flow, .. } => flow,
+        }
+    }
 }
 
 /// A call to a Service: which one, and the VIP and port the caller
@@ -356,6 +370,8 @@ async fn account(
     for s in &series {
         s.opened();
     }
+    let flow = route.flow();
+    flow.opened();
     observer.active(1);
     let Outcome {
         sent,
@@ -366,6 +382,10 @@ async fn account(
     observer.active(-1);
     for s in &series {
         s.closed(sent, received);
+    }
+    flow.closed(sent, received);
+    if let Some(e) = &error {
+        flow.error(e);
     }
     let success = error.is_none() && refused == 0;
     if !observer.access_log().should_log(success) {
@@ -491,6 +511,7 @@ fn log(route: &Route, d: &Done<'_>) {
             peer,
             path,
             service,
+            ..
         } => tracing::info!(
             target: "nodeward::access",
             event = "connection",
@@ -513,6 +534,7 @@ fn log(route: &Route, d: &Done<'_>) {
             source_node,
             source,
             peer,
+            ..
         } => tracing::info!(
             target: "nodeward::access",
             event = "inbound",

@@ -13,7 +13,10 @@
 
 use std::{ops::Deref, sync::Arc};
 
-use crate::random::unit_random;
+use crate::{
+    flows::{EdgeKey, Flow, FlowMap},
+    random::unit_random,
+};
 
 /// The label value for anything not attributable to a known workload.
 pub const UNKNOWN: &str = "unknown";
@@ -242,6 +245,8 @@ pub struct Observer {
     /// Mesh trust domain, to name local callers' SPIFFE IDs.
     trust_domain: Option<String>,
     access_log: AccessLog,
+    /// The flow map, when switched on.
+    flows: Option<Arc<FlowMap>>,
 }
 
 impl Observer {
@@ -251,6 +256,7 @@ impl Observer {
             telemetry,
             trust_domain: None,
             access_log: AccessLog::ALL,
+            flows: None,
         }
     }
 
@@ -270,6 +276,21 @@ impl Observer {
     pub fn with_access_log(mut self, access_log: AccessLog) -> Self {
         self.access_log = access_log;
         self
+    }
+
+    /// Keeps the flow map in `flows` (see [`crate::flows`]); without it
+    /// connections count no flows.
+    pub fn with_flows(mut self, flows: Arc<FlowMap>) -> Self {
+        self.flows = Some(flows);
+        self
+    }
+
+    /// The handle of one connection's edge in the flow map (empty when the
+    /// map is off). Called once per connection.
+    pub fn flow(&self, key: impl FnOnce() -> EdgeKey) -> Flow {
+        self.flows
+            .as_ref()
+            .map_or_else(Flow::none, |t| t.edge(key()))
     }
 
     /// The mesh trust domain, if known.

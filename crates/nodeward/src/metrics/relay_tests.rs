@@ -104,6 +104,7 @@ fn outbound(path: Path) -> Route {
         peer: "10.0.0.1:40000".parse().expect("addr"),
         path,
         service: None,
+        flow: Default::default(),
     }
 }
 
@@ -113,6 +114,7 @@ fn inbound(principal: &str, source: Option<Arc<Workload>>) -> Route {
         source_node: "node-evil\n".into(),
         source,
         peer: "192.0.2.66:5555".parse().expect("addr"),
+        flow: Default::default(),
     }
 }
 
