@@ -67,7 +67,10 @@ fn demo_traffic(c: &Cluster) {
         "{burst}"
     );
     let vip = SocketAddr::new(SERVICE_VIP.parse().expect("vip"), 80);
-    c.http_calls("cache", vip, &["GET /api/items"]);
+    // Past the burst's refill (5 per second), so this one is allowed.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let r = c.http_calls("frontend", vip, &["GET /api/items"]);
+    assert_eq!(r["statuses"], serde_json::json!([200]), "{r}");
 }
 
 /// `chromium --headless` in `node`'s netns, with a throwaway profile.
@@ -116,6 +119,18 @@ fn tags<'a>(dom: &'a str, prefix: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The element with `attr` and what follows it up to its closing tag.
+fn section<'a>(dom: &'a str, attr: &str) -> &'a str {
+    let start = dom
+        .find(attr)
+        .unwrap_or_else(|| panic!("no {attr} in the page:\n{dom}"));
+    let end = dom[start..]
+        .find("</table>")
+        .or_else(|| dom[start..].find("</p>"))
+        .unwrap_or(0);
+    &dom[start..start + end]
+}
+
 #[test]
 fn the_demo_traffic_is_drawn_as_a_service_map_in_a_real_browser() {
     if !require_root("the_demo_traffic_is_drawn_as_a_service_map_in_a_real_browser") {
@@ -139,13 +154,18 @@ fn the_demo_traffic_is_drawn_as_a_service_map_in_a_real_browser() {
     assert!(api["authz"]["allow"].as_u64() > Some(0) && api["authz"]["deny"].as_u64() > Some(0));
     assert!(api["rateLimit"]["limited"].as_u64() > Some(0), "{api:#}");
     assert!(api["http"]["4xx"].as_u64() >= Some(2), "{api:#}");
-    let policies: Vec<&str> = api["policies"]
+    let policies_decided: Vec<String> = api["policies"]
         .as_array()
         .expect("policies")
         .iter()
-        .filter_map(|p| p["policy"].as_str())
+        .filter_map(|p| p["policy"].as_str().map(str::to_owned))
         .collect();
-    assert!(!policies.is_empty(), "{api:#}");
+    assert!(
+        policies_decided
+            .iter()
+            .any(|p| p == "shop/backend-admin-only-ops"),
+        "the DENY policy decided /admin: {api:#}"
+    );
     assert_eq!(
         edge(&flows, "frontend", "db", u64::from(PORT))["outcome"],
         "denied"
@@ -157,9 +177,10 @@ fn the_demo_traffic_is_drawn_as_a_service_map_in_a_real_browser() {
     // The source's proxy names the Service the caller dialled.
     let (_, _, body) = c.admin("node-a", "/flows.json");
     let source_side: Value = serde_json::from_str(&body).expect("flows.json");
-    let svc = edge(&source_side, "cache", "backend", 80);
+    let svc = edge(&source_side, "frontend", "backend", 80);
     assert_eq!(svc["destination"]["kind"], "service");
-    assert!(svc["connections"]["opened"].as_u64() >= Some(1));
+    assert_eq!(svc["connections"]["opened"], 1, "{svc:#}");
+    assert!(svc["bytes"]["received"].as_u64() > Some(0), "{svc:#}");
 
     let url = format!("http://127.0.0.1:{ADMIN_PORT}/flows?since=600");
     let dom = chromium(&c, "node-b", &["--dump-dom", &url]);
@@ -191,6 +212,23 @@ fn the_demo_traffic_is_drawn_as_a_service_map_in_a_real_browser() {
     assert!(
         dom.contains("node-b · "),
         "status line: the page loaded flows.json"
+    );
+
+    // The details of one edge, as a click shows them (`?edge=` selects it).
+    let selected = "workload:shop/frontend -> workload:shop/backend:8080";
+    let url = format!(
+        "{url}&edge={}",
+        selected.replace(' ', "%20").replace('>', "%3E")
+    );
+    let dom = chromium(&c, "node-b", &["--dump-dom", &url]);
+    let policies = section(&dom, "id=\"edge-policies\"");
+    for p in &policies_decided {
+        assert!(policies.contains(p), "{p} not in {policies}");
+    }
+    let counts = section(&dom, "id=\"edge-counts\"");
+    assert!(
+        counts.contains("rate limited") && counts.contains("authz deny"),
+        "{counts}"
     );
 
     let shot = repo().join("target").join("flows-e2e.png");

@@ -326,17 +326,15 @@ fn page() -> Response<Full<Bytes>> {
     resp
 }
 
-/// This node's flow report for `query`, or the error response.
+/// This node's flow report for `query`, or the error status and text.
 fn own_flows(
     state: &AdminState,
     query: Option<&str>,
-) -> Result<(FlowsReport, Query), Response<Full<Bytes>>> {
-    let q = Query::parse(query).map_err(|e| text(StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+) -> Result<(FlowsReport, Query), (StatusCode, String)> {
+    let q = Query::parse(query).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
     let Some(map) = &state.flows else {
-        return Err(text(
-            StatusCode::NOT_FOUND,
-            "the flow map is off (flows.enabled: false)\n",
-        ));
+        let off = "the flow map is off (flows.enabled: false)\n";
+        return Err((StatusCode::NOT_FOUND, off.to_owned()));
     };
     let report = FlowsReport::of(&state.node, q.window, map.snapshot(q.window), now_millis());
     Ok((report, q))
@@ -345,7 +343,7 @@ fn own_flows(
 fn flows_json(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
     match own_flows(state, query) {
         Ok((report, _)) => json(StatusCode::OK, &report),
-        Err(resp) => resp,
+        Err((status, why)) => text(status, why),
     }
 }
 
@@ -364,7 +362,7 @@ async fn cluster_flows(state: &AdminState, query: Option<String>) -> Response<Fu
             StatusCode::OK,
             &flows::cluster(own, &state.flow_peers, q.window).await,
         ),
-        Err(resp) => resp,
+        Err((status, why)) => text(status, why),
     }
 }
 

@@ -349,7 +349,7 @@ pub fn merge(node: &str, reports: Vec<FlowsReport>) -> FlowsReport {
     for e in &mut out.edges {
         e.outcome = outcome(e).to_owned();
     }
-    out.edges.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+    out.edges.sort_by_key(|e| std::cmp::Reverse(e.last_seen));
     out
 }
 

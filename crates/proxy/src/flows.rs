@@ -28,7 +28,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::telemetry::RateLimitOutcome;
+use crate::ratelimit::RateLimitOutcome;
 
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@
 
 use std::{ops::Deref, sync::Arc};
 
+pub use crate::ratelimit::RateLimitOutcome;
 use crate::{
     flows::{EdgeKey, Flow, FlowMap},
     random::unit_random,
@@ -54,26 +55,6 @@ pub struct ConnLabels<'a> {
     /// `<name>.<namespace>` of the Service the caller dialled (ztunnel's
     /// `destination_service`), or [`UNKNOWN`].
     pub destination_service: &'a str,
-}
-
-/// What a rate limiter decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimitOutcome {
-    Allowed,
-    Limited,
-    /// Over the limit, but the limit is in shadow (dry-run) mode: let through.
-    ShadowLimited,
-}
-
-impl RateLimitOutcome {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allowed => "allowed",
-            Self::Limited => "limited",
-            Self::ShadowLimited => "shadow_limited",
-        }
-    }
 }
 
 /// What a rate limit counts.
