@@ -182,6 +182,28 @@ fn the_demo_traffic_is_drawn_as_a_service_map_in_a_real_browser() {
     assert_eq!(svc["connections"]["opened"], 1, "{svc:#}");
     assert!(svc["bytes"]["received"].as_u64() > Some(0), "{svc:#}");
 
+    // The same map in a terminal, for Graphviz.
+    let admin = format!("127.0.0.1:{ADMIN_PORT}");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &c.ns("node-b")])
+        .arg(&c.bins.nodeward)
+        .args([
+            "flows", "--admin", &admin, "--format", "dot", "--since", "600",
+        ])
+        .output()
+        .expect("nodeward flows");
+    let dot = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dot.starts_with("digraph flows {"), "{dot}");
+    assert!(
+        dot.contains("\"workload:shop/frontend\" -> \"workload:data/db\" [color=red"),
+        "{dot}"
+    );
+
     let url = format!("http://127.0.0.1:{ADMIN_PORT}/flows?since=600");
     let dom = chromium(&c, "node-b", &["--dump-dom", &url]);
     let nodes = tags(&dom, "<g class=\"node\"");
