@@ -90,16 +90,20 @@ enum Kind {
     Haproxy,
     /// nodeward with `sockmap.enabled: true` (the same proxies, restarted).
     NodewardSockmap,
+    /// nodeward with `flows.enabled: false` (the same proxies, restarted):
+    /// what the flow map costs, measured in the same run.
+    NodewardNoFlows,
 }
 
 impl Kind {
     /// Table order (the sockmap path runs after all the others, see `run`).
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Direct,
         Self::Nodeward,
         Self::NodewardVip,
         Self::Haproxy,
         Self::NodewardSockmap,
+        Self::NodewardNoFlows,
     ];
 
     fn name(self) -> &'static str {
@@ -109,13 +113,14 @@ impl Kind {
             Self::NodewardVip => "nodeward-vip",
             Self::Haproxy => "haproxy-mtls",
             Self::NodewardSockmap => "nodeward-sockmap",
+            Self::NodewardNoFlows => "nodeward-noflows",
         }
     }
 
     fn is_nodeward(self) -> bool {
         matches!(
             self,
-            Self::Nodeward | Self::NodewardVip | Self::NodewardSockmap
+            Self::Nodeward | Self::NodewardVip | Self::NodewardSockmap | Self::NodewardNoFlows
         )
     }
 }
@@ -222,6 +227,8 @@ struct Bench {
     settings: Settings,
     /// Whether the running proxies have `sockmap.enabled`.
     sockmap: bool,
+    /// Whether the running proxies have `flows.enabled`.
+    flows: bool,
 }
 
 /// Builds everything, runs every scenario on every path and writes the
@@ -346,6 +353,7 @@ impl Bench {
             cluster,
             settings,
             sockmap: false,
+            flows: true,
         };
         b.tune_sysctls()?;
         for pod in [REMOTE_POD, LOCAL_POD] {
@@ -592,7 +600,7 @@ backend local_pod
                 let gw = c.gateway4("node-a");
                 let (cgroup, to, proxies) = match kind {
                     Kind::Direct => (bypass.clone(), sock(c.ip4(pod), PORT_PLAIN), vec![]),
-                    Kind::Nodeward | Kind::NodewardSockmap => (
+                    Kind::Nodeward | Kind::NodewardSockmap | Kind::NodewardNoFlows => (
                         self.pod_cgroup(CLIENT),
                         sock(c.ip4(pod), PORT_MESH),
                         carriers.iter().map(|n| nodeward(n)).collect(),
@@ -635,7 +643,10 @@ backend local_pod
 
     fn scenario(&mut self, scenario: Scenario, path: &PathSpec, row: &mut Row) -> Result<()> {
         if path.kind.is_nodeward() {
-            self.switch_sockmap(path.kind == Kind::NodewardSockmap)?;
+            self.switch_proxies(
+                path.kind == Kind::NodewardSockmap,
+                path.kind != Kind::NodewardNoFlows,
+            )?;
         }
         let secs = self.settings.seconds.to_string();
         let to = path.to.to_string();
@@ -765,22 +776,25 @@ backend local_pod
         result
     }
 
-    /// Restarts both nodes' proxies with `sockmap.enabled: on` unless they
-    /// already run that way.
-    fn switch_sockmap(&mut self, on: bool) -> Result<()> {
-        if self.sockmap == on {
+    /// Restarts both nodes' proxies with `sockmap.enabled: sockmap` and
+    /// `flows.enabled: flows` unless they already run that way.
+    fn switch_proxies(&mut self, sockmap: bool, flows: bool) -> Result<()> {
+        if (self.sockmap, self.flows) == (sockmap, flows) {
             return Ok(());
         }
+        let word = |on| if on { "on" } else { "off" };
         eprintln!(
-            "bench: restarting the proxies with sockmap {}",
-            if on { "on" } else { "off" }
+            "bench: restarting the proxies with sockmap {}, flow map {}",
+            word(sockmap),
+            word(flows)
         );
-        self.cluster.set_sockmap(on)?;
+        self.cluster.set_sockmap(sockmap)?;
+        self.cluster.set_flows(flows)?;
         for node in ["node-a", "node-b"] {
             self.cluster.stop_proxy(node);
             self.cluster.start_proxy(node)?;
         }
-        self.sockmap = on;
+        (self.sockmap, self.flows) = (sockmap, flows);
         std::thread::sleep(Duration::from_secs(1));
         Ok(())
     }
@@ -794,7 +808,10 @@ backend local_pod
         for &node in nodes {
             match path.kind {
                 Kind::Direct => {}
-                Kind::Nodeward | Kind::NodewardVip | Kind::NodewardSockmap => {
+                Kind::Nodeward
+                | Kind::NodewardVip
+                | Kind::NodewardSockmap
+                | Kind::NodewardNoFlows => {
                     self.cluster.stop_proxy(node);
                     self.cluster.start_proxy(node)?;
                 }
@@ -1088,12 +1105,13 @@ fn value(rows: &[Row], kind: Kind, locality: Locality, key: &str) -> Option<f64>
 }
 
 /// The comparisons the table shows, per locality and metric.
-const COMPARISONS: [(Kind, Kind); 5] = [
+const COMPARISONS: [(Kind, Kind); 6] = [
     (Kind::Nodeward, Kind::Direct),
     (Kind::Haproxy, Kind::Direct),
     (Kind::Nodeward, Kind::Haproxy),
     (Kind::NodewardSockmap, Kind::Nodeward),
     (Kind::NodewardVip, Kind::Nodeward),
+    (Kind::Nodeward, Kind::NodewardNoFlows),
 ];
 
 fn ratios(rows: &[Row]) -> Value {
@@ -1143,8 +1161,8 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
                 Locality::Same => LOCAL_POD,
             }
         );
-        md += "| metric | better | direct | nodeward | nodeward-vip | haproxy-mtls | nodeward-sockmap | nodeward ÷ direct | haproxy-mtls ÷ direct | nodeward ÷ haproxy-mtls | sockmap on ÷ off | vip ÷ pod IP |\n";
-        md += "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+        md += "| metric | better | direct | nodeward | nodeward-vip | haproxy-mtls | nodeward-sockmap | nodeward-noflows | nodeward ÷ direct | haproxy-mtls ÷ direct | nodeward ÷ haproxy-mtls | sockmap on ÷ off | vip ÷ pod IP | flow map on ÷ off |\n";
+        md += "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
         for metric in METRICS {
             let cell = |k: Kind| fmt_value(value(rows, k, locality, metric.key));
             let comp = |(a, b): (Kind, Kind)| {
@@ -1154,7 +1172,7 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
                 ))
             };
             md += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 metric.label,
                 if metric.higher_is_better {
                     "higher"
@@ -1166,11 +1184,13 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
                 cell(Kind::NodewardVip),
                 cell(Kind::Haproxy),
                 cell(Kind::NodewardSockmap),
+                cell(Kind::NodewardNoFlows),
                 comp(COMPARISONS[0]),
                 comp(COMPARISONS[1]),
                 comp(COMPARISONS[2]),
                 comp(COMPARISONS[3]),
                 comp(COMPARISONS[4]),
+                comp(COMPARISONS[5]),
             );
         }
     }

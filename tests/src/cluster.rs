@@ -164,6 +164,8 @@ pub struct Options {
     pub drain_deadline: &'static str,
     /// `sockmap.enabled` (off by default, as in the product).
     pub sockmap: bool,
+    /// `flows.enabled` (on by default, as in the product).
+    pub flows: bool,
     /// `tunnel:` as a YAML flow mapping (`{idleTimeout: 2s}`); empty for
     /// the product's defaults.
     pub tunnel: &'static str,
@@ -213,6 +215,7 @@ impl Default for Options {
             policy_link: None,
             drain_deadline: "2s",
             sockmap: false,
+            flows: true,
             tunnel: "",
             http: "",
             kubernetes: false,

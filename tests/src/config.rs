@@ -108,6 +108,13 @@ impl Cluster {
         self.write_configs()
     }
 
+    /// Rewrites both config files with `flows.enabled: on` (takes effect
+    /// when the proxies restart).
+    pub fn set_flows(&mut self, on: bool) -> Result<()> {
+        self.options.flows = on;
+        self.write_configs()
+    }
+
     /// Writes both nodes' config files.
     pub(crate) fn write_configs(&self) -> Result<()> {
         for node in NODES {
@@ -139,7 +146,7 @@ impl Cluster {
             "workloadsFile: workloads.yaml\n".to_owned()
         };
         tunnel + &discovery + &format!(
-            "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\nbpf:\n  pinDir: {}\nlifecycle:\n  drainDeadline: {}\nsockmap:\n  enabled: {}\n",
+            "node: {}\npodCgroup: {}\nmeshCidrs: ['{}', '{}']\nproxyAddresses:\n  ipv4: 10.20.{i}.1\n  ipv6: 'fd00:20:{i}::1'\nports:\n  outbound: {OUTBOUND_PORT}\nadmin:\n  address: 127.0.0.1:{ADMIN_PORT}\nidentity:\n  dir: ca/{}\n  certLifetime: {}\nmtls: {}\npolicy:\n  dir: policies\n  defaultPolicy: {}\nbpf:\n  pinDir: {}\nlifecycle:\n  drainDeadline: {}\nsockmap:\n  enabled: {}\nflows:\n  enabled: {}\n",
             node.name,
             self.node_cgroup(node.name).display(),
             MESH_CIDRS[0],
@@ -151,6 +158,7 @@ impl Cluster {
             self.bpffs().join(node.name).display(),
             options.drain_deadline,
             options.sockmap,
+            options.flows,
         )
     }
 }

@@ -18,13 +18,17 @@ mod toolchain;
 
 /// Debian packages the end-to-end tests need (`ip`, `sysctl`), the
 /// benchmark's hand-built mTLS alternative (`haproxy`), and the client the
-/// README's quick start and the demo tests call through the mesh (`curl`).
+/// README's quick start and the demo tests call through the mesh (`curl`),
+/// and the browser the flow-map test renders `/flows` in (`chromium` and
+/// its WebDriver).
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("sysctl", "procps"),
     ("cc", "gcc"),
     ("haproxy", "haproxy"),
     ("curl", "curl"),
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 
 /// Debian packages for the deployment tests: the C compiler ring's code

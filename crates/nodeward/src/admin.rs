@@ -1,5 +1,5 @@
-//! The admin endpoint: `/metrics`, `/healthz`, `/ready`, `/config_dump`
-//! and `/logging`.
+//! The admin endpoint: `/metrics`, `/healthz`, `/ready`, `/config_dump`,
+//! `/logging`, `/flows` and `/flows.json`.
 //!
 //! It binds to the configured admin address (loopback by default) so pods
 //! cannot reach it. Input is still treated as hostile: only `GET`, small
@@ -13,6 +13,8 @@
 //! | `/ready`       | 200 `ready`, or 503 with the unmet conditions as JSON     |
 //! | `/config_dump` | JSON: node, workloads, policies, identities (no keys)     |
 //! | `/logging`     | the log filter; `?level=<EnvFilter directives>` sets it   |
+//! | `/flows.json`  | the flow map (docs/flows.md); `?since=`, `?cluster=1`     |
+//! | `/flows`       | the flow map as a page (HTML, script inline, no CDN)      |
 
 use std::{
     convert::Infallible,
@@ -42,10 +44,16 @@ use tokio::{
 
 use nodeward_identity::CertStore;
 use nodeward_policy::MtlsMode;
-use nodeward_proxy::authz::Authz;
+use nodeward_proxy::{
+    authz::Authz,
+    flows::{now_millis, FlowMap},
+};
 use nodeward_workloads::{local_identities, Registry};
 
-use crate::metrics::Metrics;
+use crate::{
+    flows::{self, FlowsReport, Query},
+    metrics::Metrics,
+};
 
 mod dump;
 mod logging;
@@ -80,6 +88,10 @@ pub struct AdminState {
     /// Run-time control of the log filter; `None` when the process did not
     /// install a reloadable filter (then `/logging` answers 501).
     pub log: Option<LogControl>,
+    /// The flow map; `None` when switched off (`/flows.json` is then 404).
+    pub flows: Option<Arc<FlowMap>>,
+    /// Other nodes' admin addresses, merged by `/flows.json?cluster=1`.
+    pub flow_peers: Vec<std::net::SocketAddr>,
 }
 
 /// Readiness the rest of the proxy reports. The other conditions of
@@ -221,7 +233,13 @@ pub async fn serve(
 async fn connection(stream: TcpStream, state: Arc<AdminState>) {
     let svc = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, &req)) }
+        async move {
+            let resp = match cluster_query(&state, &req) {
+                Some(q) => cluster_flows(&state, q).await,
+                None => handle(&state, &req),
+            };
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut conn = pin!(http1::Builder::new()
         .timer(TokioTimer::new())
@@ -250,7 +268,7 @@ fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(
         path,
-        "/metrics" | "/healthz" | "/ready" | "/config_dump" | "/logging"
+        "/metrics" | "/healthz" | "/ready" | "/config_dump" | "/logging" | "/flows" | "/flows.json"
     ) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -278,12 +296,73 @@ fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
             prometheus::TEXT_FORMAT,
         ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/flows" => page(),
+        "/flows.json" => flows_json(state, req.uri().query()),
         "/ready" => ready(state),
         "/config_dump" => json(
             StatusCode::OK,
             &dump::ConfigDump::of(state, SystemTime::now()),
         ),
         _ => logging::handle(state.log.as_ref(), req.uri().query()),
+    }
+}
+
+/// The `/flows` page. Its script and style are inline and it fetches only
+/// `flows.json` from this origin, so the policy forbids everything else.
+fn page() -> Response<Full<Bytes>> {
+    let mut resp = with_type(
+        StatusCode::OK,
+        flows::PAGE.to_owned(),
+        "text/html; charset=utf-8",
+    );
+    resp.headers_mut().insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    resp
+}
+
+/// This node's flow report for `query`, or the error status and text.
+fn own_flows(
+    state: &AdminState,
+    query: Option<&str>,
+) -> Result<(FlowsReport, Query), (StatusCode, String)> {
+    let q = Query::parse(query).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    let Some(map) = &state.flows else {
+        let off = "the flow map is off (flows.enabled: false)\n";
+        return Err((StatusCode::NOT_FOUND, off.to_owned()));
+    };
+    let report = FlowsReport::of(&state.node, q.window, map.snapshot(q.window), now_millis());
+    Ok((report, q))
+}
+
+fn flows_json(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
+    match own_flows(state, query) {
+        Ok((report, _)) => json(StatusCode::OK, &report),
+        Err((status, why)) => text(status, why),
+    }
+}
+
+/// `GET /flows.json?cluster=1…`: the one admin request that waits on the
+/// network (the configured peers), so it is routed before [`handle`].
+fn cluster_query<B>(state: &AdminState, req: &Request<B>) -> Option<Option<String>> {
+    let wanted = req.method() == Method::GET
+        && req.uri().path() == "/flows.json"
+        && Query::parse(req.uri().query()).is_ok_and(|q| q.cluster);
+    (wanted && !state.flow_peers.is_empty()).then(|| req.uri().query().map(str::to_owned))
+}
+
+async fn cluster_flows(state: &AdminState, query: Option<String>) -> Response<Full<Bytes>> {
+    match own_flows(state, query.as_deref()) {
+        Ok((own, q)) => json(
+            StatusCode::OK,
+            &flows::cluster(own, &state.flow_peers, q.window).await,
+        ),
+        Err((status, why)) => text(status, why),
     }
 }
 

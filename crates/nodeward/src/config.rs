@@ -16,6 +16,7 @@ pub use nodeward_policy::MtlsMode;
 use nodeward_policy::{self as policy, DefaultPolicy};
 pub use nodeward_proxy::{
     authz::audit::AuditSink,
+    flows,
     http::{HeadersWithUnderscores, Limits as HttpLimits},
     inbound::limits::Settings as TunnelSettings,
     telemetry::AccessLog,
@@ -106,6 +107,9 @@ pub struct ConfigFile {
     /// Span export over OTLP (off when absent).
     #[serde(default)]
     pub tracing: Option<TracingFile>,
+    /// The flow map behind the admin `/flows` page.
+    #[serde(default)]
+    pub flows: FlowsFile,
 }
 
 /// `tracing`: spans for HTTP requests and tunnel hops, exported over OTLP.
@@ -136,6 +140,32 @@ pub struct OtlpFile {
     /// `http/protobuf` (default) or `grpc`.
     #[serde(default)]
     pub protocol: Option<String>,
+}
+
+/// `flows`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlowsFile {
+    /// Keep the flow map (default true). Off, connections count no flows
+    /// and `/flows.json` answers 404.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Most edges held, 1 to 10000 (default 10000).
+    #[serde(default)]
+    pub max_edges: Option<usize>,
+    /// Admin addresses of the other nodes, merged by `/flows.json?cluster=1`
+    /// and the page's cluster view.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
+}
+
+/// The flow map's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowsSettings {
+    /// `None`: the flow map is off.
+    pub max_edges: Option<usize>,
+    /// Other nodes' admin addresses, for the cluster view.
+    pub peers: Vec<SocketAddr>,
 }
 
 /// `discovery`.
@@ -393,6 +423,8 @@ pub struct Config {
     pub tunnel: TunnelSettings,
     /// Span export; `None`: tracing off.
     pub tracing: Option<TracingSettings>,
+    /// The flow map.
+    pub flows: FlowsSettings,
     /// The file this came from, for error messages.
     pub source: PathBuf,
 }
@@ -447,6 +479,12 @@ impl Config {
             sockmap: SockmapFile { enabled: sockmap },
             tunnel: tunnel_file,
             tracing,
+            flows:
+                FlowsFile {
+                    enabled: flows_enabled,
+                    max_edges,
+                    peers,
+                },
         } = file;
         let bad = |field: &str, msg: &str| ConfigError::invalid(path, field, msg);
         let node = node.or(node_name_env).unwrap_or_default();
@@ -526,6 +564,17 @@ impl Config {
             None => AccessLog::ALL,
             Some(f) => AccessLog::new(f).map_err(|e| bad("accessLog.sampling", &e.to_string()))?,
         };
+        let max_edges = max_edges.unwrap_or(flows::MAX_EDGES);
+        if !(1..=flows::MAX_EDGES).contains(&max_edges) {
+            return Err(bad(
+                "flows.maxEdges",
+                &format!("must be from 1 to {}", flows::MAX_EDGES),
+            ));
+        }
+        let flows = FlowsSettings {
+            max_edges: flows_enabled.unwrap_or(true).then_some(max_edges),
+            peers,
+        };
         let tunnel = tunnel_settings(path, tunnel_file)?;
         let http_limits = http_limits(header_read_timeout, idle_timeout);
         let tracing = tracing.map(|t| tracing_settings(path, t)).transpose()?;
@@ -560,6 +609,7 @@ impl Config {
             sockmap: sockmap.unwrap_or(false),
             tunnel,
             tracing,
+            flows,
             source: path.to_owned(),
         })
     }

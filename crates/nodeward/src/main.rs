@@ -45,6 +45,26 @@ enum Command {
     /// Policy tooling for CI/CD pipelines.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Print the flow map of one or more nodes, merged (from their admin
+    /// addresses' `/flows.json`).
+    Flows {
+        /// A node's admin address, HOST:PORT (repeatable).
+        #[arg(long = "admin", required = true)]
+        admins: Vec<std::net::SocketAddr>,
+        /// Output: a table, the merged JSON, or Graphviz dot.
+        #[arg(long, value_enum, default_value_t = FlowsFormat::Table)]
+        format: FlowsFormat,
+        /// Edges seen within this many seconds.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        since: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FlowsFormat {
+    Table,
+    Json,
+    Dot,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +176,11 @@ fn main() {
         ),
         Command::Ca(cmd) => ca(cmd),
         Command::Policy(cmd) => policy(cmd),
+        Command::Flows {
+            admins,
+            format,
+            since,
+        } => flows(&admins, format, std::time::Duration::from_secs(since)),
     };
     // Flushes the log lines still queued: `exit` runs no destructors.
     drop(writer);
@@ -225,6 +250,45 @@ fn ca(cmd: CaCommand) -> i32 {
             1
         }
     }
+}
+
+/// `flows`: fetches every node's map, merges and prints it. Unreachable
+/// nodes are named on stderr; exit 1 when none answered.
+fn flows(admins: &[std::net::SocketAddr], format: FlowsFormat, window: std::time::Duration) -> i32 {
+    use nodeward::flows;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nodeward: starting the runtime: {e}");
+            return 1;
+        }
+    };
+    let mut reports = Vec::new();
+    for &addr in admins {
+        match runtime.block_on(flows::fetch(addr, window)) {
+            Ok(r) => reports.push(r),
+            Err(e) => eprintln!("nodeward: {addr}: {e}"),
+        }
+    }
+    let Some(first) = reports.first().map(|r| r.node.clone()) else {
+        return 1;
+    };
+    let merged = flows::merge(&first, reports);
+    match format {
+        FlowsFormat::Table => print!("{}", flows::table(&merged)),
+        FlowsFormat::Dot => print!("{}", flows::dot(&merged)),
+        FlowsFormat::Json => match serde_json::to_string_pretty(&merged) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("nodeward: {e}");
+                return 1;
+            }
+        },
+    }
+    0
 }
 
 /// Usage errors exit 2 as clap does, except under `policy`, whose contract

@@ -16,6 +16,7 @@ use nodeward_identity::{tls::TrustBundle, tls_config, CertStore, NodeCa};
 use nodeward_proxy::{
     authz::{audit::Auditor, Authz},
     drain::DrainControl,
+    flows::FlowMap,
     inbound, outbound,
     relay::Dialer,
     telemetry::Observer,
@@ -126,6 +127,12 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
             .map_err(|e| ConfigError::invalid(&cfg.source, "identity.dir", e))?,
     );
     let metrics = Arc::new(Metrics::new());
+    let flow_map = cfg
+        .flows
+        .max_edges
+        .map(|max| FlowMap::new(max).map(Arc::new))
+        .transpose()
+        .map_err(|e| ConfigError::invalid(&cfg.source, "flows.maxEdges", e))?;
     let mut observer = Observer::new(metrics.clone())
         .with_trust_domain(ca.trust_domain())
         .with_access_log(cfg.access_log);
@@ -133,6 +140,9 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         let tracer = crate::otlp::start(settings, &cfg.node, &metrics)
             .map_err(|e| ConfigError::invalid(&cfg.source, "tracing.otlp", e))?;
         observer = observer.with_tracer(tracer);
+    }
+    if let Some(map) = &flow_map {
+        observer = observer.with_flows(map.clone());
     }
     let observer = Arc::new(observer);
     let auditor = Auditor::open(&cfg.audit_sink, metrics.clone())
@@ -276,6 +286,8 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         node: cfg.node.clone(),
         mtls: cfg.mtls,
         log: opts.log,
+        flows: flow_map,
+        flow_peers: cfg.flows.peers.clone(),
     });
     // Admin keeps serving through the drain (its port is shared with a
     // successor), so the drain can be watched.

@@ -33,6 +33,7 @@ use nodeward_workloads::{Registry, Workload};
 use crate::{
     access,
     escape::clean,
+    flows::{Flow, Verdict as FlowVerdict},
     http::{self as proxy_http, HeadersWithUnderscores, Verdict},
     ratelimit::{self, RateLimiter, RateOutcome},
     telemetry::{LimitKind as MetricLimit, Observer, RateLimitOutcome, Reporter},
@@ -67,6 +68,8 @@ pub struct Subject {
     pub destination: Arc<Workload>,
     /// The original destination (pod IP and port).
     pub dst: SocketAddr,
+    /// The connection's edge in the flow map, where its decisions count.
+    pub flow: Flow,
 }
 
 /// What a new connection may do.
@@ -185,13 +188,13 @@ impl Authz {
         let outcome = self
             .limiter
             .check(set, &conn, None, LimitKind::Connections, Instant::now());
-        self.count_limits(&outcome, MetricLimit::Connections);
+        self.count_limits(&outcome, MetricLimit::Connections, &subject.flow);
         let d = limited_decision(&outcome, "connections")?;
         self.record(id, subject, None, "connection", &d, Kind::RateLimit, None);
         Some(d)
     }
 
-    fn count_limits(&self, outcome: &RateOutcome, kind: MetricLimit) {
+    fn count_limits(&self, outcome: &RateOutcome, kind: MetricLimit, flow: &Flow) {
         if !outcome.applies() {
             return;
         }
@@ -205,6 +208,7 @@ impl Authz {
             };
             self.observer.ratelimit(p.as_str(), result, kind);
         }
+        flow.ratelimit(rate_outcome(outcome));
     }
 
     /// Refreshes gauges that would cost a lock per shard to keep exact on
@@ -335,6 +339,12 @@ impl Authz {
         if kind == Kind::Authz {
             let counted = policy.as_deref().unwrap_or("default");
             self.observer.authz_decision(decision, counted, layer);
+            let verdict = if d.allow {
+                FlowVerdict::Allow
+            } else {
+                FlowVerdict::Deny
+            };
+            subject.flow.authz(verdict, counted);
         }
         let reason = match reason_prefix {
             Some(p) => Cow::Owned(format!("{p}{}", d.reason)),
@@ -348,7 +358,9 @@ impl Authz {
         rec.reason = reason;
         self.auditor.write(&rec);
         for p in &d.audit {
-            self.observer.authz_decision("audit", &p.to_string(), layer);
+            let name = p.to_string();
+            self.observer.authz_decision("audit", &name, layer);
+            subject.flow.authz(FlowVerdict::Audit, &name);
             rec.kind = Kind::Authz.as_str();
             rec.decision = "audit";
             rec.policy = Some(p.to_string());
@@ -470,7 +482,8 @@ impl proxy_http::Authorizer for RequestGate {
             LimitKind::Requests,
             Instant::now(),
         );
-        self.authz.count_limits(&outcome, MetricLimit::Requests);
+        self.authz
+            .count_limits(&outcome, MetricLimit::Requests, &self.subject.flow);
         let rate = outcome.applies().then(|| rate_outcome(&outcome));
         if let (Some(r), Some(span)) = (rate, parts.extensions.get_mut::<RequestSpan>()) {
             span.rate_limited(r.as_str(), outcome.policy.as_ref().map(ToString::to_string));
@@ -535,6 +548,7 @@ impl RequestGate {
         elapsed: Duration,
     ) {
         let policy = d.and_then(|d| d.policy.as_ref()).map(|p| p.to_string());
+        self.subject.flow.request(status.as_u16());
         let record = access::RequestRecord {
             reporter: Reporter::Destination,
             connection_id: self.id,

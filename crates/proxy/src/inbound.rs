@@ -41,6 +41,7 @@ use crate::{
     authz::{Admission, Authz, Subject},
     drain::Drain,
     http,
+    flows::{EdgeKey, End, EndKind, Flow},
     relay::{self, Route},
     telemetry::{Observer, Pending, Side},
     trace::ConnSpan,
@@ -331,11 +332,15 @@ async fn admit_stream(
     let Some(dialing) = inbound.limits.start_dial(&peer.verified.node) else {
         return refuse(inbound, peer, Refusal::DialLimit);
     };
+    let flow = inbound
+        .observer
+        .flow(|| edge(&peer.verified.id, source.as_deref(), &dest, dst));
     let subject = Subject {
         principal: Some(peer.verified.id.clone()),
         source_ip,
         destination: dest.clone(),
         dst,
+        flow: flow.clone(),
     };
     let admission = inbound.authz.admit(subject);
     match admission {
@@ -348,9 +353,13 @@ async fn admit_stream(
     let upstream = match dialled {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            return refuse(inbound, peer, Refusal::DialTimeout)
+            flow.error(&format!("dial: {e}"));
+            return refuse(inbound, peer, Refusal::DialTimeout);
         }
-        Err(_) => return refuse(inbound, peer, Refusal::Unreachable),
+        Err(e) => {
+            flow.error(&format!("dial: {e}"));
+            return refuse(inbound, peer, Refusal::Unreachable);
+        }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     inbound.observer.tunnel_stream(Side::Server, "200");
@@ -360,6 +369,7 @@ async fn admit_stream(
         dst,
         dest,
         source,
+        flow,
         pending,
         open,
         trace: span.take(),
@@ -380,6 +390,7 @@ struct Relayed {
     dst: SocketAddr,
     dest: Arc<Workload>,
     source: Option<Arc<Workload>>,
+    flow: Flow,
     /// Counted as pending until the relay starts...
     pending: Pending,
     /// ...and open on its connection until the relay ends.
@@ -401,6 +412,7 @@ async fn relay_upgraded(
         dst,
         dest,
         source,
+        flow,
         pending,
         open,
         trace,
@@ -418,6 +430,7 @@ async fn relay_upgraded(
         source,
         peer: peer.addr,
         trace,
+        flow,
     };
     drop(pending);
     let io = TokioIo::new(upgraded);
@@ -428,6 +441,29 @@ async fn relay_upgraded(
     )
     .await;
     drop(open);
+}
+
+/// The flow-map edge of a tunnelled stream: from the calling workload it
+/// named (checked against its identity), else its verified identity; to
+/// the local workload, on the port it dialled.
+fn edge(
+    principal: &SpiffeId,
+    source: Option<&Workload>,
+    dest: &Workload,
+    dst: SocketAddr,
+) -> EdgeKey {
+    let source = match source {
+        Some(w) => End::new(EndKind::Workload, &w.namespace, &w.name),
+        None => {
+            let namespace = principal.namespace_and_sa().map_or("", |(ns, _)| ns);
+            End::new(EndKind::Principal, namespace, principal.as_str())
+        }
+    };
+    EdgeKey {
+        source,
+        destination: End::new(EndKind::Workload, &dest.namespace, &dest.name),
+        port: dst.port(),
+    }
 }
 
 /// A CONNECT request that passed the protocol checks.

@@ -6,7 +6,8 @@
 //! every connection and, through [`http`], every request, enforces rate
 //! limits ([`ratelimit`]) and writes the audit log. [`drain`] lets a stop
 //! finish open connections. What the data path counts goes out through the
-//! [`telemetry::Telemetry`] trait, and its spans through [`trace`].
+//! [`telemetry::Telemetry`] trait, and its spans through [`trace`]; who
+//! talked to whom is kept per edge in the [`flows`] map.
 //!
 //! Owns: sockets, relaying, HTTP serving, the authorization runtime,
 //! token buckets, access and audit records.
@@ -19,6 +20,7 @@ pub mod authz;
 pub mod balance;
 pub mod drain;
 pub mod escape;
+pub mod flows;
 pub mod http;
 pub mod inbound;
 pub mod outbound;

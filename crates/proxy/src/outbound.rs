@@ -26,6 +26,7 @@ use crate::{
     authz::{Admission, Authz, Subject},
     balance,
     drain::Drain,
+    flows::{EdgeKey, End, EndKind},
     relay::{self, Dialer, Path, Route, ServiceCall},
     telemetry::{Observer, Pending},
     trace::{ConnSpan, TraceParent},
@@ -257,7 +258,11 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
     let _ = stream.set_nodelay(true);
     let resolved = match resolve(&shared, orig_dst) {
         Ok(r) => r,
-        Err(reason) => return refuse_reset(&stream, reason, peer, &shared.observer),
+        Err(reason) => {
+            let flow = shared.observer.flow(|| edge(&source, None, orig_dst));
+            flow.error(&format!("refused: {}", reason.as_str()));
+            return refuse_reset(&stream, reason, peer, &shared.observer);
+        }
     };
     let (dst, dest) = (resolved.dst, resolved.dest.clone());
     let path = match &dest {
@@ -270,12 +275,16 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
         (Path::Tunnel, Some(tracer)) => Some(ConnSpan::client(tracer)),
         _ => None,
     };
+    let flow = shared
+        .observer
+        .flow(|| edge(&source, Some(&resolved), orig_dst));
     let mut route = Route::Outbound {
         source: source.clone(),
         peer,
         path,
         service: resolved.service.clone(),
         trace,
+        flow: flow.clone(),
     };
     let observer = &shared.observer;
     let hop = (peer, dst, route.trace_context());
@@ -299,6 +308,7 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
                 if let Some(span) = route.take_trace() {
                     span.finish(Some(e.reason()));
                 }
+                flow.error(&format!("{}: {e}", e.reason()));
                 connect_failed(stream, &source, peer, dst, e.reason(), &e, observer)
             }
         },
@@ -308,7 +318,10 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
                 drop(pending);
                 relay::run(stream, up, route, dst, dest, observer, None, &shared.drain).await
             }
-            Err(e) => connect_failed(stream, &source, peer, dst, "connect", &e, observer),
+            Err(e) => {
+                flow.error(&format!("connect: {e}"));
+                connect_failed(stream, &source, peer, dst, "connect", &e, observer)
+            }
         },
     }
 }
@@ -339,6 +352,7 @@ async fn local(
         source_ip: Some(peer.ip()),
         destination: dest.clone(),
         dst,
+        flow: route.flow().clone(),
     };
     let admission = shared.authz.admit(subject);
     if let Admission::Denied(d) | Admission::Limited(d) = &admission {
@@ -352,6 +366,7 @@ async fn local(
     let up = match shared.dialer.dial(dst).await {
         Ok(up) => up,
         Err(e) => {
+            route.flow().error(&format!("connect: {e}"));
             let m = &shared.observer;
             return connect_failed(stream, &source, peer, dst, "connect", &e, m);
         }
@@ -362,6 +377,29 @@ async fn local(
         admission, authz, stream, up, route, dst, dest, observer, drain,
     )
     .await;
+}
+
+/// The flow-map edge of an outbound connection: from its workload to the
+/// Service it dialled, else the workload it reached, else unknown; on the
+/// port it dialled.
+fn edge(source: &Workload, resolved: Option<&Resolved>, orig_dst: SocketAddr) -> EdgeKey {
+    let destination = match resolved {
+        Some(Resolved {
+            service: Some(call),
+            ..
+        }) => End::new(
+            EndKind::Service,
+            &call.service.namespace,
+            &call.service.name,
+        ),
+        Some(Resolved { dest: Some(w), .. }) => End::new(EndKind::Workload, &w.namespace, &w.name),
+        _ => End::unknown(),
+    };
+    EdgeKey {
+        source: End::new(EndKind::Workload, &source.namespace, &source.name),
+        destination,
+        port: orig_dst.port(),
+    }
 }
 
 /// Opens a tunnel stream to `dest`'s node as `source`, for the caller at

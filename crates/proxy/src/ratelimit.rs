@@ -51,6 +51,27 @@ pub use nodeward_policy::{LimitKind, LimitMode, LimitPer, RateLimitInfo};
 
 mod bucket;
 
+/// What a rate limiter decided (a label value too, see
+/// [`crate::telemetry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitOutcome {
+    Allowed,
+    Limited,
+    /// Over the limit, but the limit is in shadow (dry-run) mode: let through.
+    ShadowLimited,
+}
+
+impl RateLimitOutcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+            Self::ShadowLimited => "shadow_limited",
+        }
+    }
+}
+
 /// The bucket bound [`RateLimiter::default`] uses: about 25 MiB when
 /// full, and far more callers than one node serves.
 pub const DEFAULT_MAX_BUCKETS: usize = 100_000;

@@ -32,6 +32,7 @@ use crate::{
     access::millis,
     authz::{Admission, Authz, Lease, RequestGate},
     drain::Drain,
+    flows::Flow,
     http,
     telemetry::{ConnLabels, ConnectionSeries, Observer, Reporter, UNKNOWN},
     trace::{ConnSpan, TraceParent},
@@ -55,6 +56,8 @@ pub enum Route {
         service: Option<ServiceCall>,
         /// The tunnel hop's client span, when traced.
         trace: Option<ConnSpan>,
+        /// The connection's edge in the flow map.
+        flow: Flow,
     },
     /// A stream from another node's proxy, authenticated by mTLS.
     Inbound {
@@ -65,6 +68,8 @@ pub enum Route {
         peer: SocketAddr,
         /// The tunnel hop's server span, when traced.
         trace: Option<ConnSpan>,
+        /// The connection's edge in the flow map.
+        flow: Flow,
     },
 }
 
@@ -83,6 +88,13 @@ impl Route {
     pub fn take_trace(&mut self) -> Option<ConnSpan> {
         match self {
             Self::Outbound { trace, .. } | Self::Inbound { trace, .. } => trace.take(),
+        }
+    }
+
+    /// The connection's edge in the flow map.
+    pub fn flow(&self) -> &Flow {
+        match self {
+            Self::Outbound { flow, .. } | Self::Inbound { flow, .. } => flow,
         }
     }
 }
@@ -383,6 +395,8 @@ async fn account(
     for s in &series {
         s.opened();
     }
+    let flow = route.flow();
+    flow.opened();
     observer.active(1);
     let Outcome {
         sent,
@@ -403,6 +417,10 @@ async fn account(
             (sent, received),
             error.is_some(),
         );
+    }
+    flow.closed(sent, received);
+    if let Some(e) = &error {
+        flow.error(e);
     }
     let success = error.is_none() && refused == 0;
     if !observer.access_log().should_log(success) {

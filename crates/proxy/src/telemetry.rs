@@ -13,7 +13,12 @@
 
 use std::{ops::Deref, sync::Arc};
 
-use crate::{random::unit_random, trace::Tracer};
+pub use crate::ratelimit::RateLimitOutcome;
+use crate::{
+    flows::{EdgeKey, Flow, FlowMap},
+    random::unit_random,
+    trace::Tracer,
+};
 
 /// The label value for anything not attributable to a known workload.
 pub const UNKNOWN: &str = "unknown";
@@ -51,26 +56,6 @@ pub struct ConnLabels<'a> {
     /// `<name>.<namespace>` of the Service the caller dialled (ztunnel's
     /// `destination_service`), or [`UNKNOWN`].
     pub destination_service: &'a str,
-}
-
-/// What a rate limiter decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimitOutcome {
-    Allowed,
-    Limited,
-    /// Over the limit, but the limit is in shadow (dry-run) mode: let through.
-    ShadowLimited,
-}
-
-impl RateLimitOutcome {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allowed => "allowed",
-            Self::Limited => "limited",
-            Self::ShadowLimited => "shadow_limited",
-        }
-    }
 }
 
 /// What a rate limit counts.
@@ -244,6 +229,8 @@ pub struct Observer {
     access_log: AccessLog,
     /// Starts spans; `None` (the default) traces nothing, at no cost.
     tracer: Option<Arc<Tracer>>,
+    /// The flow map, when switched on.
+    flows: Option<Arc<FlowMap>>,
 }
 
 impl Observer {
@@ -254,6 +241,7 @@ impl Observer {
             trust_domain: None,
             access_log: AccessLog::ALL,
             tracer: None,
+            flows: None,
         }
     }
 
@@ -284,6 +272,21 @@ impl Observer {
     /// The tracer, when tracing is on.
     pub fn tracer(&self) -> Option<&Arc<Tracer>> {
         self.tracer.as_ref()
+    }
+
+    /// Keeps the flow map in `flows` (see [`crate::flows`]); without it
+    /// connections count no flows.
+    pub fn with_flows(mut self, flows: Arc<FlowMap>) -> Self {
+        self.flows = Some(flows);
+        self
+    }
+
+    /// The handle of one connection's edge in the flow map (empty when the
+    /// map is off). Called once per connection.
+    pub fn flow(&self, key: impl FnOnce() -> EdgeKey) -> Flow {
+        self.flows
+            .as_ref()
+            .map_or_else(Flow::none, |t| t.edge(key()))
     }
 
     /// The mesh trust domain, if known.

@@ -42,7 +42,7 @@ impl Bench {
     /// Runs both variants; their reports, the spans the receiver got, and
     /// the traced ÷ untraced ratios.
     pub(super) fn http_tracing(&mut self) -> Result<Value> {
-        self.switch_sockmap(false)?;
+        self.switch_proxies(false, true)?;
         self.cluster.serve_http(REMOTE_POD, PORT_HTTP);
         self.cluster.write_policy("bench-http.yaml", HTTP_POLICY);
         std::thread::sleep(Duration::from_secs(2));

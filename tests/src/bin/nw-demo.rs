@@ -161,6 +161,9 @@ fn hints(c: &Cluster, examples: Option<&Path>) -> String {
          \x20 cargo xtask demo exec frontend -- curl -i http://{backend}:{HTTP_PORT}/admin       # denied: 403\n\
          metrics: cargo xtask demo exec node-b -- curl -s http://127.0.0.1:{ADMIN_PORT}/metrics \
          (also /ready, /config_dump, /logging?level=debug)\n\
+         flow map (allowed, denied, rate-limited edges): http://127.0.0.1:{ADMIN_PORT}/flows in node-b's netns;\n\
+         \x20 see it: cargo xtask demo exec node-b -- chromium --headless --no-sandbox --virtual-time-budget=5000 --screenshot=/tmp/flows.png http://127.0.0.1:{ADMIN_PORT}/flows\n\
+         \x20 or in a terminal: cargo xtask demo exec node-b -- curl -s http://127.0.0.1:{ADMIN_PORT}/flows.json\n\
          stop: Ctrl-C here, or `cargo xtask demo --down` from another shell\n",
         policies.display()
     )

@@ -50,6 +50,10 @@ struct Setup {
     /// Mint the local certificates.
     certs: bool,
     bpf: bool,
+    /// Other admin addresses, for the cluster flow view.
+    peers: Vec<SocketAddr>,
+    /// Switch the flow map off.
+    no_flows: bool,
 }
 
 impl Setup {
@@ -98,6 +102,8 @@ impl Setup {
             node: "node-a".into(),
             mtls: MtlsMode::Strict,
             log,
+            flows: (!self.no_flows).then(|| Arc::new(FlowMap::new(100).expect("cap"))),
+            flow_peers: self.peers,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -540,4 +546,206 @@ async fn oversized_request_heads_are_refused() {
     }
     many.push_str("\r\n");
     assert_eq!(admin.raw(many.as_bytes()).await.status, 431);
+}
+
+fn flow_key(source: &str, destination: &str) -> nodeward_proxy::flows::EdgeKey {
+    use nodeward_proxy::flows::{EdgeKey, End, EndKind};
+    EdgeKey {
+        source: End::new(EndKind::Workload, "shop", source),
+        destination: End::new(EndKind::Service, "shop", destination),
+        port: 80,
+    }
+}
+
+/// The top-level and per-edge keys docs/flows.md documents, in order.
+const REPORT_KEYS: &[&str] = &[
+    "node",
+    "nodes",
+    "unreachable",
+    "windowSeconds",
+    "generatedAt",
+    "maxEdges",
+    "held",
+    "evicted",
+    "dropped",
+    "edges",
+];
+const EDGE_KEYS: &[&str] = &[
+    "source",
+    "destination",
+    "port",
+    "outcome",
+    "connections",
+    "bytes",
+    "http",
+    "authz",
+    "rateLimit",
+    "policies",
+    "lastError",
+    "firstSeen",
+    "lastSeen",
+    "nodes",
+];
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_object().expect("object").keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn flows_json_reports_edges_in_the_documented_shape() {
+    use nodeward_proxy::flows::Verdict;
+    let admin = Setup::default().start().await;
+    let map = admin.state.flows.clone().expect("flows on");
+    let flow = map.edge(flow_key("web", "api"));
+    flow.opened();
+    flow.closed(100, 2000);
+    flow.request(200);
+    flow.authz(Verdict::Allow, "shop/allow-web");
+    map.edge(flow_key("evil\"<b>", "api"))
+        .authz(Verdict::Deny, "default");
+    let r = admin.get("/flows.json?since=60").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.head.contains("content-type: application/json"),
+        "{}",
+        r.head
+    );
+    let v = r.json();
+    let mut want: Vec<String> = REPORT_KEYS.iter().map(|s| (*s).to_owned()).collect();
+    let mut got = keys(&v);
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(v["node"], "node-a");
+    assert_eq!(v["windowSeconds"], 60);
+    assert_eq!(v["maxEdges"], 100);
+    let edges = v["edges"].as_array().expect("edges");
+    assert_eq!(edges.len(), 2);
+    for e in edges {
+        let mut want: Vec<String> = EDGE_KEYS.iter().map(|s| (*s).to_owned()).collect();
+        let mut got = keys(e);
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+    }
+    let web = edges
+        .iter()
+        .find(|e| e["source"]["name"] == "web")
+        .expect("web");
+    assert_eq!(
+        web["destination"],
+        serde_json::json!({"kind": "service", "namespace": "shop", "name": "api"})
+    );
+    assert_eq!(web["outcome"], "allowed");
+    assert_eq!(
+        web["connections"],
+        serde_json::json!({"opened": 1, "active": 0})
+    );
+    assert_eq!(
+        web["bytes"],
+        serde_json::json!({"sent": 100, "received": 2000})
+    );
+    assert_eq!(web["http"]["2xx"], 1);
+    assert_eq!(
+        web["authz"],
+        serde_json::json!({"allow": 1, "deny": 0, "audit": 0})
+    );
+    assert_eq!(
+        web["policies"],
+        serde_json::json!([{"policy": "shop/allow-web", "allow": 1, "deny": 0, "audit": 0}])
+    );
+    let evil = edges
+        .iter()
+        .find(|e| e["outcome"] == "denied")
+        .expect("denied");
+    assert_eq!(evil["source"]["name"], "evil\"<b>");
+    // The same document parses back into the typed report.
+    let _: crate::flows::FlowsReport = serde_json::from_str(&r.body).expect("typed");
+}
+
+#[tokio::test]
+async fn flows_json_rejects_bad_queries_and_is_404_when_off() {
+    let admin = Setup::default().start().await;
+    for q in ["since=0", "since=x", "since=86401", "bogus=1"] {
+        assert_eq!(
+            admin.get(&format!("/flows.json?{q}")).await.status,
+            400,
+            "{q}"
+        );
+    }
+    assert_eq!(admin.get("/flows.json").await.json()["windowSeconds"], 300);
+    let off = Setup {
+        no_flows: true,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(off.get("/flows.json").await.status, 404);
+}
+
+#[tokio::test]
+async fn flows_page_is_one_self_contained_document() {
+    let admin = Setup::default().start().await;
+    let r = admin.get("/flows").await;
+    assert_eq!(r.status, 200);
+    assert!(r.head.contains("content-type: text/html"), "{}", r.head);
+    assert!(
+        r.head
+            .contains("content-security-policy: default-src 'none'"),
+        "{}",
+        r.head
+    );
+    for outside in [
+        "src=\"http",
+        "href=\"http",
+        "https://",
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+    ] {
+        assert!(!r.body.contains(outside), "{outside}");
+    }
+    assert!(r.body.contains("fetch(\"flows.json?"));
+}
+
+#[tokio::test]
+async fn cluster_flows_merge_the_peers_and_name_the_unreachable() {
+    use nodeward_proxy::flows::Verdict;
+    let peer = Setup::default().start().await;
+    peer.state
+        .flows
+        .as_ref()
+        .expect("on")
+        .edge(flow_key("web", "api"))
+        .authz(Verdict::Deny, "default");
+    // A port nothing listens on: bound, then closed.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let admin = Setup {
+        peers: vec![peer.addr, gone],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    admin
+        .state
+        .flows
+        .as_ref()
+        .expect("on")
+        .edge(flow_key("web", "api"))
+        .authz(Verdict::Allow, "shop/a");
+    let alone = admin.get("/flows.json").await.json();
+    assert_eq!(alone["edges"][0]["authz"]["deny"], 0);
+    let v = admin.get("/flows.json?cluster=1").await.json();
+    let edges = v["edges"].as_array().expect("edges");
+    assert_eq!(edges.len(), 1, "{v}");
+    assert_eq!(
+        edges[0]["authz"],
+        serde_json::json!({"allow": 1, "deny": 1, "audit": 0})
+    );
+    assert_eq!(edges[0]["outcome"], "denied");
+    assert_eq!(v["unreachable"][0]["address"], gone.to_string());
 }

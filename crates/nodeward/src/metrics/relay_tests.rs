@@ -105,6 +105,7 @@ fn outbound(path: Path) -> Route {
         path,
         service: None,
         trace: None,
+        flow: Default::default(),
     }
 }
 
@@ -115,6 +116,7 @@ fn inbound(principal: &str, source: Option<Arc<Workload>>) -> Route {
         source,
         peer: "192.0.2.66:5555".parse().expect("addr"),
         trace: None,
+        flow: Default::default(),
     }
 }
 

@@ -104,6 +104,7 @@ fn subject() -> Subject {
         source_ip: Some("10.0.0.1".parse().expect("ip")),
         destination: Arc::new(destination),
         dst: DST.parse().expect("addr"),
+        flow: crate::flows::Flow::none(),
     }
 }
 
