@@ -37,7 +37,8 @@
 //! - `admin`: a proxy's admin port and metrics;
 //! - `policies`: the shared policy directory;
 //! - `lifecycle`: starting a cluster, tearing it down on drop;
-//! - [`bench`](mod@bench): the benchmark `nw-bench run` drives.
+//! - [`bench`](mod@bench): the benchmark `nw-bench run` drives;
+//! - [`soak`]: the long run `nw-bench soak` drives (uses `bench`'s helpers).
 
 mod admin;
 mod capture;
@@ -58,6 +59,7 @@ mod traffic;
 
 pub mod apiserver;
 pub mod bench;
+pub mod soak;
 
 pub use admin::metric_value;
 pub use capture::{Capture, Captured};
