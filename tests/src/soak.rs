@@ -200,7 +200,7 @@ fn drive(c: &Cluster, s: &Settings, dir: &std::path::Path) -> Result<(Vec<Sample
     let to = |pod: &str| SocketAddr::new(c.ip4(pod), PORT);
     let share = |pct: usize, of: usize| of * pct / 100;
     let (n, churn) = (s.connections, s.churn);
-    let plans: [(&str, Vec<(SocketAddr, usize)>, usize); 2] = [
+    let plans: [Plan; 2] = [
         (
             "frontend",
             vec![(to("backend"), share(40, n)), (to("cache"), share(30, n))],
@@ -236,6 +236,9 @@ fn drive(c: &Cluster, s: &Settings, dir: &std::path::Path) -> Result<(Vec<Sample
     }
     Ok((result?, finals))
 }
+
+/// A client pod, its (destination, connections) and its churn per second.
+type Plan = (&'static str, Vec<(SocketAddr, usize)>, usize);
 
 /// Starts `nw-bench hold` in `pod`; a thread keeps its latest lines.
 fn start_client(
@@ -493,6 +496,9 @@ pub fn in_flight_slack(churn_per_s: usize) -> f64 {
     (4 * churn_per_s + 32) as f64
 }
 
+/// A series the verdict watches for growth, and its name.
+type Series = (&'static str, fn(&Sample) -> f64);
+
 /// What failed, in words; empty when the soak passed.
 pub fn verdict(samples: &[Sample], finals: &[Value], s: &Settings) -> Vec<String> {
     let mut failed = Vec::new();
@@ -535,20 +541,23 @@ pub fn verdict(samples: &[Sample], finals: &[Value], s: &Settings) -> Vec<String
         let (_, (start, end)) = halves(&mine);
         let m = |v: &[&Sample], f: fn(&Sample) -> f64| mean(v.iter().map(|x| f(x)));
         let (r0, r1) = (m(&start, |x| x.rss_mb), m(&end, |x| x.rss_mb));
-        if !(r1 <= r0 * (1.0 + RSS_GROWTH)) {
+        // Written so that NaN (a missing sample) fails too.
+        let within = r1 <= r0 * (1.0 + RSS_GROWTH);
+        if !within {
             failed.push(format!(
                 "{node}: RSS grew {:.1}% in the second half ({r0:.1} -> {r1:.1} MB)",
                 (r1 / r0 - 1.0) * 100.0
             ));
         }
-        let grows: [(&str, fn(&Sample) -> f64); 3] = [
+        let grows: [Series; 3] = [
             ("open fds", |x| x.fds),
             ("BPF map entries", Sample::map_entries),
             ("runtime tasks", |x| x.tasks),
         ];
         for (what, f) in grows {
             let (a, b) = (m(&start, f), m(&end, f));
-            if !(b <= a + slack) {
+            let within = b <= a + slack;
+            if !within {
                 failed.push(format!(
                     "{node}: {what} grew in the second half ({a:.0} -> {b:.0}, slack {slack})"
                 ));

@@ -1,8 +1,8 @@
 //! The soak's plot: four panels stacked, sharing the time axis (the run's
-//! length), each scaled from 0 to its series' maximum (times 1.1):
-//! 1. proxy RSS, 2. open fds, 3. BPF map entries, 4. live runtime tasks.
-//! node-a is blue, node-b red; a grey vertical line marks the start of the
-//! second half, which the verdict judges.
+//! length), each scaled from 0 to its series' maximum (times 1.1): from
+//! top to bottom proxy RSS, open fds, BPF map entries and live runtime
+//! tasks. node-a is blue, node-b red; a grey vertical line marks the start
+//! of the second half, which the verdict judges.
 //!
 //! It draws no text: plotters renders text through system fonts (or a
 //! font file shipped with the code), and a plot that needs neither is one
