@@ -415,43 +415,15 @@ impl Bench {
     /// TIME_WAIT sockets from the connection-rate scenario must not run a
     /// namespace out of ports.
     fn tune_sysctls(&self) -> Result<()> {
-        let names = ["node-a", "node-b"]
-            .into_iter()
-            .chain(self.cluster.pods.iter().map(|p| p.name));
-        for name in names {
-            let ns = self.cluster.ns(name);
-            let status = Command::new("ip")
-                .args(["netns", "exec", &ns, "sysctl", "-qw"])
-                .arg("net.ipv4.tcp_tw_reuse=1")
-                .status()?;
-            if !status.success() {
-                bail!("sysctl in {ns} failed");
-            }
-        }
-        Ok(())
+        reuse_time_wait(&self.cluster)
     }
 
     /// Starts `nw-bench server` in `pod`'s netns and `cgroup` on `port`.
     fn serve(&mut self, pod: &str, cgroup: &Path, port: u16) -> Result<()> {
         let log = self.dir()?.join(format!("bench-server-{pod}-{port}.log"));
-        let mut child = Command::new(&self.settings.bench_bin)
-            .arg("--netns")
-            .arg(self.cluster.ns(pod))
-            .arg("--cgroup")
-            .arg(cgroup)
-            .args(["server", "--listen", &format!("0.0.0.0:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(log)?)
-            .spawn()
-            .context("spawning nw-bench server")?;
-        let stdout = child.stdout.take().context("server stdout")?;
+        let ns = self.cluster.ns(pod);
+        let child = spawn_server(&self.settings.bench_bin, &ns, cgroup, port, &log)?;
         self.children.push(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        if !line.contains("listening") {
-            bail!("server in {pod} on {port} did not start: {line:?}");
-        }
         Ok(())
     }
 
@@ -869,6 +841,57 @@ impl Drop for Bench {
     }
 }
 
+/// Sets `net.ipv4.tcp_tw_reuse` in every namespace of the cluster (its
+/// own namespaces only), so TIME_WAIT sockets of churning clients do not
+/// run a namespace out of ports.
+pub(crate) fn reuse_time_wait(cluster: &Cluster) -> Result<()> {
+    let names = ["node-a", "node-b"]
+        .into_iter()
+        .chain(cluster.pods.iter().map(|p| p.name));
+    for name in names {
+        let ns = cluster.ns(name);
+        let status = Command::new("ip")
+            .args(["netns", "exec", &ns, "sysctl", "-qw"])
+            .arg("net.ipv4.tcp_tw_reuse=1")
+            .status()?;
+        if !status.success() {
+            bail!("sysctl in {ns} failed");
+        }
+    }
+    Ok(())
+}
+
+/// Starts `nw-bench server` (`bench_bin`) in netns `ns` and `cgroup` on
+/// `port`, logging to `log`; returns once it listens.
+pub(crate) fn spawn_server(
+    bench_bin: &Path,
+    ns: &str,
+    cgroup: &Path,
+    port: u16,
+    log: &Path,
+) -> Result<Child> {
+    let mut child = Command::new(bench_bin)
+        .arg("--netns")
+        .arg(ns)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(["server", "--listen", &format!("0.0.0.0:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(log)?)
+        .spawn()
+        .context("spawning nw-bench server")?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if !line.contains("listening") {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("server in {ns} on {port} did not start: {line:?}");
+    }
+    Ok(child)
+}
+
 /// The hard `RLIMIT_NOFILE` children inherit.
 fn nofile_hard() -> u64 {
     use nix::sys::resource::{getrlimit, Resource};
@@ -979,7 +1002,7 @@ fn pids(cgroups: &[PathBuf]) -> Result<Vec<u32>> {
 
 /// Blocks SIGINT/SIGTERM in this thread (every thread and child started
 /// later inherits that) and tears the cluster `prefix` down when one comes.
-fn cleanup_on_signal(prefix: &str) -> Result<()> {
+pub(crate) fn cleanup_on_signal(prefix: &str) -> Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGINT);
@@ -988,7 +1011,7 @@ fn cleanup_on_signal(prefix: &str) -> Result<()> {
     let prefix = prefix.to_owned();
     std::thread::spawn(move || {
         let sig = stop.wait();
-        eprintln!("bench: {sig:?}: tearing down {prefix}");
+        eprintln!("nw-bench: {sig:?}: tearing down {prefix}");
         remove_cluster(&prefix);
         std::process::exit(130);
     });

@@ -40,6 +40,7 @@
 //! - [`otlp`]: an OTLP receiver (HTTP/protobuf and gRPC) for the tracing
 //!   tests and the bench;
 //! - [`bench`](mod@bench): the benchmark `nw-bench run` drives;
+//! - [`soak`]: the long run `nw-bench soak` drives (uses `bench`'s helpers);
 //! - [`tlspeer`]: a tunnel peer of the tests' own making (node CAs that
 //!   mint leaves, a client config presenting one), using no other module;
 //! - [`h2raw`]: HTTP/2 frames written by hand, for hostile peers (uses no
@@ -66,6 +67,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod h2raw;
 pub mod otlp;
+pub mod soak;
 pub mod tlspeer;
 
 pub use admin::metric_value;

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nodeward_tests::{finish_tool, require_root, Cluster, Options};
+use nodeward_tests::{finish_tool, require_root, wait_for, Cluster, Options};
 
 const PORT: u16 = 9000;
 
@@ -68,6 +68,157 @@ fn a_takeover_under_a_steady_stream_of_new_connections_refuses_none() {
         c.bpffs().join("node-a/links/nw_connect4").exists(),
         "programs stay pinned"
     );
+}
+
+/// The window a takeover must not lose anything in: connections the old
+/// proxy's listeners have completed but not yet accepted when it closes
+/// them. The old proxy is frozen (SIGSTOP) while pods connect, so every
+/// connection waits in its accept queue; it resumes only once the successor
+/// is bound and asking, so it closes its listeners with the queue still
+/// full. The kernel must move them to the successor (`tcp_migrate_req`),
+/// not reset them.
+#[test]
+fn connections_queued_on_the_old_proxy_at_a_takeover_move_to_the_new_one() {
+    if !require_root("connections_queued_on_the_old_proxy_at_a_takeover_move_to_the_new_one") {
+        return;
+    }
+    let mut c = Cluster::start_with(Options {
+        drain_deadline: "15s",
+        ..Options::default()
+    });
+    c.serve_echo("backend", PORT);
+    c.serve_echo("cache", PORT);
+    let old = nix::unistd::Pid::from_raw(c.proxy_pid("node-a") as i32);
+    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let per_target = 40;
+    let callers: Vec<_> = ["backend", "cache"]
+        .iter()
+        .flat_map(|pod| std::iter::repeat_n(*pod, per_target))
+        .map(|pod| c.spawn_call_stream("frontend", SocketAddr::new(c.ip4(pod), PORT), 1, 0))
+        .collect();
+    // Connected (the kernel completes the handshakes), none accepted.
+    std::thread::sleep(Duration::from_secs(2));
+    let resumed = std::thread::spawn(move || {
+        // Time for the successor to bind, adopt and ask (it waits up to
+        // 15 s for the answer).
+        std::thread::sleep(Duration::from_secs(4));
+        nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    });
+    let started = c.start_proxy_with("node-a", &["--takeover"]);
+    resumed.join().expect("resume");
+    started.unwrap_or_else(|e| panic!("takeover: {e:#}"));
+    let lost: Vec<String> = callers
+        .into_iter()
+        .map(finish_tool)
+        .filter(|r| r["intact"] != true)
+        .map(|r| r.to_string())
+        .collect();
+    let exited = c.wait_proxy_exit("node-a", 0, Duration::from_secs(30));
+    assert!(
+        lost.is_empty(),
+        "{} of {} queued connections lost: {lost:?}\nnode-a log:\n{}",
+        lost.len(),
+        2 * per_target,
+        c.proxy_log("node-a")
+    );
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    let log = c.proxy_log("node-a");
+    assert!(log.contains("handed over to a new nodeward"), "{log}");
+}
+
+/// From the moment a successor binds, every new connection goes to it: the
+/// old proxy's listener gets none that could race its close (a handshake
+/// completing just as a listener closes is reset, whatever
+/// `tcp_migrate_req` says). Checked with the old proxy frozen (SIGSTOP):
+/// calls made once the successor has bound complete while the old one
+/// still cannot accept anything.
+#[test]
+fn a_successor_takes_every_new_connection_from_the_moment_it_binds() {
+    if !require_root("a_successor_takes_every_new_connection_from_the_moment_it_binds") {
+        return;
+    }
+    let mut c = Cluster::start_with(Options {
+        drain_deadline: "15s",
+        ..Options::default()
+    });
+    c.serve_echo("backend", PORT);
+    c.serve_echo("cache", PORT);
+    let old = nix::unistd::Pid::from_raw(c.proxy_pid("node-a") as i32);
+    let log = c.ca_dir().parent().expect("cluster dir").join("node-a.log");
+    let call = |pod: &str| {
+        let mut cmd = std::process::Command::new(&c.bins.nw_pod);
+        cmd.arg("--netns")
+            .arg(c.ns("frontend"))
+            .arg("--cgroup")
+            .arg(c.cgroup_of("frontend"))
+            .args([
+                "call",
+                "--to",
+                &format!("{}:{PORT}", c.ip4(pod)),
+                "--send",
+                "200",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let calls: Vec<_> = ["backend", "cache"]
+        .iter()
+        .flat_map(|pod| std::iter::repeat_n(*pod, 20))
+        .map(call)
+        .collect();
+    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let frozen = std::thread::spawn(move || {
+        // The successor logs this once its listeners are bound.
+        let bound = wait_for(
+            &log,
+            "adopting the pinned BPF programs",
+            Duration::from_secs(30),
+        );
+        let outcome = bound.map(|()| calls_while_frozen(calls));
+        nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+        outcome
+    });
+    let started = c.start_proxy_with("node-a", &["--takeover"]);
+    let outcome = frozen.join().expect("calls");
+    started.unwrap_or_else(|e| panic!("takeover: {e:#}"));
+    let (done, unfinished) = outcome.unwrap_or_else(|e| panic!("successor: {e:#}"));
+    assert_eq!(
+        unfinished, 0,
+        "calls left to the frozen old proxy (done: {done:?})"
+    );
+    assert!(done.iter().all(|r| r["intact"] == true), "{done:?}");
+    let exited = c.wait_proxy_exit("node-a", 0, Duration::from_secs(30));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+}
+
+/// Runs `calls` together, gives them 10 s, kills what is left; the reports
+/// of those that finished and how many did not.
+fn calls_while_frozen(calls: Vec<std::process::Command>) -> (Vec<serde_json::Value>, usize) {
+    let mut running: Vec<_> = calls
+        .into_iter()
+        .map(|mut cmd| cmd.spawn().expect("spawn nw-pod"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && running
+            .iter_mut()
+            .any(|child| child.try_wait().ok().flatten().is_none())
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut done = Vec::new();
+    let mut unfinished = 0;
+    for mut child in running {
+        if child.try_wait().ok().flatten().is_none() {
+            unfinished += 1;
+            let _ = child.kill();
+            let _ = child.wait();
+            continue;
+        }
+        done.push(finish_tool(child));
+    }
+    (done, unfinished)
 }
 
 #[test]

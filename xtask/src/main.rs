@@ -1,4 +1,4 @@
-//! `cargo xtask`: setup, build, test, demo and bench for nodeward.
+//! `cargo xtask`: setup, build, test, demo, bench and soak for nodeward.
 
 use std::process::Command;
 
@@ -107,7 +107,27 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Hold meshed connections on a netns cluster for MINUTES with churn,
+    /// traffic, policy reloads and certificate renewals (needs root);
+    /// writes `target/soak/soak.{csv,png,json}`, fails on a leak or a
+    /// failed connection.
+    Soak {
+        /// How long the connections are held once open.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Connections held (both client pods together); 1% of them
+        /// reconnect every second.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Run release binaries (`cargo xtask build`) instead of the debug
+        /// ones the tests use.
+        #[arg(long)]
+        release: bool,
+    },
 }
+
+/// Connections `cargo xtask test`'s short soak holds, and its minutes.
+const CI_SOAK: (usize, f64) = (10_000, 3.0);
 
 #[derive(Subcommand)]
 enum DemoCommand {
@@ -181,6 +201,11 @@ fn main() -> Result<()> {
             idle,
             only,
         } => bench(seconds, idle, only.as_deref()),
+        Task::Soak {
+            minutes,
+            connections,
+            release,
+        } => soak(minutes, connections, release),
     }
 }
 
@@ -268,6 +293,8 @@ fn test() -> Result<()> {
     // The e2e suite runs the real binaries; build them before the tests look for them.
     cargo(&["build", "-p", "nodeward", "-p", "nodeward-tests", "--bins"])?;
     cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])?;
+    let (connections, minutes) = CI_SOAK;
+    soak(minutes, connections, false)?;
     test_deployment()
 }
 
@@ -311,6 +338,36 @@ fn bench(seconds: f64, idle: usize, only: Option<&str>) -> Result<()> {
         .context("running nw-bench")?;
     if !status.success() {
         bail!("bench failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs `nw-bench soak` (see `nodeward_tests::soak`) on debug or release
+/// binaries; prints how long it took, set-up and teardown included.
+fn soak(minutes: f64, connections: usize, release: bool) -> Result<()> {
+    let profile = if release {
+        build()?;
+        "release"
+    } else {
+        cargo(&["build", "-p", "nodeward", "-p", "nodeward-tests", "--bins"])?;
+        "debug"
+    };
+    let bin = |name: &str| target_dir().join(profile).join(name);
+    let started = std::time::Instant::now();
+    let status = Command::new(bin("nw-bench"))
+        .args(["soak", "--out", "target/soak"])
+        .args(["--minutes", &minutes.to_string()])
+        .args(["--connections", &connections.to_string()])
+        .env("NODEWARD_BIN", bin("nodeward"))
+        .env("NW_POD_BIN", bin("nw-pod"))
+        .status()
+        .context("running nw-bench soak")?;
+    eprintln!(
+        "xtask soak: {minutes} min with {connections} connections took {:.0}s in all",
+        started.elapsed().as_secs_f64()
+    );
+    if !status.success() {
+        bail!("soak failed: {status}");
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! same node.
 //!
 //! Upgrade without refusing a connection: every listener is bound with
-//! `SO_REUSEPORT`, so the new process accepts beside the old one; the kernel
+//! `SO_REUSEPORT`, so the new process accepts beside the old one (and,
+//! steered by a tiny classic BPF program, takes every new connection from
+//! the moment it binds); the kernel
 //! programs are pinned, so the new process adopts them instead of
 //! re-attaching; then it asks the old one, over an abstract Unix socket
 //! named after the pin directory, to hand over. The old process stops
@@ -94,7 +96,9 @@ pub fn enable_listener_migration() {
     }
 }
 
-/// A listener that a successor can bind too (`SO_REUSEPORT`).
+/// A listener that a successor can bind too (`SO_REUSEPORT`), and that
+/// hands every new connection to that successor as soon as it binds (see
+/// [`prefer_successor`]).
 pub fn shared_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -103,7 +107,42 @@ pub fn shared_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    let listener = socket.listen(BACKLOG)?;
+    prefer_successor(&listener)?;
+    Ok(listener)
+}
+
+/// Steers the `SO_REUSEPORT` group of `listener` (after `listen`, when it
+/// has joined the group: a program set before would be dropped on joining)
+/// with the classic BPF program `ret #1`: every new connection goes to the
+/// group's second listener, the successor, while there are two. Alone, the
+/// index is out of range and the kernel falls back to its hash (the one
+/// listener).
+///
+/// Without it the kernel spreads new connections over both listeners until
+/// the old one closes, and a connection whose handshake completes while
+/// the old listener is closing is reset: `tcp_migrate_req` moves what is
+/// queued and what is still mid-handshake, but a child created just as the
+/// listener leaves the LISTEN state is dropped
+/// (`inet_csk_reqsk_queue_add`). With every new connection on the
+/// successor from the moment it binds, the old listener holds only what it
+/// queued before, which `close` migrates.
+fn prefer_successor(listener: &TcpListener) -> io::Result<()> {
+    use nix::{
+        libc::{sock_filter, sock_fprog, BPF_K, BPF_RET},
+        sys::socket::{setsockopt, sockopt::AttachReusePortCbpf},
+    };
+    let mut program = [sock_filter {
+        code: (BPF_RET | BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 1,
+    }];
+    let fprog = sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    setsockopt(listener, AttachReusePortCbpf, &fprog).map_err(io::Error::from)
 }
 
 /// The running instance's side of the handover channel.

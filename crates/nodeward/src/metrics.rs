@@ -429,6 +429,20 @@ impl Metrics {
         }));
     }
 
+    /// Adds `nodeward_runtime_alive_tasks`, read from the tokio runtime of
+    /// `handle` at scrape time: a task that never ends (a leak) shows as a
+    /// count that only grows (the soak watches it).
+    pub fn register_runtime(&self, handle: tokio::runtime::Handle) {
+        let gauge = IntGauge::with_opts(Opts::new(
+            "runtime_alive_tasks",
+            "Tasks alive in the proxy's async runtime",
+        ))
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let _ = self
+            .registry
+            .register(Box::new(RuntimeTasks { gauge, handle }));
+    }
+
     /// Renders the text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -743,6 +757,24 @@ impl Collector for ReadAtScrape {
         let now = (self.dropped)();
         self.counter.inc_by(now.saturating_sub(self.counter.get()));
         self.counter.collect()
+    }
+}
+
+/// The runtime's live task count, read whenever Prometheus scrapes.
+struct RuntimeTasks {
+    gauge: IntGauge,
+    handle: tokio::runtime::Handle,
+}
+
+impl Collector for RuntimeTasks {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let alive = self.handle.metrics().num_alive_tasks();
+        self.gauge.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        self.gauge.collect()
     }
 }
 

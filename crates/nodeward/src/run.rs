@@ -205,6 +205,7 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         pods: pod_cgroups,
     } = attach_or_adopt(&settings, opts.takeover || predecessor)?;
     metrics.register_kernel(kernel);
+    metrics.register_runtime(tokio::runtime::Handle::current());
     let readiness = Arc::new(Readiness::new());
     readiness.set_bpf_attached(true);
     let discovery_task = discovery.map(|(status, task)| {

@@ -1,11 +1,12 @@
-//! `nw-bench`: the load generator and pod server behind `cargo xtask bench`.
+//! `nw-bench`: the load generator and pod server behind `cargo xtask bench`
+//! and `cargo xtask soak`.
 //!
 //! `nw-bench [--netns NAME] [--cgroup DIR] <command>` first joins the cgroup
 //! and the network namespace (before any thread exists, so every later
 //! thread inherits both, as `nw-pod` does) and raises the soft
-//! `RLIMIT_NOFILE` to the hard limit. `run` is the orchestrator
-//! ([`nodeward_tests::bench`]); the other commands run inside pods and print
-//! one JSON object per line.
+//! `RLIMIT_NOFILE` (see [`raise_nofile`]). `run` and `soak` are the
+//! orchestrators ([`nodeward_tests::bench`], [`nodeward_tests::soak`]); the
+//! other commands run inside pods and print one JSON object per line.
 //!
 //! Wire protocol of `server`: the client's first byte picks the mode. `E`
 //! echoes every later byte until EOF; `S` discards everything until EOF and
@@ -26,7 +27,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use nodeward_tests::{bench, payload};
+use nodeward_tests::{bench, payload, soak};
 use serde_json::{json, Value};
 
 /// Mode byte: echo.
@@ -63,6 +64,44 @@ enum Cmd {
         /// idle, httptrace); the others show as missing in the reports.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Build the cluster, hold connections with churn and traffic for
+    /// MINUTES while sampling both proxies; write `soak.csv`, `soak.png`
+    /// and `soak.json` to OUT; fail on a leak or a failed connection.
+    Soak {
+        #[arg(long, default_value = "target/soak")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Connections held, both client pods together.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Connections closed and reopened every second (default 1%).
+        #[arg(long)]
+        churn: Option<usize>,
+        /// Seconds between two round trips on one connection.
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+    },
+    /// Holds connections (`--to ADDR=N`, repeatable) with churn and round
+    /// trips (see `nodeward_tests::soak::hold`).
+    Hold {
+        #[arg(long, value_parser = parse_target, required = true)]
+        to: Vec<(SocketAddr, usize)>,
+        #[arg(long, default_value_t = 100)]
+        churn: usize,
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long)]
+        seconds: f64,
+        /// Bound on opening every connection.
+        #[arg(long, default_value_t = 120.0)]
+        ramp: f64,
+        /// Seconds between status lines.
+        #[arg(long, default_value_t = 10.0)]
+        report_every: f64,
     },
     /// Echo/sink server (see the module docs).
     Server {
@@ -153,6 +192,41 @@ fn main() -> Result<()> {
             };
             return bench::run(&settings);
         }
+        Cmd::Soak {
+            out,
+            minutes,
+            connections,
+            churn,
+            interval,
+        } => {
+            return soak::run(&soak::Settings {
+                out_dir: out,
+                run: secs(minutes * 60.0),
+                connections,
+                churn: churn.unwrap_or(connections / 100),
+                interval: secs(interval),
+                bench_bin: std::env::current_exe()?,
+            })
+        }
+        Cmd::Hold {
+            to,
+            churn,
+            interval,
+            size,
+            seconds,
+            ramp,
+            report_every,
+        } => {
+            return soak::hold::hold(&soak::hold::Hold {
+                targets: to,
+                interval: secs(interval),
+                churn,
+                size,
+                run: secs(seconds),
+                ramp: secs(ramp),
+                report_every: secs(report_every),
+            })
+        }
         Cmd::Server { listen } => return server(listen),
         Cmd::Idle {
             to,
@@ -193,14 +267,39 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-/// 10k idle connections need more than the usual 1024 descriptors.
+/// 10k idle connections need more than the usual 1024 descriptors: the
+/// soft limit goes up to the hard one and, where the process may (root),
+/// both go up to [`WANTED_NOFILE`] (within `fs.nr_open`). Only this process
+/// and its children: no system-wide setting changes.
 fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let wanted = WANTED_NOFILE.min(nr_open);
+    if wanted > hard && setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
+        return;
     }
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// The descriptors `nw-bench` asks for: a client holding the whole soak's
+/// 10 000 connections with room for its churn.
+const WANTED_NOFILE: u64 = 1 << 16;
+
+/// `ADDR=N` of `hold --to`.
+fn parse_target(s: &str) -> Result<(SocketAddr, usize), String> {
+    let (addr, n) = s.split_once('=').ok_or("expected ADDR=N")?;
+    Ok((
+        addr.parse().map_err(|e| format!("{addr}: {e}"))?,
+        n.parse().map_err(|e| format!("{n}: {e}"))?,
+    ))
 }
 
 fn server(addr: SocketAddr) -> Result<()> {
