@@ -16,10 +16,11 @@ use serde::de::DeserializeOwned;
 
 use super::{
     file::{
-        AuthorizationPolicyFile, Header, PeerAuthenticationFile, RateLimitPolicyFile, API_VERSIONS,
-        NODEWARD_API_VERSION,
+        AuthorizationPolicyFile, Header, PeerAuthenticationFile, RateLimitPolicyFile,
+        RequestAuthenticationFile, API_VERSIONS, NODEWARD_API_VERSION,
     },
-    model::{AuthzPolicy, FieldError, Loaded, Origin, PeerPolicy, RateLimitPolicy},
+    jwt::rule::RequestAuthnPolicy,
+    model::{AuthzPolicy, FieldError, Loaded, Origin, PeerPolicy, Policies, RateLimitPolicy},
     PolicyKind, PolicyRef, PolicySet, Settings,
 };
 use nodeward_yaml::{self as yaml, DecodeErrors, FileError};
@@ -39,9 +40,10 @@ const REREAD_BYTES_PER_FILE: usize = 1 << 20;
 
 /// Fields of Istio's API that nodeward does not enforce. They get their own
 /// message: the policy is refused because honouring it half would be a hole.
-const UNSUPPORTED_FIELDS: [&str; 10] = [
-    "source.requestPrincipals",
-    "source.notRequestPrincipals",
+const UNSUPPORTED_FIELDS: [&str; 11] = [
+    "fromCookies",
+    "outputPayloadToHeader",
+    "timeout",
     "source.remoteIpBlocks",
     "source.notRemoteIpBlocks",
     "source.serviceAccounts",
@@ -72,9 +74,7 @@ pub struct LoadErrors(pub Vec<PolicyError>);
 #[derive(Default)]
 struct Loader {
     errors: Vec<PolicyError>,
-    authz: Vec<Loaded<AuthzPolicy>>,
-    peer: Vec<Loaded<PeerPolicy>>,
-    rate: Vec<Loaded<RateLimitPolicy>>,
+    policies: Policies,
     seen: HashMap<(PolicyKind, PolicyRef), Origin>,
 }
 
@@ -133,13 +133,7 @@ fn build(
     if !loader.errors.is_empty() {
         return Err(LoadErrors(loader.errors));
     }
-    Ok(PolicySet::new(
-        settings,
-        sources.len(),
-        loader.authz,
-        loader.peer,
-        loader.rate,
-    ))
+    Ok(PolicySet::new(settings, sources.len(), loader.policies))
 }
 
 impl Loader {
@@ -185,13 +179,13 @@ impl Loader {
             Ok(kind @ PolicyKind::AuthorizationPolicy) => {
                 let policy = convert::<AuthorizationPolicyFile, AuthzPolicy>(doc)?;
                 let origin = self.register(kind, &policy.id, doc).map_err(|e| vec![e])?;
-                self.authz.push(Loaded { policy, origin });
+                self.policies.authz.push(Loaded { policy, origin });
                 Ok(())
             }
             Ok(kind @ PolicyKind::PeerAuthentication) => {
                 let policy = convert::<PeerAuthenticationFile, PeerPolicy>(doc)?;
                 let origin = self.register(kind, &policy.id, doc).map_err(|e| vec![e])?;
-                self.peer.push(Loaded { policy, origin });
+                self.policies.peer.push(Loaded { policy, origin });
                 Ok(())
             }
             Ok(kind @ PolicyKind::RateLimitPolicy) => {
@@ -199,7 +193,13 @@ impl Loader {
                 let origin = self
                     .register(kind, &policy.limit.id, doc)
                     .map_err(|e| vec![e])?;
-                self.rate.push(Loaded { policy, origin });
+                self.policies.rate.push(Loaded { policy, origin });
+                Ok(())
+            }
+            Ok(kind @ PolicyKind::RequestAuthentication) => {
+                let policy = convert::<RequestAuthenticationFile, RequestAuthnPolicy>(doc)?;
+                let origin = self.register(kind, &policy.id, doc).map_err(|e| vec![e])?;
+                self.policies.authn.push(Loaded { policy, origin });
                 Ok(())
             }
         }
@@ -340,10 +340,11 @@ fn check_kind(api_version: Option<&str>, kind: Option<&str>) -> Result<PolicyKin
         "AuthorizationPolicy" => (PolicyKind::AuthorizationPolicy, &API_VERSIONS),
         "PeerAuthentication" => (PolicyKind::PeerAuthentication, &API_VERSIONS),
         "RateLimitPolicy" => (PolicyKind::RateLimitPolicy, &[NODEWARD_API_VERSION]),
+        "RequestAuthentication" => (PolicyKind::RequestAuthentication, &API_VERSIONS),
         _ => {
             return Err(format!(
                 "unsupported kind {kind:?}; nodeward reads AuthorizationPolicy, \
-                 PeerAuthentication and RateLimitPolicy"
+                 PeerAuthentication, RequestAuthentication and RateLimitPolicy"
             ))
         }
     };

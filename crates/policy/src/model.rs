@@ -18,6 +18,7 @@ use super::{
         RateLimitMatchFile, RateLimitPolicyFile, RateLimitSpecFile, RuleFile, SourceFile, ToFile,
         WorkloadSelectorFile,
     },
+    jwt::rule::RequestAuthnPolicy,
     pattern::Pattern,
     Action, LimitKind, MtlsMode, PolicyInfo, PolicyKind, PolicyRef, RateLimit, TokenBucket,
 };
@@ -62,6 +63,15 @@ pub(super) struct RateLimitPolicy {
     pub matcher: Checks,
 }
 
+/// Every policy of a load, by kind, in load order.
+#[derive(Debug, Default)]
+pub(super) struct Policies {
+    pub authz: Vec<Loaded<AuthzPolicy>>,
+    pub peer: Vec<Loaded<PeerPolicy>>,
+    pub rate: Vec<Loaded<RateLimitPolicy>>,
+    pub authn: Vec<Loaded<RequestAuthnPolicy>>,
+}
+
 /// `matchLabels`; `None` selects every workload in scope.
 #[derive(Debug, Default)]
 pub(super) struct Selector(Option<Box<[(String, String)]>>);
@@ -99,6 +109,14 @@ pub(super) enum Test {
     Path(StrSet),
     Host(Box<[HostMatch]>),
     Header(HeaderName, StrSet),
+    /// Against `<iss>/<sub>` of a valid token.
+    RequestPrincipal(StrSet),
+    /// Against any of the token's `aud`.
+    RequestAudience(StrSet),
+    /// Against `azp`.
+    RequestPresenter(StrSet),
+    /// Against a claim (a string, or any string of a list).
+    RequestClaim(Box<[String]>, StrSet),
 }
 
 /// Patterns of which any may match.
@@ -279,6 +297,8 @@ impl TryFrom<FromFile> for Checks {
         let SourceFile {
             principals,
             not_principals,
+            request_principals,
+            not_request_principals,
             namespaces,
             not_namespaces,
             ip_blocks,
@@ -291,6 +311,14 @@ impl TryFrom<FromFile> for Checks {
         });
         add(&mut checks, not_principals, true, |v| {
             Test::Principal(unwrap(v))
+        });
+        let unwrap =
+            |v: Vec<file::RequestPrincipalPattern>| StrSet(v.into_iter().map(|p| p.0).collect());
+        add(&mut checks, request_principals, false, |v| {
+            Test::RequestPrincipal(unwrap(v))
+        });
+        add(&mut checks, not_request_principals, true, |v| {
+            Test::RequestPrincipal(unwrap(v))
         });
         let unwrap = |v: Vec<file::NamespacePattern>| StrSet(v.into_iter().map(|p| p.0).collect());
         add(&mut checks, namespaces, false, |v| {
@@ -478,6 +506,21 @@ impl Loaded<RateLimitPolicy> {
     }
 }
 
+impl Loaded<RequestAuthnPolicy> {
+    /// The listing entry for [`super::PolicySet::policies`].
+    pub fn info(&self) -> PolicyInfo<'_> {
+        PolicyInfo {
+            kind: PolicyKind::RequestAuthentication,
+            namespace: self.policy.id.namespace(),
+            name: self.policy.id.name(),
+            action: None,
+            mtls_mode: None,
+            file: &self.origin.file,
+            line: self.origin.line,
+        }
+    }
+}
+
 impl Loaded<PeerPolicy> {
     /// The listing entry for [`super::PolicySet::policies`].
     pub fn info(&self) -> PolicyInfo<'_> {
@@ -532,6 +575,18 @@ pub(super) fn index_rate(
     let mut index = ByNamespace::<Vec<usize>>::new(root);
     for (i, Loaded { policy, .. }) in policies.iter().enumerate() {
         index.entry(policy.limit.id.namespace()).push(i);
+    }
+    index
+}
+
+/// Groups `RequestAuthentication` indices by namespace.
+pub(super) fn index_authn(
+    root: &str,
+    policies: &[Loaded<RequestAuthnPolicy>],
+) -> ByNamespace<Vec<usize>> {
+    let mut index = ByNamespace::<Vec<usize>>::new(root);
+    for (i, Loaded { policy, .. }) in policies.iter().enumerate() {
+        index.entry(policy.id.namespace()).push(i);
     }
     index
 }
@@ -621,6 +676,18 @@ fn condition_test(key: &ConditionKey, values: Vec<String>) -> Result<Test, Field
         ConditionKey::DestinationPort => {
             Test::DestinationPort(parse_each(values, file::parse_port)?)
         }
+        ConditionKey::RequestPrincipal => {
+            Test::RequestPrincipal(StrSet(parse_each(values, file::parse_request_principal)?))
+        }
+        ConditionKey::RequestAudiences => {
+            Test::RequestAudience(StrSet(parse_each(values, Pattern::parse)?))
+        }
+        ConditionKey::RequestPresenter => {
+            Test::RequestPresenter(StrSet(parse_each(values, Pattern::parse)?))
+        }
+        ConditionKey::RequestClaim(path) => {
+            Test::RequestClaim(path.clone(), StrSet(parse_each(values, Pattern::parse)?))
+        }
     })
 }
 
@@ -669,7 +736,7 @@ fn convert_all<F, T: TryFrom<F, Error = FieldError>>(
 
 /// Validates `metadata`; names go into `namespace/name` references and logs,
 /// so they must be Kubernetes names.
-fn policy_ref(metadata: MetadataFile) -> Result<PolicyRef, FieldError> {
+pub(super) fn policy_ref(metadata: MetadataFile) -> Result<PolicyRef, FieldError> {
     let MetadataFile {
         name,
         namespace,

@@ -78,6 +78,7 @@ impl Call<'_> {
             path: self.path,
             host: self.host,
             headers: &headers,
+            auth: None,
         };
         f(&conn, &req)
     }
@@ -1625,9 +1626,9 @@ fn loader_errors_name_file_line_and_field() {
             &["spec.provider", "does not support"],
         ),
         (
-            condition("{key: 'request.auth.claims[iss]', values: [x]}"),
+            condition("{key: 'request.auth.claims[iss', values: [x]}"),
             7,
-            &["spec.rules[0].when[0].key", "not supported"],
+            &["spec.rules[0].when[0].key", "nested as [a][b]"],
         ),
         (
             condition("{key: destination.ip, values: [x]}"),
@@ -1645,9 +1646,9 @@ fn loader_errors_name_file_line_and_field() {
             &["when[0].key", "not supported"],
         ),
         (
-            source("requestPrincipals: ['*']"),
+            source("requestPrincipals: [nobody]"),
             7,
-            &["source.requestPrincipals", "does not support"],
+            &["source.requestPrincipals[0]", "not a request principal"],
         ),
         (
             source("remoteIpBlocks: [10.0.0.0/8]"),
