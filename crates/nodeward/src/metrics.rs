@@ -122,6 +122,8 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     /// Token buckets held now.
     pub ratelimit_buckets: IntGauge,
+    /// JWT checks for `RequestAuthentication`, by result (`ok` or why not).
+    pub jwt_validations: IntCounterVec,
 }
 
 /// Counters that share one label set: `K` metric names over `N` labels.
@@ -300,6 +302,11 @@ impl Metrics {
                 &registry,
                 "audit_dropped_total",
                 "Audit records lost because the audit sink could not keep up",
+            ),
+            jwt_validations: counters(
+                "jwt_validations_total",
+                "Tokens checked for RequestAuthentication, by result (ok, expired, bad_signature, unknown_issuer, ...)",
+                &["result"],
             ),
             ratelimit_decisions: counters(
                 "ratelimit_decisions_total",
@@ -676,6 +683,10 @@ impl Telemetry for Metrics {
         self.policy_revoked.inc();
     }
 
+    fn jwt_validation(&self, result: &str) {
+        self.jwt_validations.with_label_values(&[result]).inc();
+    }
+
     fn audit_dropped(&self, records: u64) {
         self.audit_dropped.inc_by(records);
     }
@@ -911,6 +922,7 @@ mod tests {
         t.ratelimit_buckets(7);
         t.policy_revoked();
         t.audit_dropped(3);
+        t.jwt_validation("expired");
         t.http_request(Reporter::Destination, "backend", "shop", 503);
         let text = m.render();
         for line in [
@@ -929,6 +941,7 @@ mod tests {
             "nodeward_ratelimit_buckets 7",
             "nodeward_policy_revoked_connections_total 1",
             "nodeward_audit_dropped_total 3",
+            r#"nodeward_jwt_validations_total{result="expired"} 1"#,
             r#"nodeward_http_requests_total{code="5xx",destination_namespace="shop",destination_workload="backend",reporter="destination"} 1"#,
         ] {
             assert!(

@@ -16,7 +16,9 @@ use nodeward_identity::{tls::TrustBundle, tls_config, CertStore, NodeCa};
 use nodeward_proxy::{
     authz::{audit::Auditor, Authz},
     drain::DrainControl,
-    inbound, outbound,
+    inbound,
+    jwks::{FetchSettings, JwksFetcher},
+    outbound,
     relay::Dialer,
     telemetry::Observer,
     tunnel::Pool,
@@ -135,7 +137,8 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         .map_err(|e| ConfigError::invalid(&cfg.source, "audit.sink", e))?;
     let (policies, sources) = reload::initial(&cfg.policy_dir, cfg.policy.clone(), &metrics);
     let authz = Authz::new(policies, auditor, observer.clone())
-        .with_headers_with_underscores(cfg.headers_with_underscores);
+        .with_headers_with_underscores(cfg.headers_with_underscores)
+        .with_jwks(JwksFetcher::new(FetchSettings::default()));
     let authz = Arc::new(authz);
     let certs = Arc::new(CertStore::new(ca, cfg.cert_lifetime));
     let pool = Arc::new(Pool::new(bundle.clone(), observer.clone()));

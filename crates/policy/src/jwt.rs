@@ -42,6 +42,7 @@ pub(super) mod rule;
 #[cfg(test)]
 mod tests;
 
+pub use jsonwebtoken::jwk;
 pub use rule::{JwtRule, Keys, TokenLocation};
 
 /// Larger tokens are refused unread: real ones are a few hundred bytes, and
