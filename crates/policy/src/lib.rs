@@ -575,7 +575,7 @@ impl PolicySet {
     /// Fail closed: the set used when no valid policy was ever loaded; every
     /// decision is deny and every workload is STRICT.
     pub fn deny_all(settings: Settings) -> Self {
-        let mut set = Self::new(settings, 0, model::Policies::default());
+        let mut set = Self::new(settings, 0, load::Policies::default());
         set.fail_closed = true;
         set
     }
@@ -701,8 +701,8 @@ impl PolicySet {
     }
 
     /// Indexes policies by namespace (and action).
-    fn new(settings: Settings, files: usize, policies: model::Policies) -> Self {
-        let model::Policies {
+    fn new(settings: Settings, files: usize, policies: load::Policies) -> Self {
+        let load::Policies {
             authz,
             peer,
             rate,
@@ -711,7 +711,8 @@ impl PolicySet {
         let authz_index = model::index_authz(&settings.root_namespace, &authz);
         let peer_index = model::index_peer(&settings.root_namespace, &peer);
         let rate_index = model::index_rate(&settings.root_namespace, &rate);
-        let authn_index = model::index_authn(&settings.root_namespace, &authn);
+        let namespaces = authn.iter().map(|l| l.policy.id.namespace());
+        let authn_index = model::index_namespaces(&settings.root_namespace, namespaces);
         Self {
             settings,
             fail_closed: false,

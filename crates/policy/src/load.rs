@@ -20,7 +20,7 @@ use super::{
         RequestAuthenticationFile, API_VERSIONS, NODEWARD_API_VERSION,
     },
     jwt::rule::RequestAuthnPolicy,
-    model::{AuthzPolicy, FieldError, Loaded, Origin, PeerPolicy, Policies, RateLimitPolicy},
+    model::{AuthzPolicy, FieldError, Loaded, Origin, PeerPolicy, RateLimitPolicy},
     PolicyKind, PolicyRef, PolicySet, Settings,
 };
 use nodeward_yaml::{self as yaml, DecodeErrors, FileError};
@@ -53,6 +53,15 @@ const UNSUPPORTED_FIELDS: [&str; 11] = [
     "spec.targetRefs",
     "spec.portLevelMtls",
 ];
+
+/// Every policy of a load, by kind, in load order.
+#[derive(Debug, Default)]
+pub(super) struct Policies {
+    pub authz: Vec<Loaded<AuthzPolicy>>,
+    pub peer: Vec<Loaded<PeerPolicy>>,
+    pub rate: Vec<Loaded<RateLimitPolicy>>,
+    pub authn: Vec<Loaded<RequestAuthnPolicy>>,
+}
 
 /// One problem in a policy file: `file:line: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,7 +18,6 @@ use super::{
         RateLimitMatchFile, RateLimitPolicyFile, RateLimitSpecFile, RuleFile, SourceFile, ToFile,
         WorkloadSelectorFile,
     },
-    jwt::rule::RequestAuthnPolicy,
     pattern::Pattern,
     Action, LimitKind, MtlsMode, PolicyInfo, PolicyKind, PolicyRef, RateLimit, TokenBucket,
 };
@@ -61,15 +60,6 @@ pub(super) struct RateLimitPolicy {
     pub selector: Selector,
     /// All must hold; empty for a policy without `match`.
     pub matcher: Checks,
-}
-
-/// Every policy of a load, by kind, in load order.
-#[derive(Debug, Default)]
-pub(super) struct Policies {
-    pub authz: Vec<Loaded<AuthzPolicy>>,
-    pub peer: Vec<Loaded<PeerPolicy>>,
-    pub rate: Vec<Loaded<RateLimitPolicy>>,
-    pub authn: Vec<Loaded<RequestAuthnPolicy>>,
 }
 
 /// `matchLabels`; `None` selects every workload in scope.
@@ -506,21 +496,6 @@ impl Loaded<RateLimitPolicy> {
     }
 }
 
-impl Loaded<RequestAuthnPolicy> {
-    /// The listing entry for [`super::PolicySet::policies`].
-    pub fn info(&self) -> PolicyInfo<'_> {
-        PolicyInfo {
-            kind: PolicyKind::RequestAuthentication,
-            namespace: self.policy.id.namespace(),
-            name: self.policy.id.name(),
-            action: None,
-            mtls_mode: None,
-            file: &self.origin.file,
-            line: self.origin.line,
-        }
-    }
-}
-
 impl Loaded<PeerPolicy> {
     /// The listing entry for [`super::PolicySet::policies`].
     pub fn info(&self) -> PolicyInfo<'_> {
@@ -579,14 +554,14 @@ pub(super) fn index_rate(
     index
 }
 
-/// Groups `RequestAuthentication` indices by namespace.
-pub(super) fn index_authn(
+/// Groups indices by namespace, given each policy's namespace in order.
+pub(super) fn index_namespaces<'a>(
     root: &str,
-    policies: &[Loaded<RequestAuthnPolicy>],
+    namespaces: impl Iterator<Item = &'a str>,
 ) -> ByNamespace<Vec<usize>> {
     let mut index = ByNamespace::<Vec<usize>>::new(root);
-    for (i, Loaded { policy, .. }) in policies.iter().enumerate() {
-        index.entry(policy.id.namespace()).push(i);
+    for (i, namespace) in namespaces.enumerate() {
+        index.entry(namespace).push(i);
     }
     index
 }

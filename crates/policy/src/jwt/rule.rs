@@ -11,8 +11,8 @@ use crate::{
         ClaimToHeaderFile, JwtHeaderFile, JwtRuleFile, RequestAuthenticationFile,
         RequestAuthenticationSpecFile,
     },
-    model::{policy_ref, FieldError, Selector},
-    PolicyRef,
+    model::{policy_ref, FieldError, Loaded, Selector},
+    PolicyInfo, PolicyKind, PolicyRef,
 };
 
 /// Where tokens are looked for when a rule names no location (Istio's
@@ -72,6 +72,21 @@ impl JwtRule {
             },
             TokenLocation::Param(DEFAULT_PARAM.to_owned()),
         ]
+    }
+}
+
+impl Loaded<RequestAuthnPolicy> {
+    /// The listing entry for [`crate::PolicySet::policies`].
+    pub fn info(&self) -> PolicyInfo<'_> {
+        PolicyInfo {
+            kind: PolicyKind::RequestAuthentication,
+            namespace: self.policy.id.namespace(),
+            name: self.policy.id.name(),
+            action: None,
+            mtls_mode: None,
+            file: &self.origin.file,
+            line: self.origin.line,
+        }
     }
 }
 
