@@ -58,6 +58,7 @@ mod traffic;
 
 pub mod apiserver;
 pub mod bench;
+pub mod jwt;
 
 pub use admin::metric_value;
 pub use capture::{Capture, Captured};

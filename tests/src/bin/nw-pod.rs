@@ -329,7 +329,15 @@ fn serve_http_conn(stream: TcpStream) -> std::io::Result<()> {
         let mut body = vec![0u8; content_length(&head)];
         reader.read_exact(&mut body)?;
         println!("{}", json!({"request": format!("{method} {target}")}));
-        let reply = json!({"method": method, "path": target, "body": body.len()}).to_string();
+        let headers: serde_json::Map<String, serde_json::Value> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), json!(v.trim())))
+            .collect();
+        let reply =
+            json!({"method": method, "path": target, "body": body.len(), "headers": headers})
+                .to_string();
         write!(
             out,
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{reply}",
@@ -381,11 +389,14 @@ fn http_requests(to: SocketAddr, requests: &[String], gap: Duration) -> serde_js
         if i > 0 {
             std::thread::sleep(gap);
         }
-        let (method, path) = r.split_once(' ').unwrap_or(("GET", r));
+        // `METHOD /path`, then optional `\nname: value` header lines.
+        let (line, extra) = r.split_once('\n').unwrap_or((r, ""));
+        let (method, path) = line.split_once(' ').unwrap_or(("GET", line));
         let body = if method == "POST" { "payload" } else { "" };
+        let extra: String = extra.lines().map(|h| format!("{h}\r\n")).collect();
         let sent = write!(
             out,
-            "{method} {path} HTTP/1.1\r\nhost: {to}\r\ncontent-length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: {to}\r\n{extra}content-length: {}\r\n\r\n{body}",
             body.len()
         );
         let reply = sent.and_then(|()| read_response(&mut reader));
