@@ -21,6 +21,13 @@ use serde_json::{json, Value};
 
 use crate::netns::enter_netns;
 
+/// The demo's ES256 key (PKCS#8, base64), whose public half is in
+/// `policies/jwt.yaml`. It protects nothing: never trust it.
+pub const DEMO_KEY_PKCS8: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgGCLEWUxzlKaSV1cus/QfYkLuVwQ8Uq5Ry9weqj06X5WhRANCAASSYja3DMAUsRE3zrTBiaWwyd5RoLAFv/NZZAXn0g5mOp7tA7BD339dh81hR0fMur4FSvh1hz6/LvXM+Sv1hI/s";
+
+/// The demo issuer of `policies/jwt.yaml`.
+pub const DEMO_ISSUER: &str = "https://login.demo.nodeward";
+
 /// An ES256 key and its key id.
 pub struct JwtSigner {
     key: EcdsaKeyPair,
@@ -69,6 +76,17 @@ impl JwtSigner {
         }
     }
 
+    /// The demo key ([`DEMO_KEY_PKCS8`]), key id `demo`.
+    pub fn demo() -> Self {
+        let der = base64_decode(DEMO_KEY_PKCS8);
+        let alg = &ECDSA_P256_SHA256_FIXED_SIGNING;
+        let key = EcdsaKeyPair::from_pkcs8(alg, &der, &SystemRandom::new()).expect("demo key");
+        Self {
+            key,
+            kid: "demo".to_owned(),
+        }
+    }
+
     /// The public key as a JWK.
     pub fn jwk(&self) -> Value {
         let point = self.key.public_key().as_ref();
@@ -107,6 +125,29 @@ impl JwtSigner {
         let mac = ring::hmac::sign(&key, input.as_bytes());
         format!("{input}.{}", b64url(mac.as_ref()))
     }
+}
+
+/// Standard base64 (with padding), for the fixture above.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
+    let mut out = Vec::new();
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        for i in 0..chunk.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
 }
 
 fn signing_input(header: &Value, claims: &Value) -> String {

@@ -2429,8 +2429,8 @@ fn example_policies_load_and_decide() {
     let set = PolicySet::load_dir(&dir, Settings::default()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         set.summary().to_string(),
-        "4 files, 6 AuthorizationPolicies (4 ALLOW, 1 DENY, 1 AUDIT), 1 PeerAuthentication, \
-         3 RateLimitPolicies"
+        "5 files, 7 AuthorizationPolicies (5 ALLOW, 1 DENY, 1 AUDIT), 1 PeerAuthentication, \
+         3 RateLimitPolicies, 1 RequestAuthentication"
     );
     let backend = |principal, method, path| Call {
         principal: Some(principal),
