@@ -95,6 +95,19 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
+    /// HTTP/1.1 `GET /` round trips on one connection (an `nw-pod
+    /// http-serve` echo), at most REQUESTS, for at most SECONDS; with
+    /// `--bearer`, each carries `Authorization: Bearer <token>`.
+    HttpRr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bearer: Option<String>,
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// THREADS loops of: connect, SIZE-byte echo, close; at most MAX
     /// connections in all, for at most SECONDS.
     Connrate {
@@ -168,6 +181,12 @@ fn main() -> Result<()> {
             max,
             seconds,
         } => connrate(to, threads, size, max, secs(seconds)),
+        Cmd::HttpRr {
+            to,
+            bearer,
+            requests,
+            seconds,
+        } => http_rr(to, bearer, requests, secs(seconds)),
     };
     println!("{report}");
     Ok(())
@@ -392,6 +411,87 @@ fn rr(to: SocketAddr, conns: usize, size: usize, requests: usize, dur: Duration)
     v["requests"] = json!(done);
     v["requests_per_s"] = json!(done as f64 / elapsed);
     v
+}
+
+/// One connection of sequential GETs; a status other than 200 is an error.
+fn http_rr(to: SocketAddr, bearer: Option<String>, requests: usize, dur: Duration) -> Value {
+    let auth = bearer.map_or_else(String::new, |t| format!("authorization: Bearer {t}\r\n"));
+    let req = format!("GET /bench HTTP/1.1\r\nhost: {to}\r\n{auth}\r\n").into_bytes();
+    let warmup = (requests / 10).min(200);
+    let (outcomes, start) = fan_out(1, move |_, barrier| {
+        let mut o = Outcome {
+            latencies_ns: Vec::with_capacity(requests),
+            ..Outcome::default()
+        };
+        let stream = TcpStream::connect_timeout(&to, IO_TIMEOUT).and_then(|s| {
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        });
+        let mut s = match stream {
+            Ok(s) => Some(std::io::BufReader::new(s)),
+            Err(e) => {
+                o.fail(e);
+                None
+            }
+        };
+        if let Some(r) = s.as_mut() {
+            if let Err(e) = (0..warmup).try_for_each(|_| http_round_trip(r, &req)) {
+                o.fail(e);
+                s = None;
+            }
+        }
+        barrier.wait();
+        let Some(r) = s.as_mut() else { return o };
+        let deadline = Instant::now() + dur;
+        while o.latencies_ns.len() < requests && Instant::now() < deadline {
+            let t0 = Instant::now();
+            if let Err(e) = http_round_trip(r, &req) {
+                o.fail(e);
+                break;
+            }
+            o.latencies_ns.push(t0.elapsed().as_nanos() as u64);
+        }
+        o.finished = Some(Instant::now());
+        o.done = o.latencies_ns.len() as u64;
+        o.total = o.done + warmup as u64;
+        o
+    });
+    let elapsed = elapsed(&outcomes, start);
+    let mut v = summary(&outcomes, elapsed);
+    let done: u64 = outcomes.iter().map(|o| o.done).sum();
+    v["requests"] = json!(done);
+    v["requests_per_s"] = json!(done as f64 / elapsed);
+    v
+}
+
+/// Sends `req` and reads one response (head, then `content-length` bytes).
+fn http_round_trip(r: &mut std::io::BufReader<TcpStream>, req: &[u8]) -> std::io::Result<()> {
+    use std::io::BufRead;
+    r.get_mut().write_all(req)?;
+    let (mut status, mut length) = (String::new(), 0usize);
+    r.read_line(&mut status)?;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)?;
+    if !status.contains(" 200 ") {
+        return Err(std::io::Error::other(format!("status: {}", status.trim())));
+    }
+    Ok(())
 }
 
 fn round_trip(s: &mut TcpStream, req: &[u8], resp: &mut [u8]) -> std::io::Result<()> {
