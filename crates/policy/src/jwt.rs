@@ -40,7 +40,7 @@ use super::{Destination, PolicyRef, PolicySet};
 
 pub(super) mod rule;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use jsonwebtoken::jwk;
 pub use rule::{JwtRule, Keys, TokenLocation};

@@ -2990,3 +2990,53 @@ fn example_rate_limits_apply_as_commented() {
         (LimitPer::Source, LimitMode::Enforce)
     );
 }
+
+#[test]
+fn explain_reports_a_refused_token_as_a_deny_with_its_reason() {
+    use crate::{
+        jwt::tests::{allow, claims, load, request_authn, rsa, rule_with, with},
+        tool::{explain, Callee, ExplainArgs},
+    };
+    use serde_json::json;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let key = rsa(1);
+    let yaml = request_authn(&rule_with(&key, ""))
+        + &allow("from: [{source: {requestPrincipals: ['*']}}]");
+    let set = load(&yaml).expect("loads");
+    let real_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let args = |token: &str| ExplainArgs {
+        principal: None,
+        source_ip: None,
+        to: Callee {
+            namespace: "shop".into(),
+            name: "cart".into(),
+            labels: BTreeMap::from([("app".to_owned(), "cart".to_owned())]),
+            port: 8080,
+        },
+        method: None,
+        path: None,
+        host: None,
+        headers: vec![format!("authorization=Bearer {token}")],
+    };
+    let at = |exp: u64| {
+        with(
+            with(claims(), "nbf", json!(real_now - 7200)),
+            "exp",
+            json!(exp),
+        )
+    };
+    let expired = key.sign("k", &at(real_now - 3600));
+    let out = explain(&set, &args(&expired)).expect("explains");
+    assert_eq!(out["decision"], "deny", "{out}");
+    let reason = out["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("expired") && reason.contains("401"),
+        "{out}"
+    );
+    let valid = key.sign("k", &at(real_now + 3600));
+    let out = explain(&set, &args(&valid)).expect("explains");
+    assert_eq!(out["decision"], "allow", "{out}");
+}
