@@ -38,7 +38,11 @@ use rcgen::{
 };
 use serde_json::{json, Value};
 
-use crate::{connect_from, standard_pods, Cluster, Options};
+use crate::{
+    connect_from,
+    jwt::{unix_now, JwtSigner, DEMO_ISSUER},
+    standard_pods, Cluster, Options,
+};
 
 mod traced;
 
@@ -68,6 +72,9 @@ const HAPROXY_LOCAL: u16 = 17001;
 /// HAProxy TLS listener on the node link.
 const HAPROXY_TLS: u16 = 17443;
 /// The client pod, and the destination pod on each node.
+/// The HTTP echo (`nw-pod http-serve`) without and with a JWT check.
+const PORT_HTTP: u16 = 8080;
+const PORT_HTTP_JWT: u16 = 8081;
 const CLIENT: &str = "frontend";
 const REMOTE_POD: &str = "backend";
 const LOCAL_POD: &str = "cache";
@@ -183,6 +190,23 @@ const METRICS: &[Metric] = &[
         true,
     ),
     metric("conn_p99_us", "new connection + echo: p99 (µs)", false),
+    metric("http_p50_us", "HTTP echo, 1 conn: p50 (µs)", false),
+    metric(
+        "http_jwt_p50_us",
+        "HTTP echo + JWT check, 1 conn: p50 (µs)",
+        false,
+    ),
+    metric("http_rps", "HTTP echo, 1 conn: requests/s", true),
+    metric(
+        "http_jwt_rps",
+        "HTTP echo + JWT check, 1 conn: requests/s",
+        true,
+    ),
+    metric(
+        "jwt_us_per_req",
+        "JWT check: added time per request (µs, from requests/s)",
+        false,
+    ),
     metric("cpu_s_per_gb", "proxy CPU s per GB (bulk)", false),
     metric(
         "cpu_s_per_10k_req",
@@ -299,16 +323,22 @@ enum Scenario {
     Rr1,
     Rr64,
     Connrate,
+    /// HTTP echo on a port the proxy judges as HTTP (nodeward paths only).
+    Http,
+    /// The same with a JWT on every request, checked by the proxy.
+    HttpJwt,
     Idle,
 }
 
 impl Scenario {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::Bulk1,
         Self::Bulk8,
         Self::Rr1,
         Self::Rr64,
         Self::Connrate,
+        Self::Http,
+        Self::HttpJwt,
         Self::Idle,
     ];
 
@@ -319,7 +349,7 @@ impl Scenario {
             .iter()
             .find(|n| !Self::ALL.iter().any(|s| s.name() == n.as_str()))
         {
-            bail!("unknown scenario {bad:?}: pick from bulk1, bulk8, rr1, rr64, connrate, idle");
+            bail!("unknown scenario {bad:?}: pick from bulk1, bulk8, rr1, rr64, connrate, http, httpjwt, idle");
         }
         Ok(Self::ALL
             .into_iter()
@@ -334,6 +364,8 @@ impl Scenario {
             Self::Rr1 => "rr1",
             Self::Rr64 => "rr64",
             Self::Connrate => "connrate",
+            Self::Http => "http",
+            Self::HttpJwt => "httpjwt",
             Self::Idle => "idle",
         }
     }
@@ -341,11 +373,14 @@ impl Scenario {
 
 impl Bench {
     fn start(prefix: &str, settings: Settings) -> Result<Self> {
-        let options = Options {
+        let mut options = Options {
             drain_deadline: "1s",
             sockmap: false,
             ..Options::default()
         };
+        options
+            .policies
+            .push(("http-bench.yaml".to_owned(), http_policies()));
         let cluster = Cluster::start_with_prefix(prefix, standard_pods(), options)?;
         let mut b = Self {
             children: Vec::new(),
@@ -361,6 +396,10 @@ impl Bench {
             b.serve(pod, &mesh, PORT_MESH)?;
             let plain = b.outside_cgroup(&format!("bench-plain-{pod}"))?;
             b.serve(pod, &plain, PORT_PLAIN)?;
+        }
+        for pod in [REMOTE_POD, LOCAL_POD] {
+            b.cluster.serve_http(pod, PORT_HTTP);
+            b.cluster.serve_http(pod, PORT_HTTP_JWT);
         }
         b.define_services();
         b.write_certs()?;
@@ -658,6 +697,7 @@ backend local_pod
                 "--seconds",
                 &secs,
             ],
+            Scenario::Http | Scenario::HttpJwt => return self.http(scenario, path, row),
             Scenario::Idle => {
                 return match path.kind {
                     Kind::Direct => Ok(()),
@@ -715,6 +755,46 @@ backend local_pod
         })?;
         let cpu = (!path.proxies.is_empty()).then_some(after - before);
         Ok((v, cpu))
+    }
+
+    /// The HTTP echo, with and without a JWT, on the plain nodeward paths:
+    /// both ports are HTTP-judged, only one checks a token.
+    fn http(&mut self, scenario: Scenario, path: &PathSpec, row: &mut Row) -> Result<()> {
+        if path.kind != Kind::Nodeward {
+            return Ok(());
+        }
+        let jwt = matches!(scenario, Scenario::HttpJwt);
+        let port = if jwt { PORT_HTTP_JWT } else { PORT_HTTP };
+        let to = SocketAddr::new(path.to.ip(), port).to_string();
+        let claims = json!({"iss": DEMO_ISSUER, "sub": "bench", "exp": unix_now() + 3600});
+        let token = JwtSigner::demo().sign(&claims);
+        let secs = self.settings.seconds.to_string();
+        let mut args = vec![
+            "http-rr",
+            "--to",
+            &to,
+            "--requests",
+            "20000",
+            "--seconds",
+            &secs,
+        ];
+        if jwt {
+            args.extend(["--bearer", &token]);
+        }
+        let (mut v, cpu) = self.tool(path, &args)?;
+        if let Some(cpu) = cpu {
+            v["proxy_cpu_s"] = json!(cpu);
+        }
+        if v["errors"].as_u64().unwrap_or(0) > 0 {
+            let first = &v["first_error"];
+            row.notes.push(format!(
+                "{}: {} errors (first: {first})",
+                scenario.name(),
+                v["errors"]
+            ));
+        }
+        row.raw.insert(scenario.name().to_owned(), v);
+        Ok(())
     }
 
     fn client_command(&self, path: &PathSpec) -> Command {
@@ -920,6 +1000,15 @@ fn derive(row: &mut Row) {
     put("rr64_p99_us", f("rr64", "p99_us"));
     put("conn_per_s", f("connrate", "connections_per_s"));
     put("conn_p99_us", f("connrate", "p99_us"));
+    put("http_p50_us", f("http", "p50_us"));
+    put("http_jwt_p50_us", f("httpjwt", "p50_us"));
+    put("http_rps", f("http", "requests_per_s"));
+    put("http_jwt_rps", f("httpjwt", "requests_per_s"));
+    let per_req = |rps: Option<f64>| rps.filter(|r| *r > 0.0).map(|r| 1e6 / r);
+    let added = per_req(f("httpjwt", "requests_per_s"))
+        .zip(per_req(f("http", "requests_per_s")))
+        .map(|(jwt, plain)| jwt - plain);
+    put("jwt_us_per_req", added);
     let sum = |pairs: &[(&str, &str)]| -> Option<f64> {
         pairs.iter().map(|(s, k)| f(s, k)).sum::<Option<f64>>()
     };
@@ -1245,4 +1334,28 @@ fn fmt_value(v: Option<f64>) -> String {
 
 fn fmt_ratio(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}×"))
+}
+
+/// Makes both HTTP ports HTTP-judged (a DENY on a path nobody asks for)
+/// and requires a valid demo-issuer token on [`PORT_HTTP_JWT`].
+fn http_policies() -> String {
+    let jwks = JwtSigner::demo().jwks();
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: bench-jwt, namespace: shop}}
+spec:
+  jwtRules: [{{issuer: '{DEMO_ISSUER}', jwks: '{jwks}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: bench-http, namespace: shop}}
+spec:
+  action: DENY
+  rules:
+  - to: [{{operation: {{ports: ['{PORT_HTTP}', '{PORT_HTTP_JWT}'], paths: [/never]}}}}]
+  - from: [{{source: {{notRequestPrincipals: ['*']}}}}]
+    to: [{{operation: {{ports: ['{PORT_HTTP_JWT}']}}}}]
+"
+    )
 }

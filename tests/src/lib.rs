@@ -66,6 +66,7 @@ mod traffic;
 pub mod apiserver;
 pub mod bench;
 pub mod h2raw;
+pub mod jwt;
 pub mod otlp;
 pub mod soak;
 pub mod tlspeer;

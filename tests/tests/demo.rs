@@ -421,3 +421,23 @@ fn the_demo_calls_its_service_and_shows_the_calls_to_the_vip() {
         .count();
     assert!(relayed >= 1, "{lines:#?}");
 }
+
+#[test]
+fn the_demo_shows_end_user_tokens_allowed_refused_and_missing() {
+    if !require_root("the_demo_shows_end_user_tokens_allowed_refused_and_missing") {
+        return;
+    }
+    let mut demo = Demo::new();
+    let lines = demo.up();
+    for (what, status) in [
+        ("(valid token)", "HTTP 200"),
+        ("(expired token)", "HTTP 401"),
+        ("(no token)", "HTTP 403"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} line:\n{lines:#?}"));
+        assert!(line.contains(status), "{line}");
+    }
+}

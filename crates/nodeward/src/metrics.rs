@@ -126,6 +126,8 @@ pub struct Metrics {
     pub trace_spans_exported: IntCounter,
     /// Spans lost, by reason (`queue_full`, `export_failed`).
     pub trace_spans_dropped: IntCounterVec,
+    /// JWT checks for `RequestAuthentication`, by result (`ok` or why not).
+    pub jwt_validations: IntCounterVec,
 }
 
 /// Counters that share one label set: `K` metric names over `N` labels.
@@ -314,6 +316,11 @@ impl Metrics {
                 "trace_spans_dropped_total",
                 "Spans lost: the export queue was full, or the collector failed or timed out",
                 &["reason"],
+            ),
+            jwt_validations: counters(
+                "jwt_validations_total",
+                "Tokens checked for RequestAuthentication, by result (ok, expired, bad_signature, unknown_issuer, ...)",
+                &["result"],
             ),
             ratelimit_decisions: counters(
                 "ratelimit_decisions_total",
@@ -704,6 +711,10 @@ impl Telemetry for Metrics {
         self.policy_revoked.inc();
     }
 
+    fn jwt_validation(&self, result: &str) {
+        self.jwt_validations.with_label_values(&[result]).inc();
+    }
+
     fn audit_dropped(&self, records: u64) {
         self.audit_dropped.inc_by(records);
     }
@@ -957,6 +968,7 @@ mod tests {
         t.ratelimit_buckets(7);
         t.policy_revoked();
         t.audit_dropped(3);
+        t.jwt_validation("expired");
         t.http_request(Reporter::Destination, "backend", "shop", 503);
         let text = m.render();
         for line in [
@@ -975,6 +987,7 @@ mod tests {
             "nodeward_ratelimit_buckets 7",
             "nodeward_policy_revoked_connections_total 1",
             "nodeward_audit_dropped_total 3",
+            r#"nodeward_jwt_validations_total{result="expired"} 1"#,
             r#"nodeward_http_requests_total{code="5xx",destination_namespace="shop",destination_workload="backend",reporter="destination"} 1"#,
         ] {
             assert!(

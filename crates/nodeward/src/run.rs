@@ -17,7 +17,9 @@ use nodeward_proxy::{
     authz::{audit::Auditor, Authz},
     drain::DrainControl,
     flows::FlowMap,
-    inbound, outbound,
+    inbound,
+    jwks::{FetchSettings, JwksFetcher},
+    outbound,
     relay::Dialer,
     telemetry::Observer,
     tunnel::Pool,
@@ -150,7 +152,8 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let (policies, sources) = reload::initial(&cfg.policy_dir, cfg.policy.clone(), &metrics);
     let authz = Authz::new(policies, auditor, observer.clone())
         .with_headers_with_underscores(cfg.headers_with_underscores)
-        .with_http_limits(cfg.http_limits);
+        .with_http_limits(cfg.http_limits)
+        .with_jwks(JwksFetcher::new(FetchSettings::default()));
     let authz = Arc::new(authz);
     let certs = Arc::new(CertStore::new(ca, cfg.cert_lifetime));
     let pool = Arc::new(Pool::new(bundle.clone(), observer.clone()));

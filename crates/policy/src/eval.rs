@@ -21,6 +21,7 @@ use http::HeaderMap;
 use super::{
     file::HostMatch,
     host::{normalize_host, NormalizedHost},
+    jwt::{claim_strings, RequestAuth},
     model::{AuthzPolicy, Check, Checks, Rule, StrSet, Test},
     pattern::Pattern,
     Action, Connection, Decision, DefaultPolicy, Destination, LimitKind, PolicyRef, PolicySet,
@@ -75,6 +76,8 @@ struct Http<'a> {
     /// `None`: unknowable (no Host at all, or one that is not a valid host).
     host: Option<NormalizedHost>,
     headers: &'a HeaderMap,
+    /// `None`: the request carried no token.
+    auth: Option<&'a RequestAuth>,
 }
 
 /// What a test saw, before negation.
@@ -118,6 +121,7 @@ impl<'a> Attrs<'a> {
             path: req.path,
             host: normalize_host(req.host).ok(),
             headers: req.headers,
+            auth: req.auth,
         };
         Self {
             http: Some(http),
@@ -306,6 +310,26 @@ impl Test {
             }
             Self::Host(hosts) => attrs.with_http(|h| host_seen(h.host.as_ref(), hosts, attrs.port)),
             Self::Header(name, set) => attrs.with_http(|h| header_seen(h.headers, name, set)),
+            Self::RequestPrincipal(set) => attrs.with_auth(|a| {
+                a.principal
+                    .as_deref()
+                    .is_some_and(|p| set.matches(p.as_bytes(), false))
+            }),
+            Self::RequestAudience(set) => attrs.with_auth(|a| {
+                a.audiences
+                    .iter()
+                    .any(|aud| set.matches(aud.as_bytes(), false))
+            }),
+            Self::RequestPresenter(set) => attrs.with_auth(|a| {
+                a.presenter
+                    .as_deref()
+                    .is_some_and(|p| set.matches(p.as_bytes(), false))
+            }),
+            Self::RequestClaim(path, set) => attrs.with_auth(|a| {
+                claim_strings(&a.claims, path)
+                    .iter()
+                    .any(|v| set.matches(v.as_bytes(), false))
+            }),
         }
     }
 }
@@ -313,6 +337,13 @@ impl Test {
 impl Attrs<'_> {
     fn with_http(&self, f: impl FnOnce(&Http<'_>) -> Seen) -> Seen {
         self.http.as_ref().map_or(Seen::Pending, f)
+    }
+
+    /// End-user identity is an HTTP attribute: pending at connection time.
+    /// A request without a token has no principal, audience, presenter or
+    /// claim, so a positive check fails and a negated one holds.
+    fn with_auth(&self, f: impl FnOnce(&RequestAuth) -> bool) -> Seen {
+        self.with_http(|h| Seen::Known(h.auth.is_some_and(f)))
     }
 }
 

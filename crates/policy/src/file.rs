@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, num::NonZeroU32, time::Durati
 
 use http::HeaderName;
 use ipnet::{IpNet, Ipv4Net};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use serde::{
     de::{self, IgnoredAny, MapAccess, Visitor},
     Deserialize, Deserializer,
@@ -121,6 +122,8 @@ pub(super) struct ToFile {
 pub(super) struct SourceFile {
     pub principals: Option<Vec<PrincipalPattern>>,
     pub not_principals: Option<Vec<PrincipalPattern>>,
+    pub request_principals: Option<Vec<RequestPrincipalPattern>>,
+    pub not_request_principals: Option<Vec<RequestPrincipalPattern>>,
     pub namespaces: Option<Vec<NamespacePattern>>,
     pub not_namespaces: Option<Vec<NamespacePattern>>,
     pub ip_blocks: Option<Vec<IpBlock>>,
@@ -178,6 +181,62 @@ pub(super) struct PeerAuthenticationSpecFile {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct PeerMtlsFile {
     pub mode: Option<MtlsModeFile>,
+}
+
+/// `kind: RequestAuthentication`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RequestAuthenticationFile {
+    #[expect(
+        dead_code,
+        reason = "required by the schema; already checked from the header"
+    )]
+    pub api_version: String,
+    #[expect(
+        dead_code,
+        reason = "required by the schema; already checked from the header"
+    )]
+    pub kind: String,
+    pub metadata: MetadataFile,
+    pub spec: Option<RequestAuthenticationSpecFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RequestAuthenticationSpecFile {
+    pub selector: Option<WorkloadSelectorFile>,
+    pub jwt_rules: Option<Vec<JwtRuleFile>>,
+}
+
+/// One `jwtRules` entry. Required fields are options so `jwt::rule` can
+/// name them in its own words.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct JwtRuleFile {
+    pub issuer: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub jwks: Option<InlineJwks>,
+    pub jwks_uri: Option<JwksUri>,
+    pub from_headers: Option<Vec<JwtHeaderFile>>,
+    pub from_params: Option<Vec<String>>,
+    pub forward_original_token: Option<bool>,
+    pub output_claim_to_headers: Option<Vec<ClaimToHeaderFile>>,
+}
+
+/// `fromHeaders` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct JwtHeaderFile {
+    pub name: TokenHeaderName,
+    pub prefix: Option<String>,
+}
+
+/// `outputClaimToHeaders` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct ClaimToHeaderFile {
+    pub header: ClaimHeaderName,
+    pub claim: ClaimPath,
 }
 
 /// `kind: RateLimitPolicy`.
@@ -263,6 +322,14 @@ pub(super) enum ConditionKey {
     SourceNamespace,
     SourcePrincipal,
     DestinationPort,
+    /// `request.auth.principal`: `<iss>/<sub>`.
+    RequestPrincipal,
+    /// `request.auth.audiences`.
+    RequestAudiences,
+    /// `request.auth.presenter` (`azp`).
+    RequestPresenter,
+    /// `request.auth.claims[a][b]...`: the path of object keys.
+    RequestClaim(Box<[String]>),
 }
 
 /// A host pattern and the port it requires, if it names one.
@@ -300,6 +367,30 @@ macro_rules! parsed_str {
 parsed_str!(
     /// `principals` entry: a SPIFFE ID without `spiffe://`.
     PrincipalPattern(Pattern), "a principal like cluster.local/ns/<ns>/sa/<sa>", parse_principal
+);
+parsed_str!(
+    /// `requestPrincipals` entry: `<iss>/<sub>` or a pattern of one.
+    RequestPrincipalPattern(Pattern), "a request principal like <issuer>/<subject>", parse_request_principal
+);
+parsed_str!(
+    /// `jwks`: an inline JSON Web Key Set, checked while decoding.
+    InlineJwks(std::sync::Arc<JwkSet>), "a JSON Web Key Set (JSON text)", parse_jwks
+);
+parsed_str!(
+    /// `jwksUri`: https, or http to a loopback address.
+    JwksUri(String), "an https URL", parse_jwks_uri
+);
+parsed_str!(
+    /// `fromHeaders[].name`.
+    TokenHeaderName(HeaderName), "a header name", parse_header_name
+);
+parsed_str!(
+    /// `outputClaimToHeaders[].header`: a header the proxy may set.
+    ClaimHeaderName(HeaderName), "a header name", parse_claim_header
+);
+parsed_str!(
+    /// `outputClaimToHeaders[].claim`: `name`, or `a.b` for nested claims.
+    ClaimPath(Box<[String]>), "a claim name", parse_claim_path
 );
 parsed_str!(
     /// `namespaces` entry.
@@ -437,6 +528,92 @@ fn is_trust_domain_byte(b: u8) -> bool {
 
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-')
+}
+
+/// Request principals are `<iss>/<sub>`: an exact one without a `/` could
+/// never match.
+pub(super) fn parse_request_principal(s: &str) -> Result<Pattern, String> {
+    let pattern = Pattern::parse(s)?;
+    if matches!(pattern, Pattern::Exact(_)) && !s.contains('/') {
+        return Err(format!(
+            "{s:?} is not a request principal: expected <issuer>/<subject>"
+        ));
+    }
+    Ok(pattern)
+}
+
+/// Parses the key set and refuses symmetric (`oct`) keys: nodeward accepts
+/// only asymmetric signatures, and a shared secret in a policy file is a
+/// secret in a ConfigMap.
+fn parse_jwks(s: &str) -> Result<std::sync::Arc<JwkSet>, String> {
+    let set: JwkSet =
+        serde_json::from_str(s).map_err(|e| format!("jwks is not a JSON Web Key Set: {e}"))?;
+    if set.keys.is_empty() {
+        return Err("jwks has no keys".to_owned());
+    }
+    for (i, key) in set.keys.iter().enumerate() {
+        if matches!(key.algorithm, AlgorithmParameters::OctetKey(_)) {
+            return Err(format!(
+                "jwks key {i} is a symmetric (oct) key; only RSA, EC and OKP keys are accepted"
+            ));
+        }
+    }
+    Ok(std::sync::Arc::new(set))
+}
+
+/// Keys fetched in the clear could be swapped on the way; plain http is
+/// allowed only to the node itself (a local key server, tests).
+fn parse_jwks_uri(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|_| format!("{s:?} is not a URL"))?;
+    let host = uri.host().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(s.to_owned()),
+        Some("http") if is_loopback(host) => Ok(s.to_owned()),
+        Some("http") => Err(format!(
+            "{s:?}: jwksUri must be https (plain http only to a loopback address)"
+        )),
+        _ => Err(format!("{s:?} is not an https URL")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn parse_header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("{s:?} is not a valid header name"))
+}
+
+/// Headers that frame or route the request, or carry the caller's
+/// credentials, are not the proxy's to set.
+fn parse_claim_header(s: &str) -> Result<HeaderName, String> {
+    let name = parse_header_name(s)?;
+    const RESERVED: [&str; 9] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "authorization",
+        "cookie",
+        "keep-alive",
+    ];
+    if RESERVED.contains(&name.as_str()) {
+        return Err(format!("{s:?} cannot be set from a claim"));
+    }
+    Ok(name)
+}
+
+/// `a.b.c` → `[a, b, c]` (Istio's nested claim syntax here).
+fn parse_claim_path(s: &str) -> Result<Box<[String]>, String> {
+    let parts: Vec<String> = s.split('.').map(str::to_owned).collect();
+    if parts.iter().any(String::is_empty) {
+        return Err(format!("{s:?} is not a claim name"));
+    }
+    Ok(parts.into())
 }
 
 pub(super) fn parse_namespace(s: &str) -> Result<Pattern, String> {
@@ -608,7 +785,13 @@ fn parse_condition_key(s: &str) -> Result<ConditionKey, String> {
         "source.namespace" => return Ok(ConditionKey::SourceNamespace),
         "source.principal" => return Ok(ConditionKey::SourcePrincipal),
         "destination.port" => return Ok(ConditionKey::DestinationPort),
+        "request.auth.principal" => return Ok(ConditionKey::RequestPrincipal),
+        "request.auth.audiences" => return Ok(ConditionKey::RequestAudiences),
+        "request.auth.presenter" => return Ok(ConditionKey::RequestPresenter),
         _ => {}
+    }
+    if let Some(path) = s.strip_prefix("request.auth.claims") {
+        return parse_claim_key(s, path).map(ConditionKey::RequestClaim);
     }
     let Some(name) = s
         .strip_prefix("request.headers[")
@@ -629,6 +812,25 @@ fn parse_condition_key(s: &str) -> Result<ConditionKey, String> {
         ));
     }
     Ok(ConditionKey::Header(name))
+}
+
+/// `[a][b]...` after `request.auth.claims`: one or more non-empty names.
+fn parse_claim_key(key: &str, mut rest: &str) -> Result<Box<[String]>, String> {
+    let bad = || format!("{key:?}: expected request.auth.claims[<name>], nested as [a][b]");
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[').ok_or_else(bad)?;
+        let (name, after) = inner.split_once(']').ok_or_else(bad)?;
+        if name.is_empty() || name.contains('[') {
+            return Err(bad());
+        }
+        path.push(name.to_owned());
+        rest = after;
+    }
+    if path.is_empty() {
+        return Err(bad());
+    }
+    Ok(path.into())
 }
 
 impl<'de> Deserialize<'de> for ActionFile {

@@ -5,7 +5,9 @@
 //! between Istio and nodeward without rewriting its policies. It adds one
 //! resource of its own, `RateLimitPolicy` (`nodeward.io/v1alpha1`): which
 //! callers' connections or requests a workload counts, with Istio's selector
-//! and match syntax; the proxy (`nodeward-proxy`) keeps the token buckets. One layer
+//! and match syntax; the proxy (`nodeward-proxy`) keeps the token buckets.
+//! `RequestAuthentication` (JWT) is validated here too ([`jwt`]); a
+//! `jwksUri`'s keys are fetched by the proxy and handed in. One layer
 //! per file:
 //!
 //! - `file`: the YAML as written. Strict: an unknown or unsupported field is
@@ -52,6 +54,7 @@ use serde::{Deserialize, Serialize, Serializer};
 mod eval;
 mod file;
 mod host;
+pub mod jwt;
 mod load;
 mod model;
 mod path;
@@ -129,6 +132,7 @@ pub enum PolicyKind {
     AuthorizationPolicy,
     PeerAuthentication,
     RateLimitPolicy,
+    RequestAuthentication,
 }
 
 /// A policy's `namespace/name`, cheap to clone into every decision.
@@ -152,6 +156,8 @@ pub struct PolicySet {
     peer_index: model::ByNamespace<model::PeerLists>,
     rate: Vec<model::Loaded<model::RateLimitPolicy>>,
     rate_index: model::ByNamespace<Vec<usize>>,
+    authn: Vec<model::Loaded<jwt::rule::RequestAuthnPolicy>>,
+    authn_index: model::ByNamespace<Vec<usize>>,
 }
 
 /// Counts for logs and the admin endpoint. Displayed as one line; a valid
@@ -165,6 +171,7 @@ pub struct Summary {
     pub audit: usize,
     pub peer_authentications: usize,
     pub rate_limits: usize,
+    pub request_authentications: usize,
     /// No valid policy set was ever loaded; everything is denied.
     pub fail_closed: bool,
 }
@@ -228,6 +235,9 @@ pub struct Request<'a> {
     /// unknowable: a DENY on hosts holds, an ALLOW on hosts does not.
     pub host: &'a str,
     pub headers: &'a http::HeaderMap,
+    /// The end-user identity from a valid token ([`PolicySet::authenticate`]);
+    /// `None` when the request carried none.
+    pub auth: Option<&'a jwt::RequestAuth>,
 }
 
 /// The outcome at connection time.
@@ -388,6 +398,7 @@ impl PolicyKind {
             Self::AuthorizationPolicy => "AuthorizationPolicy",
             Self::PeerAuthentication => "PeerAuthentication",
             Self::RateLimitPolicy => "RateLimitPolicy",
+            Self::RequestAuthentication => "RequestAuthentication",
         }
     }
 }
@@ -564,7 +575,7 @@ impl PolicySet {
     /// Fail closed: the set used when no valid policy was ever loaded; every
     /// decision is deny and every workload is STRICT.
     pub fn deny_all(settings: Settings) -> Self {
-        let mut set = Self::new(settings, 0, Vec::new(), Vec::new(), Vec::new());
+        let mut set = Self::new(settings, 0, load::Policies::default());
         set.fail_closed = true;
         set
     }
@@ -589,6 +600,7 @@ impl PolicySet {
             audit: count(Action::Audit),
             peer_authentications: self.peer.len(),
             rate_limits: self.rate.len(),
+            request_authentications: self.authn.len(),
             fail_closed: self.fail_closed,
         }
     }
@@ -607,7 +619,11 @@ impl PolicySet {
             .rate
             .iter()
             .map(model::Loaded::<model::RateLimitPolicy>::info);
-        authz.chain(peer).chain(rate)
+        let authn = self
+            .authn
+            .iter()
+            .map(model::Loaded::<jwt::rule::RequestAuthnPolicy>::info);
+        authz.chain(peer).chain(rate).chain(authn)
     }
 
     /// Decides what can be decided when a connection is accepted.
@@ -685,16 +701,18 @@ impl PolicySet {
     }
 
     /// Indexes policies by namespace (and action).
-    fn new(
-        settings: Settings,
-        files: usize,
-        authz: Vec<model::Loaded<model::AuthzPolicy>>,
-        peer: Vec<model::Loaded<model::PeerPolicy>>,
-        rate: Vec<model::Loaded<model::RateLimitPolicy>>,
-    ) -> Self {
+    fn new(settings: Settings, files: usize, policies: load::Policies) -> Self {
+        let load::Policies {
+            authz,
+            peer,
+            rate,
+            authn,
+        } = policies;
         let authz_index = model::index_authz(&settings.root_namespace, &authz);
         let peer_index = model::index_peer(&settings.root_namespace, &peer);
         let rate_index = model::index_rate(&settings.root_namespace, &rate);
+        let namespaces = authn.iter().map(|l| l.policy.id.namespace());
+        let authn_index = model::index_namespaces(&settings.root_namespace, namespaces);
         Self {
             settings,
             fail_closed: false,
@@ -705,6 +723,8 @@ impl PolicySet {
             peer_index,
             rate,
             rate_index,
+            authn,
+            authn_index,
         }
     }
 }
@@ -759,6 +779,11 @@ impl fmt::Display for Summary {
         if rate > 0 {
             let kind = plural(rate, "RateLimitPolicy", "RateLimitPolicies");
             write!(f, ", {rate} {kind}")?;
+        }
+        let authn = self.request_authentications;
+        if authn > 0 {
+            let kind = plural(authn, "RequestAuthentication", "RequestAuthentications");
+            write!(f, ", {authn} {kind}")?;
         }
         Ok(())
     }

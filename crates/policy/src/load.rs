@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 
 use super::{
     file::{
-        AuthorizationPolicyFile, Header, PeerAuthenticationFile, RateLimitPolicyFile, API_VERSIONS,
-        NODEWARD_API_VERSION,
+        AuthorizationPolicyFile, Header, PeerAuthenticationFile, RateLimitPolicyFile,
+        RequestAuthenticationFile, API_VERSIONS, NODEWARD_API_VERSION,
     },
+    jwt::rule::RequestAuthnPolicy,
     model::{AuthzPolicy, FieldError, Loaded, Origin, PeerPolicy, RateLimitPolicy},
     PolicyKind, PolicyRef, PolicySet, Settings,
 };
@@ -39,9 +40,10 @@ const REREAD_BYTES_PER_FILE: usize = 1 << 20;
 
 /// Fields of Istio's API that nodeward does not enforce. They get their own
 /// message: the policy is refused because honouring it half would be a hole.
-const UNSUPPORTED_FIELDS: [&str; 10] = [
-    "source.requestPrincipals",
-    "source.notRequestPrincipals",
+const UNSUPPORTED_FIELDS: [&str; 11] = [
+    "fromCookies",
+    "outputPayloadToHeader",
+    "timeout",
     "source.remoteIpBlocks",
     "source.notRemoteIpBlocks",
     "source.serviceAccounts",
@@ -51,6 +53,15 @@ const UNSUPPORTED_FIELDS: [&str; 10] = [
     "spec.targetRefs",
     "spec.portLevelMtls",
 ];
+
+/// Every policy of a load, by kind, in load order.
+#[derive(Debug, Default)]
+pub(super) struct Policies {
+    pub authz: Vec<Loaded<AuthzPolicy>>,
+    pub peer: Vec<Loaded<PeerPolicy>>,
+    pub rate: Vec<Loaded<RateLimitPolicy>>,
+    pub authn: Vec<Loaded<RequestAuthnPolicy>>,
+}
 
 /// One problem in a policy file: `file:line: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,9 +83,7 @@ pub struct LoadErrors(pub Vec<PolicyError>);
 #[derive(Default)]
 struct Loader {
     errors: Vec<PolicyError>,
-    authz: Vec<Loaded<AuthzPolicy>>,
-    peer: Vec<Loaded<PeerPolicy>>,
-    rate: Vec<Loaded<RateLimitPolicy>>,
+    policies: Policies,
     seen: HashMap<(PolicyKind, PolicyRef), Origin>,
 }
 
@@ -133,13 +142,7 @@ fn build(
     if !loader.errors.is_empty() {
         return Err(LoadErrors(loader.errors));
     }
-    Ok(PolicySet::new(
-        settings,
-        sources.len(),
-        loader.authz,
-        loader.peer,
-        loader.rate,
-    ))
+    Ok(PolicySet::new(settings, sources.len(), loader.policies))
 }
 
 impl Loader {
@@ -185,13 +188,13 @@ impl Loader {
             Ok(kind @ PolicyKind::AuthorizationPolicy) => {
                 let policy = convert::<AuthorizationPolicyFile, AuthzPolicy>(doc)?;
                 let origin = self.register(kind, &policy.id, doc).map_err(|e| vec![e])?;
-                self.authz.push(Loaded { policy, origin });
+                self.policies.authz.push(Loaded { policy, origin });
                 Ok(())
             }
             Ok(kind @ PolicyKind::PeerAuthentication) => {
                 let policy = convert::<PeerAuthenticationFile, PeerPolicy>(doc)?;
                 let origin = self.register(kind, &policy.id, doc).map_err(|e| vec![e])?;
-                self.peer.push(Loaded { policy, origin });
+                self.policies.peer.push(Loaded { policy, origin });
                 Ok(())
             }
             Ok(kind @ PolicyKind::RateLimitPolicy) => {
@@ -199,7 +202,13 @@ impl Loader {
                 let origin = self
                     .register(kind, &policy.limit.id, doc)
                     .map_err(|e| vec![e])?;
-                self.rate.push(Loaded { policy, origin });
+                self.policies.rate.push(Loaded { policy, origin });
+                Ok(())
+            }
+            Ok(kind @ PolicyKind::RequestAuthentication) => {
+                let policy = convert::<RequestAuthenticationFile, RequestAuthnPolicy>(doc)?;
+                let origin = self.register(kind, &policy.id, doc).map_err(|e| vec![e])?;
+                self.policies.authn.push(Loaded { policy, origin });
                 Ok(())
             }
         }
@@ -340,10 +349,11 @@ fn check_kind(api_version: Option<&str>, kind: Option<&str>) -> Result<PolicyKin
         "AuthorizationPolicy" => (PolicyKind::AuthorizationPolicy, &API_VERSIONS),
         "PeerAuthentication" => (PolicyKind::PeerAuthentication, &API_VERSIONS),
         "RateLimitPolicy" => (PolicyKind::RateLimitPolicy, &[NODEWARD_API_VERSION]),
+        "RequestAuthentication" => (PolicyKind::RequestAuthentication, &API_VERSIONS),
         _ => {
             return Err(format!(
                 "unsupported kind {kind:?}; nodeward reads AuthorizationPolicy, \
-                 PeerAuthentication and RateLimitPolicy"
+                 PeerAuthentication, RequestAuthentication and RateLimitPolicy"
             ))
         }
     };

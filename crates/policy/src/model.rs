@@ -99,6 +99,14 @@ pub(super) enum Test {
     Path(StrSet),
     Host(Box<[HostMatch]>),
     Header(HeaderName, StrSet),
+    /// Against `<iss>/<sub>` of a valid token.
+    RequestPrincipal(StrSet),
+    /// Against any of the token's `aud`.
+    RequestAudience(StrSet),
+    /// Against `azp`.
+    RequestPresenter(StrSet),
+    /// Against a claim (a string, or any string of a list).
+    RequestClaim(Box<[String]>, StrSet),
 }
 
 /// Patterns of which any may match.
@@ -279,6 +287,8 @@ impl TryFrom<FromFile> for Checks {
         let SourceFile {
             principals,
             not_principals,
+            request_principals,
+            not_request_principals,
             namespaces,
             not_namespaces,
             ip_blocks,
@@ -291,6 +301,14 @@ impl TryFrom<FromFile> for Checks {
         });
         add(&mut checks, not_principals, true, |v| {
             Test::Principal(unwrap(v))
+        });
+        let unwrap =
+            |v: Vec<file::RequestPrincipalPattern>| StrSet(v.into_iter().map(|p| p.0).collect());
+        add(&mut checks, request_principals, false, |v| {
+            Test::RequestPrincipal(unwrap(v))
+        });
+        add(&mut checks, not_request_principals, true, |v| {
+            Test::RequestPrincipal(unwrap(v))
         });
         let unwrap = |v: Vec<file::NamespacePattern>| StrSet(v.into_iter().map(|p| p.0).collect());
         add(&mut checks, namespaces, false, |v| {
@@ -536,6 +554,18 @@ pub(super) fn index_rate(
     index
 }
 
+/// Groups indices by namespace, given each policy's namespace in order.
+pub(super) fn index_namespaces<'a>(
+    root: &str,
+    namespaces: impl Iterator<Item = &'a str>,
+) -> ByNamespace<Vec<usize>> {
+    let mut index = ByNamespace::<Vec<usize>>::new(root);
+    for (i, namespace) in namespaces.enumerate() {
+        index.entry(namespace).push(i);
+    }
+    index
+}
+
 /// `spec.match` as checks.
 fn rate_match(file: RateLimitMatchFile, kind: LimitKind) -> Result<Checks, FieldError> {
     let RateLimitMatchFile {
@@ -621,6 +651,18 @@ fn condition_test(key: &ConditionKey, values: Vec<String>) -> Result<Test, Field
         ConditionKey::DestinationPort => {
             Test::DestinationPort(parse_each(values, file::parse_port)?)
         }
+        ConditionKey::RequestPrincipal => {
+            Test::RequestPrincipal(StrSet(parse_each(values, file::parse_request_principal)?))
+        }
+        ConditionKey::RequestAudiences => {
+            Test::RequestAudience(StrSet(parse_each(values, Pattern::parse)?))
+        }
+        ConditionKey::RequestPresenter => {
+            Test::RequestPresenter(StrSet(parse_each(values, Pattern::parse)?))
+        }
+        ConditionKey::RequestClaim(path) => {
+            Test::RequestClaim(path.clone(), StrSet(parse_each(values, Pattern::parse)?))
+        }
     })
 }
 
@@ -669,7 +711,7 @@ fn convert_all<F, T: TryFrom<F, Error = FieldError>>(
 
 /// Validates `metadata`; names go into `namespace/name` references and logs,
 /// so they must be Kubernetes names.
-fn policy_ref(metadata: MetadataFile) -> Result<PolicyRef, FieldError> {
+pub(super) fn policy_ref(metadata: MetadataFile) -> Result<PolicyRef, FieldError> {
     let MetadataFile {
         name,
         namespace,

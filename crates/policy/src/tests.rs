@@ -78,6 +78,7 @@ impl Call<'_> {
             path: self.path,
             host: self.host,
             headers: &headers,
+            auth: None,
         };
         f(&conn, &req)
     }
@@ -1625,9 +1626,9 @@ fn loader_errors_name_file_line_and_field() {
             &["spec.provider", "does not support"],
         ),
         (
-            condition("{key: 'request.auth.claims[iss]', values: [x]}"),
+            condition("{key: 'request.auth.claims[iss', values: [x]}"),
             7,
-            &["spec.rules[0].when[0].key", "not supported"],
+            &["spec.rules[0].when[0].key", "nested as [a][b]"],
         ),
         (
             condition("{key: destination.ip, values: [x]}"),
@@ -1645,9 +1646,9 @@ fn loader_errors_name_file_line_and_field() {
             &["when[0].key", "not supported"],
         ),
         (
-            source("requestPrincipals: ['*']"),
+            source("requestPrincipals: [nobody]"),
             7,
-            &["source.requestPrincipals", "does not support"],
+            &["source.requestPrincipals[0]", "not a request principal"],
         ),
         (
             source("remoteIpBlocks: [10.0.0.0/8]"),
@@ -2428,8 +2429,8 @@ fn example_policies_load_and_decide() {
     let set = PolicySet::load_dir(&dir, Settings::default()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         set.summary().to_string(),
-        "4 files, 6 AuthorizationPolicies (4 ALLOW, 1 DENY, 1 AUDIT), 1 PeerAuthentication, \
-         3 RateLimitPolicies"
+        "5 files, 7 AuthorizationPolicies (5 ALLOW, 1 DENY, 1 AUDIT), 1 PeerAuthentication, \
+         3 RateLimitPolicies, 1 RequestAuthentication"
     );
     let backend = |principal, method, path| Call {
         principal: Some(principal),
@@ -2988,4 +2989,54 @@ fn example_rate_limits_apply_as_commented() {
         (info.per, info.mode),
         (LimitPer::Source, LimitMode::Enforce)
     );
+}
+
+#[test]
+fn explain_reports_a_refused_token_as_a_deny_with_its_reason() {
+    use crate::{
+        jwt::tests::{allow, claims, load, request_authn, rsa, rule_with, with},
+        tool::{explain, Callee, ExplainArgs},
+    };
+    use serde_json::json;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let key = rsa(1);
+    let yaml = request_authn(&rule_with(&key, ""))
+        + &allow("from: [{source: {requestPrincipals: ['*']}}]");
+    let set = load(&yaml).expect("loads");
+    let real_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let args = |token: &str| ExplainArgs {
+        principal: None,
+        source_ip: None,
+        to: Callee {
+            namespace: "shop".into(),
+            name: "cart".into(),
+            labels: BTreeMap::from([("app".to_owned(), "cart".to_owned())]),
+            port: 8080,
+        },
+        method: None,
+        path: None,
+        host: None,
+        headers: vec![format!("authorization=Bearer {token}")],
+    };
+    let at = |exp: u64| {
+        with(
+            with(claims(), "nbf", json!(real_now - 7200)),
+            "exp",
+            json!(exp),
+        )
+    };
+    let expired = key.sign("k", &at(real_now - 3600));
+    let out = explain(&set, &args(&expired)).expect("explains");
+    assert_eq!(out["decision"], "deny", "{out}");
+    let reason = out["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("expired") && reason.contains("401"),
+        "{out}"
+    );
+    let valid = key.sign("k", &at(real_now + 3600));
+    let out = explain(&set, &args(&valid)).expect("explains");
+    assert_eq!(out["decision"], "allow", "{out}");
 }

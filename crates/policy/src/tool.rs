@@ -5,12 +5,12 @@
 //! callee: the binary validates the SPIFFE ID and looks a workload up in a
 //! workloads file, so this crate needs neither identity nor workloads.
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path, time::SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::{
-    self as policy, Decision, DefaultPolicy, L4Decision, PolicySet, RateLimitInfo, Settings,
+    self as policy, jwt, Decision, DefaultPolicy, L4Decision, PolicySet, RateLimitInfo, Settings,
 };
 
 /// Why `check` or `explain` could not give an answer (exit 1).
@@ -182,12 +182,28 @@ fn request_decision(
             ))
         }
     };
-    let headers = headers(&args.headers)?;
+    let mut headers = headers(&args.headers)?;
+    // As the proxy does: the token is checked before any policy, and a bad
+    // one is a 401. A `jwksUri`'s keys are not fetched here (no I/O): such a
+    // token is reported as `keys_unavailable`.
+    let authn = set.authenticate(
+        &conn.destination,
+        &headers,
+        path.query.as_deref(),
+        &jwt::NoKeys,
+        SystemTime::now(),
+    );
+    authn.rewrite(&mut headers, None);
+    let auth = match &authn.result {
+        Ok(auth) => auth.as_ref(),
+        Err(e) => return Ok((unauthenticated(*e), Vec::new())),
+    };
     let request = policy::Request {
         method: args.method.as_deref().unwrap_or("GET"),
         path: &path.path,
         host: &host,
         headers: &headers,
+        auth,
     };
     Ok((
         set.evaluate_request(conn, &request),
@@ -205,6 +221,17 @@ fn headers(pairs: &[String]) -> Result<HeaderMap, ToolError> {
         map.append(name, value);
     }
     Ok(map)
+}
+
+/// A request whose token the proxy refuses with 401 before asking any policy.
+fn unauthenticated(why: jwt::JwtError) -> Decision {
+    Decision {
+        allow: false,
+        policy: None,
+        action: None,
+        reason: format!("JWT {}: {why} (the proxy answers 401)", why.as_str()),
+        audit: Vec::new(),
+    }
 }
 
 /// A request the proxy refuses with 400 before asking any policy.

@@ -25,6 +25,8 @@ pub struct RequestRecord<'a> {
     pub connection_id: u64,
     /// The caller's verified identity; `None` for an unauthenticated caller.
     pub source_principal: Option<&'a SpiffeId>,
+    /// `<iss>/<sub>` of the request's valid JWT (never the token itself).
+    pub request_principal: Option<&'a str>,
     pub source_ip: Option<IpAddr>,
     pub destination: &'a Workload,
     /// The original destination (pod IP and port).
@@ -75,6 +77,7 @@ pub fn log_request(observer: &Observer, r: &RequestRecord<'_>) {
         reporter = r.reporter.as_str(),
         connection_id = r.connection_id,
         source_principal = r.source_principal.map_or(UNKNOWN, SpiffeId::as_str),
+        request_principal = %clean(r.request_principal.unwrap_or("")),
         source_ip = %r.source_ip.map_or_else(|| UNKNOWN.to_owned(), |ip| ip.to_string()),
         destination = %r.destination,
         orig_dst = %r.dst,

@@ -8,6 +8,7 @@
 //! When no valid set was ever loaded, the set in force denies everything.
 
 pub mod audit;
+mod authn;
 #[cfg(test)]
 mod request_tests;
 
@@ -27,7 +28,11 @@ use http::{request::Parts, StatusCode, Uri};
 use tokio::sync::Notify;
 
 use nodeward_identity::SpiffeId;
-use nodeward_policy::{self as policy, Decision, L4Decision, LimitKind, NormalizedHost, PolicySet};
+use nodeward_policy::{
+    self as policy,
+    jwt::{KeySource, NoKeys},
+    Decision, L4Decision, LimitKind, NormalizedHost, PolicySet,
+};
 use nodeward_workloads::{Registry, Workload};
 
 use crate::{
@@ -35,6 +40,7 @@ use crate::{
     escape::clean,
     flows::{Flow, Verdict as FlowVerdict},
     http::{self as proxy_http, HeadersWithUnderscores, Verdict},
+    jwks::JwksFetcher,
     ratelimit::{self, RateLimiter, RateOutcome},
     telemetry::{LimitKind as MetricLimit, Observer, RateLimitOutcome, Reporter},
     trace::{RequestSpan, Tracer},
@@ -55,6 +61,9 @@ pub struct Authz {
     auditor: Auditor,
     observer: Arc<Observer>,
     limiter: RateLimiter,
+    /// Keys of `jwksUri` rules: the fetcher's, or none (see [`Authz::with_jwks`]).
+    keys: Arc<dyn KeySource>,
+    jwks: Option<Arc<JwksFetcher>>,
 }
 
 /// Who is calling whom: the attributes a connection is judged by, kept for
@@ -113,7 +122,19 @@ impl Authz {
             auditor,
             observer,
             limiter: RateLimiter::new(ratelimit::DEFAULT_MAX_BUCKETS),
+            keys: Arc::new(NoKeys),
+            jwks: None,
         }
+    }
+
+    /// Fetches the keys of every `jwksUri` in the policies in force (and of
+    /// every set that replaces them). Without it, tokens for such rules are
+    /// refused. Must run inside a tokio runtime.
+    pub fn with_jwks(mut self, fetcher: Arc<JwksFetcher>) -> Self {
+        fetcher.track(&self.policies.load().jwks_uris());
+        self.keys = fetcher.clone();
+        self.jwks = Some(fetcher);
+        self
     }
 
     /// Whether requests with `_` in a header name are refused (the
@@ -219,6 +240,9 @@ impl Authz {
 
     /// Puts `policies` in force and closes open connections it denies.
     pub fn replace(&self, policies: PolicySet) {
+        if let Some(fetcher) = &self.jwks {
+            fetcher.track(&policies.jwks_uris());
+        }
         self.policies.store(Arc::new(policies));
         self.limiter.retain_policies(&self.policies.load());
         self.recheck();
@@ -291,6 +315,7 @@ impl Authz {
             id: lease.id,
             subject: lease.subject.clone(),
             last_rate: Mutex::new(None),
+            last_principal: Mutex::new(None),
         }
     }
 
@@ -403,6 +428,8 @@ pub struct RequestGate {
     /// access record (HTTP/1 requests on a connection come one at a time;
     /// on HTTP/2 this is best effort).
     last_rate: Mutex<Option<RateLimitOutcome>>,
+    /// The request principal of the request last forwarded, likewise.
+    last_principal: Mutex<Option<String>>,
 }
 
 /// The request attributes an audit record shows.
@@ -410,6 +437,8 @@ struct RequestView<'a> {
     method: &'a str,
     path: &'a str,
     host: &'a str,
+    /// `<iss>/<sub>` of a valid JWT; never the token.
+    request_principal: Option<&'a str>,
 }
 
 impl proxy_http::Authorizer for RequestGate {
@@ -422,6 +451,11 @@ impl proxy_http::Authorizer for RequestGate {
                 return self.refuse(parts, &raw, &why);
             }
         }
+        let set = self.authz.policies.load();
+        let authn = match self.authenticate(&set, parts) {
+            Ok(authn) => authn,
+            Err(response) => return Verdict::Respond(*response),
+        };
         let host = match effective_host(parts) {
             Ok(h) => h.map(|h| h.to_string()).unwrap_or_default(),
             Err(why) => return self.refuse(parts, "-", &why),
@@ -450,14 +484,15 @@ impl proxy_http::Authorizer for RequestGate {
             path: &normalized.path,
             host: &host,
             headers: &parts.headers,
+            auth: authn.identity(),
         };
-        let set = self.authz.policies.load();
         let conn = connection(&self.subject);
         let d = set.evaluate_request(&conn, &request);
         let view = RequestView {
             method: request.method,
             path: request.path,
             host: &host,
+            request_principal: authn.principal(),
         };
         self.traced(&mut parts.extensions, &host, &d);
         // Authorization first, recorded whatever the rate limit says next.
@@ -506,6 +541,10 @@ impl proxy_http::Authorizer for RequestGate {
             .last_rate
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = rate;
+        *self
+            .last_principal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = authn.principal().map(str::to_owned);
         Verdict::Forward
     }
 
@@ -514,10 +553,16 @@ impl proxy_http::Authorizer for RequestGate {
             .last_rate
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let principal = self
+            .last_principal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let view = RequestView {
             method: method.as_str(),
             path,
             host: "",
+            request_principal: principal.as_deref(),
         };
         self.log_with(&view, status, None, rate, elapsed);
     }
@@ -553,6 +598,7 @@ impl RequestGate {
             reporter: Reporter::Destination,
             connection_id: self.id,
             source_principal: self.subject.principal.as_ref(),
+            request_principal: view.request_principal,
             source_ip: self.subject.source_ip,
             destination: &self.subject.destination,
             dst: self.subject.dst,
@@ -671,6 +717,7 @@ impl RequestGate {
             method: parts.method.as_str(),
             path: raw_path,
             host,
+            request_principal: None,
         };
         self.authz.record(
             self.id,
@@ -808,6 +855,7 @@ fn record<'a>(
         kind: Kind::Authz.as_str(),
         decision: "deny",
         source_principal: s.principal.as_ref().map(|p| clean(p.as_str())),
+        request_principal: request.and_then(|r| r.request_principal).map(clean),
         source_ip: s.source_ip.map(|ip| ip.to_string()),
         destination: Cow::Owned(s.destination.to_string()),
         destination_ip: s.dst.ip().to_string(),

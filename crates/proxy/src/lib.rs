@@ -4,7 +4,8 @@
 //! them ([`relay`]) to a local pod or through the mTLS [`tunnel`] to
 //! another node, whose [`inbound`] server delivers them. [`authz`] judges
 //! every connection and, through [`http`], every request, enforces rate
-//! limits ([`ratelimit`]) and writes the audit log. [`drain`] lets a stop
+//! limits ([`ratelimit`]) and writes the audit log; [`jwks`] fetches the
+//! keys of `RequestAuthentication` rules that name a `jwksUri`. [`drain`] lets a stop
 //! finish open connections. What the data path counts goes out through the
 //! [`telemetry::Telemetry`] trait, and its spans through [`trace`]; who
 //! talked to whom is kept per edge in the [`flows`] map.
@@ -23,6 +24,7 @@ pub mod escape;
 pub mod flows;
 pub mod http;
 pub mod inbound;
+pub mod jwks;
 pub mod outbound;
 mod random;
 pub mod ratelimit;

@@ -143,6 +143,9 @@ pub trait Telemetry: Send + Sync {
     fn policy_revoked(&self);
     /// Audit records lost because the sink could not keep up.
     fn audit_dropped(&self, records: u64);
+    /// One token checked for a `RequestAuthentication`: `ok`, or the
+    /// refusal's label (`nodeward_policy::jwt::JwtError::as_str`).
+    fn jwt_validation(&self, result: &str);
 }
 
 /// A [`Telemetry`] that counts nothing: for tools and tests that relay
@@ -174,6 +177,7 @@ impl Telemetry for Discard {
     fn ratelimit_buckets(&self, _: usize) {}
     fn policy_revoked(&self) {}
     fn audit_dropped(&self, _: u64) {}
+    fn jwt_validation(&self, _: &str) {}
 }
 
 /// Which successful connections and requests get an access record.

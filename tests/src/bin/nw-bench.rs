@@ -134,6 +134,19 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
+    /// HTTP/1.1 `GET /` round trips on one connection (an `nw-pod
+    /// http-serve` echo), at most REQUESTS, for at most SECONDS; with
+    /// `--bearer`, each carries `Authorization: Bearer <token>`.
+    HttpRr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bearer: Option<String>,
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// THREADS loops of: connect, SIZE-byte echo, close; at most MAX
     /// connections in all, for at most SECONDS.
     Connrate {
@@ -146,17 +159,6 @@ enum Cmd {
         #[arg(long, default_value_t = 50_000)]
         max: usize,
         #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
-    },
-    /// One keep-alive HTTP/1.1 connection: `GET /bench` round trips
-    /// against an HTTP server (`nw-pod http-serve`), at most REQUESTS, for
-    /// at most SECONDS (the tracing bench's client).
-    HttpRr {
-        #[arg(long)]
-        to: SocketAddr,
-        #[arg(long, default_value_t = 20_000)]
-        requests: usize,
-        #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
     /// Opens connections up to each of STAGES (checked with a one-byte
@@ -255,9 +257,10 @@ fn main() -> Result<()> {
         } => connrate(to, threads, size, max, secs(seconds)),
         Cmd::HttpRr {
             to,
+            bearer,
             requests,
             seconds,
-        } => http_rr(to, requests, secs(seconds)),
+        } => http_rr(to, bearer, requests, secs(seconds)),
     };
     println!("{report}");
     Ok(())
@@ -509,6 +512,87 @@ fn rr(to: SocketAddr, conns: usize, size: usize, requests: usize, dur: Duration)
     v
 }
 
+/// One connection of sequential GETs; a status other than 200 is an error.
+fn http_rr(to: SocketAddr, bearer: Option<String>, requests: usize, dur: Duration) -> Value {
+    let auth = bearer.map_or_else(String::new, |t| format!("authorization: Bearer {t}\r\n"));
+    let req = format!("GET /bench HTTP/1.1\r\nhost: {to}\r\n{auth}\r\n").into_bytes();
+    let warmup = (requests / 10).min(200);
+    let (outcomes, start) = fan_out(1, move |_, barrier| {
+        let mut o = Outcome {
+            latencies_ns: Vec::with_capacity(requests),
+            ..Outcome::default()
+        };
+        let stream = TcpStream::connect_timeout(&to, IO_TIMEOUT).and_then(|s| {
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        });
+        let mut s = match stream {
+            Ok(s) => Some(std::io::BufReader::new(s)),
+            Err(e) => {
+                o.fail(e);
+                None
+            }
+        };
+        if let Some(r) = s.as_mut() {
+            if let Err(e) = (0..warmup).try_for_each(|_| http_round_trip(r, &req)) {
+                o.fail(e);
+                s = None;
+            }
+        }
+        barrier.wait();
+        let Some(r) = s.as_mut() else { return o };
+        let deadline = Instant::now() + dur;
+        while o.latencies_ns.len() < requests && Instant::now() < deadline {
+            let t0 = Instant::now();
+            if let Err(e) = http_round_trip(r, &req) {
+                o.fail(e);
+                break;
+            }
+            o.latencies_ns.push(t0.elapsed().as_nanos() as u64);
+        }
+        o.finished = Some(Instant::now());
+        o.done = o.latencies_ns.len() as u64;
+        o.total = o.done + warmup as u64;
+        o
+    });
+    let elapsed = elapsed(&outcomes, start);
+    let mut v = summary(&outcomes, elapsed);
+    let done: u64 = outcomes.iter().map(|o| o.done).sum();
+    v["requests"] = json!(done);
+    v["requests_per_s"] = json!(done as f64 / elapsed);
+    v
+}
+
+/// Sends `req` and reads one response (head, then `content-length` bytes).
+fn http_round_trip(r: &mut std::io::BufReader<TcpStream>, req: &[u8]) -> std::io::Result<()> {
+    use std::io::BufRead;
+    r.get_mut().write_all(req)?;
+    let (mut status, mut length) = (String::new(), 0usize);
+    r.read_line(&mut status)?;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)?;
+    if !status.contains(" 200 ") {
+        return Err(std::io::Error::other(format!("status: {}", status.trim())));
+    }
+    Ok(())
+}
+
 fn round_trip(s: &mut TcpStream, req: &[u8], resp: &mut [u8]) -> std::io::Result<()> {
     s.write_all(req)?;
     s.read_exact(resp)?;
@@ -627,85 +711,3 @@ fn summary(outcomes: &[Outcome], elapsed: f64) -> Value {
     })
 }
 
-/// Sequential HTTP/1.1 requests on one connection, timed one by one.
-fn http_rr(to: SocketAddr, requests: usize, dur: Duration) -> Value {
-    let warmup = (requests / 10).min(200);
-    let (outcomes, start) = fan_out(1, move |_, barrier| {
-        let mut o = Outcome {
-            latencies_ns: Vec::with_capacity(requests),
-            ..Outcome::default()
-        };
-        let conn = TcpStream::connect_timeout(&to, IO_TIMEOUT).and_then(|s| {
-            s.set_read_timeout(Some(IO_TIMEOUT))?;
-            s.set_nodelay(true)?;
-            let reader = std::io::BufReader::new(s.try_clone()?);
-            Ok((s, reader))
-        });
-        let mut conn = match conn {
-            Ok(mut c) => match (0..warmup).try_for_each(|_| http_round_trip(&mut c, to)) {
-                Ok(()) => Some(c),
-                Err(e) => {
-                    o.fail(e);
-                    None
-                }
-            },
-            Err(e) => {
-                o.fail(e);
-                None
-            }
-        };
-        barrier.wait();
-        let Some(c) = conn.as_mut() else { return o };
-        let deadline = Instant::now() + dur;
-        while o.latencies_ns.len() < requests && Instant::now() < deadline {
-            let t0 = Instant::now();
-            if let Err(e) = http_round_trip(c, to) {
-                o.fail(e);
-                break;
-            }
-            o.latencies_ns.push(t0.elapsed().as_nanos() as u64);
-        }
-        o.finished = Some(Instant::now());
-        o.done = o.latencies_ns.len() as u64;
-        o.total = o.done + warmup as u64;
-        o
-    });
-    let elapsed = elapsed(&outcomes, start);
-    let mut v = summary(&outcomes, elapsed);
-    let done: u64 = outcomes.iter().map(|o| o.done).sum();
-    v["requests"] = json!(done);
-    v["requests_per_s"] = json!(done as f64 / elapsed);
-    v
-}
-
-/// One `GET /bench`; a status other than 200 is an error.
-fn http_round_trip(
-    (out, reader): &mut (TcpStream, std::io::BufReader<TcpStream>),
-    to: SocketAddr,
-) -> std::io::Result<()> {
-    let request = format!("GET /bench HTTP/1.1\r\nhost: {to}\r\n\r\n");
-    out.write_all(request.as_bytes())?;
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body)?;
-    if status.split(' ').nth(1) != Some("200") {
-        return Err(std::io::Error::other(status.trim().to_owned()));
-    }
-    Ok(())
-}

@@ -20,11 +20,12 @@ use nix::{
     sys::signal::{kill, SigSet, Signal},
     unistd::Pid,
 };
+use nodeward_tests::jwt::{unix_now, JwtSigner, DEMO_ISSUER};
 use nodeward_tests::{
     cgroup2_mount, join, print_flush, standard_pods, sweep_prefix, Cluster, Options, PodSpec,
     ADMIN_PORT,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const PORT: u16 = 9000;
 const HTTP_PORT: u16 = 8080;
@@ -126,6 +127,7 @@ fn up(prefix: &str, examples: Option<PathBuf>, policies: Option<PathBuf>) -> Res
     define_service(&c);
     tcp_calls(&c);
     http_calls(&c);
+    jwt_calls(&c);
     service_calls(&c);
     rate_limited_calls(&c);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -241,6 +243,37 @@ fn http_calls(c: &Cluster) {
             let status = &r["statuses"][i];
             println!("{from:>9} -> {to:<24} {req:<22} HTTP {status}");
         }
+    }
+}
+
+/// End-user tokens on backend's `/user` (policies/jwt.yaml): a valid one
+/// allowed by `requestPrincipals`, an expired one refused with 401, and none
+/// at all denied by the policy (403).
+fn jwt_calls(c: &Cluster) {
+    let to = SocketAddr::new(c.ip4("backend"), HTTP_PORT);
+    let key = JwtSigner::demo();
+    let now = unix_now();
+    let claims = |exp: u64| json!({"iss": DEMO_ISSUER, "sub": "alice", "aud": "shop", "exp": exp});
+    let calls = [
+        ("valid token", key.sign(&claims(now + 3600))),
+        ("expired token", key.sign(&claims(now - 3600))),
+    ];
+    let mut requests: Vec<String> = calls
+        .iter()
+        .map(|(_, t)| format!("GET /user/profile\nauthorization: Bearer {t}"))
+        .collect();
+    requests.push("GET /user/profile".to_owned());
+    let refs: Vec<&str> = requests.iter().map(String::as_str).collect();
+    let r = c.http_calls("frontend", to, &refs);
+    for (i, what) in ["valid token", "expired token", "no token"]
+        .iter()
+        .enumerate()
+    {
+        let status = &r["statuses"][i];
+        println!(
+            "{:>9} -> {to:<24} {:<22} HTTP {status} ({what})",
+            "frontend", "GET /user/profile"
+        );
     }
 }
 

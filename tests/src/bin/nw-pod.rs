@@ -389,6 +389,7 @@ fn http_serve(addr: SocketAddr) -> Result<()> {
 /// Answers requests on one connection until EOF or a malformed request.
 fn serve_http_conn(stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_nodelay(true)?;
     let mut reader = std::io::BufReader::new(stream.try_clone()?);
     let mut out = stream;
     while let Some(head) = read_head(&mut reader)? {
@@ -404,9 +405,17 @@ fn serve_http_conn(stream: TcpStream) -> std::io::Result<()> {
             "{}",
             json!({"request": format!("{method} {target}"), "traceparent": traceparent, "tracestate": tracestate})
         );
-        let reply = json!({"method": method, "path": target, "body": body.len()}).to_string();
-        // One write: `write!` would send the pieces apart, and Nagle would
-        // hold the second for the peer's delayed ACK (40 ms a response).
+        let headers: serde_json::Map<String, serde_json::Value> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), json!(v.trim())))
+            .collect();
+        let reply =
+            json!({"method": method, "path": target, "body": body.len(), "headers": headers})
+                .to_string();
+        // One write, without Nagle: a response in pieces would wait for
+        // the client's delayed ACK (40 ms a request in the bench).
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{reply}",
             reply.len()
@@ -465,10 +474,15 @@ fn http_requests(to: SocketAddr, requests: &[String], gap: Duration) -> serde_js
         if i > 0 {
             std::thread::sleep(gap);
         }
-        // "METHOD /path|name: value|name: value": extra header lines.
-        let mut fields = r.split('|');
-        let first = fields.next().unwrap_or(r);
-        let extra: String = fields.map(|h| format!("{h}\r\n")).collect();
+        // `METHOD /path`, then extra header lines: each after a `|` on the
+        // first line, or on lines of their own after it.
+        let (line, more) = r.split_once('\n').unwrap_or((r, ""));
+        let mut fields = line.split('|');
+        let first = fields.next().unwrap_or(line);
+        let extra: String = fields
+            .chain(more.lines())
+            .map(|h| format!("{h}\r\n"))
+            .collect();
         let (method, path) = first.split_once(' ').unwrap_or(("GET", first));
         let body = if method == "POST" { "payload" } else { "" };
         let sent = write!(

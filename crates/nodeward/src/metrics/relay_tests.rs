@@ -346,6 +346,7 @@ fn request_records_are_counted_by_class_and_failures_always_logged() {
         reporter: Reporter::Destination,
         connection_id: 7,
         source_principal: Some(&principal),
+        request_principal: None,
         source_ip: Some("10.0.0.1".parse().expect("ip")),
         destination: &backend,
         dst: dst(),

@@ -108,6 +108,9 @@ pub struct Record<'a> {
     /// record is always `deny`.
     pub decision: &'static str,
     pub source_principal: Option<Cow<'a, str>>,
+    /// `<iss>/<sub>` of the request's valid JWT (never the token itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_principal: Option<Cow<'a, str>>,
     pub source_ip: Option<String>,
     pub destination: Cow<'a, str>,
     pub destination_ip: String,
@@ -259,6 +262,7 @@ mod tests {
         let dropped = Arc::new(crate::telemetry::Discard);
         let auditor = Auditor::open(&AuditSink::File(path.clone()), dropped).expect("open");
         let record = Record {
+            request_principal: None,
             log: "audit",
             time: now(),
             connection_id: 7,

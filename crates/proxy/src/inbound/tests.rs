@@ -149,6 +149,7 @@ impl Telemetry for Recorder {
     fn ratelimit_buckets(&self, _: usize) {}
     fn policy_revoked(&self) {}
     fn audit_dropped(&self, _: u64) {}
+    fn jwt_validation(&self, _: &str) {}
 }
 
 // ---- the two nodes ----

@@ -68,6 +68,7 @@ impl<'a> Call<'a> {
             },
         };
         let req = Request {
+            auth: None,
             method: self.method,
             path: self.path,
             host: "backend.shop.svc",

@@ -129,6 +129,7 @@ mod tests {
 
     fn record(source: &str) -> Record<'static> {
         Record {
+            request_principal: None,
             log: "audit",
             time: now(),
             connection_id: 1,
