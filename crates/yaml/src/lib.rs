@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod collect;
+mod expansion;
 
 use std::{
     collections::HashSet,
@@ -16,6 +17,7 @@ use std::{
 use serde::de::DeserializeOwned;
 
 use collect::{FieldPath, Pass};
+pub use expansion::ALIAS_BUDGET;
 
 /// A file that could not be read or decoded, with where and which field.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +75,11 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
     decode(path, &text)
 }
 
-/// Decodes `text` (the contents of `path`).
+/// Decodes `text` (the contents of `path`). Aliases may expand the
+/// document to twice its size plus [`ALIAS_BUDGET`] bytes; beyond, it is
+/// refused before anything is built.
 pub fn decode<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileError> {
+    check_expansion(path, text)?;
     let de = serde_norway::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let field = match err.path().to_string() {
@@ -109,6 +114,13 @@ pub fn decode_all<T: DeserializeOwned>(
     text: &str,
     limit: usize,
 ) -> Result<T, DecodeErrors> {
+    if let Err(error) = check_expansion(path, text) {
+        return Err(DecodeErrors {
+            errors: vec![error],
+            truncated: false,
+            passes: 0,
+        });
+    }
     let mut skip = HashSet::new();
     let mut errors = Vec::new();
     let mut passes = 0;
@@ -144,6 +156,21 @@ pub fn decode_all<T: DeserializeOwned>(
         }
         skip.insert(at);
     }
+}
+
+/// Refuses a document whose aliases expand past the budget (`expansion`).
+fn check_expansion(path: &Path, text: &str) -> Result<(), FileError> {
+    expansion::check(text).map_err(|at| FileError::Decode {
+        path: path.to_owned(),
+        line: at.line,
+        column: at.column,
+        field: "(document)".to_owned(),
+        message: format!(
+            "YAML aliases expand this document past twice its size plus {} MiB \
+             (anchors nested like the \"billion laughs\"); write the values out",
+            ALIAS_BUDGET >> 20
+        ),
+    })
 }
 
 /// Whether `message` is serde's complaint about a required field that an
