@@ -11,6 +11,7 @@ mod expansion;
 
 use std::{
     collections::HashSet,
+    io::Read,
     path::{Path, PathBuf},
 };
 
@@ -66,12 +67,34 @@ impl FileError {
     }
 }
 
+/// The largest file [`read`] reads: 64 MiB, eight times a workloads
+/// file of 100 000 entries. A larger file is refused before it is read,
+/// so a runaway generator cannot take the proxy's memory with it.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads and decodes `path`, naming the field path and line of any error.
+/// Files over [`MAX_FILE_BYTES`] are refused.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+    let fail = |source| FileError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let mut text = String::new();
+    // `take` as well as the size: the file may grow while it is read.
+    let too_large = file.metadata().map_err(fail)?.len() > MAX_FILE_BYTES
+        || file
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(fail)? as u64
+            > MAX_FILE_BYTES;
+    if too_large {
+        return Err(FileError::Invalid {
+            path: path.to_owned(),
+            field: "(file)".to_owned(),
+            message: format!("larger than {} MiB, the limit", MAX_FILE_BYTES >> 20),
+        });
+    }
     decode(path, &text)
 }
 

@@ -208,3 +208,17 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
         assert!(any.to_string().contains("recursion limit"), "{depth}: {any}");
     }
 }
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_unread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("huge.yaml");
+    // Sparse: 64 MiB + 1 of NULs that take no disk.
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(MAX_FILE_BYTES + 1).expect("set_len");
+    let err = read::<Doc>(&path).expect_err("huge").to_string();
+    assert!(err.contains("huge.yaml: field `(file)`: larger than 64 MiB"), "{err}");
+    file.set_len(0).expect("truncate");
+    std::fs::write(&path, "name: x\n").expect("write");
+    assert_eq!(read::<Doc>(&path).expect("small").name, "x");
+}
