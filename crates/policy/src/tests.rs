@@ -3000,7 +3000,10 @@ fn a_policy_file_whose_aliases_expand_past_the_budget_is_refused() {
         ",*o".repeat(999),
         ",*r".repeat(999)
     );
-    let sources = [(PathBuf::from("laughs.yaml"), policy("laughs", "DENY", &rules))];
+    let sources = [(
+        PathBuf::from("laughs.yaml"),
+        policy("laughs", "DENY", &rules),
+    )];
     let err = PolicySet::from_sources(&sources, Settings::default())
         .expect_err("expansion")
         .to_string();

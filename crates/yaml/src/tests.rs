@@ -201,11 +201,17 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
         assert!(errors.errors[0].to_string().contains("invalid type"));
         // A value that takes any shape stops at serde_norway's depth limit.
         let any = decode::<serde_norway::Value>(Path::new("f.yaml"), &text).expect_err("any");
-        assert!(any.to_string().contains("recursion limit"), "{depth}: {any}");
+        assert!(
+            any.to_string().contains("recursion limit"),
+            "{depth}: {any}"
+        );
         // The alias walk meets the same limit, and leaves it to the decode.
         let text = format!("a: &a {open}{close}\nb: *a\n");
         let any = decode::<serde_norway::Value>(Path::new("f.yaml"), &text).expect_err("any");
-        assert!(any.to_string().contains("recursion limit"), "{depth}: {any}");
+        assert!(
+            any.to_string().contains("recursion limit"),
+            "{depth}: {any}"
+        );
     }
 }
 
@@ -217,7 +223,10 @@ fn a_file_over_the_size_limit_is_refused_unread() {
     let file = std::fs::File::create(&path).expect("create");
     file.set_len(MAX_FILE_BYTES + 1).expect("set_len");
     let err = read::<Doc>(&path).expect_err("huge").to_string();
-    assert!(err.contains("huge.yaml: field `(file)`: larger than 64 MiB"), "{err}");
+    assert!(
+        err.contains("huge.yaml: field `(file)`: larger than 64 MiB"),
+        "{err}"
+    );
     file.set_len(0).expect("truncate");
     std::fs::write(&path, "name: x\n").expect("write");
     assert_eq!(read::<Doc>(&path).expect("small").name, "x");
