@@ -5,13 +5,18 @@
 #![no_main]
 
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Pod, Service},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Node, Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    Metadata,
 };
 use libfuzzer_sys::fuzz_target;
 use nodeward_kube::{convert, PodInfo, Snapshot};
@@ -28,8 +33,15 @@ struct Objects {
     nodes: Vec<Node>,
 }
 
-fn arcs<T>(items: Vec<T>) -> Vec<Arc<T>> {
-    items.into_iter().map(Arc::new).collect()
+/// One object per namespace and name, as in a reflector's store (the API
+/// server never holds two).
+fn unique<T: Metadata<Ty = ObjectMeta>>(items: Vec<T>) -> Vec<Arc<T>> {
+    let mut seen = HashSet::new();
+    items
+        .into_iter()
+        .filter(|o| seen.insert((o.metadata().namespace.clone(), o.metadata().name.clone())))
+        .map(Arc::new)
+        .collect()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -37,15 +49,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let snapshot = Snapshot {
-        pods: objects
-            .pods
+        pods: unique(objects.pods)
             .into_iter()
-            .map(|p| Arc::new(PodInfo::from(p)))
+            .map(|p| Arc::new(PodInfo::from(Pod::clone(&p))))
             .collect(),
-        namespaces: arcs(objects.namespaces),
-        services: arcs(objects.services),
-        endpoint_slices: arcs(objects.endpoint_slices),
-        nodes: arcs(objects.nodes),
+        namespaces: unique(objects.namespaces),
+        services: unique(objects.services),
+        endpoint_slices: unique(objects.endpoint_slices),
+        nodes: unique(objects.nodes),
     };
     // No local pod's cgroup is found, so only other nodes' pods become
     // workloads: the registry can check them without a cgroup tree.
