@@ -1,7 +1,7 @@
 //! Relative links in the docs point at files that exist, and anchors into
 //! Markdown files at headings that exist.
 //!
-//! Covers `README.md` and `docs/**/*.md`: inline links and images
+//! Covers `README.md`, `SECURITY.md` and `docs/**/*.md`: inline links and images
 //! `[text](target)` and reference definitions `[label]: target`, outside
 //! fenced code blocks and inline code. Targets with a URL scheme
 //! (`https:`, `mailto:`, ...) are not checked. Anchors are compared with
@@ -40,11 +40,14 @@ pub fn check(root: &Path) -> Result<String> {
     ))
 }
 
-/// `README.md` and every `.md` below `docs/`, relative to `root`, sorted.
+/// `README.md`, `SECURITY.md` (it holds the hostile-input catalogue) and
+/// every `.md` below `docs/`, relative to `root`, sorted.
 fn doc_files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    if root.join("README.md").is_file() {
-        files.push(PathBuf::from("README.md"));
+    for top in ["README.md", "SECURITY.md"] {
+        if root.join(top).is_file() {
+            files.push(PathBuf::from(top));
+        }
     }
     let mut dirs = vec![PathBuf::from("docs")];
     while let Some(dir) = dirs.pop() {

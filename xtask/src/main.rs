@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod check;
 mod demo;
 mod deploy;
+mod fuzz;
 mod image;
 mod layout;
 mod links;
@@ -59,8 +60,8 @@ enum Task {
     Setup,
     /// Build the BPF objects and a release `nodeward` that embeds them.
     Build,
-    /// Setup, lint, unit tests, the end-to-end suite (needs root) and the
-    /// deployment checks (manifests, image, Vagrantfile).
+    /// Setup, lint, unit tests, the end-to-end suite (needs root), every
+    /// fuzz target for 15 s and the deployment checks (manifests, image, Vagrantfile).
     Test {
         /// Only the deployment checks: manifests against the Kubernetes
         /// schemas, the image built and run with podman, `vagrant validate`.
@@ -78,6 +79,19 @@ enum Task {
     /// Crate layering, forbidden dependencies, module cycles and doc links
     /// (quick: builds nothing).
     Check,
+    /// Run the fuzz targets in `fuzz/` (docs/fuzzing.md), one after the
+    /// other; fails at the first crash, leaving its input in
+    /// `target/fuzz/artifacts/<target>/`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// Print the targets and exit.
+        #[arg(long)]
+        list: bool,
+        /// Only this target (default: all).
+        target: Option<String>,
+    },
     /// Bring up the two-node demo cluster and show what flows through the
     /// proxies; runs until Ctrl-C, SIGTERM or SIGHUP, then tears it down.
     #[command(args_conflicts_with_subcommands = true)]
@@ -187,6 +201,16 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Check => check::all(),
+        Task::Fuzz { list: true, .. } => {
+            println!("{}", fuzz::targets()?.join("\n"));
+            Ok(())
+        }
+        Task::Fuzz {
+            seconds, target, ..
+        } => {
+            setup()?;
+            fuzz::run_targets(seconds, target.as_deref())
+        }
         Task::Demo {
             policies,
             down,
@@ -234,6 +258,7 @@ fn setup() -> Result<()> {
         }
     }
     toolchain::setup()?;
+    fuzz::setup()?;
     image::setup()
 }
 
@@ -295,6 +320,9 @@ fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])?;
     let (connections, minutes) = CI_SOAK;
     soak(minutes, connections, false)?;
+    // Every fuzz target briefly on its corpus: a regression in a parser
+    // shows up here before a long run finds it.
+    fuzz::run_targets(fuzz::TEST_SECONDS, None)?;
     test_deployment()
 }
 

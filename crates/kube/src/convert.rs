@@ -23,7 +23,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use nodeward_workloads::{
-    services::ServicePortFile, NodeFile, ServiceFile, WorkloadFile, WorkloadsFile,
+    services::ServicePortFile, NodeFile, ServiceFile, Workload, WorkloadFile, WorkloadsFile,
 };
 
 /// The label that enrols a namespace (`enabled`) or opts a pod out
@@ -177,7 +177,7 @@ fn workload(
         // Its containers are not started yet: enrolled once they are.
         return Ok(PodOutcome::WaitingForCgroup);
     }
-    Ok(PodOutcome::Workload(WorkloadFile {
+    let file = WorkloadFile {
         name: pod.name.clone(),
         namespace: pod.namespace.clone(),
         service_account: pod.service_account.clone(),
@@ -186,7 +186,12 @@ fn workload(
         labels: pod.labels.clone(),
         cgroup,
         mesh: Some(enrolled),
-    }))
+    };
+    // The registry checks every entry and refuses the whole snapshot for
+    // one bad entry, which would freeze discovery on the last registry:
+    // leave out here, with its reason, what it would refuse.
+    Workload::try_from(file.clone()).map_err(|(field, why)| format!("{field}: {why}"))?;
+    Ok(PodOutcome::Workload(file))
 }
 
 /// A Service with its ready endpoints; `Ok(None)` for Services the proxy

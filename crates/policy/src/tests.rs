@@ -3040,3 +3040,38 @@ fn explain_reports_a_refused_token_as_a_deny_with_its_reason() {
     let out = explain(&set, &args(&valid)).expect("explains");
     assert_eq!(out["decision"], "allow", "{out}");
 }
+
+/// A policy file of 16 kB whose anchors nest (the "billion laughs"
+/// shape): 1000 rules of 1000 operations of 2000 paths once expanded.
+#[test]
+fn a_policy_file_whose_aliases_expand_past_the_budget_is_refused() {
+    let paths = vec!["/a"; 2000].join(",");
+    let rules = format!(
+        "[&r {{to: [&o {{operation: {{paths: [{paths}]}}}}{}]}}{}]",
+        ",*o".repeat(999),
+        ",*r".repeat(999)
+    );
+    let sources = [(
+        PathBuf::from("laughs.yaml"),
+        policy("laughs", "DENY", &rules),
+    )];
+    let err = PolicySet::from_sources(&sources, Settings::default())
+        .expect_err("expansion")
+        .to_string();
+    assert!(err.starts_with("laughs.yaml:"), "{err}");
+    assert!(err.contains("aliases expand"), "{err}");
+}
+
+/// Rules nested 10 000 lists deep: refused at the first wrong type,
+/// without recursing into the rest.
+#[test]
+fn a_deeply_nested_policy_is_an_error_naming_the_field() {
+    let depth = 10_000;
+    let rules = format!("[{}{}]", "[".repeat(depth), "]".repeat(depth));
+    let sources = [(PathBuf::from("deep.yaml"), policy("deep", "DENY", &rules))];
+    let err = PolicySet::from_sources(&sources, Settings::default())
+        .expect_err("deep")
+        .to_string();
+    assert!(err.starts_with("deep.yaml:"), "{err}");
+    assert!(err.contains("spec.rules[0]"), "{err}");
+}

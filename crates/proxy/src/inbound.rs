@@ -6,7 +6,8 @@
 //! certificate: checked in the handshake (the verifier), again on every
 //! stream, and on every workloads reload for the open connections
 //! (`lifetime`, which also ends idle and old connections). [`limits`]
-//! bounds the handshakes and pod dials a peer can hold at once.
+//! bounds the handshakes and pod dials a peer can hold at once; [`connect`]
+//! reads a stream's destination and calling workload.
 
 use std::{
     convert::Infallible,
@@ -34,6 +35,7 @@ use nodeward_identity::{
 };
 use nodeward_workloads::{Registry, Workload};
 
+pub mod connect;
 mod lifetime;
 pub mod limits;
 
@@ -50,6 +52,7 @@ use crate::{
         MAX_FRAME, SERVER_MAX_STREAMS, STREAM_WINDOW,
     },
 };
+use connect::{connect_destination, forwarded_for, BadForwarded};
 use lifetime::{Open, Tracker, Watched};
 use limits::{HandshakeSlot, Limits};
 
@@ -491,18 +494,14 @@ fn check_request(
     if req.method() != Method::CONNECT {
         return Err(Refusal::Method);
     }
-    let dst: SocketAddr = req
-        .uri()
-        .authority()
-        .and_then(|a| a.as_str().parse().ok())
-        .ok_or(Refusal::Authority)?;
+    let dst = connect_destination(req.uri()).ok_or(Refusal::Authority)?;
     let dest = registry
         .by_ip(dst.ip())
         .filter(|w| w.node == inbound.node)
         .filter(|w| same_identity(w, &peer.served))
         .cloned()
         .ok_or(Refusal::Misdirected)?;
-    let source_ip = forwarded_for(req).map_err(|()| Refusal::Forwarded)?;
+    let source_ip = forwarded_for(req.headers()).map_err(|BadForwarded| Refusal::Forwarded)?;
     let source = match source_ip {
         None => None,
         Some(ip) => Some(
@@ -525,29 +524,6 @@ fn same_identity(w: &Workload, id: &SpiffeId) -> bool {
     id.namespace_and_sa() == Some((w.namespace.as_str(), w.service_account.as_str()))
 }
 
-/// `Forwarded: for=1.2.3.4` or `for="[fd00::1]"` (RFC 7239, first element).
-fn forwarded_for(req: &Request<Incoming>) -> Result<Option<IpAddr>, ()> {
-    let Some(value) = req.headers().get(hyper::header::FORWARDED) else {
-        return Ok(None);
-    };
-    let text = value.to_str().map_err(|_| ())?;
-    let first = text.split(',').next().unwrap_or("");
-    let node = first
-        .split(';')
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| k.eq_ignore_ascii_case("for"))
-        .map(|(_, v)| {
-            v.trim_matches('"')
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-        })
-        .ok_or(())?;
-    node.parse::<IpAddr>()
-        .map(|ip| Some(ip.to_canonical()))
-        .map_err(|_| ())
-}
-
-/// Answers a refused stream. A departed identity also closes its connection.
 fn refuse(inbound: &Inbound, peer: &Peer, refusal: Refusal) -> Response<Full<Bytes>> {
     let status = refusal.status();
     inbound

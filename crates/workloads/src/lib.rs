@@ -51,7 +51,7 @@ pub struct NodeFile {
 }
 
 /// One entry of the workloads file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadFile {
     pub name: String,

@@ -7,15 +7,18 @@
 #![forbid(unsafe_code)]
 
 mod collect;
+mod expansion;
 
 use std::{
     collections::HashSet,
+    io::Read,
     path::{Path, PathBuf},
 };
 
 use serde::de::DeserializeOwned;
 
 use collect::{FieldPath, Pass};
+pub use expansion::ALIAS_BUDGET;
 
 /// A file that could not be read or decoded, with where and which field.
 #[derive(Debug, thiserror::Error)]
@@ -64,17 +67,42 @@ impl FileError {
     }
 }
 
+/// The largest file [`read`] reads: 64 MiB, eight times a workloads
+/// file of 100 000 entries. A larger file is refused before it is read,
+/// so a runaway generator cannot take the proxy's memory with it.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads and decodes `path`, naming the field path and line of any error.
+/// Files over [`MAX_FILE_BYTES`] are refused.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+    let fail = |source| FileError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let mut text = String::new();
+    // `take` as well as the size: the file may grow while it is read.
+    let too_large = file.metadata().map_err(fail)?.len() > MAX_FILE_BYTES
+        || file
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(fail)? as u64
+            > MAX_FILE_BYTES;
+    if too_large {
+        return Err(FileError::Invalid {
+            path: path.to_owned(),
+            field: "(file)".to_owned(),
+            message: format!("larger than {} MiB, the limit", MAX_FILE_BYTES >> 20),
+        });
+    }
     decode(path, &text)
 }
 
-/// Decodes `text` (the contents of `path`).
+/// Decodes `text` (the contents of `path`). Aliases may expand the
+/// document to twice its size plus [`ALIAS_BUDGET`] bytes; beyond, it is
+/// refused before anything is built.
 pub fn decode<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileError> {
+    check_expansion(path, text)?;
     let de = serde_norway::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let field = match err.path().to_string() {
@@ -109,6 +137,13 @@ pub fn decode_all<T: DeserializeOwned>(
     text: &str,
     limit: usize,
 ) -> Result<T, DecodeErrors> {
+    if let Err(error) = check_expansion(path, text) {
+        return Err(DecodeErrors {
+            errors: vec![error],
+            truncated: false,
+            passes: 0,
+        });
+    }
     let mut skip = HashSet::new();
     let mut errors = Vec::new();
     let mut passes = 0;
@@ -144,6 +179,21 @@ pub fn decode_all<T: DeserializeOwned>(
         }
         skip.insert(at);
     }
+}
+
+/// Refuses a document whose aliases expand past the budget (`expansion`).
+fn check_expansion(path: &Path, text: &str) -> Result<(), FileError> {
+    expansion::check(text).map_err(|at| FileError::Decode {
+        path: path.to_owned(),
+        line: at.line,
+        column: at.column,
+        field: "(document)".to_owned(),
+        message: format!(
+            "YAML aliases expand this document past twice its size plus {} MiB \
+             (anchors nested like the \"billion laughs\"); write the values out",
+            ALIAS_BUDGET >> 20
+        ),
+    })
 }
 
 /// Whether `message` is serde's complaint about a required field that an

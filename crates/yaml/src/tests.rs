@@ -146,3 +146,88 @@ fn aliases_are_followed_and_their_errors_reported_where_used() {
     assert!(errors[0].contains("items[0].bad"), "{errors:?}");
     assert!(errors[1].contains("items[1].bad"), "{errors:?}");
 }
+
+/// Lists of lists of lists of strings, a shape aliases can multiply.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Nested {
+    #[allow(dead_code)]
+    name: Vec<Vec<Vec<String>>>,
+}
+
+/// A list of 1000 aliases of a list of 1000 aliases of a list of 2000
+/// strings: 12 kB of text, 2 * 10^9 strings if expanded (the "billion
+/// laughs" shape, with a leaf large enough to pass serde_norway's own
+/// limit of 100 alias jumps per event).
+fn billion_laughs() -> String {
+    let leaf = vec!["x"; 2000].join(",");
+    let middle = format!("&m [&l [{leaf}]{}]", ",*l".repeat(999));
+    format!("name: [{middle}{}]\n", ",*m".repeat(999))
+}
+
+#[test]
+fn alias_expansion_past_the_budget_is_refused_before_decoding() {
+    let text = billion_laughs();
+    let err = decode::<Nested>(Path::new("f.yaml"), &text).expect_err("expansion");
+    let message = err.to_string();
+    assert!(message.starts_with("f.yaml:1:"), "{message}");
+    assert!(message.contains("aliases expand"), "{message}");
+    let errors = decode_all::<Nested>(Path::new("f.yaml"), &text, 20).expect_err("expansion");
+    assert_eq!(errors.errors.len(), 1);
+    assert!(errors.errors[0].to_string().contains("aliases expand"));
+}
+
+#[test]
+fn aliases_within_the_budget_decode() {
+    let text = "name: [&m [&l [a, b], *l], *m]\n";
+    let doc = decode::<Nested>(Path::new("f.yaml"), text).expect("small");
+    assert_eq!(doc.name.len(), 2);
+    // Text without aliases never meets the budget, however large (the
+    // `*` makes the walk run).
+    let big = format!("name: [[[{}]]]\n", vec!["'*'"; 300_000].join(","));
+    assert!(big.len() > ALIAS_BUDGET);
+    let doc = decode::<Nested>(Path::new("f.yaml"), &big).expect("big");
+    assert_eq!(doc.name[0][0].len(), 300_000);
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    for depth in [200, 10_000] {
+        let (open, close) = ("[".repeat(depth), "]".repeat(depth));
+        let text = format!("name: {open}{close}\n");
+        let err = decode::<Nested>(Path::new("f.yaml"), &text).expect_err("typed");
+        assert!(err.to_string().contains("invalid type"), "{depth}: {err}");
+        let errors = decode_all::<Nested>(Path::new("f.yaml"), &text, 20).expect_err("typed");
+        assert!(errors.errors[0].to_string().contains("invalid type"));
+        // A value that takes any shape stops at serde_norway's depth limit.
+        let any = decode::<serde_norway::Value>(Path::new("f.yaml"), &text).expect_err("any");
+        assert!(
+            any.to_string().contains("recursion limit"),
+            "{depth}: {any}"
+        );
+        // The alias walk meets the same limit, and leaves it to the decode.
+        let text = format!("a: &a {open}{close}\nb: *a\n");
+        let any = decode::<serde_norway::Value>(Path::new("f.yaml"), &text).expect_err("any");
+        assert!(
+            any.to_string().contains("recursion limit"),
+            "{depth}: {any}"
+        );
+    }
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_unread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("huge.yaml");
+    // Sparse: 64 MiB + 1 of NULs that take no disk.
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(MAX_FILE_BYTES + 1).expect("set_len");
+    let err = read::<Doc>(&path).expect_err("huge").to_string();
+    assert!(
+        err.contains("huge.yaml: field `(file)`: larger than 64 MiB"),
+        "{err}"
+    );
+    file.set_len(0).expect("truncate");
+    std::fs::write(&path, "name: x\n").expect("write");
+    assert_eq!(read::<Doc>(&path).expect("small").name, "x");
+}

@@ -99,6 +99,33 @@ fn a_running_pod_becomes_an_enrolled_workload_with_its_cgroup() {
     assert_eq!(out.file.nodes.len(), 2);
 }
 
+/// Found by the `kube_objects` fuzz target: a pod name the registry
+/// refuses (`wEb-58f7d6c9b4-p9z7m`) made it refuse the whole snapshot,
+/// freezing discovery on the last registry.
+#[test]
+fn a_pod_the_registry_would_refuse_is_left_out_with_its_reason() {
+    let snap = cluster(vec![
+        pod("cart", "node-b", "10.0.1.5"),
+        pod("wEb-58f7d6c9b4-p9z7m", "node-b", "10.0.1.6"),
+    ]);
+    let out = run(&snap);
+    let names: Vec<&str> = out.file.workloads.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["cart"]);
+    assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
+    assert!(
+        out.skipped[0].contains("shop/wEb-58f7d6c9b4-p9z7m") && out.skipped[0].contains("name"),
+        "{:?}",
+        out.skipped
+    );
+    let registry = nodeward_workloads::Registry::build(
+        Path::new("kubernetes"),
+        out.file,
+        "node-a",
+        Path::new("/x"),
+    );
+    assert!(registry.is_ok(), "{registry:?}");
+}
+
 #[test]
 fn a_remote_pod_has_no_cgroup() {
     let out = run(&cluster(vec![pod("cart", "node-b", "10.0.1.5")]));
