@@ -103,8 +103,10 @@ fn cargo_fuzz(nightly: &str, work: &Path, subcommand: &str) -> Result<Command> {
     // fuzz build nodeward-bpf's nightly BPF build.
     let no_bpf = work.join("no-bpf.o");
     std::fs::write(&no_bpf, b"").with_context(|| no_bpf.display().to_string())?;
-    let mut cmd = Command::new(cargo());
-    cmd.arg(format!("+{nightly}"))
+    // `cargo +toolchain` only works through rustup's proxy, and `CARGO`
+    // names the stable toolchain's own cargo: ask rustup for the nightly.
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", nightly, "cargo"])
         .args([
             "fuzz",
             subcommand,
@@ -116,6 +118,13 @@ fn cargo_fuzz(nightly: &str, work: &Path, subcommand: &str) -> Result<Command> {
         .arg("--target-dir")
         .arg(work)
         .env("NODEWARD_BPF_OBJECT", &no_bpf);
+    // The outer (stable) cargo's settings are not the nightly build's.
+    cmd.env_remove("RUSTUP_TOOLCHAIN");
+    for (var, _) in std::env::vars() {
+        if var.starts_with("CARGO_") && var != "CARGO_HOME" {
+            cmd.env_remove(var);
+        }
+    }
     Ok(cmd)
 }
 
