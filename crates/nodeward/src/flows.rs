@@ -331,9 +331,11 @@ pub fn merge(node: &str, reports: Vec<FlowsReport>) -> FlowsReport {
         out.window_seconds = out.window_seconds.max(r.window_seconds);
         out.generated_at = out.generated_at.max(r.generated_at);
         out.max_edges = out.max_edges.max(r.max_edges);
-        out.held += r.held;
-        out.evicted += r.evicted;
-        out.dropped += r.dropped;
+        // Counts come from peers: a hostile or broken one must not make
+        // the sum panic (debug) or wrap (release).
+        out.held = out.held.saturating_add(r.held);
+        out.evicted = out.evicted.saturating_add(r.evicted);
+        out.dropped = out.dropped.saturating_add(r.dropped);
         for e in r.edges {
             let key = (e.source.clone(), e.destination.clone(), e.port);
             match edges.get_mut(&key) {
@@ -360,25 +362,26 @@ fn add(into: &mut EdgeReport, e: EdgeReport) {
     into.bytes.sent = into.bytes.sent.max(e.bytes.sent);
     into.bytes.received = into.bytes.received.max(e.bytes.received);
     let h = &mut into.http;
-    (h.c1, h.c2, h.c3, h.c4, h.c5) = (
-        h.c1 + e.http.c1,
-        h.c2 + e.http.c2,
-        h.c3 + e.http.c3,
-        h.c4 + e.http.c4,
-        h.c5 + e.http.c5,
-    );
-    into.authz.allow += e.authz.allow;
-    into.authz.deny += e.authz.deny;
-    into.authz.audit += e.authz.audit;
-    into.rate_limit.allowed += e.rate_limit.allowed;
-    into.rate_limit.limited += e.rate_limit.limited;
-    into.rate_limit.shadow_limited += e.rate_limit.shadow_limited;
+    // Saturating: the counts came from peers (see `merge`).
+    let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+    sum(&mut h.c1, e.http.c1);
+    sum(&mut h.c2, e.http.c2);
+    sum(&mut h.c3, e.http.c3);
+    sum(&mut h.c4, e.http.c4);
+    sum(&mut h.c5, e.http.c5);
+    sum(&mut into.authz.allow, e.authz.allow);
+    sum(&mut into.authz.deny, e.authz.deny);
+    sum(&mut into.authz.audit, e.authz.audit);
+    let r = &mut into.rate_limit;
+    sum(&mut r.allowed, e.rate_limit.allowed);
+    sum(&mut r.limited, e.rate_limit.limited);
+    sum(&mut r.shadow_limited, e.rate_limit.shadow_limited);
     for p in e.policies {
         match into.policies.iter_mut().find(|q| q.policy == p.policy) {
             Some(q) => {
-                q.allow += p.allow;
-                q.deny += p.deny;
-                q.audit += p.audit;
+                sum(&mut q.allow, p.allow);
+                sum(&mut q.deny, p.deny);
+                sum(&mut q.audit, p.audit);
             }
             None => into.policies.push(p),
         }
