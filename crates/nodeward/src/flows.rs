@@ -36,8 +36,11 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
 
 /// `/flows.json`: one node's edges, or several nodes' merged.
+///
+/// The wire types here accept fields they do not know (unlike the config
+/// file's): a newer peer in a rolling upgrade still merges.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct FlowsReport {
     /// The node that answered.
     pub node: String,
@@ -63,7 +66,7 @@ pub struct FlowsReport {
 
 /// A peer the cluster view could not read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Unreachable {
     pub address: String,
     pub error: String,
@@ -71,7 +74,7 @@ pub struct Unreachable {
 
 /// One end of an edge.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct EndReport {
     /// `workload`, `service`, `principal` or `unknown`.
     pub kind: String,
@@ -81,7 +84,7 @@ pub struct EndReport {
 
 /// One edge: who called whom on which port, and what happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct EdgeReport {
     pub source: EndReport,
     pub destination: EndReport,
@@ -105,7 +108,7 @@ pub struct EdgeReport {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Connections {
     pub opened: u64,
     pub active: u64,
@@ -113,7 +116,7 @@ pub struct Connections {
 
 /// Bytes each way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Bytes2 {
     /// To the destination.
     pub sent: u64,
@@ -122,7 +125,6 @@ pub struct Bytes2 {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Http {
     #[serde(rename = "1xx")]
     pub c1: u64,
@@ -137,7 +139,6 @@ pub struct Http {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Authz {
     pub allow: u64,
     pub deny: u64,
@@ -145,7 +146,7 @@ pub struct Authz {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     pub allowed: u64,
     pub limited: u64,
@@ -153,7 +154,6 @@ pub struct RateLimit {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyCount {
     /// `namespace/name`, or `default`.
     pub policy: String,
@@ -163,7 +163,6 @@ pub struct PolicyCount {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LastError {
     /// Unix milliseconds.
     pub at: u64,

@@ -135,7 +135,10 @@ fn dot_drops_bidi_overrides_in_names() {
     let mut e = edge_on("n", "web\u{202e}gnp.exe", 1, 0);
     e.destination.namespace = "sh\u{2066}op".into();
     let dot = dot(&report("n", vec![e]));
-    assert!(!dot.contains('\u{202e}') && !dot.contains('\u{2066}'), "{dot}");
+    assert!(
+        !dot.contains('\u{202e}') && !dot.contains('\u{2066}'),
+        "{dot}"
+    );
     assert!(dot.contains(r"web\\u{202e}gnp.exe"), "{dot}");
 }
 
@@ -154,7 +157,10 @@ fn counts_at_u64_max_from_a_peer_saturate() {
     b.evicted = u64::MAX;
     b.dropped = u64::MAX;
     let m = merge("a", vec![a, b]);
-    assert_eq!((m.held, m.evicted, m.dropped), (u64::MAX, u64::MAX, u64::MAX));
+    assert_eq!(
+        (m.held, m.evicted, m.dropped),
+        (u64::MAX, u64::MAX, u64::MAX)
+    );
     let e = &m.edges[0];
     assert_eq!(e.authz.deny, u64::MAX);
     assert_eq!(e.http.c5, u64::MAX);
@@ -162,4 +168,14 @@ fn counts_at_u64_max_from_a_peer_saturate() {
     assert_eq!(e.policies[0].deny, u64::MAX);
     // The table's sort key adds bytes and connections too.
     assert!(table(&m).contains("denied"));
+}
+
+#[test]
+fn a_newer_peers_extra_fields_still_parse() {
+    let mut v = serde_json::to_value(report("b", vec![edge_on("b", "web", 1, 0)])).unwrap();
+    v["futureField"] = serde_json::json!(1);
+    v["edges"][0]["futureField"] = serde_json::json!({"x": 1});
+    v["edges"][0]["connections"]["futureField"] = serde_json::json!(2);
+    let r: FlowsReport = serde_json::from_value(v).unwrap();
+    assert_eq!(r.edges.len(), 1);
 }
