@@ -601,6 +601,7 @@ async fn flows_json_reports_edges_in_the_documented_shape() {
     flow.closed(100, 2000);
     flow.request(200);
     flow.authz(Verdict::Allow, "shop/allow-web");
+    drop(flow); // the connection ended
     map.edge(flow_key("evil\"<b>", "api"))
         .authz(Verdict::Deny, "default");
     let r = admin.get("/flows.json?since=60").await;
