@@ -172,10 +172,10 @@ fn counts_at_u64_max_from_a_peer_saturate() {
 
 #[test]
 fn a_newer_peers_extra_fields_still_parse() {
-    let mut v = serde_json::to_value(report("b", vec![edge_on("b", "web", 1, 0)])).unwrap();
+    let mut v = serde_json::to_value(report("b", vec![edge_on("b", "web", 1, 0)])).expect("json");
     v["futureField"] = serde_json::json!(1);
     v["edges"][0]["futureField"] = serde_json::json!({"x": 1});
     v["edges"][0]["connections"]["futureField"] = serde_json::json!(2);
-    let r: FlowsReport = serde_json::from_value(v).unwrap();
+    let r: FlowsReport = serde_json::from_value(v).expect("parses");
     assert_eq!(r.edges.len(), 1);
 }
