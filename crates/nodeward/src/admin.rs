@@ -2,7 +2,13 @@
 //! `/logging`, `/flows` and `/flows.json`.
 //!
 //! It binds to the configured admin address (loopback by default) so pods
-//! cannot reach it. Input is still treated as hostile: only `GET`, small
+//! cannot reach it. Bound to the node network (for `flows.peers`), it
+//! still answers a caller that is not loopback only `GET /flows.json` (not
+//! the cluster view), and only from a configured peer's IP: everything
+//! else is 403, and other callers are closed before they take a connection
+//! slot. A `Host` that is neither an IP literal nor `localhost` is 403
+//! too, so a DNS-rebound page cannot read or drive it from a browser on
+//! the node. Input is still treated as hostile: only `GET`, small
 //! request heads, a deadline for each head, a cap on connections and on
 //! each connection's lifetime. Every JSON body is built by `serde_json`.
 //!
@@ -18,6 +24,7 @@
 
 use std::{
     convert::Infallible,
+    net::IpAddr,
     pin::pin,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -30,7 +37,7 @@ use arc_swap::ArcSwap;
 use http_body_util::Full;
 use hyper::{
     body::Bytes,
-    header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE},
+    header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HOST},
     server::conn::http1,
     service::service_fn,
     Method, Request, Response, StatusCode,
@@ -204,9 +211,9 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let stream = tokio::select! {
+        let (stream, caller) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, a)) => (s, a.ip().to_canonical()),
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -215,6 +222,12 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        let remote = !caller.is_loopback();
+        if remote && !state.is_peer(caller) {
+            // Not ours to answer: closed before it can take a slot.
+            tracing::debug!(%caller, "admin connection from a caller not in flows.peers; closing");
+            continue;
+        }
         // Over the cap the connection is dropped (closed) unanswered.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!("admin connection limit reached; closing a new connection");
@@ -222,7 +235,7 @@ pub async fn serve(
         };
         let state = state.clone();
         tokio::spawn(async move {
-            connection(stream, state).await;
+            connection(stream, state, remote).await;
             drop(slot);
         });
     }
@@ -230,10 +243,14 @@ pub async fn serve(
 
 /// Serves one connection until the client closes it, a limit is hit, or
 /// [`CONNECTION_LIFETIME`] passes (then after the request in flight).
-async fn connection(stream: TcpStream, state: Arc<AdminState>) {
+/// A `remote` (not loopback) caller gets [`remote_allowed`] requests only.
+async fn connection(stream: TcpStream, state: Arc<AdminState>, remote: bool) {
     let svc = service_fn(move |req| {
         let state = state.clone();
         async move {
+            if !host_allowed(&req) || (remote && !remote_allowed(&req)) {
+                return Ok(text(StatusCode::FORBIDDEN, "forbidden\n"));
+            }
             let resp = match cluster_query(&state, &req) {
                 Some(q) => cluster_flows(&state, q).await,
                 None => handle(&state, &req),
@@ -260,6 +277,37 @@ async fn connection(stream: TcpStream, state: Arc<AdminState>) {
     if let Err(e) = served {
         tracing::debug!(error = %e, "admin connection ended");
     }
+}
+
+impl AdminState {
+    /// Whether `ip` is the address of a node in `flows.peers`.
+    fn is_peer(&self, ip: IpAddr) -> bool {
+        self.flow_peers.iter().any(|p| p.ip().to_canonical() == ip)
+    }
+}
+
+/// What a peer (a caller that is not loopback) may ask: its own node's
+/// `GET /flows.json`, never the cluster view (no fan-out on its behalf).
+fn remote_allowed<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && req.uri().path() == "/flows.json"
+        && Query::parse(req.uri().query()).is_ok_and(|q| !q.cluster)
+}
+
+/// A `Host` header, if any, names an IP literal or `localhost` (with or
+/// without a port): a DNS name would be a rebound browser page.
+fn host_allowed<B>(req: &Request<B>) -> bool {
+    let Some(host) = req.headers().get(HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(ip, _)| ip),
+        None => host.split_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
 }
 
 /// Routes one request. Unknown paths are 404 whatever the method; known

@@ -36,8 +36,11 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
 
 /// `/flows.json`: one node's edges, or several nodes' merged.
+///
+/// The wire types here accept fields they do not know (unlike the config
+/// file's): a newer peer in a rolling upgrade still merges.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct FlowsReport {
     /// The node that answered.
     pub node: String,
@@ -63,7 +66,7 @@ pub struct FlowsReport {
 
 /// A peer the cluster view could not read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Unreachable {
     pub address: String,
     pub error: String,
@@ -71,7 +74,7 @@ pub struct Unreachable {
 
 /// One end of an edge.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct EndReport {
     /// `workload`, `service`, `principal` or `unknown`.
     pub kind: String,
@@ -81,7 +84,7 @@ pub struct EndReport {
 
 /// One edge: who called whom on which port, and what happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct EdgeReport {
     pub source: EndReport,
     pub destination: EndReport,
@@ -105,7 +108,7 @@ pub struct EdgeReport {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Connections {
     pub opened: u64,
     pub active: u64,
@@ -113,7 +116,7 @@ pub struct Connections {
 
 /// Bytes each way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Bytes2 {
     /// To the destination.
     pub sent: u64,
@@ -122,7 +125,6 @@ pub struct Bytes2 {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Http {
     #[serde(rename = "1xx")]
     pub c1: u64,
@@ -137,7 +139,6 @@ pub struct Http {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Authz {
     pub allow: u64,
     pub deny: u64,
@@ -145,7 +146,7 @@ pub struct Authz {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     pub allowed: u64,
     pub limited: u64,
@@ -153,7 +154,6 @@ pub struct RateLimit {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyCount {
     /// `namespace/name`, or `default`.
     pub policy: String,
@@ -163,7 +163,6 @@ pub struct PolicyCount {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LastError {
     /// Unix milliseconds.
     pub at: u64,
@@ -331,9 +330,11 @@ pub fn merge(node: &str, reports: Vec<FlowsReport>) -> FlowsReport {
         out.window_seconds = out.window_seconds.max(r.window_seconds);
         out.generated_at = out.generated_at.max(r.generated_at);
         out.max_edges = out.max_edges.max(r.max_edges);
-        out.held += r.held;
-        out.evicted += r.evicted;
-        out.dropped += r.dropped;
+        // Counts come from peers: a hostile or broken one must not make
+        // the sum panic (debug) or wrap (release).
+        out.held = out.held.saturating_add(r.held);
+        out.evicted = out.evicted.saturating_add(r.evicted);
+        out.dropped = out.dropped.saturating_add(r.dropped);
         for e in r.edges {
             let key = (e.source.clone(), e.destination.clone(), e.port);
             match edges.get_mut(&key) {
@@ -360,25 +361,26 @@ fn add(into: &mut EdgeReport, e: EdgeReport) {
     into.bytes.sent = into.bytes.sent.max(e.bytes.sent);
     into.bytes.received = into.bytes.received.max(e.bytes.received);
     let h = &mut into.http;
-    (h.c1, h.c2, h.c3, h.c4, h.c5) = (
-        h.c1 + e.http.c1,
-        h.c2 + e.http.c2,
-        h.c3 + e.http.c3,
-        h.c4 + e.http.c4,
-        h.c5 + e.http.c5,
-    );
-    into.authz.allow += e.authz.allow;
-    into.authz.deny += e.authz.deny;
-    into.authz.audit += e.authz.audit;
-    into.rate_limit.allowed += e.rate_limit.allowed;
-    into.rate_limit.limited += e.rate_limit.limited;
-    into.rate_limit.shadow_limited += e.rate_limit.shadow_limited;
+    // Saturating: the counts came from peers (see `merge`).
+    let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+    sum(&mut h.c1, e.http.c1);
+    sum(&mut h.c2, e.http.c2);
+    sum(&mut h.c3, e.http.c3);
+    sum(&mut h.c4, e.http.c4);
+    sum(&mut h.c5, e.http.c5);
+    sum(&mut into.authz.allow, e.authz.allow);
+    sum(&mut into.authz.deny, e.authz.deny);
+    sum(&mut into.authz.audit, e.authz.audit);
+    let r = &mut into.rate_limit;
+    sum(&mut r.allowed, e.rate_limit.allowed);
+    sum(&mut r.limited, e.rate_limit.limited);
+    sum(&mut r.shadow_limited, e.rate_limit.shadow_limited);
     for p in e.policies {
         match into.policies.iter_mut().find(|q| q.policy == p.policy) {
             Some(q) => {
-                q.allow += p.allow;
-                q.deny += p.deny;
-                q.audit += p.audit;
+                sum(&mut q.allow, p.allow);
+                sum(&mut q.deny, p.deny);
+                sum(&mut q.audit, p.audit);
             }
             None => into.policies.push(p),
         }

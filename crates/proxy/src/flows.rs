@@ -4,29 +4,35 @@
 //! An edge is looked up once per connection, when it opens, in a table of
 //! independently locked shards; the connection then keeps the edge's
 //! [`Flow`] handle (an `Arc` of atomics) and counts bytes, requests and
-//! decisions on it without any lock shared by other connections. Only the
-//! rare paths take a lock of the edge's own: a new deciding policy (once per
-//! policy and edge) and an error.
+//! decisions on it without any lock shared by other connections (a known
+//! policy's count is found through an `ArcSwap`, which readers load
+//! without locking). Only the rare paths take a lock of the edge's own: a
+//! new deciding policy (once per policy and edge) and an error.
 //!
-//! Memory is bounded: at most [`FlowMap::max_edges`] edges. A new edge
-//! over the cap evicts the edge idle longest (no open connection); when
-//! every edge is busy the new one is not recorded. Both are counted.
-//! (Connections opening new edges at the same instant may overshoot the
-//! cap by their number, briefly.)
+//! Memory is bounded: each of the 16 shards holds at most
+//! [`FlowMap::max_edges`] / 16 edges (rounded up). A new edge over its
+//! shard's cap evicts the shard's edge idle longest (no connection holds
+//! it), under the lock it already holds, so opening an edge never touches
+//! another shard; when every edge of the shard is busy the new one is not
+//! recorded. Both are counted. A connection holds its edge from the
+//! lookup on (while it dials too), so its edge is never evicted under it.
 //!
 //! Names in a key come from the registry (workloads, Services, verified
 //! SPIFFE IDs), never from request bytes, so the table cannot be filled by
-//! a peer's choice of strings; the cap bounds it anyway.
+//! a peer's choice of strings; and an unknown destination is keyed without
+//! its port ([`EdgeKey::new`]), so a port scan makes one edge, not 65,535.
 
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     sync::{
         atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, PoisonError, RwLock,
+        Arc, Mutex, PoisonError,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use arc_swap::ArcSwap;
 
 use crate::ratelimit::RateLimitOutcome;
 
@@ -104,6 +110,24 @@ pub struct EdgeKey {
     pub port: u16,
 }
 
+impl EdgeKey {
+    /// The key of a call from `source` to `destination` on `port`. An
+    /// unknown destination is keyed on port 0: the port is the caller's
+    /// choice, and a scan of every port must not make an edge per port.
+    pub fn new(source: End, destination: End, port: u16) -> Self {
+        let port = if destination.kind == EndKind::Unknown {
+            0
+        } else {
+            port
+        };
+        Self {
+            source,
+            destination,
+            port,
+        }
+    }
+}
+
 /// An authorization decision, as counted per edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -135,7 +159,8 @@ impl Verdict {
 #[derive(Debug, Default)]
 struct Edge {
     opened: AtomicU64,
-    /// Connections counted open and not yet closed (eviction skips these).
+    /// Connections holding this edge (from the lookup until the handle is
+    /// dropped); eviction skips edges with any.
     active: AtomicI64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
@@ -147,9 +172,18 @@ struct Edge {
     ratelimit: [AtomicU64; 3],
     first_seen: u64,
     last_seen: AtomicU64,
-    /// Per deciding policy: allow, deny, audit.
-    policies: RwLock<Vec<(String, [AtomicU64; 3])>>,
+    /// Per deciding policy: allow, deny, audit. Read without a lock;
+    /// replaced (copy, push, store) under `adding` for a new policy.
+    policies: ArcSwap<Vec<Arc<PolicyCounts>>>,
+    adding: Mutex<()>,
     last_error: Mutex<Option<(u64, String)>>,
+}
+
+/// One deciding policy's allow, deny and audit counts on an edge.
+#[derive(Debug)]
+struct PolicyCounts {
+    policy: String,
+    counts: [AtomicU64; 3],
 }
 
 impl Edge {
@@ -167,36 +201,66 @@ impl Edge {
 
     fn count_policy(&self, policy: &str, verdict: Verdict) {
         let i = verdict.index();
-        {
-            let held = self.policies.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some((_, c)) = held.iter().find(|(p, _)| p == policy) {
-                c[i].fetch_add(1, Relaxed);
-                return;
-            }
+        if let Some(p) = self.policies.load().iter().find(|p| p.policy == policy) {
+            p.counts[i].fetch_add(1, Relaxed);
+            return;
         }
-        let mut held = self
-            .policies
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        // A new policy on this edge: rare (at most MAX_POLICIES + 1 times).
+        let _adding = lock(&self.adding);
+        let held = self.policies.load_full();
         let name = if held.len() < MAX_POLICIES {
             policy
         } else {
             OTHER_POLICIES
         };
-        if let Some((_, c)) = held.iter().find(|(p, _)| p == name) {
-            c[i].fetch_add(1, Relaxed);
+        if let Some(p) = held.iter().find(|p| p.policy == name) {
+            p.counts[i].fetch_add(1, Relaxed);
             return;
         }
-        let counts: [AtomicU64; 3] = Default::default();
-        counts[i].store(1, Relaxed);
-        held.push((name.to_owned(), counts));
+        let added = PolicyCounts {
+            policy: name.to_owned(),
+            counts: Default::default(),
+        };
+        added.counts[i].store(1, Relaxed);
+        let mut grown = Vec::with_capacity(held.len() + 1);
+        grown.extend(held.iter().cloned());
+        grown.push(Arc::new(added));
+        self.policies.store(Arc::new(grown));
     }
 }
 
 /// A connection's handle on its edge: counts without looking anything up.
 /// The empty handle (flow map off, or the table full) counts nothing.
+/// While any clone of it lives the edge counts one more active connection
+/// and is not evicted.
 #[derive(Debug, Clone, Default)]
-pub struct Flow(Option<Arc<Edge>>);
+pub struct Flow(Option<Arc<Held>>);
+
+/// An edge held by one connection: active until dropped.
+#[derive(Debug)]
+struct Held(Arc<Edge>);
+
+impl Held {
+    /// Counts a connection on `edge` as active. Called under the edge's
+    /// shard lock, so eviction (under the same lock) sees it.
+    fn new(edge: &Arc<Edge>) -> Self {
+        edge.active.fetch_add(1, Relaxed);
+        Self(edge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Edge;
+    fn deref(&self) -> &Edge {
+        &self.0
+    }
+}
 
 impl Flow {
     /// A handle that counts nothing.
@@ -209,11 +273,11 @@ impl Flow {
         self.0.is_some()
     }
 
-    /// A connection on this edge started relaying.
+    /// A connection on this edge started relaying. (It counts as active
+    /// from the lookup on, until its handle is dropped.)
     pub fn opened(&self) {
         if let Some(e) = &self.0 {
             e.opened.fetch_add(1, Relaxed);
-            e.active.fetch_add(1, Relaxed);
             e.touch();
         }
     }
@@ -224,7 +288,6 @@ impl Flow {
         if let Some(e) = &self.0 {
             e.bytes_sent.fetch_add(sent, Relaxed);
             e.bytes_received.fetch_add(received, Relaxed);
-            e.active.fetch_sub(1, Relaxed);
             e.touch();
         }
     }
@@ -281,6 +344,8 @@ impl Flow {
 pub struct FlowMap {
     shards: [Mutex<HashMap<EdgeKey, Arc<Edge>>>; SHARDS],
     max_edges: usize,
+    /// The cap of each shard: `max_edges` / [`SHARDS`], rounded up.
+    shard_cap: usize,
     held: AtomicU64,
     evicted: AtomicU64,
     dropped: AtomicU64,
@@ -337,58 +402,52 @@ impl FlowMap {
         Ok(Self {
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             max_edges,
+            shard_cap: max_edges.div_ceil(SHARDS),
             held: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         })
     }
 
-    /// The cap on edges.
+    /// The cap on edges, as configured (each shard holds a sixteenth of
+    /// it, rounded up).
     pub fn max_edges(&self) -> usize {
         self.max_edges
     }
 
     /// The handle of `key`'s edge, created if new. Called once per
-    /// connection, when it opens.
+    /// connection, when it opens; takes one shard's lock, no other.
     pub fn edge(&self, key: EdgeKey) -> Flow {
-        let shard = shard_of(&key);
-        if let Some(e) = lock(&self.shards[shard]).get(&key) {
-            return Flow(Some(e.clone()));
+        let mut map = lock(&self.shards[shard_of(&key)]);
+        if let Some(e) = map.get(&key) {
+            return Flow(Some(Arc::new(Held::new(e))));
         }
-        if self.held.load(Relaxed) >= self.max_edges as u64 && !self.evict_one() {
+        if map.len() >= self.shard_cap && !self.evict_one(&mut map) {
             self.dropped.fetch_add(1, Relaxed);
             return Flow::none();
         }
-        let mut map = lock(&self.shards[shard]);
-        let edge = map.entry(key).or_insert_with(|| {
-            self.held.fetch_add(1, Relaxed);
-            Arc::new(Edge::new(now_millis()))
-        });
-        Flow(Some(edge.clone()))
+        let edge = Arc::new(Edge::new(now_millis()));
+        let flow = Flow(Some(Arc::new(Held::new(&edge))));
+        map.insert(key, edge);
+        self.held.fetch_add(1, Relaxed);
+        flow
     }
 
-    /// Forgets the edge idle longest; false when every edge is busy.
-    /// Scans the table: this runs only when a new edge meets a full table.
-    fn evict_one(&self) -> bool {
-        let mut oldest: Option<(u64, usize, EdgeKey)> = None;
-        for (i, shard) in self.shards.iter().enumerate() {
-            for (k, e) in lock(shard).iter() {
-                let seen = e.last_seen.load(Relaxed);
-                if e.active.load(Relaxed) <= 0 && oldest.as_ref().is_none_or(|o| seen < o.0) {
-                    oldest = Some((seen, i, k.clone()));
-                }
-            }
-        }
-        let Some((_, i, key)) = oldest else {
+    /// Forgets the edge of `map` (one locked shard) idle longest; false
+    /// when every edge of it is busy. Scans the shard: this runs only when
+    /// a new edge meets a full shard.
+    fn evict_one(&self, map: &mut HashMap<EdgeKey, Arc<Edge>>) -> bool {
+        let oldest = map
+            .iter()
+            .filter(|(_, e)| e.active.load(Relaxed) <= 0)
+            .min_by_key(|(_, e)| e.last_seen.load(Relaxed))
+            .map(|(k, _)| k.clone());
+        let Some(key) = oldest else {
             return false;
         };
-        let mut map = lock(&self.shards[i]);
-        // It may have opened a connection since the scan: then keep it.
-        if map.get(&key).is_some_and(|e| e.active.load(Relaxed) <= 0) {
-            map.remove(&key);
-            self.held.fetch_sub(1, Relaxed);
-            self.evicted.fetch_add(1, Relaxed);
-        }
+        map.remove(&key);
+        self.held.fetch_sub(1, Relaxed);
+        self.evicted.fetch_add(1, Relaxed);
         true
     }
 
@@ -431,10 +490,9 @@ fn copy(key: EdgeKey, e: &Edge) -> EdgeSnapshot {
     let load = |a: &[AtomicU64]| -> Vec<u64> { a.iter().map(|c| c.load(Relaxed)).collect() };
     let policies = e
         .policies
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
+        .load()
         .iter()
-        .map(|(p, c)| (p.clone(), array3(&load(c))))
+        .map(|p| (p.policy.clone(), array3(&load(&p.counts))))
         .collect();
     let status = load(&e.status);
     EdgeSnapshot {

@@ -42,8 +42,8 @@ pub mod limits;
 use crate::{
     authz::{Admission, Authz, Subject},
     drain::Drain,
-    http,
     flows::{EdgeKey, End, EndKind, Flow},
+    http,
     relay::{self, Route},
     telemetry::{Observer, Pending, Side},
     trace::ConnSpan,

@@ -381,7 +381,7 @@ async fn local(
 
 /// The flow-map edge of an outbound connection: from its workload to the
 /// Service it dialled, else the workload it reached, else unknown; on the
-/// port it dialled.
+/// port it dialled (port 0 for unknown).
 fn edge(source: &Workload, resolved: Option<&Resolved>, orig_dst: SocketAddr) -> EdgeKey {
     let destination = match resolved {
         Some(Resolved {
@@ -395,11 +395,11 @@ fn edge(source: &Workload, resolved: Option<&Resolved>, orig_dst: SocketAddr) ->
         Some(Resolved { dest: Some(w), .. }) => End::new(EndKind::Workload, &w.namespace, &w.name),
         _ => End::unknown(),
     };
-    EdgeKey {
-        source: End::new(EndKind::Workload, &source.namespace, &source.name),
-        destination,
-        port: orig_dst.port(),
-    }
+    // An unknown destination is keyed without its port (EdgeKey::new):
+    // refused connections make edges too, and a port scan must not make
+    // one per port.
+    let source = End::new(EndKind::Workload, &source.namespace, &source.name);
+    EdgeKey::new(source, destination, orig_dst.port())
 }
 
 /// Opens a tunnel stream to `dest`'s node as `source`, for the caller at

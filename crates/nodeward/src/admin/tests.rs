@@ -133,7 +133,7 @@ impl Admin {
 
     async fn request(&self, method: &str, target: &str) -> Reply {
         let head =
-            format!("{method} {target} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+            format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
         self.raw(head.as_bytes()).await
     }
 
@@ -601,6 +601,7 @@ async fn flows_json_reports_edges_in_the_documented_shape() {
     flow.closed(100, 2000);
     flow.request(200);
     flow.authz(Verdict::Allow, "shop/allow-web");
+    drop(flow); // the connection ended
     map.edge(flow_key("evil\"<b>", "api"))
         .authz(Verdict::Deny, "default");
     let r = admin.get("/flows.json?since=60").await;
@@ -748,4 +749,67 @@ async fn cluster_flows_merge_the_peers_and_name_the_unreachable() {
     );
     assert_eq!(edges[0]["outcome"], "denied");
     assert_eq!(v["unreachable"][0]["address"], gone.to_string());
+}
+
+#[tokio::test]
+async fn a_host_that_is_not_an_ip_or_localhost_is_forbidden() {
+    let admin = Setup::default().start().await;
+    for host in [
+        "evil.example",
+        "evil.example:15020",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io",
+    ] {
+        let head =
+            format!("GET /config_dump HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let reply = admin.raw(head.as_bytes()).await;
+        assert_eq!(reply.status, 403, "{host}");
+        assert!(!reply.body.contains("workloads"), "{host}");
+    }
+    for host in [
+        "localhost",
+        "LOCALHOST:15020",
+        "127.0.0.1",
+        "127.0.0.1:15020",
+        "[::1]:15020",
+    ] {
+        let head = format!("GET /healthz HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        assert_eq!(admin.raw(head.as_bytes()).await.status, 200, "{host}");
+    }
+}
+
+#[test]
+fn a_remote_caller_may_only_get_its_peers_flows() {
+    let get = |target: &str| Request::get(target).body(()).expect("request");
+    assert!(remote_allowed(&get("/flows.json")));
+    assert!(remote_allowed(&get("/flows.json?since=60")));
+    for target in [
+        "/flows.json?cluster=1",
+        "/flows",
+        "/config_dump",
+        "/logging",
+        "/metrics",
+        "/healthz",
+    ] {
+        assert!(!remote_allowed(&get(target)), "{target}");
+    }
+    let post = Request::post("/logging?level=trace")
+        .body(())
+        .expect("request");
+    assert!(!remote_allowed(&post));
+}
+
+#[tokio::test]
+async fn only_configured_peers_count_as_peers() {
+    let peer: SocketAddr = "10.0.0.2:15020".parse().expect("addr");
+    let admin = Setup {
+        peers: vec![peer],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert!(admin.state.is_peer("10.0.0.2".parse().expect("ip")));
+    assert!(!admin.state.is_peer("10.0.0.3".parse().expect("ip")));
+    let mapped: std::net::IpAddr = "::ffff:10.0.0.2".parse().expect("ip");
+    assert!(admin.state.is_peer(mapped.to_canonical()));
 }

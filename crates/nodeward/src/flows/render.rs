@@ -42,8 +42,15 @@ pub fn table(r: &FlowsReport) -> String {
         "OUTCOME"
     );
     let mut edges: Vec<&EdgeReport> = r.edges.iter().collect();
-    edges
-        .sort_by_key(|e| std::cmp::Reverse(e.bytes.sent + e.bytes.received + e.connections.opened));
+    // Saturating: the counts came over the network.
+    edges.sort_by_key(|e| {
+        std::cmp::Reverse(
+            e.bytes
+                .sent
+                .saturating_add(e.bytes.received)
+                .saturating_add(e.connections.opened),
+        )
+    });
     for e in edges {
         let policies: Vec<String> = e
             .policies
@@ -140,11 +147,12 @@ fn id(e: &EndReport) -> String {
     format!("{}:{}", e.kind, name(e))
 }
 
-/// A dot string literal's body: quotes and backslashes escaped, control
-/// characters dropped.
+/// A dot string literal's body: first [`clean`]ed (controls, bidi
+/// overrides and other invisible formatting characters become visible
+/// `\u{..}` escapes), then quotes and backslashes escaped.
 fn quote(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
+    clean(s)
+        .chars()
         .flat_map(|c| match c {
             '"' | '\\' => vec!['\\', c],
             c => vec![c],

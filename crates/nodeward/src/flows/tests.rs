@@ -122,10 +122,60 @@ fn dot_and_table_escape_names_from_the_network() {
     e.destination.name = "back\u{1b}[2Jend".into();
     let r = report("n", vec![e]);
     let dot = dot(&r);
-    assert!(dot.contains(r#"label="web\"; evil [x]\\""#), "{dot}");
+    assert!(dot.contains(r#"label="web\"; evil [x]\\u{005c}""#), "{dot}");
     assert!(!dot.contains('\u{1b}'));
     assert!(dot.contains("color=red"));
     let table = table(&r);
     assert!(!table.contains('\u{1b}'), "{table}");
     assert!(table.contains("denied"));
+}
+
+#[test]
+fn dot_drops_bidi_overrides_in_names() {
+    let mut e = edge_on("n", "web\u{202e}gnp.exe", 1, 0);
+    e.destination.namespace = "sh\u{2066}op".into();
+    let dot = dot(&report("n", vec![e]));
+    assert!(
+        !dot.contains('\u{202e}') && !dot.contains('\u{2066}'),
+        "{dot}"
+    );
+    assert!(dot.contains(r"web\\u{202e}gnp.exe"), "{dot}");
+}
+
+#[test]
+fn counts_at_u64_max_from_a_peer_saturate() {
+    let mut big = edge_on("b", "web", 1, u64::MAX);
+    big.connections.opened = u64::MAX;
+    big.http.c5 = u64::MAX;
+    big.rate_limit.limited = u64::MAX;
+    big.bytes.sent = u64::MAX;
+    let mut a = report("a", vec![edge_on("a", "web", 5, 7)]);
+    a.edges[0].http.c5 = 1;
+    a.edges[0].rate_limit.limited = 1;
+    let mut b = report("b", vec![big]);
+    b.held = u64::MAX;
+    b.evicted = u64::MAX;
+    b.dropped = u64::MAX;
+    let m = merge("a", vec![a, b]);
+    assert_eq!(
+        (m.held, m.evicted, m.dropped),
+        (u64::MAX, u64::MAX, u64::MAX)
+    );
+    let e = &m.edges[0];
+    assert_eq!(e.authz.deny, u64::MAX);
+    assert_eq!(e.http.c5, u64::MAX);
+    assert_eq!(e.rate_limit.limited, u64::MAX);
+    assert_eq!(e.policies[0].deny, u64::MAX);
+    // The table's sort key adds bytes and connections too.
+    assert!(table(&m).contains("denied"));
+}
+
+#[test]
+fn a_newer_peers_extra_fields_still_parse() {
+    let mut v = serde_json::to_value(report("b", vec![edge_on("b", "web", 1, 0)])).expect("json");
+    v["futureField"] = serde_json::json!(1);
+    v["edges"][0]["futureField"] = serde_json::json!({"x": 1});
+    v["edges"][0]["connections"]["futureField"] = serde_json::json!(2);
+    let r: FlowsReport = serde_json::from_value(v).expect("parses");
+    assert_eq!(r.edges.len(), 1);
 }

@@ -8,6 +8,24 @@ fn key(source: &str, destination: &str, port: u16) -> EdgeKey {
     }
 }
 
+/// `n` distinct keys that fall in one shard.
+fn same_shard(n: usize) -> Vec<EdgeKey> {
+    let first = shard_of(&key("w0", "api", 80));
+    (0..)
+        .map(|i| key(&format!("w{i}"), "api", 80))
+        .filter(|k| shard_of(k) == first)
+        .take(n)
+        .collect()
+}
+
+/// A key in another shard than `k`'s.
+fn other_shard(k: &EdgeKey) -> EdgeKey {
+    (0..)
+        .map(|i| key(&format!("x{i}"), "api", 80))
+        .find(|o| shard_of(o) != shard_of(k))
+        .expect("another shard")
+}
+
 fn only(table: &FlowMap) -> EdgeSnapshot {
     let snap = table.snapshot(Duration::from_secs(300));
     assert_eq!(snap.edges.len(), 1, "{snap:?}");
@@ -65,46 +83,99 @@ fn the_same_key_is_the_same_edge() {
 }
 
 #[test]
-fn a_full_table_evicts_the_edge_idle_longest_and_counts_it() {
-    let table = FlowMap::new(2).expect("cap");
-    let old = table.edge(key("old", "api", 80));
+fn a_full_shard_evicts_its_edge_idle_longest_and_counts_it() {
+    // 32 edges: two a shard.
+    let table = FlowMap::new(32).expect("cap");
+    let keys = same_shard(3);
+    let old = table.edge(keys[0].clone());
     old.opened();
     old.closed(1, 1);
+    drop(old);
     std::thread::sleep(Duration::from_millis(5));
-    let newer = table.edge(key("newer", "api", 80));
+    let newer = table.edge(keys[1].clone());
     newer.opened();
     newer.closed(1, 1);
-    table.edge(key("third", "api", 80)).opened();
+    drop(newer);
+    let _third = table.edge(keys[2].clone());
     let snap = table.snapshot(Duration::from_secs(300));
-    let sources: Vec<&str> = snap
-        .edges
-        .iter()
-        .map(|e| e.key.source.name.as_str())
-        .collect();
-    assert_eq!(snap.edges.len(), 2);
-    assert!(
-        sources.contains(&"newer") && sources.contains(&"third"),
-        "{sources:?}"
-    );
+    let held: Vec<&EdgeKey> = snap.edges.iter().map(|e| &e.key).collect();
+    assert!(held.len() == 2 && !held.contains(&&keys[0]), "{held:?}");
     assert_eq!((snap.held, snap.evicted, snap.dropped), (2, 1, 0));
 }
 
 #[test]
+fn a_new_edge_never_evicts_from_another_shard() {
+    // One edge a shard: an idle edge elsewhere is not this shard's to take.
+    let table = FlowMap::new(16).expect("cap");
+    let busy = table.edge(key("busy", "api", 80));
+    let elsewhere = other_shard(&busy_key());
+    drop(table.edge(elsewhere.clone()));
+    let mut same = (0..)
+        .map(|i| key(&format!("n{i}"), "api", 80))
+        .filter(|k| shard_of(k) == shard_of(&busy_key()) && *k != busy_key());
+    let new = table.edge(same.next().expect("a key"));
+    assert!(!new.is_counting());
+    let snap = table.snapshot(Duration::from_secs(300));
+    assert_eq!((snap.held, snap.evicted, snap.dropped), (2, 0, 1));
+    assert!(snap.edges.iter().any(|e| e.key == elsewhere));
+    drop(busy);
+}
+
+fn busy_key() -> EdgeKey {
+    key("busy", "api", 80)
+}
+
+#[test]
+fn an_edge_is_busy_from_its_lookup_while_the_connection_dials() {
+    let table = FlowMap::new(16).expect("cap");
+    let keys = same_shard(2);
+    // Looked up, not yet relaying (dialling): must not be evicted.
+    let dialling = table.edge(keys[0].clone());
+    assert_eq!(only(&table).active, 1);
+    assert!(!table.edge(keys[1].clone()).is_counting());
+    dialling.opened();
+    let also = dialling.clone();
+    drop(dialling);
+    assert_eq!(only(&table).active, 1);
+    drop(also);
+    assert_eq!(only(&table).active, 0);
+    assert!(table.edge(keys[1].clone()).is_counting());
+    let snap = table.snapshot(Duration::from_secs(300));
+    assert_eq!((snap.held, snap.evicted, snap.dropped), (1, 1, 1));
+}
+
+#[test]
+fn a_port_scan_of_unknown_destinations_makes_one_edge() {
+    let table = FlowMap::new(MAX_EDGES).expect("cap");
+    let source = End::new(EndKind::Workload, "shop", "web");
+    for port in 1..=u16::MAX {
+        table.edge(EdgeKey::new(source.clone(), End::unknown(), port));
+    }
+    let e = only(&table);
+    assert_eq!(e.key.port, 0);
+    // Known destinations keep their port.
+    let api = End::new(EndKind::Service, "shop", "api");
+    assert_eq!(EdgeKey::new(source, api, 8080).port, 8080);
+}
+
+#[test]
 fn busy_edges_are_never_evicted_and_the_new_edge_is_dropped() {
-    let table = FlowMap::new(2).expect("cap");
-    table.edge(key("a", "api", 80)).opened();
-    table.edge(key("b", "api", 80)).opened();
-    let dropped = table.edge(key("c", "api", 80));
+    let table = FlowMap::new(32).expect("cap");
+    let keys = same_shard(3);
+    let _a = table.edge(keys[0].clone());
+    let _b = table.edge(keys[1].clone());
+    let dropped = table.edge(keys[2].clone());
     assert!(!dropped.is_counting());
     dropped.opened();
     let snap = table.snapshot(Duration::from_secs(300));
     assert_eq!(snap.edges.len(), 2);
     assert_eq!((snap.held, snap.evicted, snap.dropped), (2, 0, 1));
-    assert!(snap.edges.iter().all(|e| e.key.source.name != "c"));
+    assert!(snap.edges.iter().all(|e| e.key != keys[2]));
 }
 
 #[test]
 fn the_cap_holds_under_many_new_edges() {
+    // 7 edges a shard (100 / 16 rounded up): at most 112.
     let table = FlowMap::new(100).expect("cap");
     for i in 0..1_000 {
         let flow = table.edge(key(&format!("w{i}"), "api", 80));
@@ -112,8 +183,16 @@ fn the_cap_holds_under_many_new_edges() {
         flow.closed(0, 0);
     }
     let snap = table.snapshot(Duration::from_secs(300));
-    assert_eq!(snap.edges.len(), 100);
-    assert_eq!((snap.held, snap.evicted, snap.dropped), (100, 900, 0));
+    assert!(
+        (100..=112).contains(&snap.edges.len()),
+        "{}",
+        snap.edges.len()
+    );
+    assert_eq!(snap.held, snap.edges.len() as u64);
+    assert_eq!((snap.held + snap.evicted, snap.dropped), (1_000, 0));
+    for shard in &table.shards {
+        assert!(lock(shard).len() <= 7);
+    }
 }
 
 #[test]
@@ -132,7 +211,9 @@ fn the_window_leaves_out_idle_edges_but_keeps_open_ones() {
     let idle = table.edge(key("idle", "api", 80));
     idle.opened();
     idle.closed(0, 0);
-    table.edge(key("open", "api", 80)).opened();
+    drop(idle);
+    let open = table.edge(key("open", "api", 80));
+    open.opened();
     std::thread::sleep(Duration::from_millis(20));
     let snap = table.snapshot(Duration::from_millis(1));
     let names: Vec<&str> = snap
