@@ -1041,6 +1041,9 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_the_header_read_tim
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     let summary = proxy.summary().await;
     assert_eq!(summary.requests, 1, "{summary:?}");
+    // hyper's header read timer closed it, not the (longer) idle timeout.
+    let error = summary.error.expect("an error");
+    assert!(error.contains("read header"), "{error}");
 }
 
 #[tokio::test]
