@@ -425,6 +425,9 @@ async fn relay_upgraded(
         Ok(upgraded) => upgraded,
         Err(e) => {
             tracing::debug!(error = %e, "CONNECT stream never upgraded");
+            if let Some(span) = trace {
+                span.finish(Some("upgrade_failed"));
+            }
             return;
         }
     };
