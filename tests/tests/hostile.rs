@@ -293,6 +293,14 @@ impl PodConnection {
             .all(|piece| stdin.write_all(piece).and_then(|()| stdin.flush()).is_ok())
     }
 
+    /// Waits until `n` responses came back, or `within` ran out.
+    fn await_responses(&self, n: u64, within: Duration) {
+        let started = Instant::now();
+        while self.tally.lock().expect("tally").responses < n && started.elapsed() < within {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits up to `within` for the proxy to close the connection; then
     /// ends it either way. Whether it had closed, and what came back.
     fn finish(mut self, within: Duration) -> (bool, Tally) {
@@ -329,7 +337,7 @@ fn http2_floods_on_an_http_port_leave_the_proxy_up_and_other_clients_served() {
     let mut wire = h2raw::client_start();
     wire.extend(h2raw::headers(1, &block("/control"), true));
     assert!(ok.send(&wire));
-    std::thread::sleep(Duration::from_millis(500));
+    ok.await_responses(1, WAIT);
     let (_, tally) = ok.finish(Duration::ZERO);
     assert_eq!(tally.responses, 1, "control request unanswered: {tally:?}");
     for flood in floods(&block) {

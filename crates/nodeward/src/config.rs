@@ -363,26 +363,30 @@ pub enum Discovery {
     Kubernetes(KubernetesSettings),
 }
 
-/// A validated `kubernetes` section.
 /// How spans are exported (`tracing`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracingSettings {
     /// The collector's base URL; `None`: the standard environment
     /// variables, then the protocol's default.
     pub endpoint: Option<String>,
+    /// `tracing.otlp.protocol`: how spans travel to the collector.
     pub protocol: OtlpProtocol,
     /// Fraction of new traces sampled.
     pub sampling: f64,
+    /// `service.name` on every exported span (`tracing.serviceName`).
     pub service_name: String,
 }
 
 /// `tracing.otlp.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtlpProtocol {
+    /// `http/protobuf` (the default): protobuf POSTed over HTTP.
     HttpProtobuf,
+    /// `grpc`: OTLP's gRPC service.
     Grpc,
 }
 
+/// A validated `kubernetes` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesSettings {
     /// Where kubelet's pod cgroups are looked for (relative: under the
@@ -733,7 +737,7 @@ fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, Conf
     })
 }
 
-/// True for an RFC 1123 label: what Kubernetes accepts as a namespace name.
+/// Checks and defaults the `tracing` section.
 fn tracing_settings(path: &Path, file: TracingFile) -> Result<TracingSettings, ConfigError> {
     let TracingFile {
         otlp: OtlpFile { endpoint, protocol },
@@ -782,6 +786,7 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), &'static str> {
     }
 }
 
+/// True for an RFC 1123 label: what Kubernetes accepts as a namespace name.
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63

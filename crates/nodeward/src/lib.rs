@@ -8,7 +8,8 @@
 //! set (`nodeward-policy`) and the data path (`nodeward-proxy`). [`control`]
 //! and [`reload`] keep the workloads, certificates and policies current,
 //! [`metrics`] implements the data path's telemetry with prometheus, and
-//! [`admin`] serves it, with the flow map ([`flows`]); [`otlp`] exports the data path's spans. [`lifecycle`] handles limits, shared listeners and
+//! [`admin`] serves it, with the flow map ([`flows`]); [`otlp`] exports the
+//! data path's spans. [`lifecycle`] handles limits, shared listeners and
 //! takeover; [`explain`] resolves `policy explain`'s arguments.
 //!
 //! Owns: everything about this process and its files. Must not own: the

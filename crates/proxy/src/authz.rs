@@ -625,6 +625,9 @@ impl RequestGate {
         let Some(span) = extensions.get_mut::<RequestSpan>() else {
             return;
         };
+        if !span.is_recording() {
+            return;
+        }
         let principal = self.subject.principal.as_ref().map(SpiffeId::as_str);
         let destination = self.subject.destination.to_string();
         let policy = d.policy.as_ref().map(ToString::to_string);

@@ -37,9 +37,10 @@
 //!
 //! Limits against hostile clients: [`Limits::header_read_timeout`] for a
 //! request head (and for the first request at all, and between HTTP/1
-//! keep-alive requests), [`Limits::idle_timeout`] for a connection on which
-//! no byte moves either way (a stalled body, an HTTP/2 connection left open,
-//! a client that stops reading), [`MAX_H1_BUF`] for an HTTP/1 head, and for
+//! keep-alive requests), [`Limits::idle_timeout`] for a connection that
+//! makes no progress: no request head and no body byte either way (a stalled
+//! body, an HTTP/2 connection left open or kept up with PINGs, a client that
+//! stops reading), [`MAX_H1_BUF`] for an HTTP/1 head, and for
 //! HTTP/2 [`MAX_HEADER_LIST`], [`MAX_CONCURRENT_STREAMS`], [`MAX_SEND_BUF`]
 //! and the reset-stream caps ([`MAX_PENDING_ACCEPT_RESETS`],
 //! [`MAX_LOCAL_ERROR_RESETS`]) against rapid reset.
@@ -114,8 +115,10 @@ pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// HTTP/2 streams the proxy may have to reset for a client's protocol
 /// errors before the connection ends (the "MadeYouReset" class).
 pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
-/// HTTP/2 response bytes buffered per stream for a client that reads slowly.
-pub const MAX_SEND_BUF: usize = 400 * 1024;
+/// HTTP/2 response bytes buffered per stream for a client that reads
+/// slowly: at most [`MAX_CONCURRENT_STREAMS`] × 64 KiB = 16 MiB per
+/// connection until the idle timeout ends it.
+pub const MAX_SEND_BUF: usize = 64 * 1024;
 /// Body bytes of a refused HTTP/1 request read and thrown away so the
 /// connection stays usable; a larger body closes the connection instead.
 pub const MAX_DISCARD: u64 = 256 * 1024;
@@ -128,9 +131,10 @@ pub struct Limits {
     /// has to start its first request (which covers the version sniff), and
     /// the time an HTTP/1 connection may sit between requests.
     pub header_read_timeout: Duration,
-    /// A connection on which no byte moved either way for this long is
-    /// closed, whatever it was doing: a stalled request body, an HTTP/2
-    /// connection with nothing to say, a client that stopped reading.
+    /// A connection that made no progress for this long (no request head
+    /// arrived, no body byte moved either way) is closed, whatever it was
+    /// doing: a stalled request body, an HTTP/2 connection with nothing to
+    /// say but PINGs, a client that stopped reading.
     pub idle_timeout: Duration,
 }
 
@@ -250,9 +254,7 @@ where
         h2: AtomicBool::new(false),
         limits: *limits,
     });
-    let activity = idle::Activity::new();
-    let client = idle::Watched::new(client, activity.clone());
-    let client_error = drive(TokioIo::new(client), &shared, closed_rx, &activity).await;
+    let client_error = drive(TokioIo::new(client), &shared, closed_rx).await;
     if let Some(e) = client_error {
         shared.counters.fail(e);
     }
@@ -304,6 +306,8 @@ struct Counters {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     error: Mutex<Option<String>>,
+    /// Progress, for the idle timeout.
+    activity: idle::Activity,
 }
 
 type ReqBody = NoTrailers<Counted<Incoming>>;
@@ -387,19 +391,19 @@ impl<A: Authorizer + ?Sized> Shared<A> {
 
 /// Runs the client connection until it ends; returns its error, if any.
 /// Shuts it down gracefully (in-flight responses finish) when the upstream
-/// connection ends or no request arrives in time; ends it at once when no
-/// byte moved for the idle timeout.
+/// connection ends or no request arrives in time; ends it at once when it
+/// made no progress (see [`idle`]) for the idle timeout.
 async fn drive<I, A>(
     io: TokioIo<I>,
     shared: &Arc<Shared<A>>,
     mut upstream_closed: oneshot::Receiver<Option<String>>,
-    activity: &idle::Activity,
 ) -> Option<String>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: Authorizer + ?Sized,
 {
     let limits = shared.limits;
+    let activity = &shared.counters.activity;
     let builder = server_builder(shared.exec.clone(), &limits);
     let service = {
         let shared = shared.clone();
@@ -489,6 +493,7 @@ async fn handle<A: Authorizer + ?Sized>(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    shared.counters.activity.touch();
     let (mut parts, body) = req.into_parts();
     let h1 = parts.version != Version::HTTP_2;
     if !h1 {
@@ -517,7 +522,9 @@ async fn handle<A: Authorizer + ?Sized>(
     let started = std::time::Instant::now();
     let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
     let body = NoTrailers(Counted::new(body, shared.counters.clone(), |c| &c.bytes_in));
-    let response = match shared.send(Request::from_parts(parts, body)).await {
+    let sent = shared.send(Request::from_parts(parts, body)).await;
+    shared.counters.activity.touch();
+    let response = match sent {
         Ok(response) => relay_response(response, &shared.counters, h1),
         Err(e) => bad_gateway(&shared.counters, e, h1),
     };

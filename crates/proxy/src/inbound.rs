@@ -60,6 +60,10 @@ use limits::{HandshakeSlot, Limits};
 const TLS_HANDSHAKE: u8 = 0x16;
 /// HTTP/2 header block limit: CONNECT requests are tiny.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Bytes buffered per tunnel stream for a peer node that reads slowly.
+/// Larger than the client-facing [`http::MAX_SEND_BUF`]: peers are
+/// authenticated nodes, and a stream carries bulk traffic.
+const SEND_BUF: usize = 400 * 1024;
 
 /// What the tunnel server needs.
 pub struct Inbound {
@@ -209,7 +213,7 @@ async fn connection(
         // Rapid reset (CVE-2023-44487) and its kin end the connection.
         .max_pending_accept_reset_streams(http::MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(http::MAX_LOCAL_ERROR_RESETS)
-        .max_send_buf_size(http::MAX_SEND_BUF)
+        .max_send_buf_size(SEND_BUF)
         // A peer that stops answering PINGs (gone, or not reading at all)
         // is closed even while it holds streams open.
         .timer(TokioTimer::new())
@@ -424,6 +428,9 @@ async fn relay_upgraded(
         Ok(upgraded) => upgraded,
         Err(e) => {
             tracing::debug!(error = %e, "CONNECT stream never upgraded");
+            if let Some(span) = trace {
+                span.finish(Some("upgrade_failed"));
+            }
             return;
         }
     };

@@ -546,6 +546,9 @@ fn finish_span(
     (sent, received): (u64, u64),
     failed: bool,
 ) {
+    if !span.is_recording() {
+        return;
+    }
     match route {
         Route::Outbound { source, .. } => {
             span.set_str("nodeward.source.workload", &source.to_string());

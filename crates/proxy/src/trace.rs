@@ -39,36 +39,48 @@ pub const MAX_ATTRIBUTE: usize = 1024;
 /// Where finished spans go. Implementations must not block: they run on
 /// the request path (the binary's queues a span or counts it dropped).
 pub trait SpanSink: Send + Sync {
+    /// Takes one finished, sampled span.
     fn record(&self, span: SpanRecord);
 }
 
 /// OpenTelemetry span kinds the proxy records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpanKind {
+    /// The proxy served a request or accepted a tunnel stream.
     Server,
+    /// The proxy opened a tunnel stream to another node.
     Client,
 }
 
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
+    /// A string value.
     Str(Cow<'static, str>),
+    /// An integer value.
     Int(i64),
 }
 
 /// A finished span, as the sink gets it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanRecord {
+    /// The trace the span belongs to.
     pub trace_id: [u8; 16],
+    /// This span's id.
     pub span_id: [u8; 8],
     /// The parent span, if any, and whether it lives in another process.
     pub parent: Option<([u8; 8], bool)>,
     /// The caller's `tracestate`, as received.
     pub trace_state: Option<String>,
+    /// Server or client.
     pub kind: SpanKind,
+    /// The span name (the HTTP method, or `tunnel connect|accept`).
     pub name: Cow<'static, str>,
+    /// When the span started.
     pub start: SystemTime,
+    /// When it was finished.
     pub end: SystemTime,
+    /// Attributes, each key at most once.
     pub attributes: Vec<(&'static str, Value)>,
     /// The span failed (OpenTelemetry status `Error`), and why.
     pub error: Option<String>,
@@ -149,6 +161,8 @@ struct Open {
     name: Cow<'static, str>,
     start: SystemTime,
     attributes: Vec<(&'static str, Value)>,
+    /// Recorded already (or a copy that must never record).
+    finished: bool,
 }
 
 impl Open {
@@ -167,11 +181,17 @@ impl Open {
             name,
             start: SystemTime::now(),
             attributes: Vec::new(),
+            finished: false,
         }
     }
 
+    /// Sampled and not finished: attributes set now will be exported.
+    fn is_recording(&self) -> bool {
+        self.context.sampled() && !self.finished
+    }
+
     fn set(&mut self, key: &'static str, value: Value) {
-        if !self.context.sampled() {
+        if !self.is_recording() {
             return;
         }
         match self.attributes.iter_mut().find(|(k, _)| *k == key) {
@@ -180,10 +200,12 @@ impl Open {
         }
     }
 
-    fn finish(self, error: Option<String>) {
-        if !self.context.sampled() {
+    /// Records the span, once.
+    fn finish(&mut self, error: Option<String>) {
+        if !self.is_recording() {
             return;
         }
+        self.finished = true;
         let trace_state = self
             .trace_state
             .as_ref()
@@ -195,10 +217,10 @@ impl Open {
             parent: self.parent.map(|p| (p.span_id, true)),
             trace_state,
             kind: self.kind,
-            name: self.name,
+            name: std::mem::take(&mut self.name),
             start: self.start,
             end: SystemTime::now(),
-            attributes: self.attributes,
+            attributes: std::mem::take(&mut self.attributes),
             error,
         });
     }
@@ -206,9 +228,26 @@ impl Open {
 
 /// The server span of one HTTP request at the destination proxy. While the
 /// request is judged it rides in the request's extensions, so the
-/// authorizer can add its decision ([`RequestSpan::authorized`]).
-#[derive(Clone)]
+/// authorizer can add its decision ([`RequestSpan::authorized`]). Dropped
+/// unfinished (an HTTP/2 stream reset mid-request cancels the handler), it
+/// records itself with error `cancelled`.
 pub struct RequestSpan(Open);
+
+impl Clone for RequestSpan {
+    /// A copy carries the context but never records: only the original
+    /// ends the span.
+    fn clone(&self) -> Self {
+        let mut open = self.0.clone();
+        open.finished = true;
+        Self(open)
+    }
+}
+
+impl Drop for RequestSpan {
+    fn drop(&mut self) {
+        self.0.finish(Some("cancelled".to_owned()));
+    }
+}
 
 impl RequestSpan {
     /// Starts the span of the request in `parts`, as a child of its valid
@@ -243,6 +282,12 @@ impl RequestSpan {
     /// The context the pod gets: this span as parent.
     pub fn context(&self) -> TraceParent {
         self.0.context
+    }
+
+    /// Whether the span will be exported: callers skip building
+    /// attributes for one that will not.
+    pub fn is_recording(&self) -> bool {
+        self.0.is_recording()
     }
 
     /// Replaces the request's `traceparent` with this span's, and its
@@ -352,6 +397,12 @@ impl ConnSpan {
         self.0.context
     }
 
+    /// Whether the span will be exported: callers skip building
+    /// attributes for one that will not.
+    pub fn is_recording(&self) -> bool {
+        self.0.is_recording()
+    }
+
     /// Sets a string attribute (only values the proxy vouches for: see the
     /// telemetry module's rule on label values).
     pub fn set_str(&mut self, key: &'static str, value: &str) {
@@ -364,7 +415,7 @@ impl ConnSpan {
     }
 
     /// Records the span; `error` (already free of peer bytes) marks it failed.
-    pub fn finish(self, error: Option<&str>) {
+    pub fn finish(mut self, error: Option<&str>) {
         self.0.finish(error.map(str::to_owned));
     }
 }

@@ -16,7 +16,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::Counters;
 
 /// Streams `inner` and adds its data bytes to one of the connection's
-/// counters. Size hint and end of stream pass through, so framing
+/// counters; moving data is progress for the idle timeout. Size hint and end of stream pass through, so framing
 /// (`content-length` or chunked) is chosen exactly as for `inner`.
 pub(super) struct Counted<B> {
     inner: B,
@@ -52,6 +52,10 @@ where
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
+                // Empty DATA frames move nothing.
+                if !data.is_empty() {
+                    self.counters.activity.touch();
+                }
                 let counter = (self.counter)(&self.counters);
                 counter.fetch_add(data.len() as u64, Ordering::Relaxed);
             }

@@ -1,115 +1,48 @@
-//! The client connection's idle timer: when did a byte last move, either
-//! way? [`Watched`] wraps the client stream and stamps [`Activity`] on every
-//! read or write that moved bytes; [`Activity::idle_for`] tells `drive` when
-//! the connection has been silent too long.
+//! The client connection's idle timer: when did the connection last make
+//! progress? [`Activity`] is stamped when a request head arrives, when the
+//! pod's response head arrives, and whenever body bytes move either way
+//! (the `Counted` body polls); [`Activity::deadline`] tells `drive` when the
+//! connection has made no progress for too long.
 //!
-//! Counting bytes rather than requests catches what request counting misses:
-//! a request body that stalls, an HTTP/2 connection kept open with nothing
-//! on it, a client that stopped reading its response (the proxy cannot
-//! write, and nothing else moves).
+//! Progress, not socket bytes: an HTTP/2 client can keep a connection busy
+//! with frames that move nothing (a PING every few minutes, answered by the
+//! proxy's ACK) while it holds every stream's window at zero and the proxy
+//! buffers responses it never reads. Counting progress also catches a
+//! request body that stalls, an HTTP/2 connection kept open with nothing on
+//! it, and a client that stopped reading its response (the proxy cannot
+//! write, so the response body is not polled).
 
 use std::{
-    io,
-    pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    task::{Context, Poll},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    time::Instant,
-};
+use tokio::time::Instant;
 
-/// When bytes last moved on a connection, in milliseconds since it started.
+/// When the connection last made progress, in milliseconds since it started.
 pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
-/// A client stream that stamps its [`Activity`].
-pub(super) struct Watched<C> {
-    inner: C,
-    activity: Arc<Activity>,
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Activity {
-    pub(super) fn new() -> Arc<Self> {
-        Arc::new(Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        })
-    }
-
-    fn touch(&self) {
+    /// Notes progress now.
+    pub(super) fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// When the connection counts as idle if nothing moves before then.
+    /// When the connection counts as idle if it makes no progress before then.
     pub(super) fn deadline(&self, idle: Duration) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
-    }
-}
-
-impl<C> Watched<C> {
-    pub(super) fn new(inner: C, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
-    }
-}
-
-impl<C: AsyncRead + Unpin> AsyncRead for Watched<C> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<C: AsyncWrite + Unpin> AsyncWrite for Watched<C> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1041,6 +1041,9 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_the_header_read_tim
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     let summary = proxy.summary().await;
     assert_eq!(summary.requests, 1, "{summary:?}");
+    // hyper's header read timer closed it, not the (longer) idle timeout.
+    let error = summary.error.expect("an error");
+    assert!(error.contains("read header"), "{error}");
 }
 
 #[tokio::test]
@@ -1158,3 +1161,79 @@ async fn request_line_tricks_bare_lf_and_huge_heads_never_smuggle() {
 }
 #[path = "trace_tests.rs"]
 mod trace_tests;
+
+// ---- HTTP/2 held at a zero window ----
+
+/// One HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small payload");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// HPACK literals without indexing, new name (RFC 7541 §6.2.2); short strings.
+fn h2_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        for s in [name, value] {
+            out.push(u8::try_from(s.len()).expect("short string"));
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    out
+}
+
+/// A client that opens every stream window at zero, sends one request whose
+/// response it never reads, then a PING every 200 ms: PINGs and their ACKs
+/// move bytes but make no progress, so the idle timeout still ends it.
+#[tokio::test]
+async fn pings_do_not_keep_a_zero_window_connection_past_the_idle_timeout() {
+    const SETTINGS: u8 = 0x4;
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    let upstream = Upstream::http().await;
+    let proxy = Proxy::start_with_limits(&upstream, SHORT).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let zero_window = [
+        INITIAL_WINDOW_SIZE.to_be_bytes().as_slice(),
+        &0u32.to_be_bytes(),
+    ]
+    .concat();
+    start.extend(h2_frame(SETTINGS, 0, 0, &zero_window));
+    start.extend(h2_frame(SETTINGS, 0x1, 0, &[]));
+    let head = h2_block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", HOST),
+        (":path", "/echo"),
+    ]);
+    start.extend(h2_frame(0x1, 0x4, 1, &head));
+    start.extend(h2_frame(0x0, 0x1, 1, b"never read"));
+    stream.write_all(&start).await.expect("write");
+    let (mut reader, mut writer) = stream.into_split();
+    let closed = tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink).await;
+    });
+    // 4 s of PINGs, well past the 1.5 s idle timeout.
+    for n in 0..20u64 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if closed.is_finished()
+            || writer
+                .write_all(&h2_frame(0x6, 0, 0, &n.to_be_bytes()))
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+    assert!(closed.is_finished(), "PINGs kept the connection open");
+    let summary = proxy.summary().await;
+    assert_eq!(summary.requests, 1, "{summary:?}");
+    let error = summary.error.expect("an error");
+    assert!(error.contains("idle"), "{error}");
+}

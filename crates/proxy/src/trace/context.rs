@@ -22,7 +22,9 @@ const SAMPLED: u8 = 0x01;
 /// A span's context as `traceparent` carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
+    /// `trace-id`: the whole trace's id.
     pub trace_id: [u8; 16],
+    /// `parent-id`: the span this context names.
     pub span_id: [u8; 8],
     /// `trace-flags`; only the sampled bit means anything in version 00.
     pub flags: u8,

@@ -227,3 +227,23 @@ fn unknown_methods_and_long_paths_stay_bounded() {
     assert_eq!(p.len(), MAX_ATTRIBUTE);
     assert_eq!(s.error.as_deref(), Some("502"));
 }
+
+/// A request span dropped before it finished (the handler was cancelled by
+/// an HTTP/2 reset) is recorded once, as `cancelled`; a clone never records.
+#[test]
+fn a_request_span_dropped_unfinished_records_cancelled_once() {
+    let (tracer, sink) = tracer(1.0);
+    let (parts, ()) = Request::get("/a").body(()).expect("request").into_parts();
+    let span = RequestSpan::start(&tracer, &parts);
+    drop(span.clone());
+    assert!(sink.0.lock().expect("lock").is_empty(), "a clone recorded");
+    drop(span);
+    let spans = sink.0.lock().expect("lock").clone();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0].error.as_deref(), Some("cancelled"));
+    let finished = RequestSpan::start(&tracer, &parts);
+    finished.finish(StatusCode::OK);
+    let spans = sink.0.lock().expect("lock").clone();
+    assert_eq!(spans.len(), 2, "a finished span recorded again: {spans:?}");
+    assert_eq!(spans[1].error, None);
+}
