@@ -55,11 +55,13 @@ pub const SERIES: &[Series] = &[
 const ROOTFS_SUITE: &str = "bookworm";
 const ROOTFS_PACKAGES: &[&str] = &["iproute2", "procps"];
 
-/// Kernel modules the guest loads before anything else: virtio-pci, 9p and overlay for
+/// Kernel modules the guest loads before anything else: virtio-pci and
+/// virtio-rng, 9p and overlay for
 /// its root, veth and bridge for the e2e harness's networks. A module built
 /// into the kernel is skipped.
 const MODULES: &[&str] = &[
     "virtio_pci",
+    "virtio_rng",
     "9pnet_virtio",
     "9p",
     "overlay",
@@ -472,6 +474,7 @@ fn job_script(shares: &[(String, PathBuf, bool)], bins: &[(String, PathBuf)], jo
     let mut s = String::from(
         "#!/bin/sh\n\
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=1\n\
+         export NW_TEST_PATIENCE=10\n\
          mount -t proc proc /proc; mount -t sysfs sysfs /sys\n\
          mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run\n\
          mount -t cgroup2 cgroup2 /sys/fs/cgroup; mount -t bpf bpf /sys/fs/bpf\n\
