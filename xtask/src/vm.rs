@@ -126,7 +126,7 @@ pub fn run(target: &Path, series: &[Series], job: &Job) -> Result<()> {
         outcomes.push(outcome);
     }
     let matrix = vm.join("matrix.md");
-    fs::write(&matrix, render_matrix(&outcomes))?;
+    fs::write(&matrix, render_matrix(&outcomes, &job.filter))?;
     eprintln!("xtask vm-test: wrote {}", matrix.display());
     let failed: Vec<String> = outcomes
         .iter()
@@ -689,11 +689,17 @@ fn describe(rc: Option<i32>) -> String {
 }
 
 /// `target/vm/matrix.md`: kernel × test target (and probe lines, if any).
-fn render_matrix(outcomes: &[Outcome]) -> String {
+fn render_matrix(outcomes: &[Outcome], filter: &[String]) -> String {
+    // A pass of a filtered run is a pass of those tests only: say which.
+    let args = if filter.is_empty() {
+        "all tests".to_owned()
+    } else {
+        format!("`{}`", filter.join(" "))
+    };
     let mut md = String::from(
         "# nodeward on Debian kernels (qemu, TCG)\n\n\
          Written by `cargo xtask vm-test`.\n\n\
-         | kernel | release | boot | test | result |\n|---|---|---|---|---|\n",
+         | kernel | release | boot | test | args | result |\n|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         let boot = o
@@ -706,7 +712,7 @@ fn render_matrix(outcomes: &[Outcome]) -> String {
                 describe(*rc)
             };
             md.push_str(&format!(
-                "| {} | {} | {boot} | {name} | {result} |\n",
+                "| {} | {} | {boot} | {name} | {args} | {result} |\n",
                 o.series, o.release
             ));
         }
