@@ -269,6 +269,8 @@ impl Kernel {
             .context("the downloaded .deb")?;
         let tmp = dir.join("root.tmp");
         let _ = fs::remove_dir_all(&tmp);
+        // A root without a release is a failed earlier run's.
+        let _ = fs::remove_dir_all(&root);
         crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
         fs::rename(&tmp, &root)?;
         let release = release_in(&root)?.context("no lib/modules in the kernel .deb")?;
@@ -336,7 +338,7 @@ impl Kernel {
     /// (its postinst runs depmod), so the dependencies come from each
     /// module's own `depends=` modinfo field. Built-in modules are left out.
     fn module_order(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        let base = self.dir.join("root/lib/modules").join(&self.release);
+        let base = modules_dir(&self.dir.join("root")).join(&self.release);
         let index: BTreeMap<String, PathBuf> = walk(&base.join("kernel"))?
             .into_iter()
             .filter(|p| p.is_file() && p.to_str().is_some_and(|s| s.contains(".ko")))
@@ -391,9 +393,19 @@ fn modinfo_depends(ko: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The one release under `root/lib/modules`, if the `.deb` was extracted.
+/// `lib/modules`, or `usr/lib/modules` in a merged-/usr `.deb` (trixie).
+fn modules_dir(root: &Path) -> PathBuf {
+    let usr = root.join("usr/lib/modules");
+    if usr.is_dir() {
+        usr
+    } else {
+        root.join("lib/modules")
+    }
+}
+
+/// The one release under the modules directory, if the `.deb` was extracted.
 fn release_in(root: &Path) -> Result<Option<String>> {
-    let Ok(entries) = fs::read_dir(root.join("lib/modules")) else {
+    let Ok(entries) = fs::read_dir(modules_dir(root)) else {
         return Ok(None);
     };
     for e in entries {
