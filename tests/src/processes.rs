@@ -44,10 +44,11 @@ impl Cluster {
         self.wait_ready(node, &log, start)
     }
 
-    /// Waits (up to 20 s) until the proxy last started on `node` logs to
-    /// `log`, past byte `start`, that it is ready; fails if it exits first.
+    /// Waits (up to 20 s, times [`patience`]) until the proxy last started
+    /// on `node` logs to `log`, past byte `start`, that it is ready; fails
+    /// if it exits first.
     fn wait_ready(&mut self, node: &str, log: &Path, start: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + patience(Duration::from_secs(20));
         loop {
             // Only this run's lines count: a restarted proxy appends to the same log.
             let text = fs::read_to_string(log).unwrap_or_default();
@@ -279,6 +280,18 @@ impl Cluster {
 }
 
 /// SIGTERM, then waits for `child` to exit: SIGKILL after 10 s.
+/// `d` times `NW_TEST_PATIENCE` (a whole factor, default 1): a debug
+/// nodeward under qemu's TCG (`cargo xtask vm-test` sets it) starts many
+/// times slower than on the host.
+pub(crate) fn patience(d: Duration) -> Duration {
+    let factor = std::env::var("NW_TEST_PATIENCE")
+        .ok()
+        .and_then(|f| f.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * factor
+}
+
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

@@ -16,6 +16,7 @@ mod metadata;
 mod modcycles;
 mod rollout;
 mod toolchain;
+mod vm;
 
 /// Debian packages the end-to-end tests need (`ip`, `sysctl`), the
 /// benchmark's hand-built mTLS alternative (`haproxy`), and the client the
@@ -138,6 +139,22 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Run e2e test binaries inside qemu (TCG) on Debian kernels; writes
+    /// `target/vm/matrix.md`. See docs/tests.md.
+    VmTest {
+        /// Kernel series: 5.10, 6.1, 6.12 or all.
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// e2e test targets to run (repeatable).
+        #[arg(long = "test", default_value = "redirect")]
+        tests: Vec<String>,
+        /// Kill a guest that has not finished after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Passed to each test binary (a filter, `--test-threads=1`, …).
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
 }
 
 /// Connections `cargo xtask test`'s short soak holds, and its minutes.
@@ -230,6 +247,20 @@ fn main() -> Result<()> {
             connections,
             release,
         } => soak(minutes, connections, release),
+        Task::VmTest {
+            kernel,
+            tests,
+            timeout,
+            filter,
+        } => vm::run(
+            &target_dir(),
+            &vm::select(&kernel)?,
+            &vm::Job {
+                tests,
+                filter,
+                timeout: std::time::Duration::from_secs(timeout),
+            },
+        ),
     }
 }
 
