@@ -102,7 +102,11 @@ fn cargo_fuzz(nightly: &str, work: &Path, subcommand: &str) -> Result<Command> {
     // The targets never load BPF programs: an empty object spares the
     // fuzz build nodeward-bpf's nightly BPF build.
     let no_bpf = work.join("no-bpf.o");
-    std::fs::write(&no_bpf, b"").with_context(|| no_bpf.display().to_string())?;
+    // Written once: a fresh mtime would rerun nodeward-bpf's build script
+    // and rebuild everything above it before every target's run.
+    if !no_bpf.exists() {
+        std::fs::write(&no_bpf, b"").with_context(|| no_bpf.display().to_string())?;
+    }
     // `cargo +toolchain` only works through rustup's proxy, and `CARGO`
     // names the stable toolchain's own cargo: ask rustup for the nightly.
     let mut cmd = Command::new("rustup");
