@@ -710,4 +710,3 @@ fn summary(outcomes: &[Outcome], elapsed: f64) -> Value {
         "p999_us": pct(0.999),
     })
 }
-
