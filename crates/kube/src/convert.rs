@@ -23,7 +23,8 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use nodeward_workloads::{
-    services::ServicePortFile, NodeFile, ServiceFile, Workload, WorkloadFile, WorkloadsFile,
+    check_dns_label, services::ServicePortFile, NodeFile, ServiceFile, Workload, WorkloadFile,
+    WorkloadsFile,
 };
 
 /// The label that enrols a namespace (`enabled`) or opts a pod out
@@ -221,9 +222,16 @@ fn service(svc: &Service, slices: &[&EndpointSlice]) -> Result<Option<ServiceFil
     if vips.is_empty() || ports.is_empty() {
         return Ok(None);
     }
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+    // As for pods: the registry refuses a whole snapshot for one bad name,
+    // which would freeze discovery on the last registry.
+    for (field, value) in [("name", &name), ("namespace", &namespace)] {
+        check_dns_label(field, value).map_err(|(f, why)| format!("{f}: {why}"))?;
+    }
     Ok(Some(ServiceFile {
-        name: svc.metadata.name.clone().unwrap_or_default(),
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name,
+        namespace,
         vips,
         ports,
         selector: None,

@@ -325,10 +325,8 @@ impl TryFrom<WorkloadFile> for Workload {
 
 /// Kubernetes names used in SPIFFE IDs: lowercase RFC 1123 labels (service
 /// accounts may contain dots, which SPIFFE path segments also allow).
-pub(crate) fn check_dns_label(
-    field: &'static str,
-    value: &str,
-) -> Result<(), (&'static str, String)> {
+/// Discovery uses it to leave out one object the registry would refuse.
+pub fn check_dns_label(field: &'static str, value: &str) -> Result<(), (&'static str, String)> {
     let ok = !value.is_empty()
         && value.len() <= 253
         && value

@@ -195,6 +195,34 @@ fn an_ip_claimed_twice_keeps_the_first_pod() {
     assert!(out.skipped[0].contains("shop/ghost"), "{:?}", out.skipped);
 }
 
+/// Found by the `kube_objects` fuzz target (in `cargo xtask test`): a
+/// Service without a name made the registry refuse the whole snapshot.
+#[test]
+fn a_service_the_registry_would_refuse_is_left_out_with_its_reason() {
+    let mut snap = cluster(vec![]);
+    snap.services = vec![
+        service("cart", "10.96.0.10", json!(8080)),
+        service("", "10.96.0.11", json!(8080)),
+        service("Web", "10.96.0.12", json!(8080)),
+    ];
+    let out = run(&snap);
+    let names: Vec<&str> = out.file.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["cart"]);
+    assert_eq!(out.skipped.len(), 2, "{:?}", out.skipped);
+    assert!(
+        out.skipped.iter().all(|s| s.contains("name")),
+        "{:?}",
+        out.skipped
+    );
+    let registry = nodeward_workloads::Registry::build(
+        Path::new("kubernetes"),
+        out.file,
+        "node-a",
+        Path::new("/x"),
+    );
+    assert!(registry.is_ok(), "{registry:?}");
+}
+
 #[test]
 fn a_service_takes_its_ready_endpoints_from_its_slices() {
     let mut snap = cluster(vec![]);
