@@ -85,7 +85,9 @@ fn policy(name: &str, action: &str, rules: &str) -> String {
     )
 }
 
-fn subject() -> Subject {
+/// The caller `frontend` reaching `backend` at `DST` (the JWT tests share
+/// it, without the caller's identity).
+pub(super) fn subject() -> Subject {
     let destination = Workload {
         name: "backend".into(),
         namespace: "shop".into(),

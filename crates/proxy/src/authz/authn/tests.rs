@@ -3,7 +3,6 @@
 //! and never the token, and every check counted.
 
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
@@ -25,7 +24,6 @@ use crate::{
     telemetry::{Discard, Observer, Telemetry},
 };
 use nodeward_policy::{PolicySet, Settings};
-use nodeward_workloads::Workload;
 
 const ISS: &str = "https://issuer.example";
 
@@ -195,22 +193,9 @@ spec:
 }
 
 fn subject() -> Subject {
-    let destination = Workload {
-        name: "backend".into(),
-        namespace: "shop".into(),
-        service_account: "backend".into(),
-        node: "node-a".into(),
-        ips: vec!["10.0.0.2".parse().expect("ip")],
-        labels: BTreeMap::from([("app".to_owned(), "backend".to_owned())]),
-        cgroup: None,
-        enrolled: true,
-    };
     Subject {
         principal: None,
-        source_ip: Some("10.0.0.1".parse().expect("ip")),
-        destination: Arc::new(destination),
-        flow: crate::flows::Flow::none(),
-        dst: "10.0.0.2:8080".parse().expect("addr"),
+        ..super::super::request_tests::subject()
     }
 }
 
