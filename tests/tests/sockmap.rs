@@ -16,6 +16,7 @@ const PORT: u16 = 9000;
 const SPLICED: &str = "nodeward_bpf_sockmap_spliced_sockets_total";
 const FALLBACKS: &str = "nodeward_bpf_sockmap_fallbacks_total";
 const ENABLED: &str = "nodeward_bpf_sockmap_enabled";
+const KERNEL_FEATURE: &str = "nodeward_kernel_feature";
 const ENTRIES: &str = "nodeward_bpf_map_entries";
 const ACTIVE: &str = "nodeward_active_connections";
 /// `BPF_MAP_TYPE_SOCKHASH` as `/proc/<pid>/fdinfo` shows it.
@@ -68,6 +69,15 @@ fn spliced_calls_arrive_intact_same_node_and_cross_node() {
     }
     let (c, same, cross) = echo_cluster(on());
     assert_eq!(c.metric("node-a", ENABLED, &[]), 1.0);
+    // The kernel has every optional feature the config uses.
+    for feature in ["sockmap", "so_netns_cookie"] {
+        let labels = [("feature", feature)];
+        assert_eq!(
+            c.metric("node-a", KERNEL_FEATURE, &labels),
+            1.0,
+            "{feature}"
+        );
+    }
     let mut calls = 0.0;
     for (what, to) in [("same-node", same), ("cross-node", cross)] {
         for size in [1usize, 1 << 20, 16 << 20] {

@@ -43,8 +43,11 @@ use nodeward_common::{
     inbound, maps, programs, stat, Addr, FlowKey, LpmAddr, OrigDst, RedirectConfig,
 };
 
+mod netns;
 mod pin;
+pub mod probe;
 
+pub use netns::{learn as learn_netns_cookie, CookieSource};
 pub use pin::check_bpffs;
 
 /// The kernel programs, built by `build.rs` and embedded in the binary.
@@ -62,7 +65,7 @@ const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 pub enum RedirectError {
     #[error("loading the BPF object: {0}")]
     Load(#[from] EbpfError),
-    #[error("BPF program {name}: {source}")]
+    #[error("BPF program {name}: {source} (it needs {needs})", needs = probe::requirement(name))]
     Program {
         name: &'static str,
         #[source]
@@ -199,6 +202,8 @@ pub struct Attached {
     pub flows: FlowTable,
     /// Counters and map sizes, for metrics.
     pub stats: KernelStats,
+    /// How the proxy's network namespace cookie was found.
+    pub netns_cookie: CookieSource,
     /// Enrolled pods' inbound modes, for the task that keeps them current.
     pub modes: InboundModes,
     /// Enrolled pods' cgroups, for the same task.
@@ -214,6 +219,7 @@ impl Redirector {
         if cfg!(debug_assertions) {
             start_bpf_logger(&mut ebpf);
         }
+        let (cookie, cookie_source) = netns::proxy_cookie(Some(&mut ebpf), &settings.cgroup_mount)?;
         let cgroup = File::open(&settings.pod_cgroup).map_err(|source| RedirectError::Cgroup {
             path: settings.pod_cgroup.clone(),
             source,
@@ -229,7 +235,7 @@ impl Redirector {
             None
         };
         let mut maps = pin::MapSet::take(&mut ebpf, splice.is_some())?;
-        maps.configure(settings)?;
+        maps.configure(settings, cookie)?;
         let (splice_msg, splice_ops) = match splice {
             Some(Splice { msg, ops }) => (Some(msg), ops),
             None => (None, Vec::new()),
@@ -250,7 +256,7 @@ impl Redirector {
             splice_msg,
             pins,
         };
-        maps.into_handles(redirector)
+        maps.into_handles(redirector, cookie_source)
     }
 
     /// Takes over the programs another nodeward pinned under
@@ -266,15 +272,16 @@ impl Redirector {
         if settings.sockmap && !pins.spliced() {
             tracing::info!("sockmap fast path off: the nodeward taken over ran without it (a fresh start turns it on)");
         }
+        let (cookie, cookie_source) = netns::proxy_cookie(None, &settings.cgroup_mount)?;
         let mut maps = pin::MapSet::open(dir, pins.spliced())?;
-        maps.configure(settings)?;
+        maps.configure(settings, cookie)?;
         let redirector = Self {
             _ebpf: None,
             links: Vec::new(),
             splice_msg: None,
             pins: Some(pins),
         };
-        maps.into_handles(redirector)
+        maps.into_handles(redirector, cookie_source)
     }
 
     /// Whether pinned programs from an earlier run are at `dir`.
@@ -638,35 +645,9 @@ pub fn cidr_key(net: &IpNet) -> Key<LpmAddr> {
     Key::new(prefix, bytes)
 }
 
-/// The network namespace cookie of the calling thread's namespace.
-pub fn netns_cookie() -> Result<u64, RedirectError> {
-    use std::os::fd::AsRawFd;
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    let sock =
-        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(RedirectError::NetnsCookie)?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `sock` is an open socket for the whole call; `cookie` and `len`
-    // are valid, writable and sized as SO_NETNS_COOKIE requires (a u64).
-    #[expect(unsafe_code, reason = "no safe wrapper exposes SO_NETNS_COOKIE")]
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            std::ptr::from_mut(&mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(RedirectError::NetnsCookie(std::io::Error::last_os_error()));
-    }
-    Ok(cookie)
-}
-
 /// The config record the programs read, for this process.
-fn config_value(s: &Settings) -> Result<RedirectConfig, RedirectError> {
-    Ok(RedirectConfig {
+fn config_value(s: &Settings, netns_cookie: u64) -> RedirectConfig {
+    RedirectConfig {
         proxy_addr4: ip_to_words(IpAddr::V4(s.proxy_ipv4))[3],
         proxy_port: s.outbound_port,
         has_addr6: u8::from(s.proxy_ipv6.is_some()),
@@ -675,10 +656,10 @@ fn config_value(s: &Settings) -> Result<RedirectConfig, RedirectError> {
             .proxy_ipv6
             .map(|a| ip_to_words(IpAddr::V6(a)))
             .unwrap_or_default(),
-        proxy_netns_cookie: netns_cookie()?,
+        proxy_netns_cookie: netns_cookie,
         inbound_mode: mode_value(s.mtls),
         _pad: 0,
-    })
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, RedirectError>

@@ -126,12 +126,16 @@ impl MapSet {
     }
 
     /// Writes this process's addresses, ports and mesh CIDRs.
-    pub(super) fn configure(&mut self, s: &Settings) -> Result<(), RedirectError> {
+    pub(super) fn configure(
+        &mut self,
+        s: &Settings,
+        netns_cookie: u64,
+    ) -> Result<(), RedirectError> {
         let name = maps::CONFIG;
         let mut config: Array<_, RedirectConfig> = Array::try_from(&mut self.config)
             .map_err(|source| RedirectError::Map { name, source })?;
         config
-            .set(0, config_value(s)?, 0)
+            .set(0, config_value(s, netns_cookie), 0)
             .map_err(|source| RedirectError::Map { name, source })?;
         let name = maps::MESH_CIDRS;
         let mut trie: LpmTrie<_, LpmAddr, u8> = LpmTrie::try_from(&mut self.cidrs)
@@ -186,6 +190,7 @@ impl MapSet {
     pub(super) fn into_handles(
         self,
         redirector: Redirector,
+        netns_cookie: super::CookieSource,
     ) -> Result<super::Attached, RedirectError> {
         let flows_fd = super::dup_map_fd(&self.flows, maps::FLOWS)?;
         let flows = FlowTable {
@@ -208,6 +213,7 @@ impl MapSet {
             redirector,
             flows,
             stats,
+            netns_cookie,
             modes: InboundModes::new(modes),
             pods: PodCgroups::new(pods),
         })

@@ -24,5 +24,6 @@ pub mod flows;
 pub mod lifecycle;
 pub mod metrics;
 pub mod otlp;
+pub mod probe;
 pub mod reload;
 pub mod run;

@@ -85,13 +85,15 @@ pub struct NofileChange {
 
 /// Asks the kernel to move connections queued on a closing listener to
 /// another listener of its `SO_REUSEPORT` group, so a handover loses none
-/// (Linux ≥ 5.14; per network namespace). Best effort.
-pub fn enable_listener_migration() {
+/// (Linux ≥ 5.14; per network namespace). Best effort: returns whether it
+/// is on.
+pub fn enable_listener_migration() -> bool {
     let path = "/proc/sys/net/ipv4/tcp_migrate_req";
     match std::fs::write(path, "1") {
-        Ok(()) => {}
+        Ok(()) => true,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot enable tcp_migrate_req: a handover may reset queued connections")
+            tracing::warn!(error = %e, "cannot enable tcp_migrate_req (Linux 5.14+): a handover may reset queued connections");
+            false
         }
     }
 }

@@ -58,6 +58,23 @@ enum Command {
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
         since: u64,
     },
+    /// Check which kernel features nodeward needs this kernel has: every
+    /// program is loaded and attached to a throwaway cgroup. Exits 1 when a
+    /// required one is missing.
+    Probe {
+        /// Output: a table or JSON.
+        #[arg(long, value_enum, default_value_t = ProbeFormat::Table)]
+        format: ProbeFormat,
+        /// BPF filesystem to try pinning under.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProbeFormat {
+    Table,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -181,6 +198,7 @@ fn main() {
             format,
             since,
         } => flows(&admins, format, std::time::Duration::from_secs(since)),
+        Command::Probe { format, bpffs } => probe(format, &bpffs),
     };
     // Flushes the log lines still queued: `exit` runs no destructors.
     drop(writer);
@@ -254,6 +272,21 @@ fn ca(cmd: CaCommand) -> i32 {
 
 /// `flows`: fetches every node's map, merges and prints it. Unreachable
 /// nodes are named on stderr; exit 1 when none answered.
+fn probe(format: ProbeFormat, bpffs: &std::path::Path) -> i32 {
+    let report = nodeward::probe::run(Some(bpffs));
+    match format {
+        ProbeFormat::Table => print!("{}", nodeward::probe::table(&report)),
+        ProbeFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("nodeward: {e}");
+                return 1;
+            }
+        },
+    }
+    i32::from(!report.supported)
+}
+
 fn flows(admins: &[std::net::SocketAddr], format: FlowsFormat, window: std::time::Duration) -> i32 {
     use nodeward::flows;
     let runtime = match tokio::runtime::Builder::new_current_thread()

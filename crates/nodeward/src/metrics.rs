@@ -421,6 +421,24 @@ impl Metrics {
             .register(Box::new(KernelCollector::new(stats)));
     }
 
+    /// Adds `nodeward_kernel_feature{feature}`: 1 for each optional kernel
+    /// feature the configuration uses that this kernel has, 0 for one it
+    /// lacks (the proxy runs without it; `nodeward probe` says what is lost).
+    pub fn register_kernel_features(&self, features: &[(&str, bool)]) {
+        let gauge = IntGaugeVec::new(
+            Opts::new(
+                "kernel_feature",
+                "Optional kernel features in use: 1 available, 0 missing (the proxy runs without it)",
+            ),
+            &["feature"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        for (name, available) in features {
+            gauge.with_label_values(&[name]).set(i64::from(*available));
+        }
+        let _ = self.registry.register(Box::new(gauge));
+    }
+
     /// Adds `nodeward_log_dropped_lines_total`, read from `dropped` at
     /// scrape time: log lines the non-blocking writer discarded because its
     /// queue was full (the proxy never waits for its log output).

@@ -189,9 +189,10 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
     };
     control.sync_certs();
 
-    if cfg.bpf_pin_dir.is_some() {
-        lifecycle::enable_listener_migration();
-    }
+    let migration = cfg
+        .bpf_pin_dir
+        .is_some()
+        .then(lifecycle::enable_listener_migration);
     // Shared (SO_REUSEPORT) only when a successor can take over: without
     // pins, a second instance must fail to bind rather than attach a
     // second set of programs beside this one.
@@ -204,9 +205,19 @@ pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
         redirector,
         flows,
         stats: kernel,
+        netns_cookie,
         modes: inbound_modes,
         pods: pod_cgroups,
     } = attach_or_adopt(&settings, opts.takeover || predecessor)?;
+    let mut features = vec![(
+        "so_netns_cookie",
+        netns_cookie == redirect::CookieSource::Sockopt,
+    )];
+    features.extend(migration.map(|on| ("tcp_migrate_req", on)));
+    if cfg.sockmap {
+        features.push(("sockmap", kernel.read().sockmap_enabled));
+    }
+    metrics.register_kernel_features(&features);
     metrics.register_kernel(kernel);
     metrics.register_runtime(tokio::runtime::Handle::current());
     let readiness = Arc::new(Readiness::new());

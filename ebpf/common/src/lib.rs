@@ -141,6 +141,9 @@ pub mod maps {
     /// `LruHashMap<FlowKey, u8>`: spliced sockets that sent on the normal
     /// path once, so they never overtake those bytes through the sockhash.
     pub const SPLICE_OFF: &str = "NW_SPLICE_OFF";
+    /// `Array<u64>` of 2: the port `nw_netns_learn` watches (index 0) and
+    /// the network namespace cookie it saw (index 1).
+    pub const NETNS_LEARN: &str = "NW_NETNS_LEARN";
 }
 
 /// Program names as they appear in the object file.
@@ -154,6 +157,9 @@ pub mod programs {
     pub const SPLICE_OPS: &str = "nw_splice_ops";
     /// sk_msg program on the sockhash: hands each send to the peer socket.
     pub const SPLICE_MSG: &str = "nw_splice_msg";
+    /// connect4 program that learns the proxy's network namespace cookie on
+    /// kernels without `SO_NETNS_COOKIE`; attached only for that moment.
+    pub const NETNS_LEARN: &str = "nw_netns_learn";
 }
 
 #[cfg(feature = "user")]

@@ -21,6 +21,7 @@ use nodeward_common::{
 };
 
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
@@ -88,6 +89,38 @@ static NW_INBOUND_SEEN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(
 
 #[map(name = "NW_STATS")]
 static NW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// What `nw_netns_learn` works from and writes: index 0 holds the UDP port
+/// the proxy is about to `connect()` to (written by the proxy), index 1 the
+/// network namespace cookie of the socket that did.
+#[map(name = "NW_NETNS_LEARN")]
+static NW_NETNS_LEARN: Array<u64> = Array::with_max_entries(2, 0);
+
+/// Learns the proxy's network namespace cookie on kernels without
+/// `SO_NETNS_COOKIE` (before 5.14; the helper works from 5.7). Attached for
+/// a moment to the proxy's own cgroup, never to pods'.
+#[cgroup_sock_addr(connect4)]
+pub fn nw_netns_learn(ctx: SockAddrContext) -> i32 {
+    let _ = try_netns_learn(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn try_netns_learn(ctx: &SockAddrContext) -> Result<(), ()> {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the kernel hands every sock_addr program a valid context.
+    let (protocol, user_port) = unsafe { ((*sa).protocol, (*sa).user_port) };
+    let wanted = *NW_NETNS_LEARN.get(0).ok_or(())?;
+    if protocol != IPPROTO_UDP || wanted == 0 || u64::from(u16::from_be(user_port as u16)) != wanted
+    {
+        return Ok(());
+    }
+    let slot = NW_NETNS_LEARN.get_ptr_mut(1).ok_or(())?;
+    // SAFETY: sock_addr programs may call bpf_get_netns_cookie with their
+    // context; `slot` points into the array's value, valid while we run.
+    unsafe { *slot = bpf_get_netns_cookie(ctx.as_ptr()) };
+    Ok(())
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn nw_connect4(ctx: SockAddrContext) -> i32 {
