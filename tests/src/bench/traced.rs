@@ -23,7 +23,7 @@ const REQUESTS: &str = "20000";
 const HTTP_POLICY: &str = "\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: bench-http, namespace: shop}
+metadata: {name: bench-http-trace, namespace: shop}
 spec:
   selector: {matchLabels: {app: backend}}
   action: DENY
@@ -44,7 +44,7 @@ impl Bench {
     pub(super) fn http_tracing(&mut self) -> Result<Value> {
         self.switch_proxies(false, true)?;
         self.cluster.serve_http(REMOTE_POD, PORT_HTTP);
-        self.cluster.write_policy("bench-http.yaml", HTTP_POLICY);
+        self.cluster.write_policy("bench-http-trace.yaml", HTTP_POLICY);
         std::thread::sleep(Duration::from_secs(2));
         let path = self.http_path()?;
         eprintln!("bench: {NAME} tracing off");
@@ -156,5 +156,15 @@ pub(super) fn markdown(machine: &Value) -> String {
         "\nSpans received: {}; dropped on node-b: {}.\n",
         t["spans_received"], t["spans_dropped_node_b"]
     );
+    // A variant that failed must not pass for a slow one.
+    for variant in ["off", "on"] {
+        let errors = t[variant]["errors"].as_u64().unwrap_or(0);
+        if errors > 0 {
+            md += &format!(
+                "Tracing {variant}: {errors} errors (first: {}).\n",
+                t[variant]["first_error"]
+            );
+        }
+    }
     md
 }
