@@ -339,6 +339,13 @@ impl RequestSpan {
         }
     }
 
+    /// The request's token was refused (`401`): why, as the
+    /// `nodeward_jwt_validations_total` result says it (`expired`, …).
+    pub fn jwt_refused(&mut self, result: &'static str) {
+        self.0
+            .set("nodeward.jwt.result", Value::Str(Cow::Borrowed(result)));
+    }
+
     /// A rate limit applied: its outcome and, when one limited, the policy.
     pub fn rate_limited(&mut self, outcome: &'static str, policy: Option<String>) {
         self.0.set(

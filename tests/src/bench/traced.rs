@@ -44,7 +44,8 @@ impl Bench {
     pub(super) fn http_tracing(&mut self) -> Result<Value> {
         self.switch_proxies(false, true)?;
         self.cluster.serve_http(REMOTE_POD, PORT_HTTP);
-        self.cluster.write_policy("bench-http-trace.yaml", HTTP_POLICY);
+        self.cluster
+            .write_policy("bench-http-trace.yaml", HTTP_POLICY);
         std::thread::sleep(Duration::from_secs(2));
         let path = self.http_path()?;
         eprintln!("bench: {NAME} tracing off");

@@ -14,7 +14,7 @@ use http::{request::Parts, HeaderValue, StatusCode, Uri};
 use nodeward_policy::{jwt::Authentication, Decision, PolicySet};
 
 use super::{audit::Kind, connection, RequestGate, RequestView};
-use crate::{escape::clean, http as proxy_http};
+use crate::{escape::clean, http as proxy_http, trace::RequestSpan};
 
 impl RequestGate {
     /// Authenticates the request and rewrites it; the 401 to answer when
@@ -53,10 +53,11 @@ impl RequestGate {
         Ok(authn)
     }
 
-    /// Records the refusal (audit and access) and builds the 401.
+    /// Records the refusal (audit, access and the request's span) and
+    /// builds the 401.
     fn unauthenticated(
         &self,
-        parts: &Parts,
+        parts: &mut Parts,
         why: nodeward_policy::jwt::JwtError,
     ) -> http::Response<bytes::Bytes> {
         let d = Decision {
@@ -70,11 +71,16 @@ impl RequestGate {
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
+            .unwrap_or("")
+            .to_owned();
+        self.traced(&mut parts.extensions, &host, &d);
+        if let Some(span) = parts.extensions.get_mut::<RequestSpan>() {
+            span.jwt_refused(why.as_str());
+        }
         let view = RequestView {
             method: parts.method.as_str(),
             path: parts.uri.path(),
-            host,
+            host: &host,
             request_principal: None,
         };
         let (id, subject) = (self.id, &self.subject);

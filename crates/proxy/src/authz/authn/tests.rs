@@ -22,6 +22,7 @@ use super::super::{
 use crate::{
     http::{Authorizer, Verdict},
     telemetry::{Discard, Observer, Telemetry},
+    trace::{RequestSpan, SpanRecord, SpanSink, Tracer, Value as SpanValue},
 };
 use nodeward_policy::{PolicySet, Settings};
 
@@ -253,4 +254,51 @@ fn a_bad_token_gets_401_with_a_challenge_and_no_token_is_denied_by_policy() {
         Some(::http::StatusCode::FORBIDDEN)
     );
     assert!(!gate.audit_log().contains(&expired));
+}
+
+/// Spans as they finish.
+#[derive(Default)]
+struct Spans(Mutex<Vec<SpanRecord>>);
+
+impl SpanSink for Spans {
+    fn record(&self, span: SpanRecord) {
+        self.0.lock().expect("lock").push(span);
+    }
+}
+
+#[test]
+fn a_refused_token_is_traced_with_the_decision_and_the_reason() {
+    let signer = Signer::new();
+    let gate = Gate::new(&signer);
+    let sink = Arc::new(Spans::default());
+    let tracer = Arc::new(Tracer::new(sink.clone(), 1.0));
+    let expired = signer.sign(&json!({"iss": ISS, "sub": "alice", "exp": now() - 3600}));
+    let (mut parts, ()) = ::http::Request::get("/cart")
+        .header("host", "backend")
+        .header("authorization", format!("Bearer {expired}"))
+        .body(())
+        .expect("request")
+        .into_parts();
+    // As `serve` does: the span rides in the extensions while the gate judges.
+    parts.extensions.insert(RequestSpan::start(&tracer, &parts));
+    let Verdict::Respond(refused) = gate.gate.authorize(&mut parts) else {
+        panic!("an expired token is refused");
+    };
+    let span = parts.extensions.remove::<RequestSpan>().expect("span");
+    span.finish(refused.status());
+    let span = sink.0.lock().expect("lock").pop().expect("the 401's span");
+    let text = |v: &str| SpanValue::Str(std::borrow::Cow::Owned(v.to_owned()));
+    assert_eq!(
+        span.attribute("nodeward.authz.decision"),
+        Some(&text("deny"))
+    );
+    assert_eq!(
+        span.attribute("nodeward.jwt.result"),
+        Some(&text("expired"))
+    );
+    assert_eq!(span.attribute("server.address"), Some(&text("backend")));
+    assert_eq!(
+        span.attribute("http.response.status_code"),
+        Some(&SpanValue::Int(401))
+    );
 }
