@@ -215,7 +215,7 @@ impl Redirector {
     /// `settings.pod_cgroup`; with a pin directory, links and maps are also
     /// pinned there so a successor can adopt them.
     pub fn attach(settings: &Settings) -> Result<Attached, RedirectError> {
-        let mut ebpf = Ebpf::load(BPF_OBJECT)?;
+        let mut ebpf = load_object()?;
         if cfg!(debug_assertions) {
             start_bpf_logger(&mut ebpf);
         }
@@ -643,6 +643,30 @@ pub fn cidr_key(net: &IpNet) -> Key<LpmAddr> {
         IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
     };
     Key::new(prefix, bytes)
+}
+
+/// Loads the embedded object without relocating it against the kernel's
+/// BTF: the programs use no CO-RE relocation (they read only the stable
+/// context structs of their program types), and parsing the kernel's BTF
+/// (6 MB on 6.18, twice in `Ebpf::load`) cost the proxy about 16 MB of
+/// heap that glibc kept after it was freed. `EbpfLoader::new` still parses
+/// it once; [`give_back_freed_heap`] returns that memory to the kernel.
+pub(crate) fn load_object() -> Result<Ebpf, EbpfError> {
+    let loaded = aya::EbpfLoader::new().btf(None).load(BPF_OBJECT);
+    give_back_freed_heap();
+    loaded
+}
+
+/// Returns the heap freed after loading (glibc keeps freed memory mapped
+/// below live allocations otherwise).
+fn give_back_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and trims glibc's own free lists; it
+    // takes no pointer and is thread-safe.
+    #[expect(unsafe_code, reason = "libc::malloc_trim has no safe wrapper")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The config record the programs read, for this process.

@@ -21,7 +21,7 @@ use aya::{
 };
 use nodeward_common::{maps, programs};
 
-use crate::{own_cgroup, program, RedirectError, ATTACH_MODE, BPF_OBJECT};
+use crate::{own_cgroup, program, RedirectError, ATTACH_MODE};
 
 /// How the cookie was found, for the start-up log and the kernel probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub fn learn(ebpf: Option<&mut Ebpf>, cgroup_mount: &Path) -> Result<u64, Redire
     let ebpf = match ebpf {
         Some(ebpf) => ebpf,
         None => {
-            loaded = Ebpf::load(BPF_OBJECT)?;
+            loaded = crate::load_object()?;
             &mut loaded
         }
     };

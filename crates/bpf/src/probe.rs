@@ -18,7 +18,7 @@ use aya::{
 };
 use nodeward_common::{maps, programs, FlowKey};
 
-use crate::{fd_link, netns, program, RedirectError, ATTACH_MODE, BPF_OBJECT};
+use crate::{fd_link, netns, program, RedirectError, ATTACH_MODE};
 
 /// Whether the proxy can run without a feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +206,7 @@ impl Results {
 }
 
 fn try_programs(scratch: &Scratch, mount: &Path, bpffs: Option<&Path>, results: &mut Results) {
-    let mut ebpf = match Ebpf::load(BPF_OBJECT) {
+    let mut ebpf = match crate::load_object() {
         Ok(ebpf) => ebpf,
         Err(e) => return results.fail_all_programs(&format!("loading the BPF object: {e}")),
     };

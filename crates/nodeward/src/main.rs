@@ -398,11 +398,17 @@ fn explain(a: ExplainCli) -> Result<String, nodeward_policy::tool::ToolError> {
 /// path. When the queue is full, lines are dropped and counted
 /// rather than slowing traffic. Keep the guard until exit: dropping it
 /// flushes the queue.
+/// Log lines queued for the writer thread before new ones are dropped.
+const LOG_QUEUE_LINES: usize = 16 * 1024;
+
 fn init_tracing(format: LogFormat) -> (LogControl, tracing_appender::non_blocking::WorkerGuard) {
     let filter = EnvFilter::try_from_env("NODEWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
+        // The default (128 000 lines) preallocates 4 MB; 16 384 lines still
+        // absorb a burst of well over 100 ms at the rates the proxy logs.
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("nodeward-log")
         .finish(nodeward_proxy::sink::BatchingWriter::new(std::io::stdout()));
     let dropped = writer.error_counter();
