@@ -26,4 +26,5 @@ pub mod metrics;
 pub mod otlp;
 pub mod probe;
 pub mod reload;
+pub mod report;
 pub mod run;

@@ -226,7 +226,7 @@ fn run(config: &std::path::Path, opts: nodeward::run::RunOptions) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             let code = e.exit_code();
-            eprintln!("nodeward: {:#}", anyhow::Error::new(e));
+            eprintln!("nodeward: {}", nodeward::report::one_line(&e));
             code
         }
     }
@@ -264,7 +264,7 @@ fn ca(cmd: CaCommand) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("nodeward: {:#}", anyhow::Error::new(e));
+            eprintln!("nodeward: {}", nodeward::report::one_line(&e));
             1
         }
     }
