@@ -47,6 +47,13 @@ impl Cluster {
         self.pod_tool(pod, &call_args(to, bytes, 1))
     }
 
+    /// One call from network namespace `ns` in `cgroup`, which need not be
+    /// a pod's pair (a process of the node's own namespace placed in a
+    /// pod's cgroup, say); its JSON report.
+    pub fn call_in(&self, ns: &str, cgroup: &Path, to: SocketAddr, bytes: usize) -> Value {
+        self.tool_in(ns, cgroup, &call_args(to, bytes, 1))
+    }
+
     /// From `pod`: `count` sequential short calls; returns how many were intact.
     pub fn call_many(&self, pod: &str, to: SocketAddr, bytes: usize, count: usize) -> u64 {
         let v = self.pod_tool(pod, &call_args(to, bytes, count));

@@ -161,6 +161,31 @@ fn destinations_outside_the_mesh_are_not_redirected() {
 }
 
 #[test]
+fn connects_from_the_proxys_own_namespace_are_never_redirected() {
+    if !require_root("connects_from_the_proxys_own_namespace_are_never_redirected") {
+        return;
+    }
+    // A process in node-a's network namespace (the proxy's) but in an
+    // enrolled pod's cgroup, where the programs run: as a node proxy
+    // deployed below the pods' cgroup is. Only the netns cookie tells it
+    // from a pod, so this checks the cookie the proxy found (learned by a
+    // BPF program on kernels without SO_NETNS_COOKIE).
+    let mut c = Cluster::start();
+    c.serve_echo_on_node("node-a", PORT);
+    let to = addr(c.gateway4("node-a"), PORT);
+    let r = c.call_in(&c.ns("node-a"), &c.cgroup_of("frontend"), to, 100);
+    assert_eq!(r["intact"], true, "{r}");
+    assert_eq!(c.accepted("node-a", PORT).len(), 1);
+    let skipped = "nodeward_bpf_proxy_sockets_skipped_total";
+    assert!(
+        c.metric("node-a", skipped, &[]) >= 1.0,
+        "not counted as the proxy's own"
+    );
+    assert_eq!(c.metric("node-a", "nodeward_bpf_redirects_total", &[]), 0.0);
+    assert!(c.access_log("node-a").is_empty());
+}
+
+#[test]
 fn direct_dial_of_the_outbound_port_is_refused_and_counted() {
     if !require_root("direct_dial_of_the_outbound_port_is_refused_and_counted") {
         return;
