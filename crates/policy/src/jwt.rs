@@ -252,6 +252,14 @@ impl PolicySet {
             .collect()
     }
 
+    /// Whether a `RequestAuthentication` selects the destination.
+    pub fn authenticates(&self, dest: &Destination<'_>) -> bool {
+        let own = self.authn_index.non_root(dest.namespace);
+        let own = own.map_or(&[][..], Vec::as_slice);
+        let mut policies = self.authn_index.root().iter().chain(own);
+        policies.any(|&i| self.authn[i].policy.selector.matches(dest.labels))
+    }
+
     /// Every `jwksUri` in the set: what the proxy's fetcher keeps fresh.
     pub fn jwks_uris(&self) -> BTreeSet<String> {
         let rules = self.authn.iter().flat_map(|p| p.policy.rules.iter());
@@ -296,23 +304,24 @@ pub fn authenticate_with(
         ..Authentication::none()
     };
     let distinct: BTreeSet<&str> = found.iter().map(|f| f.token.as_str()).collect();
-    auth.result = match distinct.len() {
-        0 => Ok(None),
-        1 => validate_found(rules, &found, keys, now).map(Some),
-        _ => Err(JwtError::MultipleTokens),
+    let (result, accepted_by) = match distinct.len() {
+        0 => (Ok(None), None),
+        1 => match validate_found(rules, &found, keys, now) {
+            Ok((identity, rule)) => (Ok(Some(identity)), Some(rule)),
+            Err(e) => (Err(e), None),
+        },
+        _ => (Err(JwtError::MultipleTokens), None),
     };
+    auth.result = result;
     if let Ok(identity) = &auth.result {
-        auth.strip_headers = found
-            .iter()
-            .filter(|f| !rules[f.rule].forward_original_token)
-            .filter_map(|f| f.header.clone())
-            .collect();
-        auth.strip_params = found
-            .iter()
-            .filter(|f| !rules[f.rule].forward_original_token)
-            .filter_map(|f| f.param.clone())
-            .collect();
-        auth.claim_headers = claim_headers(rules, identity.as_ref());
+        // The rule that accepted the token decides whether it goes on to
+        // the pod (a token is one token wherever it was found).
+        let strip = accepted_by.is_some_and(|i| !rules[i].forward_original_token);
+        if strip {
+            auth.strip_headers = found.iter().filter_map(|f| f.header.clone()).collect();
+            auth.strip_params = found.iter().filter_map(|f| f.param.clone()).collect();
+        }
+        auth.claim_headers = claim_headers(rules, accepted_by.zip(identity.as_ref()));
     }
     auth
 }
@@ -434,12 +443,14 @@ fn param_name(pair: &str) -> &str {
 
 /// Validates the one token found with the rules that found it and name its
 /// issuer; the first rule that accepts it wins, else the first refusal.
+/// Validates the one token found; the identity and the index of the rule
+/// that accepted it.
 fn validate_found(
     rules: &[&JwtRule],
     found: &[Found],
     keys: &dyn KeySource,
     now: SystemTime,
-) -> Result<RequestAuth, JwtError> {
+) -> Result<(RequestAuth, usize), JwtError> {
     let token = found.first().map_or("", |f| f.token.as_str());
     let unverified = parse_unverified(token)?;
     let iss = unverified
@@ -448,14 +459,15 @@ fn validate_found(
         .ok_or(JwtError::UnknownIssuer)?;
     let mut candidates = found
         .iter()
-        .map(|f| rules[f.rule])
-        .filter(|r| r.issuer == iss)
+        .map(|f| f.rule)
+        .filter(|&i| rules[i].issuer == iss)
         .peekable();
     if candidates.peek().is_none() {
         return Err(JwtError::UnknownIssuer);
     }
     let mut first_error = None;
-    for rule in candidates {
+    for index in candidates {
+        let rule = rules[index];
         let result = rule_keys(rule, keys).and_then(|jwks| {
             let result = verify_signature(token, &unverified, &jwks);
             if let (Err(JwtError::UnknownKid), Keys::Uri(uri)) = (&result, &rule.keys) {
@@ -466,7 +478,7 @@ fn validate_found(
             Ok(identity(claims, iss))
         });
         match result {
-            Ok(auth) => return Ok(auth),
+            Ok(auth) => return Ok((auth, index)),
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -643,21 +655,31 @@ fn identity(claims: Map<String, Value>, issuer: &str) -> RequestAuth {
     }
 }
 
-/// Every `outputClaimToHeaders` name of the rules, with the claim's value
-/// when the token has it (a string, number or boolean; never CR, LF or
-/// other control characters, which a header cannot carry safely).
+/// Every `outputClaimToHeaders` name of the rules: each is removed from the
+/// request, and those of the rule that accepted the token (`accepted`: its
+/// index and the identity) are set to the claim's value when the token has
+/// it (a string, number or boolean; never CR, LF or other control
+/// characters, which a header cannot carry safely). Another issuer's rule
+/// never fills its headers from this token (Istio).
 fn claim_headers(
     rules: &[&JwtRule],
-    identity: Option<&RequestAuth>,
+    accepted: Option<(usize, &RequestAuth)>,
 ) -> Vec<(HeaderName, Option<HeaderValue>)> {
-    let mut out = Vec::new();
-    for rule in rules {
+    let mut out: Vec<(HeaderName, Option<HeaderValue>)> = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let identity = accepted.filter(|(at, _)| *at == index).map(|(_, id)| id);
         for (header, claim) in &rule.output_claims {
             let value = identity
                 .and_then(|id| claim_value(&id.claims, claim))
                 .and_then(header_value);
-            out.retain(|(name, _): &(HeaderName, _)| name != header);
-            out.push((header.clone(), value));
+            match out.iter_mut().find(|(name, _)| name == header) {
+                Some(slot) => {
+                    if value.is_some() {
+                        slot.1 = value;
+                    }
+                }
+                None => out.push((header.clone(), value)),
+            }
         }
     }
     out

@@ -627,9 +627,17 @@ impl PolicySet {
     }
 
     /// Decides what can be decided when a connection is accepted.
+    ///
+    /// A connection allowed to a workload a `RequestAuthentication`
+    /// selects still needs HTTP: each request's token must be checked and
+    /// the client's copies of claim headers removed, which a raw relay
+    /// would skip.
     pub fn evaluate_connection(&self, conn: &Connection<'_>) -> L4Decision {
         let attrs = eval::Attrs::connection(conn);
         match self.decide(&conn.destination, &attrs) {
+            eval::Verdict::Decided(d) if d.allow && self.authenticates(&conn.destination) => {
+                L4Decision::NeedsHttp
+            }
             eval::Verdict::Decided(decision) => L4Decision::Decided(decision),
             eval::Verdict::Pending => L4Decision::NeedsHttp,
         }

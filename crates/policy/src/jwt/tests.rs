@@ -468,6 +468,34 @@ fn request_auth_policies_make_the_port_an_http_port() {
 }
 
 #[test]
+fn a_request_authentication_makes_an_l4_allowed_connection_speak_http() {
+    // An ALLOW that holds at connection time would relay the bytes raw:
+    // tokens unchecked, client-set claim headers untouched. A workload a
+    // RequestAuthentication selects has every request read instead.
+    let key = rsa(1);
+    let yaml = request_authn(&rule_with(
+        &key,
+        ", outputClaimToHeaders: [{header: x-user, claim: sub}]",
+    )) + &allow("to: [{operation: {ports: ['8080']}}]");
+    let set = load(&yaml).expect("loads");
+    let labels = BTreeMap::from([("app".to_owned(), "cart".to_owned())]);
+    let conn = Connection {
+        source: Source {
+            principal: None,
+            ip: None,
+        },
+        destination: dest(&labels),
+    };
+    assert_eq!(set.evaluate_connection(&conn), L4Decision::NeedsHttp);
+    // Without the RequestAuthentication the same ALLOW decides at once.
+    let plain = load(&allow("to: [{operation: {ports: ['8080']}}]")).expect("loads");
+    assert!(matches!(
+        plain.evaluate_connection(&conn),
+        L4Decision::Decided(Decision { allow: true, .. })
+    ));
+}
+
+#[test]
 fn not_request_principals_star_holds_only_without_a_token() {
     let key = rsa(1);
     let deny = allow("from: [{source: {notRequestPrincipals: ['*']}}]")
@@ -561,6 +589,68 @@ fn token_is_removed_unless_forwarded_and_claims_become_headers() {
         // A value with CR/LF is not set, and the client's copy is gone.
         assert!(!headers.contains_key("x-evil"));
     }
+}
+
+#[test]
+fn only_the_accepting_rules_claims_become_headers() {
+    // Two issuers on the same workload; only the other one maps `email`.
+    let (partner, login) = (rsa(1), rsa(2));
+    let other = "https://login.example";
+    let login_rule = format!(
+        "{{issuer: '{other}', jwks: '{}', outputClaimToHeaders: [{{header: x-email, claim: email}}]}}",
+        inline_jwks(&[login.jwk("k")])
+    );
+    let yaml = request_authn(&format!("{}\n  - {login_rule}", rule_with(&partner, "")));
+    let set = load(&yaml).expect("loads");
+    let token = partner.sign("k", &with(claims(), "email", json!("ceo@example.com")));
+    let mut call = Call::bearer(&token);
+    call.headers
+        .push(("x-email", "forged@example.com".to_owned()));
+    let authn = call.authenticate(&set, &NoKeys);
+    assert!(authn.principal().is_some(), "{:?}", authn.result);
+    let mut headers = call.header_map();
+    authn.rewrite(&mut headers, None);
+    // Neither the partner's claim nor the client's copy reaches the pod.
+    assert!(!headers.contains_key("x-email"), "{headers:?}");
+    // The login issuer's own token does fill it.
+    let mut call = Call::bearer(&login.sign(
+        "k",
+        &with(
+            with(claims(), "iss", json!(other)),
+            "email",
+            json!("bob@example.com"),
+        ),
+    ));
+    call.headers
+        .push(("x-email", "forged@example.com".to_owned()));
+    let authn = call.authenticate(&set, &NoKeys);
+    let mut headers = call.header_map();
+    authn.rewrite(&mut headers, None);
+    assert_eq!(headers["x-email"], "bob@example.com");
+}
+
+#[test]
+fn the_accepting_rule_decides_whether_the_token_is_forwarded() {
+    // Both rules read `Authorization`; only the accepting one forwards.
+    let (first, second) = (rsa(1), rsa(2));
+    let other = "https://other.example";
+    let forwarding = format!(
+        "{{issuer: '{other}', jwks: '{}', forwardOriginalToken: true}}",
+        inline_jwks(&[second.jwk("k")])
+    );
+    let yaml = request_authn(&format!("{}\n  - {forwarding}", rule_with(&first, "")));
+    let set = load(&yaml).expect("loads");
+    let call = Call::bearer(&second.sign("k", &with(claims(), "iss", json!(other))));
+    let authn = call.authenticate(&set, &NoKeys);
+    assert!(authn.principal().is_some(), "{:?}", authn.result);
+    let mut headers = call.header_map();
+    authn.rewrite(&mut headers, None);
+    assert!(headers.contains_key("authorization"));
+    let call = Call::bearer(&first.sign("k", &claims()));
+    let authn = call.authenticate(&set, &NoKeys);
+    let mut headers = call.header_map();
+    authn.rewrite(&mut headers, None);
+    assert!(!headers.contains_key("authorization"));
 }
 
 #[test]
