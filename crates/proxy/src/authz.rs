@@ -703,6 +703,9 @@ impl RequestGate {
     /// A request whose target or host cannot be judged safely is refused
     /// outright (400), never matched in some other form.
     fn refuse(&self, parts: &mut Parts, raw_path: &str, why: &str) -> Verdict {
+        // Records carry the path, never the query: it may hold a token or
+        // an API key (and a refusal may come before the token is removed).
+        let raw_path = raw_path.split_once('?').map_or(raw_path, |(path, _)| path);
         let d = Decision {
             allow: false,
             policy: None,

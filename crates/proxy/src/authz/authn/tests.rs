@@ -180,11 +180,16 @@ spec:
     }
 
     fn audit_log(&self) -> String {
+        self.audit_log_with(2)
+    }
+
+    /// The audit log once it has `lines` lines (or after 2 s).
+    fn audit_log_with(&self, lines: usize) -> String {
         // The auditor writes from its own thread; give it a moment.
         let path = self.audit.path().join("audit.log");
         for _ in 0..100 {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if text.lines().count() >= 2 {
+            if text.lines().count() >= lines {
                 return text;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -301,4 +306,26 @@ fn a_refused_token_is_traced_with_the_decision_and_the_reason() {
         span.attribute("http.response.status_code"),
         Some(&SpanValue::Int(401))
     );
+}
+
+#[test]
+fn a_refusal_before_authentication_never_records_the_query() {
+    let signer = Signer::new();
+    let gate = Gate::new(&signer);
+    let token = signer.sign(&json!({"iss": ISS, "sub": "alice", "exp": now() + 600}));
+    // An underscore in a header name is refused (400) before the token is
+    // looked at, let alone removed from the query.
+    let (mut parts, ()) = ::http::Request::get(format!("/cart?token={token}"))
+        .header("host", "backend")
+        .header("x_trace", "1")
+        .body(())
+        .expect("request")
+        .into_parts();
+    let Verdict::Respond(refused) = gate.gate.authorize(&mut parts) else {
+        panic!("an underscore header is refused");
+    };
+    assert_eq!(refused.status(), ::http::StatusCode::BAD_REQUEST);
+    let log = gate.audit_log_with(1);
+    assert!(log.contains(r#""path":"/cart""#), "{log}");
+    assert!(!log.contains(&token), "the token must never be logged: {log}");
 }
