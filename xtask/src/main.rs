@@ -151,6 +151,10 @@ enum Task {
         /// Kill a guest that has not finished after this many seconds.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// How the guest mounts cgroups: pure v2, or systemd's hybrid
+        /// layout (v1 controllers, cgroup2 at /sys/fs/cgroup/unified).
+        #[arg(long, value_enum, default_value = "unified")]
+        cgroup: vm::CgroupMode,
         /// Passed to each test binary (a filter, `--test-threads=1`, …).
         #[arg(last = true)]
         filter: Vec<String>,
@@ -251,6 +255,7 @@ fn main() -> Result<()> {
             kernel,
             tests,
             timeout,
+            cgroup,
             filter,
         } => vm::run(
             &target_dir(),
@@ -259,6 +264,7 @@ fn main() -> Result<()> {
                 tests,
                 filter,
                 timeout: std::time::Duration::from_secs(timeout),
+                cgroup,
             },
         ),
     }
