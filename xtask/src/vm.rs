@@ -1084,7 +1084,10 @@ fn features_table(outcomes: &[Outcome]) -> String {
                         notes.len() + 1,
                         o.series,
                         o.cgroup.name(),
-                        cell(f.error.as_deref().unwrap_or("no error given"), 400)
+                        cell(
+                            &summary(f.error.as_deref().unwrap_or("no error given")),
+                            400
+                        )
                     ));
                     md.push_str(&format!(" **no** ({}) |", notes.len()));
                 }
@@ -1098,6 +1101,24 @@ fn features_table(outcomes: &[Outcome]) -> String {
         md.push('\n');
     }
     md
+}
+
+/// An error as the matrix shows it: a verifier log is cut down to the
+/// message before it and the verifier's own complaint (the line before its
+/// statistics, e.g. `unknown func bpf_get_netns_cookie#122`).
+fn summary(error: &str) -> String {
+    let Some((head, log)) = error.split_once("Verifier output:") else {
+        return error.to_owned();
+    };
+    let lines: Vec<&str> = log.lines().map(str::trim).collect();
+    let stats = lines
+        .iter()
+        .position(|l| l.starts_with("verification time") || l.starts_with("processed "))
+        .unwrap_or(lines.len());
+    match lines[..stats].iter().rev().find(|l| !l.is_empty()) {
+        Some(complaint) => format!("{} Verifier: {complaint}", head.trim()),
+        None => head.trim().to_owned(),
+    }
 }
 
 /// Text fit for one table cell: one line, no `|`, at most `max` chars.
@@ -1203,6 +1224,21 @@ mod tests {
             md.contains("| 6.12 | unified | — | — | not run | — |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn a_verifier_log_is_cut_to_its_complaint() {
+        let error =
+            "BPF program nw_splice_ops: the BPF_PROG_LOAD syscall returned Invalid argument \
+                     (os error 22). Verifier output: 0: (bf) r6 = r1\n113: (85) call \
+                     bpf_get_netns_cookie#122\nunknown func bpf_get_netns_cookie#122\n\
+                     verification time 8259 usec\nstack depth 112\nprocessed 344 insns\n";
+        assert_eq!(
+            summary(error),
+            "BPF program nw_splice_ops: the BPF_PROG_LOAD syscall returned Invalid argument \
+             (os error 22). Verifier: unknown func bpf_get_netns_cookie#122"
+        );
+        assert_eq!(summary("Protocol not available"), "Protocol not available");
     }
 
     #[test]
