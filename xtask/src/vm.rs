@@ -948,7 +948,7 @@ fn report(o: &Outcome) {
                 eprintln!(
                     "  probe {:<16} {state} {}",
                     f.feature,
-                    f.error.as_deref().unwrap_or("")
+                    summary(f.error.as_deref().unwrap_or(""))
                 );
             }
         }
