@@ -681,12 +681,16 @@ fn job_script(
     ));
     let filter: Vec<String> = job.filter.iter().map(|f| shell_quote(f)).collect();
     for (name, exe) in bins {
-        // cargo runs a test binary in its package's directory.
+        // cargo runs a test binary in its package's directory. Afterwards
+        // the console says what the harness left running (its cleanup
+        // kills through cgroup.kill, which is 5.14+).
         s.push_str(&format!(
             "echo \"nw-vm-test {name} start $(cut -d' ' -f1 /proc/uptime)\"\n\
              (cd \"$NW_TESTS_DIR\" && {} {})\n\
              rc=$?; echo \"$rc\" > /nw-vm/exit-{name}\n\
-             echo \"nw-vm-test {name} exit=$rc $(cut -d' ' -f1 /proc/uptime)\"\n",
+             echo \"nw-vm-test {name} exit=$rc $(cut -d' ' -f1 /proc/uptime)\"\n\
+             echo \"nw-vm-leftover {name}: $(pgrep -c -x nodeward) nodeward, $(pgrep -c -x nw-pod) nw-pod, \
+             $(ls /run/netns 2>/dev/null | wc -l) netns\"\n",
             shell_quote(&exe.display().to_string()),
             filter.join(" ")
         ));
