@@ -50,9 +50,8 @@ pub const SERIES: &[Series] = &[
     },
 ];
 
-/// The Debian suite and packages of the guest's root filesystem. The suite
-/// matches the build host's (bookworm) so the host-built binaries find the
-/// glibc they were linked against.
+/// The Debian suite of the guest's root filesystem where the host is not
+/// Debian (see [`rootfs_suite`]), and its packages.
 const ROOTFS_SUITE: &str = "bookworm";
 const ROOTFS_PACKAGES: &[&str] = &["iproute2", "procps"];
 
@@ -339,10 +338,8 @@ fn build_tests(tests: &[String]) -> Result<Vec<(String, PathBuf)>> {
 /// The guest's root: a minimal Debian built once with mmdebstrap, keyed by
 /// suite and package list (a new list builds a new directory).
 fn rootfs(vm: &Path) -> Result<PathBuf> {
-    let dir = vm.join(format!(
-        "rootfs-{ROOTFS_SUITE}-{}",
-        ROOTFS_PACKAGES.join("-")
-    ));
+    let suite = rootfs_suite();
+    let dir = vm.join(format!("rootfs-{suite}-{}", ROOTFS_PACKAGES.join("-")));
     if dir.join("usr/bin").is_dir() {
         return Ok(dir);
     }
@@ -353,12 +350,32 @@ fn rootfs(vm: &Path) -> Result<PathBuf> {
         Command::new("nice")
             .args(["-n", "10", "mmdebstrap", "--variant=minbase", "--quiet"])
             .arg(format!("--include={}", ROOTFS_PACKAGES.join(",")))
-            .arg(ROOTFS_SUITE)
+            .arg(&suite)
             .arg(&tmp)
             .arg(MIRROR),
     )?;
     fs::rename(&tmp, &dir)?;
     Ok(dir)
+}
+
+/// The host's own Debian suite (`VERSION_CODENAME` in `/etc/os-release`),
+/// so the host-built binaries find the glibc they were linked against in
+/// the guest; [`ROOTFS_SUITE`] on a host that is not Debian.
+fn rootfs_suite() -> String {
+    let release = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |key: &str| {
+        release
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim_matches('"').to_owned())
+    };
+    match (field("ID").as_deref(), field("VERSION_CODENAME")) {
+        (Some("debian"), Some(codename)) if !codename.is_empty() => codename,
+        _ => {
+            eprintln!("xtask vm-test: not a Debian host: the guest's root is {ROOTFS_SUITE}, whose glibc may be older than the binaries need");
+            ROOTFS_SUITE.to_owned()
+        }
+    }
 }
 
 /// One kernel series' extracted `.deb` under `target/vm/kernel-<series>/`.
