@@ -1018,11 +1018,15 @@ fn render_matrix(outcomes: &[Outcome]) -> String {
             (None, Some(_), _) => "**not supported** (a required feature is missing)".into(),
             (None, None, why) => format!("no report: {}", cell(why.as_deref().unwrap_or(""), 300)),
         };
+        // The mode asked for, and where the probe found cgroup2.
+        let cgroup = match o.probe.as_ref().and_then(|p| p.cgroup2.as_deref()) {
+            Some(mount) => format!("{} (cgroup2 at `{mount}`)", o.cgroup.name()),
+            None => o.cgroup.name().to_owned(),
+        };
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {verdict} |\n",
+            "| {} | {} | {cgroup} | {} | {} | {} | {} | {verdict} |\n",
             o.series,
             or_dash(&o.release),
-            o.cgroup.name(),
             o.date,
             o.commit,
             seconds(o.boot, "—"),
@@ -1222,7 +1226,7 @@ mod tests {
             outcome("6.1", CgroupMode::Hybrid),
             gone,
         ]);
-        assert!(md.contains("| 5.10 | 5.10.0-1-amd64 | unified | 2026-12-06 09:00 UTC | abc1234 | 10 s | 100 s | supported |"), "{md}");
+        assert!(md.contains("| 5.10 | 5.10.0-1-amd64 | unified (cgroup2 at `/sys/fs/cgroup`) | 2026-12-06 09:00 UTC | abc1234 | 10 s | 100 s | supported |"), "{md}");
         assert!(md.contains("| 6.12 | — | unified |"), "{md}");
         assert!(
             md.contains("no guest: fetching the kernel: apt-get download failed"),
