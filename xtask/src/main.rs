@@ -31,6 +31,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
+    // `cargo xtask vm-test` (part of `test`): qemu, the guest's root
+    // (mmdebstrap, the Debian keyring), its initramfs (cpio, a static
+    // busybox, xz and zstd for the kernel's modules).
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("mmdebstrap", "mmdebstrap"),
+    (
+        "/usr/share/keyrings/debian-archive-keyring.gpg",
+        "debian-archive-keyring",
+    ),
+    ("cpio", "cpio"),
+    ("busybox", "busybox-static"),
+    ("xz", "xz-utils"),
+    ("zstd", "zstd"),
 ];
 
 /// Debian packages for the deployment tests: the C compiler ring's code
@@ -61,7 +74,8 @@ enum Task {
     Setup,
     /// Build the BPF objects and a release `nodeward` that embeds them.
     Build,
-    /// Setup, lint, unit tests, the end-to-end suite (needs root), every
+    /// Setup, lint, unit tests, the end-to-end suite (needs root), two of
+    /// its files in a qemu guest on Debian's 6.1 kernel, every
     /// fuzz target for 15 s and the deployment checks (manifests, image, Vagrantfile).
     Test {
         /// Only the deployment checks: manifests against the Kubernetes
@@ -151,6 +165,10 @@ enum Task {
         /// Kill a guest that has not finished after this many seconds.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// How the guest mounts cgroups: pure v2, or systemd's hybrid
+        /// layout (v1 controllers, cgroup2 at /sys/fs/cgroup/unified).
+        #[arg(long, value_enum, default_value = "unified")]
+        cgroup: vm::CgroupMode,
         /// Passed to each test binary (a filter, `--test-threads=1`, …).
         #[arg(last = true)]
         filter: Vec<String>,
@@ -159,6 +177,12 @@ enum Task {
 
 /// Connections `cargo xtask test`'s short soak holds, and its minutes.
 const CI_SOAK: (usize, f64) = (10_000, 3.0);
+
+/// The kernel and e2e files `cargo xtask test` runs in a VM, and the
+/// guest's timeout in seconds (about 6 min of tests under TCG here).
+const CI_VM_KERNEL: &str = "6.1";
+const CI_VM_TESTS: &[&str] = &["kernel", "redirect"];
+const CI_VM_TIMEOUT: u64 = 1500;
 
 #[derive(Subcommand)]
 enum DemoCommand {
@@ -251,6 +275,7 @@ fn main() -> Result<()> {
             kernel,
             tests,
             timeout,
+            cgroup,
             filter,
         } => vm::run(
             &target_dir(),
@@ -259,6 +284,7 @@ fn main() -> Result<()> {
                 tests,
                 filter,
                 timeout: std::time::Duration::from_secs(timeout),
+                cgroup,
             },
         ),
     }
@@ -267,7 +293,13 @@ fn main() -> Result<()> {
 fn setup() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
-        .filter(|(bin, _)| !on_path(bin))
+        .filter(|(bin, pkg)| match *pkg {
+            // busybox's /bin/busybox is dynamic: the guest's initramfs
+            // needs the static one.
+            "busybox-static" => !deb_installed(pkg),
+            _ if bin.starts_with('/') => !std::path::Path::new(bin).exists(),
+            _ => !on_path(bin),
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if !missing.is_empty() {
@@ -349,12 +381,35 @@ fn test() -> Result<()> {
     // The e2e suite runs the real binaries; build them before the tests look for them.
     cargo(&["build", "-p", "nodeward", "-p", "nodeward-tests", "--bins"])?;
     cargo(&["test", "--workspace", "--exclude", "nodeward-ebpf"])?;
+    vm_test_ci()?;
     let (connections, minutes) = CI_SOAK;
     soak(minutes, connections, false)?;
     // Every fuzz target briefly on its corpus: a regression in a parser
     // shows up here before a long run finds it.
     fuzz::run_targets(fuzz::TEST_SECONDS, None)?;
     test_deployment()
+}
+
+/// The e2e files [`CI_VM_TESTS`] in a qemu guest on [`CI_VM_KERNEL`], a
+/// kernel other than the host's (docs/tests.md); prints how long it took.
+fn vm_test_ci() -> Result<()> {
+    let started = std::time::Instant::now();
+    let result = vm::run(
+        &target_dir(),
+        &vm::select(CI_VM_KERNEL)?,
+        &vm::Job {
+            tests: CI_VM_TESTS.iter().map(|t| (*t).to_owned()).collect(),
+            filter: Vec::new(),
+            timeout: std::time::Duration::from_secs(CI_VM_TIMEOUT),
+            cgroup: vm::CgroupMode::Unified,
+        },
+    );
+    eprintln!(
+        "xtask test: the VM step ({CI_VM_KERNEL}: {}) took {:.0}s",
+        CI_VM_TESTS.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    result
 }
 
 /// The deployment checks: manifests against the Kubernetes schemas, the

@@ -25,6 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 
 /// A kernel series and the Debian suite whose `linux-image-amd64` carries it.
 #[derive(Clone, Copy, Debug)]
@@ -49,9 +50,8 @@ pub const SERIES: &[Series] = &[
     },
 ];
 
-/// The Debian suite and packages of the guest's root filesystem. The suite
-/// matches the build host's (bookworm) so the host-built binaries find the
-/// glibc they were linked against.
+/// The Debian suite of the guest's root filesystem where the host is not
+/// Debian (see [`rootfs_suite`]), and its packages.
 const ROOTFS_SUITE: &str = "bookworm";
 const ROOTFS_PACKAGES: &[&str] = &["iproute2", "procps"];
 
@@ -72,6 +72,27 @@ const MODULES: &[&str] = &[
 const MIRROR: &str = "http://deb.debian.org/debian";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
+/// How the guest mounts its cgroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// Pure cgroup v2 at `/sys/fs/cgroup`.
+    Unified,
+    /// systemd's hybrid layout: v1 controller hierarchies on a tmpfs at
+    /// `/sys/fs/cgroup`, cgroup v2 (no controllers) at
+    /// `/sys/fs/cgroup/unified`.
+    Hybrid,
+}
+
+impl CgroupMode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Unified => "unified",
+            Self::Hybrid => "hybrid",
+        }
+    }
+}
+
 /// What to run in each guest.
 pub struct Job {
     /// e2e test targets of nodeward-tests (`redirect`, `sockmap`, …).
@@ -80,18 +101,99 @@ pub struct Job {
     pub filter: Vec<String>,
     /// Kill a guest that has not reported back after this long.
     pub timeout: Duration,
+    pub cgroup: CgroupMode,
 }
 
-/// How one kernel's guest ended.
+/// How one kernel's guest ended; saved as
+/// `target/vm/runs/<series>-<cgroup>.json`, from which `matrix.md` is drawn.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Outcome {
-    pub series: &'static str,
+    pub series: String,
+    /// `uname -r`; empty when the `.deb` could not be had.
     pub release: String,
-    pub boot: Option<Duration>,
-    pub total: Duration,
-    /// Test target → exit code; `None` when the guest never reported it.
-    pub results: Vec<(String, Option<i32>)>,
+    pub cgroup: CgroupMode,
+    /// When the run started (UTC) and the workspace's commit.
+    pub date: String,
+    pub commit: String,
+    /// The arguments each test binary got.
+    pub args: Vec<String>,
+    /// Seconds from qemu's start to the job script running.
+    pub boot: Option<f64>,
+    /// Seconds from qemu's start to its end.
+    pub total: f64,
+    /// Why there was no guest (fetch, initramfs or qemu failed).
+    pub error: Option<String>,
     pub hung: bool,
-    pub probe: Vec<String>,
+    /// `nodeward probe --format json` in the guest.
+    pub probe: Option<Probe>,
+    /// Why there is no probe report (its stderr, or that it never ran).
+    pub probe_error: Option<String>,
+    pub tests: Vec<TestRun>,
+}
+
+/// One e2e test binary in a guest.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TestRun {
+    pub name: String,
+    /// Exit code; `None` when the guest never reported it.
+    pub rc: Option<i32>,
+    /// Seconds, guest clock.
+    pub seconds: Option<f64>,
+}
+
+/// The part of `nodeward probe --format json` the matrix shows (unknown
+/// fields are ignored: the probe may say more).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Probe {
+    pub kernel: String,
+    pub cgroup2: Option<String>,
+    pub supported: bool,
+    pub features: Vec<ProbeFeature>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProbeFeature {
+    pub feature: String,
+    pub since: String,
+    pub required: bool,
+    pub available: bool,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    fn failed(&self) -> bool {
+        self.error.is_some()
+            || self.hung
+            || self.probe.as_ref().is_none_or(|p| !p.supported)
+            || self.tests.iter().any(|t| t.rc != Some(0))
+    }
+}
+
+/// When and at which commit a run started.
+struct Stamp {
+    date: String,
+    commit: String,
+}
+
+impl Stamp {
+    fn now() -> Self {
+        let out = |cmd: &mut Command| {
+            cmd.output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default()
+        };
+        let date = out(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
+        let mut commit = out(Command::new("git").args(["rev-parse", "--short", "HEAD"]));
+        // Uncommitted changes make the commit a lie: say so.
+        if !out(Command::new("git").args(["status", "--porcelain", "--untracked-files=no"]))
+            .is_empty()
+        {
+            commit.push_str("+changes");
+        }
+        Self { date, commit }
+    }
 }
 
 /// Picks the kernel series for `--kernel` (`all` for every one).
@@ -109,34 +211,89 @@ pub fn select(kernel: &str) -> Result<Vec<Series>> {
 }
 
 /// Builds what the guests run, boots one VM per kernel, writes
-/// `target/vm/matrix.md`, and fails if any test failed or any guest hung.
+/// `target/vm/matrix.md`, and fails if any test failed, any guest hung or
+/// could not be had, or a probe found a required feature missing.
 pub fn run(target: &Path, series: &[Series], job: &Job) -> Result<()> {
     let vm = fs::canonicalize(target)?.join("vm");
-    fs::create_dir_all(&vm)?;
+    fs::create_dir_all(vm.join("runs"))?;
     let bins = build_tests(&job.tests)?;
+    let nodeward = fs::canonicalize(target.join("debug/nodeward"))?;
     let rootfs = rootfs(&vm)?;
-    let mut outcomes = Vec::new();
+    let stamp = Stamp::now();
+    let mut failed = Vec::new();
     for s in series {
-        let kernel = Kernel::fetch(&vm, *s)?;
-        let initrd = kernel
-            .initramfs()
-            .with_context(|| format!("initramfs for {}", kernel.release))?;
-        let outcome = boot(&vm, &kernel, &initrd, &rootfs, &bins, job)?;
+        let mut outcome = guest(&vm, *s, &rootfs, &nodeward, &bins, job).unwrap_or_else(|e| {
+            eprintln!("xtask vm-test: {}: {e:#}", s.name);
+            Outcome {
+                series: s.name.to_owned(),
+                release: String::new(),
+                cgroup: job.cgroup,
+                date: String::new(),
+                commit: String::new(),
+                args: job.filter.clone(),
+                boot: None,
+                total: 0.0,
+                error: Some(format!("{e:#}")),
+                hung: false,
+                probe: None,
+                probe_error: None,
+                tests: Vec::new(),
+            }
+        });
+        outcome.date.clone_from(&stamp.date);
+        outcome.commit.clone_from(&stamp.commit);
         report(&outcome);
-        outcomes.push(outcome);
+        let saved = vm
+            .join("runs")
+            .join(format!("{}-{}.json", s.name, job.cgroup.name()));
+        fs::write(&saved, serde_json::to_string_pretty(&outcome)?)?;
+        if outcome.failed() {
+            failed.push(s.name);
+        }
     }
     let matrix = vm.join("matrix.md");
-    fs::write(&matrix, render_matrix(&outcomes, &job.filter))?;
+    fs::write(&matrix, render_matrix(&saved_outcomes(&vm)))?;
     eprintln!("xtask vm-test: wrote {}", matrix.display());
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter(|o| o.hung || o.results.iter().any(|(_, rc)| *rc != Some(0)))
-        .map(|o| o.series.to_owned())
-        .collect();
     if !failed.is_empty() {
         bail!("vm-test failed on kernel(s) {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// One kernel: its `.deb`, its initramfs, its guest.
+fn guest(
+    vm: &Path,
+    series: Series,
+    rootfs: &Path,
+    nodeward: &Path,
+    bins: &[(String, PathBuf)],
+    job: &Job,
+) -> Result<Outcome> {
+    let kernel = Kernel::fetch(vm, series).context("fetching the kernel")?;
+    let initrd = kernel
+        .initramfs()
+        .with_context(|| format!("initramfs for {}", kernel.release))?;
+    boot(vm, &kernel, &initrd, rootfs, nodeward, bins, job).context("booting the guest")
+}
+
+/// Every saved run, in [`SERIES`] order, unified before hybrid.
+fn saved_outcomes(vm: &Path) -> Vec<Outcome> {
+    let mut all = Vec::new();
+    for s in SERIES {
+        for mode in [CgroupMode::Unified, CgroupMode::Hybrid] {
+            let path = vm
+                .join("runs")
+                .join(format!("{}-{}.json", s.name, mode.name()));
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            match serde_json::from_str(&text) {
+                Ok(o) => all.push(o),
+                Err(e) => eprintln!("xtask vm-test: ignoring {}: {e}", path.display()),
+            }
+        }
+    }
+    all
 }
 
 /// The debug `nodeward` and `nw-pod` (the harness runs them as siblings of
@@ -181,10 +338,8 @@ fn build_tests(tests: &[String]) -> Result<Vec<(String, PathBuf)>> {
 /// The guest's root: a minimal Debian built once with mmdebstrap, keyed by
 /// suite and package list (a new list builds a new directory).
 fn rootfs(vm: &Path) -> Result<PathBuf> {
-    let dir = vm.join(format!(
-        "rootfs-{ROOTFS_SUITE}-{}",
-        ROOTFS_PACKAGES.join("-")
-    ));
+    let suite = rootfs_suite();
+    let dir = vm.join(format!("rootfs-{suite}-{}", ROOTFS_PACKAGES.join("-")));
     if dir.join("usr/bin").is_dir() {
         return Ok(dir);
     }
@@ -195,12 +350,32 @@ fn rootfs(vm: &Path) -> Result<PathBuf> {
         Command::new("nice")
             .args(["-n", "10", "mmdebstrap", "--variant=minbase", "--quiet"])
             .arg(format!("--include={}", ROOTFS_PACKAGES.join(",")))
-            .arg(ROOTFS_SUITE)
+            .arg(&suite)
             .arg(&tmp)
             .arg(MIRROR),
     )?;
     fs::rename(&tmp, &dir)?;
     Ok(dir)
+}
+
+/// The host's own Debian suite (`VERSION_CODENAME` in `/etc/os-release`),
+/// so the host-built binaries find the glibc they were linked against in
+/// the guest; [`ROOTFS_SUITE`] on a host that is not Debian.
+fn rootfs_suite() -> String {
+    let release = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |key: &str| {
+        release
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim_matches('"').to_owned())
+    };
+    match (field("ID").as_deref(), field("VERSION_CODENAME")) {
+        (Some("debian"), Some(codename)) if !codename.is_empty() => codename,
+        _ => {
+            eprintln!("xtask vm-test: not a Debian host: the guest's root is {ROOTFS_SUITE}, whose glibc may be older than the binaries need");
+            ROOTFS_SUITE.to_owned()
+        }
+    }
 }
 
 /// One kernel series' extracted `.deb` under `target/vm/kernel-<series>/`.
@@ -481,35 +656,58 @@ echo o > /proc/sysrq-trigger
 "#;
 
 /// The job script (PID 1 in the guest's root): the filesystems the harness
-/// needs, the host's directories at their host paths, then each test.
-fn job_script(shares: &[(String, PathBuf, bool)], bins: &[(String, PathBuf)], job: &Job) -> String {
+/// needs, the host's directories at their host paths, `nodeward probe`,
+/// then each test.
+fn job_script(
+    shares: &[(String, PathBuf, bool)],
+    nodeward: &Path,
+    bins: &[(String, PathBuf)],
+    job: &Job,
+) -> String {
     let mut s = String::from(
         "#!/bin/sh\n\
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=1\n\
          export NW_TEST_PATIENCE=10\n\
          mount -t proc proc /proc; mount -t sysfs sysfs /sys\n\
-         mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run\n\
-         mount -t cgroup2 cgroup2 /sys/fs/cgroup; mount -t bpf bpf /sys/fs/bpf\n\
+         mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run\n",
+    );
+    s.push_str(match job.cgroup {
+        CgroupMode::Unified => "mount -t cgroup2 cgroup2 /sys/fs/cgroup\n",
+        CgroupMode::Hybrid => HYBRID_CGROUPS,
+    });
+    s.push_str(
+        "mount -t bpf bpf /sys/fs/bpf\n\
          mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n\
          ip link set lo up\n\
          echo \"nw-vm-booted $(cut -d' ' -f1 /proc/uptime)\"\n\
-         PROBE\
+         grep -E ' - (cgroup|cgroup2) ' /proc/self/mountinfo | sed 's/^/nw-vm-cgroup: /'\n\
          O=trans=virtio,version=9p2000.L,msize=262144\n",
-    )
-    .replace("PROBE", PROBE);
+    );
     for (tag, path, ro) in shares {
         let p = shell_quote(&path.display().to_string());
         let ro = if *ro { ",ro" } else { "" };
         s.push_str(&format!("mkdir -p {p}; mount -t 9p -o $O{ro} {tag} {p}\n"));
     }
+    // The probe's JSON goes to the host through the run share; the
+    // verdict also to the console.
+    s.push_str(&format!(
+        "echo \"nw-vm-probe start $(cut -d' ' -f1 /proc/uptime)\"\n\
+         {} probe --format json > /nw-vm/probe.json 2> /nw-vm/probe.err\n\
+         echo \"nw-vm-probe exit=$? $(cut -d' ' -f1 /proc/uptime)\"\n",
+        shell_quote(&nodeward.display().to_string())
+    ));
     let filter: Vec<String> = job.filter.iter().map(|f| shell_quote(f)).collect();
     for (name, exe) in bins {
-        // cargo runs a test binary in its package's directory.
+        // cargo runs a test binary in its package's directory. Afterwards
+        // the console says what the harness left running (its cleanup
+        // kills through cgroup.kill, which is 5.14+).
         s.push_str(&format!(
             "echo \"nw-vm-test {name} start $(cut -d' ' -f1 /proc/uptime)\"\n\
              (cd \"$NW_TESTS_DIR\" && {} {})\n\
              rc=$?; echo \"$rc\" > /nw-vm/exit-{name}\n\
-             echo \"nw-vm-test {name} exit=$rc $(cut -d' ' -f1 /proc/uptime)\"\n",
+             echo \"nw-vm-test {name} exit=$rc $(cut -d' ' -f1 /proc/uptime)\"\n\
+             echo \"nw-vm-leftover {name}: $(pgrep -c -x nodeward) nodeward, $(pgrep -c -x nw-pod) nw-pod, \
+             $(ls /run/netns 2>/dev/null | wc -l) netns\"\n",
             shell_quote(&exe.display().to_string()),
             filter.join(" ")
         ));
@@ -518,15 +716,20 @@ fn job_script(shares: &[(String, PathBuf, bool)], bins: &[(String, PathBuf)], jo
     s
 }
 
-/// Kernel facts the proxy depends on, one `nw-probe: name: result` line
-/// each. Shallow (files the kernel exposes), not yet a load-and-attach of
-/// each BPF program: see the note on issue 17.
-const PROBE: &str = "\
-p() { echo \"nw-probe: $1: $2\"; }
-[ -e /proc/sys/net/ipv4/tcp_migrate_req ] && p tcp_migrate_req present || p tcp_migrate_req 'absent (5.14+)'
-[ -e /sys/kernel/btf/vmlinux ] && p btf present || p btf absent
-grep -qw cgroup2 /proc/filesystems && p cgroup2 present || p cgroup2 absent
-p unprivileged_bpf_disabled \"$(cat /proc/sys/kernel/unprivileged_bpf_disabled)\"
+/// systemd's hybrid layout (`systemd.unified_cgroup_hierarchy=0`): a tmpfs
+/// at `/sys/fs/cgroup`, one cgroup v1 hierarchy per controller group
+/// systemd mounts (a controller the kernel lacks is said and skipped),
+/// its named `systemd` hierarchy, and cgroup2 with no controllers at
+/// `unified`. The harness and nodeward find cgroup2 by mountinfo.
+const HYBRID_CGROUPS: &str = "\
+mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
+for c in cpu,cpuacct memory pids blkio devices freezer net_cls,net_prio perf_event cpuset hugetlb rdma misc; do
+  mkdir -p /sys/fs/cgroup/$c
+  mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c 2>/dev/null || { echo \"nw-vm: no cgroup v1 $c\"; rmdir /sys/fs/cgroup/$c; }
+done
+mkdir -p /sys/fs/cgroup/unified /sys/fs/cgroup/systemd
+mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified
+mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
 ";
 
 fn shell_quote(s: &str) -> String {
@@ -539,10 +742,13 @@ fn boot(
     kernel: &Kernel,
     initrd: &Path,
     rootfs: &Path,
+    nodeward: &Path,
     bins: &[(String, PathBuf)],
     job: &Job,
 ) -> Result<Outcome> {
-    let prefix = format!("nw-vm-{}-{}", std::process::id(), kernel.series.name);
+    let series = kernel.series.name;
+    let tag = format!("{series}-{}", job.cgroup.name());
+    let prefix = format!("nw-vm-{}-{tag}", std::process::id());
     let run = vm.join(&prefix);
     let _ = fs::remove_dir_all(&run);
     fs::create_dir_all(&run)?;
@@ -554,7 +760,7 @@ fn boot(
         ("src".to_owned(), src.clone(), true),
         ("target".to_owned(), target, false),
     ];
-    let mut script = job_script(&shares, bins, job);
+    let mut script = job_script(&shares, nodeward, bins, job);
     script.insert_str(
         script.find('\n').unwrap_or(0) + 1,
         &format!(
@@ -601,9 +807,10 @@ fn boot(
         qemu.arg("-virtfs").arg(virtfs(tag, path, *ro));
     }
     eprintln!(
-        "xtask vm-test: booting {} ({}) as {prefix}, timeout {}s",
+        "xtask vm-test: booting {} ({}, cgroup {}) as {prefix}, timeout {}s",
         kernel.release,
         kernel.series.suite,
+        job.cgroup.name(),
         job.timeout.as_secs()
     );
     let started = Instant::now();
@@ -614,25 +821,21 @@ fn boot(
         .spawn()
         .context("running qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
     let stdout = child.stdout.take().context("qemu stdout")?;
-    let log_path = vm.join(format!("console-{}.log", kernel.series.name));
-    let series = kernel.series.name;
-    let reader = std::thread::spawn(move || -> (Option<Duration>, Vec<String>) {
+    let log_path = vm.join(format!("console-{tag}.log"));
+    let reader = std::thread::spawn(move || -> Console {
         let mut log = fs::File::create(&log_path).ok();
-        let mut booted = None;
-        let mut probe = Vec::new();
+        let mut console = Console::default();
         for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
             if let Some(f) = log.as_mut() {
                 let _ = writeln!(f, "{line}");
             }
-            if booted.is_none() && line.starts_with("nw-vm-booted") {
-                booted = Some(started.elapsed());
+            if console.booted.is_none() && line.starts_with("nw-vm-booted") {
+                console.booted = Some(started.elapsed());
             }
-            if let Some(p) = line.strip_prefix("nw-probe: ") {
-                probe.push(p.trim().to_owned());
-            }
+            console.note_test(&line);
             eprintln!("[{series}] {line}");
         }
-        (booted, probe)
+        console
     });
     let hung = loop {
         if child.try_wait()?.is_some() {
@@ -647,49 +850,143 @@ fn boot(
         std::thread::sleep(Duration::from_millis(200));
     };
     let total = started.elapsed();
-    let (boot, probe) = reader.join().unwrap_or_default();
-    let results = bins
+    let console = reader.join().unwrap_or_default();
+    let tests = bins
         .iter()
-        .map(|(name, _)| {
-            let rc = fs::read_to_string(run.join(format!("exit-{name}")))
+        .map(|(name, _)| TestRun {
+            name: name.clone(),
+            rc: fs::read_to_string(run.join(format!("exit-{name}")))
                 .ok()
-                .and_then(|s| s.trim().parse().ok());
-            (name.clone(), rc)
+                .and_then(|s| s.trim().parse().ok()),
+            seconds: console.seconds(name),
         })
         .collect();
+    let (probe, probe_error) = read_probe(&run, &vm.join(format!("probe-{tag}.json")));
     fs::remove_dir_all(&run)?;
     Ok(Outcome {
-        series: kernel.series.name,
+        series: series.to_owned(),
         release: kernel.release.clone(),
-        boot,
-        total,
-        results,
+        cgroup: job.cgroup,
+        date: String::new(),
+        commit: String::new(),
+        args: job.filter.clone(),
+        boot: console.booted.map(|b| b.as_secs_f64()),
+        total: total.as_secs_f64(),
+        error: None,
         hung,
         probe,
+        probe_error,
+        tests,
     })
 }
 
+/// What the host learns from the guest's console.
+#[derive(Default)]
+struct Console {
+    /// qemu's start to the job script's first line.
+    booted: Option<Duration>,
+    /// Test name → (start, end) in guest uptime seconds.
+    tests: BTreeMap<String, (Option<f64>, Option<f64>)>,
+}
+
+impl Console {
+    /// `nw-vm-test NAME start UPTIME` and `nw-vm-test NAME exit=RC UPTIME`.
+    fn note_test(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("nw-vm-test ") else {
+            return;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let [name, what, uptime] = words[..] else {
+            return;
+        };
+        let Ok(uptime) = uptime.parse::<f64>() else {
+            return;
+        };
+        let entry = self.tests.entry(name.to_owned()).or_default();
+        if what == "start" {
+            entry.0 = Some(uptime);
+        } else if what.starts_with("exit=") {
+            entry.1 = Some(uptime);
+        }
+    }
+
+    fn seconds(&self, name: &str) -> Option<f64> {
+        match self.tests.get(name)? {
+            (Some(start), Some(end)) => Some(end - start),
+            _ => None,
+        }
+    }
+}
+
+/// The guest's probe report: copied to `keep` (as the probe wrote it) and
+/// parsed, or why there is none.
+fn read_probe(run: &Path, keep: &Path) -> (Option<Probe>, Option<String>) {
+    let json = match fs::read_to_string(run.join("probe.json")) {
+        Ok(json) if !json.trim().is_empty() => json,
+        _ => {
+            let err = fs::read_to_string(run.join("probe.err")).unwrap_or_default();
+            let why = if err.trim().is_empty() {
+                "the probe never ran or printed nothing".to_owned()
+            } else {
+                err.trim().to_owned()
+            };
+            return (None, Some(why));
+        }
+    };
+    let _ = fs::write(keep, &json);
+    match serde_json::from_str(&json) {
+        Ok(probe) => (Some(probe), None),
+        Err(e) => (None, Some(format!("unreadable probe report: {e}"))),
+    }
+}
+
 fn report(o: &Outcome) {
-    let boot = o
-        .boot
-        .map_or("never".to_owned(), |b| format!("{:.1}s", b.as_secs_f64()));
+    if let Some(e) = &o.error {
+        eprintln!(
+            "xtask vm-test: {} ({}): no guest: {e}",
+            o.series,
+            o.cgroup.name()
+        );
+        return;
+    }
     eprintln!(
-        "xtask vm-test: {} ({}): booted in {boot}, {:.0}s in all{}",
+        "xtask vm-test: {} ({}, cgroup {}): booted in {}, {:.0}s in all{}",
         o.series,
         o.release,
-        o.total.as_secs_f64(),
+        o.cgroup.name(),
+        seconds(o.boot, "never"),
+        o.total,
         if o.hung {
             ", HUNG: killed at the timeout"
         } else {
             ""
         }
     );
-    for (name, rc) in &o.results {
-        eprintln!("  {name}: {}", describe(*rc));
+    match (&o.probe, &o.probe_error) {
+        (Some(p), _) => {
+            for f in &p.features {
+                let state = if f.available { "yes" } else { "NO" };
+                eprintln!(
+                    "  probe {:<16} {state} {}",
+                    f.feature,
+                    summary(f.error.as_deref().unwrap_or(""))
+                );
+            }
+        }
+        (None, why) => eprintln!("  probe: none: {}", why.as_deref().unwrap_or("")),
     }
-    for p in &o.probe {
-        eprintln!("  probe {p}");
+    for t in &o.tests {
+        eprintln!(
+            "  {}: {} ({})",
+            t.name,
+            describe(t.rc),
+            seconds(t.seconds, "?")
+        );
     }
+}
+
+fn seconds(s: Option<f64>, none: &str) -> String {
+    s.map_or(none.to_owned(), |s| format!("{s:.0} s"))
 }
 
 fn describe(rc: Option<i32>) -> String {
@@ -700,40 +997,301 @@ fn describe(rc: Option<i32>) -> String {
     }
 }
 
-/// `target/vm/matrix.md`: kernel × test target (and probe lines, if any).
-fn render_matrix(outcomes: &[Outcome], filter: &[String]) -> String {
-    // A pass of a filtered run is a pass of those tests only: say which.
-    let args = if filter.is_empty() {
-        "all tests".to_owned()
-    } else {
-        format!("`{}`", filter.join(" "))
-    };
+/// `target/vm/matrix.md`: the guests, kernel × feature (from `nodeward
+/// probe`) and kernel × test file, each row from the last run of that
+/// kernel and cgroup mode.
+fn render_matrix(outcomes: &[Outcome]) -> String {
     let mut md = String::from(
         "# nodeward on Debian kernels (qemu, TCG)\n\n\
-         Written by `cargo xtask vm-test`.\n\n\
-         | kernel | release | boot | test | args | result |\n|---|---|---|---|---|---|\n",
+         Written by `cargo xtask vm-test` from the last run of each kernel and cgroup mode \
+         (`target/vm/runs/`); each row names the date and commit of its run. \
+         `unified`: pure cgroup v2; `hybrid`: cgroup v1 controllers, cgroup2 at \
+         `/sys/fs/cgroup/unified`, as systemd's hybrid mode mounts them.\n\n\
+         ## Guests\n\n\
+         | kernel | release | cgroup | date | commit | boot | VM total | nodeward probe |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
-        let boot = o
-            .boot
-            .map_or("never".to_owned(), |b| format!("{:.0}s", b.as_secs_f64()));
-        for (name, rc) in &o.results {
-            let result = if o.hung && rc.is_none() {
-                format!("hung: killed after {:.0}s", o.total.as_secs_f64())
+        let verdict = match (&o.error, &o.probe, &o.probe_error) {
+            (Some(e), _, _) => format!("no guest: {}", cell(e, 300)),
+            (None, Some(p), _) if p.supported => "supported".into(),
+            (None, Some(_), _) => "**not supported** (a required feature is missing)".into(),
+            (None, None, why) => format!("no report: {}", cell(why.as_deref().unwrap_or(""), 300)),
+        };
+        // The mode asked for, and where the probe found cgroup2.
+        let cgroup = match o.probe.as_ref().and_then(|p| p.cgroup2.as_deref()) {
+            Some(mount) => format!("{} (cgroup2 at `{mount}`)", o.cgroup.name()),
+            None => o.cgroup.name().to_owned(),
+        };
+        md.push_str(&format!(
+            "| {} | {} | {cgroup} | {} | {} | {} | {} | {verdict} |\n",
+            o.series,
+            or_dash(&o.release),
+            o.date,
+            o.commit,
+            seconds(o.boot, "—"),
+            if o.error.is_some() {
+                "—".to_owned()
             } else {
-                describe(*rc)
+                format!("{:.0} s{}", o.total, if o.hung { " (hung)" } else { "" })
+            },
+        ));
+    }
+    md.push_str(&features_table(outcomes));
+    md.push_str(
+        "\n## Tests\n\n\
+         | kernel | cgroup | test file | args | result | time |\n|---|---|---|---|---|---|\n",
+    );
+    for o in outcomes {
+        if o.tests.is_empty() {
+            md.push_str(&format!(
+                "| {} | {} | — | — | not run | — |\n",
+                o.series,
+                o.cgroup.name()
+            ));
+        }
+        let args = if o.args.is_empty() {
+            "all tests".to_owned()
+        } else {
+            format!("`{}`", o.args.join(" "))
+        };
+        for t in &o.tests {
+            let result = if o.hung && t.rc.is_none() {
+                format!("hung: killed after {:.0} s", o.total)
+            } else {
+                describe(t.rc)
             };
             md.push_str(&format!(
-                "| {} | {} | {boot} | {name} | {args} | {result} |\n",
-                o.series, o.release
+                "| {} | {} | {} | {args} | {result} | {} |\n",
+                o.series,
+                o.cgroup.name(),
+                t.name,
+                seconds(t.seconds, "—")
             ));
         }
     }
-    md.push_str("\n| kernel | probe |\n|---|---|\n");
-    for o in outcomes {
-        for p in &o.probe {
-            md.push_str(&format!("| {} | {p} |\n", o.series));
+    md
+}
+
+/// Kernel × feature: `yes`, or `**no**` with a numbered note carrying the
+/// kernel's answer (the full text is in `target/vm/probe-*.json`).
+fn features_table(outcomes: &[Outcome]) -> String {
+    let mut columns: Vec<(&str, bool, &str)> = Vec::new();
+    for f in outcomes
+        .iter()
+        .filter_map(|o| o.probe.as_ref())
+        .flat_map(|p| &p.features)
+    {
+        if !columns.iter().any(|(name, _, _)| *name == f.feature) {
+            columns.push((&f.feature, f.required, &f.since));
         }
     }
+    let mut md = String::from("\n## Features (`nodeward probe`)\n\n| kernel | cgroup |");
+    for (name, required, since) in &columns {
+        let need = if *required { "required" } else { "optional" };
+        md.push_str(&format!(" {name} ({need}, {since}+) |"));
+    }
+    md.push_str(&format!("\n|---|---|{}\n", "---|".repeat(columns.len())));
+    let mut notes = Vec::new();
+    for o in outcomes {
+        md.push_str(&format!("| {} | {} |", o.series, o.cgroup.name()));
+        for (name, _, _) in &columns {
+            let f = o
+                .probe
+                .as_ref()
+                .and_then(|p| p.features.iter().find(|f| f.feature == *name));
+            match f {
+                None => md.push_str(" — |"),
+                Some(f) if f.available => md.push_str(" yes |"),
+                Some(f) => {
+                    notes.push(format!(
+                        "{}. {} ({}) {name}: {}",
+                        notes.len() + 1,
+                        o.series,
+                        o.cgroup.name(),
+                        cell(
+                            &summary(f.error.as_deref().unwrap_or("no error given")),
+                            400
+                        )
+                    ));
+                    md.push_str(&format!(" **no** ({}) |", notes.len()));
+                }
+            }
+        }
+        md.push('\n');
+    }
+    if !notes.is_empty() {
+        md.push('\n');
+        md.push_str(&notes.join("\n"));
+        md.push('\n');
+    }
     md
+}
+
+/// An error as the matrix shows it: a verifier log is cut down to the
+/// message before it and the verifier's own complaint (the line before its
+/// statistics, e.g. `unknown func bpf_get_netns_cookie#122`).
+fn summary(error: &str) -> String {
+    let Some((head, log)) = error.split_once("Verifier output:") else {
+        return error.to_owned();
+    };
+    let lines: Vec<&str> = log.lines().map(str::trim).collect();
+    let stats = lines
+        .iter()
+        .position(|l| l.starts_with("verification time") || l.starts_with("processed "))
+        .unwrap_or(lines.len());
+    match lines[..stats].iter().rev().find(|l| !l.is_empty()) {
+        Some(complaint) => format!("{} Verifier: {complaint}", head.trim()),
+        None => head.trim().to_owned(),
+    }
+}
+
+/// Text fit for one table cell: one line, no `|`, at most `max` chars.
+fn cell(text: &str, max: usize) -> String {
+    let one: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|");
+    match one.char_indices().nth(max) {
+        Some((at, _)) => format!("{} …", &one[..at]),
+        None => one,
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "—"
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(series: &str, cgroup: CgroupMode) -> Outcome {
+        Outcome {
+            series: series.into(),
+            release: format!("{series}.0-1-amd64"),
+            cgroup,
+            date: "2026-12-06 09:00 UTC".into(),
+            commit: "abc1234".into(),
+            args: Vec::new(),
+            boot: Some(10.0),
+            total: 100.0,
+            error: None,
+            hung: false,
+            probe: Some(Probe {
+                kernel: format!("{series}.0-1-amd64"),
+                cgroup2: Some("/sys/fs/cgroup".into()),
+                supported: true,
+                features: vec![
+                    ProbeFeature {
+                        feature: "connect4".into(),
+                        since: "5.7".into(),
+                        required: true,
+                        available: true,
+                        error: None,
+                    },
+                    ProbeFeature {
+                        feature: "so_netns_cookie".into(),
+                        since: "5.14".into(),
+                        required: false,
+                        available: false,
+                        error: Some("Protocol not available\n(os error 92) | x".into()),
+                    },
+                ],
+            }),
+            probe_error: None,
+            tests: vec![TestRun {
+                name: "redirect".into(),
+                rc: Some(0),
+                seconds: Some(42.0),
+            }],
+        }
+    }
+
+    #[test]
+    fn matrix_has_a_row_per_guest_feature_and_test_and_one_for_a_kernel_never_fetched() {
+        let mut gone = outcome("6.12", CgroupMode::Unified);
+        gone.error = Some("fetching the kernel: apt-get download failed".into());
+        gone.release.clear();
+        gone.boot = None;
+        gone.probe = None;
+        gone.tests.clear();
+        let md = render_matrix(&[
+            outcome("5.10", CgroupMode::Unified),
+            outcome("6.1", CgroupMode::Hybrid),
+            gone,
+        ]);
+        assert!(md.contains("| 5.10 | 5.10.0-1-amd64 | unified (cgroup2 at `/sys/fs/cgroup`) | 2026-12-06 09:00 UTC | abc1234 | 10 s | 100 s | supported |"), "{md}");
+        assert!(md.contains("| 6.12 | — | unified |"), "{md}");
+        assert!(
+            md.contains("no guest: fetching the kernel: apt-get download failed"),
+            "{md}"
+        );
+        assert!(md.contains("| kernel | cgroup | connect4 (required, 5.7+) | so_netns_cookie (optional, 5.14+) |"), "{md}");
+        assert!(md.contains("| 6.1 | hybrid | yes | **no** (2) |"), "{md}");
+        // The kernel's answer on one line, its `|` escaped.
+        assert!(
+            md.contains(
+                "2. 6.1 (hybrid) so_netns_cookie: Protocol not available (os error 92) \\| x"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 5.10 | unified | redirect | all tests | pass | 42 s |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 6.12 | unified | — | — | not run | — |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_verifier_log_is_cut_to_its_complaint() {
+        let error =
+            "BPF program nw_splice_ops: the BPF_PROG_LOAD syscall returned Invalid argument \
+                     (os error 22). Verifier output: 0: (bf) r6 = r1\n113: (85) call \
+                     bpf_get_netns_cookie#122\nunknown func bpf_get_netns_cookie#122\n\
+                     verification time 8259 usec\nstack depth 112\nprocessed 344 insns\n";
+        assert_eq!(
+            summary(error),
+            "BPF program nw_splice_ops: the BPF_PROG_LOAD syscall returned Invalid argument \
+             (os error 22). Verifier: unknown func bpf_get_netns_cookie#122"
+        );
+        assert_eq!(summary("Protocol not available"), "Protocol not available");
+    }
+
+    #[test]
+    fn console_lines_give_each_test_its_time() {
+        let mut c = Console::default();
+        for line in [
+            "nw-vm-test redirect start 7.50",
+            "noise",
+            "nw-vm-test redirect exit=0 207.75",
+            "nw-vm-test kernel start 208.00",
+        ] {
+            c.note_test(line);
+        }
+        assert_eq!(c.seconds("redirect"), Some(200.25));
+        assert_eq!(c.seconds("kernel"), None);
+    }
+
+    #[test]
+    fn the_hybrid_guest_mounts_cgroup2_at_unified() {
+        let job = Job {
+            tests: Vec::new(),
+            filter: Vec::new(),
+            timeout: Duration::from_secs(1),
+            cgroup: CgroupMode::Hybrid,
+        };
+        let script = job_script(&[], Path::new("/t/debug/nodeward"), &[], &job);
+        assert!(script.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified"));
+        assert!(!script.contains("cgroup2 /sys/fs/cgroup\n"));
+        assert!(script.contains("'/t/debug/nodeward' probe --format json > /nw-vm/probe.json"));
+    }
 }
