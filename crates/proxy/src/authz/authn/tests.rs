@@ -327,5 +327,8 @@ fn a_refusal_before_authentication_never_records_the_query() {
     assert_eq!(refused.status(), ::http::StatusCode::BAD_REQUEST);
     let log = gate.audit_log_with(1);
     assert!(log.contains(r#""path":"/cart""#), "{log}");
-    assert!(!log.contains(&token), "the token must never be logged: {log}");
+    assert!(
+        !log.contains(&token),
+        "the token must never be logged: {log}"
+    );
 }
