@@ -149,6 +149,8 @@ fn tokens_are_checked_before_policy_and_stripped_before_the_pod() {
         );
         assert_eq!(n, count, "{result}");
     }
+    // The audit writer batches records: wait for the one asserted on.
+    c.audit_records("node-b", 1, |r| r["path"] == "/valid");
     let audit = c.audit_log("node-b");
     let allowed = audit
         .iter()
