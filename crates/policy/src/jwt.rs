@@ -38,11 +38,13 @@ use serde_json::{Map, Value};
 
 use super::{Destination, PolicyRef, PolicySet};
 
+mod keyset;
 pub(super) mod rule;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use jsonwebtoken::jwk;
+pub use keyset::{read_key_set, KeySet, KeySetError};
 pub use rule::{JwtRule, Keys, TokenLocation};
 
 /// Larger tokens are refused unread: real ones are a few hundred bytes, and

@@ -24,11 +24,10 @@ use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use nodeward_policy::jwt::{
-    jwk::{AlgorithmParameters, JwkSet},
-    KeySource,
-};
+use nodeward_policy::jwt::{jwk::JwkSet, read_key_set, KeySetError, KeySource};
 use tokio::{net::TcpStream, sync::Notify, task::JoinHandle};
+
+use crate::escape::clean;
 
 /// Timings and limits of the fetcher.
 #[derive(Debug, Clone)]
@@ -68,8 +67,8 @@ enum FetchError {
     Status(StatusCode),
     #[error("body: {0}")]
     Body(String),
-    #[error("not a JSON Web Key Set: {0}")]
-    Json(#[source] serde_json::Error),
+    #[error("{0}")]
+    Keys(#[source] KeySetError),
     #[error("timed out")]
     Timeout,
 }
@@ -204,8 +203,12 @@ impl JwksFetcher {
         } else {
             self.get(TokioIo::new(tcp), request).await?
         };
-        let set: JwkSet = serde_json::from_slice(&body).map_err(FetchError::Json)?;
-        Ok(without_symmetric_keys(set))
+        let read = read_key_set(&body).map_err(FetchError::Keys)?;
+        for why in &read.skipped {
+            // Text from the issuer's server: escaped before it is logged.
+            tracing::warn!(uri = %uri, key = %clean(why), "jwks: key left out");
+        }
+        Ok(read.set)
     }
 
     async fn get<I>(&self, io: I, request: Request<Empty<Bytes>>) -> Result<Bytes, FetchError>
@@ -298,7 +301,9 @@ async fn refresh_loop(fetcher: Arc<JwksFetcher>, uri: String, entry: Arc<Entry>)
             }
             Err(e) => {
                 let kept = entry.keys.load().is_some();
-                tracing::warn!(uri = %uri, error = %e, kept_last_keys = kept, "jwks: fetch failed");
+                let error = e.to_string();
+                let error = clean(&error);
+                tracing::warn!(uri = %uri, error = %error, kept_last_keys = kept, "jwks: fetch failed");
                 let wait = backoff;
                 backoff = (backoff * 2).min(settings.max_backoff);
                 wait
@@ -310,14 +315,6 @@ async fn refresh_loop(fetcher: Arc<JwksFetcher>, uri: String, entry: Arc<Entry>)
             () = entry.refetch.notified() => {}
         }
     }
-}
-
-/// Symmetric keys are never used to verify (only asymmetric algorithms are
-/// accepted); dropping them keeps secrets out of memory we share.
-fn without_symmetric_keys(mut set: JwkSet) -> JwkSet {
-    set.keys
-        .retain(|k| !matches!(k.algorithm, AlgorithmParameters::OctetKey(_)));
-    set
 }
 
 #[cfg(test)]

@@ -156,3 +156,22 @@ async fn untracked_uris_are_forgotten() {
     fetcher.track(&BTreeSet::new());
     assert!(fetcher.keys(&uri).is_none());
 }
+
+#[tokio::test]
+async fn a_key_the_jose_crate_cannot_read_does_not_cost_the_others() {
+    let addr = free_addr().await;
+    // An identity provider that also publishes a P-521 key (ES512, which
+    // the JOSE crate does not know) and an encryption key.
+    let mut set: serde_json::Value = serde_json::from_str(&key_set("es256")).expect("json");
+    let keys = set["keys"].as_array_mut().expect("keys");
+    keys.insert(
+        0,
+        json!({"kty": "EC", "crv": "P-521", "alg": "ES512", "kid": "es512", "x": "AQ", "y": "AQ"}),
+    );
+    keys.push(json!({"kty": "RSA", "alg": "RSA-OAEP-384", "kid": "enc", "n": "AQ", "e": "AQAB"}));
+    let _server = KeyServer::start(addr, Some(set.to_string())).await;
+    let uri = format!("http://{addr}/jwks.json");
+    let fetcher = JwksFetcher::new(settings());
+    fetcher.track(&BTreeSet::from([uri.clone()]));
+    eventually("the first fetch", || kids(&fetcher, &uri) == ["es256"]).await;
+}
