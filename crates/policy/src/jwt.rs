@@ -23,6 +23,7 @@
 //! for fuzzing.
 
 use std::{
+    borrow::Cow,
     collections::BTreeSet,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -234,7 +235,7 @@ impl Authentication {
         }
         let kept: Vec<&str> = query
             .split('&')
-            .filter(|pair| !self.strip_params.iter().any(|p| param_name(pair) == p))
+            .filter(|pair| !self.strip_params.iter().any(|p| param_name(pair) == p.as_str()))
             .collect();
         Some(kept.join("&"))
     }
@@ -415,7 +416,7 @@ fn find_tokens(rules: &[&JwtRule], headers: &HeaderMap, query: Option<&str>) -> 
                     for pair in pairs.filter(|p| param_name(p) == name.as_str()) {
                         let value = pair.split_once('=').map_or("", |(_, v)| v);
                         found.push(Found {
-                            token: value.to_owned(),
+                            token: decode_component(value).into_owned(),
                             rule: i,
                             header: None,
                             param: Some(name.clone()),
@@ -429,18 +430,33 @@ fn find_tokens(rules: &[&JwtRule], headers: &HeaderMap, query: Option<&str>) -> 
 }
 
 /// The value after `prefix` (compared ignoring ASCII case, as `Bearer` is),
-/// trimmed; `None` when the value does not start with it.
+/// trimmed; `None` when the value does not start with it. Bytes that are
+/// not UTF-8 become U+FFFD, so such a value is found, and refused as
+/// malformed, rather than passed to the pod unchecked.
 fn strip_prefix(value: &[u8], prefix: &str) -> Option<String> {
     let head = value.get(..prefix.len())?;
     if !head.eq_ignore_ascii_case(prefix.as_bytes()) {
         return None;
     }
-    let rest = std::str::from_utf8(&value[prefix.len()..]).ok()?;
+    let rest = String::from_utf8_lossy(&value[prefix.len()..]);
     Some(rest.trim().to_owned())
 }
 
-fn param_name(pair: &str) -> &str {
-    pair.split_once('=').map_or(pair, |(k, _)| k)
+/// A query parameter's name as the application will decode it: a token
+/// under `access%5Ftoken` must not slip past the check for `access_token`.
+fn param_name(pair: &str) -> Cow<'_, str> {
+    decode_component(pair.split_once('=').map_or(pair, |(k, _)| k))
+}
+
+/// Form decoding of one query component: `+` is a space, `%XX` a byte
+/// (invalid UTF-8 becomes U+FFFD, which no token or name contains).
+fn decode_component(raw: &str) -> Cow<'_, str> {
+    if !raw.contains(['%', '+']) {
+        return Cow::Borrowed(raw);
+    }
+    let spaced = raw.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
+    Cow::Owned(decoded.into_owned())
 }
 
 /// Validates the one token found with the rules that found it and name its

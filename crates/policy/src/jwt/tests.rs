@@ -569,6 +569,51 @@ fn token_in_a_query_parameter_is_found_and_removed() {
 }
 
 #[test]
+fn a_percent_encoded_parameter_name_is_the_same_parameter() {
+    let key = rsa(1);
+    let set = load(&request_authn(&rule_with(
+        &key,
+        ", fromParams: [access_token]",
+    )))
+    .expect("loads");
+    let token = key.sign("k", &claims());
+    // The application decodes `access%5Ftoken` to `access_token`: the
+    // token is checked and removed as if it were spelled plainly.
+    let query = format!("a=1&access%5Ftoken={token}");
+    let call = Call {
+        headers: vec![],
+        query: Some(&query),
+    };
+    let authn = call.authenticate(&set, &NoKeys);
+    assert_eq!(authn.principal(), Some("https://issuer.example/alice"));
+    let mut headers = HeaderMap::new();
+    assert_eq!(
+        authn.rewrite(&mut headers, Some(&query)).as_deref(),
+        Some("a=1")
+    );
+    // A forged one under an encoded name is refused, not passed along.
+    let forged = format!("access%5ftoken={}x", &token[..token.len() - 1]);
+    let call = Call {
+        headers: vec![],
+        query: Some(&forged),
+    };
+    assert!(call.authenticate(&set, &NoKeys).result.is_err());
+}
+
+#[test]
+fn a_header_token_that_is_not_utf8_is_refused_not_ignored() {
+    let key = rsa(1);
+    let set = load(&request_authn(&rule_with(&key, ""))).expect("loads");
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::from_bytes(b"Bearer eyJ\xff.e30.sig")
+        .expect("obs-text is a valid header value");
+    headers.insert(http::header::AUTHORIZATION, value);
+    let labels = BTreeMap::from([("app".to_owned(), "cart".to_owned())]);
+    let authn = set.authenticate(&dest(&labels), &headers, None, &NoKeys, now());
+    assert_eq!(authn.result, Err(JwtError::Malformed));
+}
+
+#[test]
 fn token_is_removed_unless_forwarded_and_claims_become_headers() {
     let key = rsa(1);
     let outputs = ", outputClaimToHeaders: [{header: x-user, claim: sub}, \
