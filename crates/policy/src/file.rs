@@ -586,22 +586,32 @@ fn parse_header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("{s:?} is not a valid header name"))
 }
 
-/// Headers that frame or route the request, or carry the caller's
-/// credentials, are not the proxy's to set.
+/// Headers that frame or route the request, say who forwarded it, or carry
+/// the caller's credentials, are not the proxy's to set from a claim.
+const RESERVED_CLAIM_HEADERS: [&str; 17] = [
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "keep-alive",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "forwarded",
+    "traceparent",
+];
+
 fn parse_claim_header(s: &str) -> Result<HeaderName, String> {
     let name = parse_header_name(s)?;
-    const RESERVED: [&str; 9] = [
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "te",
-        "upgrade",
-        "authorization",
-        "cookie",
-        "keep-alive",
-    ];
-    if RESERVED.contains(&name.as_str()) {
+    let forwarding = name.as_str().starts_with("x-forwarded-");
+    if forwarding || RESERVED_CLAIM_HEADERS.contains(&name.as_str()) {
         return Err(format!("{s:?} cannot be set from a claim"));
     }
     Ok(name)

@@ -235,7 +235,12 @@ impl Authentication {
         }
         let kept: Vec<&str> = query
             .split('&')
-            .filter(|pair| !self.strip_params.iter().any(|p| param_name(pair) == p.as_str()))
+            .filter(|pair| {
+                !self
+                    .strip_params
+                    .iter()
+                    .any(|p| param_name(pair) == p.as_str())
+            })
             .collect();
         Some(kept.join("&"))
     }
@@ -719,8 +724,12 @@ fn claim_value(claims: &Map<String, Value>, path: &[String]) -> Option<String> {
     }
 }
 
+/// Longer claim values are not set as headers: a token is at most
+/// [`MAX_TOKEN_BYTES`], but one claim should not fill a pod's header limit.
+pub const MAX_CLAIM_HEADER_BYTES: usize = 4096;
+
 fn header_value(text: String) -> Option<HeaderValue> {
-    if text.chars().any(|c| c.is_control()) {
+    if text.len() > MAX_CLAIM_HEADER_BYTES || text.chars().any(|c| c.is_control()) {
         return None;
     }
     HeaderValue::from_str(&text).ok()

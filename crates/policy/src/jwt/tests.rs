@@ -617,8 +617,11 @@ fn a_header_token_that_is_not_utf8_is_refused_not_ignored() {
 fn token_is_removed_unless_forwarded_and_claims_become_headers() {
     let key = rsa(1);
     let outputs = ", outputClaimToHeaders: [{header: x-user, claim: sub}, \
-                   {header: x-team, claim: org.team}, {header: x-evil, claim: evil}]";
-    let token = key.sign("k", &with(claims(), "evil", json!("a\r\nx-admin: 1")));
+                   {header: x-team, claim: org.team}, {header: x-evil, claim: evil}, \
+                   {header: x-big, claim: big}]";
+    let evil = with(claims(), "evil", json!("a\r\nx-admin: 1"));
+    let big = "b".repeat(MAX_CLAIM_HEADER_BYTES + 1);
+    let token = key.sign("k", &with(evil, "big", json!(big)));
     for (forward, kept) in [("", false), (", forwardOriginalToken: true", true)] {
         let rule = rule_with(&key, &format!("{outputs}{forward}"));
         let set = load(&request_authn(&rule)).expect("loads");
@@ -631,8 +634,10 @@ fn token_is_removed_unless_forwarded_and_claims_become_headers() {
         assert_eq!(headers.contains_key("authorization"), kept);
         assert_eq!(headers["x-user"], "alice");
         assert_eq!(headers["x-team"], "payments");
-        // A value with CR/LF is not set, and the client's copy is gone.
+        // A value with CR/LF is not set, and the client's copy is gone;
+        // nor is one longer than the cap.
         assert!(!headers.contains_key("x-evil"));
+        assert!(!headers.contains_key("x-big"));
     }
 }
 
@@ -807,6 +812,17 @@ fn bad_request_authentications_are_refused_at_their_line() {
             &["jwtRules[0].issuer", "is required"],
         ),
     ];
+    let reserved = [
+        "x-forwarded-for",
+        "Proxy-Authorization",
+        "forwarded",
+        "content-type",
+    ];
+    let cases = cases.into_iter().chain(reserved.iter().map(|header| {
+        let outputs = format!(", outputClaimToHeaders: [{{header: {header}, claim: sub}}]");
+        let wanted: &[&str] = &["outputClaimToHeaders[0].header", "cannot be set"];
+        (request_authn(&rule_with(&key, &outputs)), wanted)
+    }));
     for (yaml, wanted) in cases {
         let err = load(&yaml).expect_err(&yaml).to_string();
         assert!(err.starts_with("policies.yaml:"), "{err}");
