@@ -454,7 +454,7 @@ impl proxy_http::Authorizer for RequestGate {
         let set = self.authz.policies.load();
         let authn = match self.authenticate(&set, parts) {
             Ok(authn) => authn,
-            Err(response) => return Verdict::Respond(*response),
+            Err(refused) => return *refused,
         };
         let host = match effective_host(parts) {
             Ok(h) => h.map(|h| h.to_string()).unwrap_or_default(),

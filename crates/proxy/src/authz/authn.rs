@@ -14,16 +14,20 @@ use http::{request::Parts, HeaderValue, StatusCode, Uri};
 use nodeward_policy::{jwt::Authentication, Decision, PolicySet};
 
 use super::{audit::Kind, connection, RequestGate, RequestView};
-use crate::{escape::clean, http as proxy_http, trace::RequestSpan};
+use crate::{
+    escape::clean,
+    http::{self as proxy_http, Verdict},
+    trace::RequestSpan,
+};
 
 impl RequestGate {
-    /// Authenticates the request and rewrites it; the 401 to answer when
-    /// its token is refused.
+    /// Authenticates the request and rewrites it; the answer (401, or 400)
+    /// when it is refused.
     pub(super) fn authenticate(
         &self,
         set: &PolicySet,
         parts: &mut Parts,
-    ) -> Result<Authentication, Box<http::Response<bytes::Bytes>>> {
+    ) -> Result<Authentication, Box<Verdict>> {
         let conn = connection(&self.subject);
         let query = parts.uri.query();
         let keys = self.authz.keys.as_ref();
@@ -42,13 +46,18 @@ impl RequestGate {
             Ok(None) => {}
             Err(e) => {
                 self.authz.observer.jwt_validation(e.as_str());
-                return Err(Box::new(self.unauthenticated(parts, *e)));
+                return Err(Box::new(Verdict::Respond(self.unauthenticated(parts, *e))));
             }
         }
         if let Some(query) = authn.rewrite(&mut parts.headers, parts.uri.query()) {
-            if let Some(uri) = with_query(&parts.uri, &query) {
-                parts.uri = uri;
-            }
+            // A target that cannot be rebuilt without the token is refused:
+            // passing the original would hand the token to the pod.
+            let Some(uri) = with_query(&parts.uri, &query) else {
+                let raw_path = parts.uri.path().to_owned();
+                let why = "the token could not be removed";
+                return Err(Box::new(self.refuse(parts, &raw_path, why)));
+            };
+            parts.uri = uri;
         }
         Ok(authn)
     }
@@ -67,10 +76,12 @@ impl RequestGate {
             reason: format!("JWT {}: {why}", why.as_str()),
             audit: Vec::new(),
         };
+        // HTTP/2 carries the host as :authority, HTTP/1.1 as Host.
         let host = parts
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .unwrap_or("")
             .to_owned();
         self.traced(&mut parts.extensions, &host, &d);

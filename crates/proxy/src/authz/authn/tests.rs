@@ -332,3 +332,22 @@ fn a_refusal_before_authentication_never_records_the_query() {
         "the token must never be logged: {log}"
     );
 }
+
+#[test]
+fn an_http2_refusal_records_the_host_from_the_authority() {
+    let signer = Signer::new();
+    let gate = Gate::new(&signer);
+    let expired = signer.sign(&json!({"iss": ISS, "sub": "alice", "exp": now() - 3600}));
+    // HTTP/2 carries the host as :authority, in the URI, with no Host header.
+    let (mut parts, ()) = ::http::Request::get("http://backend.shop:8080/cart")
+        .header("authorization", format!("Bearer {expired}"))
+        .body(())
+        .expect("request")
+        .into_parts();
+    let Verdict::Respond(refused) = gate.gate.authorize(&mut parts) else {
+        panic!("an expired token is refused");
+    };
+    assert_eq!(refused.status(), ::http::StatusCode::UNAUTHORIZED);
+    let log = gate.audit_log_with(1);
+    assert!(log.contains(r#""host":"backend.shop:8080""#), "{log}");
+}
