@@ -160,13 +160,7 @@ pub fn probe(cgroup_mount: &Path, bpffs: Option<&Path>) -> Vec<Feature> {
         "so_netns_cookie",
         netns::from_sockopt().map(drop).map_err(|e| e.to_string()),
     );
-    results.set(
-        "tcp_migrate_req",
-        match Path::new("/proc/sys/net/ipv4/tcp_migrate_req").exists() {
-            true => Ok(()),
-            false => Err("no /proc/sys/net/ipv4/tcp_migrate_req".into()),
-        },
-    );
+    results.set("tcp_migrate_req", listener_migration());
     FEATURES
         .iter()
         .map(|spec| Feature {
@@ -397,5 +391,57 @@ impl Drop for Scratch {
         // Links are gone by now (they were dropped first); an empty cgroup
         // without programs can be removed.
         let _ = fs::remove_dir(&self.path);
+    }
+}
+
+/// The sysctl that moves connections queued on a closing listener to
+/// another listener of its `SO_REUSEPORT` group.
+pub const MIGRATE_REQ_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Whether this kernel moves queued connections to a successor's listener
+/// (`net.ipv4.tcp_migrate_req`, upstream Linux 5.14). The sysctl alone does
+/// not tell: Debian's 5.10 has it, yet in the VM tests it moved no queued
+/// connection, and with it on a draining proxy's late connects timed out
+/// instead of being refused (docs/kernel-matrix.md). So the release must
+/// say 5.14 or later too.
+pub fn listener_migration() -> Result<(), String> {
+    let uname = nix::sys::utsname::uname().map_err(|e| e.to_string())?;
+    let release = uname.release().to_string_lossy();
+    if !release_at_least(&release, (5, 14)) {
+        return Err(format!(
+            "kernel {release} is older than 5.14 (Debian's 5.10 has the sysctl but moved no queued connection in tests)"
+        ));
+    }
+    if !Path::new(MIGRATE_REQ_SYSCTL).exists() {
+        return Err(format!("no {MIGRATE_REQ_SYSCTL}"));
+    }
+    Ok(())
+}
+
+/// Whether a `uname -r` release (`6.1.0-50-amd64`, `5.14.0-427.el9.x86_64`)
+/// is at least `major.minor`; an unreadable one is not.
+fn release_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let number = |part: Option<&str>| part.and_then(|p| p.parse::<u32>().ok());
+    match (number(parts.next()), number(parts.next())) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_at_least;
+
+    #[test]
+    fn releases_are_compared_by_major_and_minor() {
+        assert!(!release_at_least("5.10.0-32-amd64", (5, 14)));
+        assert!(!release_at_least("4.19.0-27-amd64", (5, 14)));
+        assert!(release_at_least("5.14.0-427.el9.x86_64", (5, 14)));
+        assert!(release_at_least("5.15.0-91-generic", (5, 14)));
+        assert!(release_at_least("6.1.0-50-amd64", (5, 14)));
+        assert!(release_at_least("6.12.117+deb13-amd64", (5, 14)));
+        assert!(!release_at_least("", (5, 14)));
+        assert!(!release_at_least("linux", (5, 14)));
     }
 }

@@ -85,11 +85,14 @@ pub struct NofileChange {
 
 /// Asks the kernel to move connections queued on a closing listener to
 /// another listener of its `SO_REUSEPORT` group, so a handover loses none
-/// (Linux ≥ 5.14; per network namespace). Best effort: returns whether it
-/// is on.
+/// (Linux ≥ 5.14, see [`nodeward_bpf::probe::listener_migration`]; per
+/// network namespace). Best effort: returns whether it is on.
 pub fn enable_listener_migration() -> bool {
-    let path = "/proc/sys/net/ipv4/tcp_migrate_req";
-    match std::fs::write(path, "1") {
+    if let Err(why) = nodeward_bpf::probe::listener_migration() {
+        tracing::warn!(reason = %why, "tcp_migrate_req not used: a handover may reset queued connections");
+        return false;
+    }
+    match std::fs::write(nodeward_bpf::probe::MIGRATE_REQ_SYSCTL, "1") {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "cannot enable tcp_migrate_req (Linux 5.14+): a handover may reset queued connections");
