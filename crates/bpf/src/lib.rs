@@ -364,20 +364,7 @@ fn attach_splice(
     settings: &Settings,
 ) -> Result<Splice, RedirectError> {
     let pod_cgroup_path = &settings.pod_cgroup;
-    let name = maps::SPLICE;
-    let map = ebpf.map(name).ok_or(RedirectError::Missing(name))?;
-    let hash: SockHash<&MapData, FlowKey> =
-        SockHash::try_from(map).map_err(|source| RedirectError::Map { name, source })?;
-    let map_fd = hash.fd().try_clone().map_err(|e| RedirectError::Link {
-        name,
-        message: e.to_string(),
-    })?;
-    let name = programs::SPLICE_MSG;
-    let prog: &mut SkMsg = program(ebpf, name)?;
-    let err = |source| RedirectError::Program { name, source };
-    prog.load().map_err(err)?;
-    let id = prog.attach(&map_fd).map_err(err)?;
-    let msg = prog.take_link(id).map_err(err)?;
+    let msg = attach_splice_msg(ebpf)?;
     let own = own_cgroup(&settings.cgroup_mount)?;
     let name = programs::SPLICE_OPS;
     let prog: &mut SockOps = program(ebpf, name)?;
@@ -400,6 +387,25 @@ fn attach_splice(
         ));
     }
     Ok(Splice { msg, ops })
+}
+
+/// Loads the fast path's sk_msg program and attaches it to the sockhash;
+/// dropping the link detaches it.
+pub(crate) fn attach_splice_msg(ebpf: &mut Ebpf) -> Result<SkMsgLink, RedirectError> {
+    let name = maps::SPLICE;
+    let map = ebpf.map(name).ok_or(RedirectError::Missing(name))?;
+    let hash: SockHash<&MapData, FlowKey> =
+        SockHash::try_from(map).map_err(|source| RedirectError::Map { name, source })?;
+    let map_fd = hash.fd().try_clone().map_err(|e| RedirectError::Link {
+        name,
+        message: e.to_string(),
+    })?;
+    let name = programs::SPLICE_MSG;
+    let prog: &mut SkMsg = program(ebpf, name)?;
+    let err = |source| RedirectError::Program { name, source };
+    prog.load().map_err(err)?;
+    let id = prog.attach(&map_fd).map_err(err)?;
+    prog.take_link(id).map_err(err)
 }
 
 /// This process's cgroup v2 directory (from `/proc/self/cgroup`).

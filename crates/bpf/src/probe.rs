@@ -9,16 +9,15 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, SockHash},
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SkMsg, SockOps,
+        CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
     },
     Ebpf,
 };
-use nodeward_common::{maps, programs, FlowKey};
+use nodeward_common::programs;
 
-use crate::{fd_link, netns, program, RedirectError, ATTACH_MODE};
+use crate::{attach_splice_msg, fd_link, netns, program, RedirectError, ATTACH_MODE};
 
 /// Whether the proxy can run without a feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,20 +344,7 @@ impl Drop for PrivateBpffs {
 /// Attaches the fast path's two programs: sk_msg on the sockhash and
 /// sock_ops on the scratch cgroup.
 fn try_sockmap(ebpf: &mut Ebpf, cgroup: &File) -> Result<(), RedirectError> {
-    let name = maps::SPLICE;
-    let map = ebpf.map(name).ok_or(RedirectError::Missing(name))?;
-    let hash: SockHash<&MapData, FlowKey> =
-        SockHash::try_from(map).map_err(|source| RedirectError::Map { name, source })?;
-    let map_fd = hash.fd().try_clone().map_err(|e| RedirectError::Link {
-        name,
-        message: e.to_string(),
-    })?;
-    let name = programs::SPLICE_MSG;
-    let prog: &mut SkMsg = program(ebpf, name)?;
-    let err = |source| RedirectError::Program { name, source };
-    prog.load().map_err(err)?;
-    let id = prog.attach(&map_fd).map_err(err)?;
-    let _msg = prog.take_link(id).map_err(err)?;
+    let _msg = attach_splice_msg(ebpf)?;
     attach_sock_ops(ebpf, programs::SPLICE_OPS, cgroup).map(drop)
 }
 
