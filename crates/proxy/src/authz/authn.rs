@@ -13,7 +13,7 @@ use http::{request::Parts, HeaderValue, StatusCode, Uri};
 
 use nodeward_policy::{jwt::Authentication, Decision, PolicySet};
 
-use super::{audit::Kind, connection, RequestGate, RequestView};
+use super::{audit::Kind, connection, effective_host, RequestGate, RequestView};
 use crate::{
     escape::clean,
     http::{self as proxy_http, Verdict},
@@ -76,14 +76,13 @@ impl RequestGate {
             reason: format!("JWT {}: {why}", why.as_str()),
             audit: Vec::new(),
         };
-        // HTTP/2 carries the host as :authority, HTTP/1.1 as Host.
-        let host = parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("")
-            .to_owned();
+        // The host as the policies would have judged it (`:authority` on
+        // HTTP/2, Host on HTTP/1.1); empty when it is unusable.
+        let host = effective_host(parts)
+            .ok()
+            .flatten()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
         self.traced(&mut parts.extensions, &host, &d);
         if let Some(span) = parts.extensions.get_mut::<RequestSpan>() {
             span.jwt_refused(why.as_str());
