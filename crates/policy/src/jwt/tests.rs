@@ -378,7 +378,15 @@ struct Call<'a> {
     query: Option<&'a str>,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    /// A request whose only token place is its query.
+    fn in_query(query: &'a str) -> Self {
+        Call {
+            headers: vec![],
+            query: Some(query),
+        }
+    }
+
     fn bearer(token: &str) -> Self {
         Call {
             headers: vec![("authorization", format!("Bearer {token}"))],
@@ -552,10 +560,7 @@ fn token_in_a_query_parameter_is_found_and_removed() {
     let set = load(&request_authn(&rule_with(&key, ", fromParams: [jwt]"))).expect("loads");
     let token = key.sign("k", &claims());
     let query = format!("a=1&jwt={token}&b=2");
-    let call = Call {
-        headers: vec![],
-        query: Some(&query),
-    };
+    let call = Call::in_query(&query);
     let authn = call.authenticate(&set, &NoKeys);
     assert_eq!(authn.principal(), Some("https://issuer.example/alice"));
     let mut headers = HeaderMap::new();
@@ -580,10 +585,7 @@ fn a_percent_encoded_parameter_name_is_the_same_parameter() {
     // The application decodes `access%5Ftoken` to `access_token`: the
     // token is checked and removed as if it were spelled plainly.
     let query = format!("a=1&access%5Ftoken={token}");
-    let call = Call {
-        headers: vec![],
-        query: Some(&query),
-    };
+    let call = Call::in_query(&query);
     let authn = call.authenticate(&set, &NoKeys);
     assert_eq!(authn.principal(), Some("https://issuer.example/alice"));
     let mut headers = HeaderMap::new();
@@ -593,10 +595,7 @@ fn a_percent_encoded_parameter_name_is_the_same_parameter() {
     );
     // A forged one under an encoded name is refused, not passed along.
     let forged = format!("access%5ftoken={}x", &token[..token.len() - 1]);
-    let call = Call {
-        headers: vec![],
-        query: Some(&forged),
-    };
+    let call = Call::in_query(&forged);
     assert!(call.authenticate(&set, &NoKeys).result.is_err());
 }
 
