@@ -70,13 +70,52 @@ fn a_takeover_under_a_steady_stream_of_new_connections_refuses_none() {
     );
 }
 
+/// A takeover on the destination's node: the old proxy's tunnel
+/// connections end with GOAWAY, the source proxy's pool opens new streams
+/// on connections to the successor, and no cross-node call is refused.
+/// Also run with each node in its own VM (`cargo xtask vm-test --nodes 2`).
+#[test]
+fn a_takeover_on_the_destination_node_refuses_no_tunnelled_connection() {
+    if !require_root("a_takeover_on_the_destination_node_refuses_no_tunnelled_connection") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo("backend", PORT);
+    let count = 300;
+    let calls = c.spawn_call_stream(
+        "frontend",
+        SocketAddr::new(c.ip4("backend"), PORT),
+        count,
+        10,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    c.start_proxy_with("node-b", &["--takeover"])
+        .unwrap_or_else(|e| panic!("takeover: {e:#}"));
+    let old = c.wait_proxy_exit("node-b", 0, Duration::from_secs(30));
+    let r = finish_tool(calls);
+    assert_eq!(
+        r["intact"],
+        count as u64,
+        "{r}\nnode-a log:\n{}\nnode-b log:\n{}",
+        c.proxy_log("node-a"),
+        c.proxy_log("node-b")
+    );
+    assert!(
+        old.is_some_and(|s| s.success()),
+        "the old proxy drains and exits: {old:?}"
+    );
+    let log = c.proxy_log("node-b");
+    assert!(log.contains("handed over to a new nodeward"), "{log}");
+}
+
 /// The window a takeover must not lose anything in: connections the old
 /// proxy's listeners have completed but not yet accepted when it closes
 /// them. The old proxy is frozen (SIGSTOP) while pods connect, so every
 /// connection waits in its accept queue; it resumes only once the successor
-/// is bound and asking, so it closes its listeners with the queue still
-/// full. The kernel must move them to the successor (`tcp_migrate_req`),
-/// not reset them.
+/// is bound and asking, with the queue still full. None may be reset: the
+/// old proxy takes what is queued before it closes its listeners (on Linux
+/// before 5.14, which has no `tcp_migrate_req`, a close resets them), and
+/// with `tcp_migrate_req` the kernel moves any it left to the successor.
 #[test]
 fn connections_queued_on_the_old_proxy_at_a_takeover_move_to_the_new_one() {
     if !require_root("connections_queued_on_the_old_proxy_at_a_takeover_move_to_the_new_one") {
@@ -124,6 +163,47 @@ fn connections_queued_on_the_old_proxy_at_a_takeover_move_to_the_new_one() {
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
     let log = c.proxy_log("node-a");
     assert!(log.contains("handed over to a new nodeward"), "{log}");
+}
+
+/// A plain stop (SIGTERM, no successor to migrate to) relays the
+/// connections already waiting in the proxy's accept queue instead of
+/// resetting them when its listener closes. The proxy is frozen while pods
+/// connect, so the kernel queues them; the stop is delivered while it is
+/// frozen and acts as soon as it resumes.
+#[test]
+fn a_stop_relays_the_connections_already_queued() {
+    if !require_root("a_stop_relays_the_connections_already_queued") {
+        return;
+    }
+    let mut c = Cluster::start_with(Options {
+        drain_deadline: "15s",
+        ..Options::default()
+    });
+    c.serve_echo("cache", PORT);
+    let old = nix::unistd::Pid::from_raw(c.proxy_pid("node-a") as i32);
+    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let queued = 20;
+    let callers: Vec<_> = (0..queued)
+        .map(|_| c.spawn_call_stream("frontend", SocketAddr::new(c.ip4("cache"), PORT), 1, 0))
+        .collect();
+    // Connected (the kernel completes the handshakes), none accepted.
+    std::thread::sleep(Duration::from_secs(2));
+    c.signal_proxy("node-a", 0);
+    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    let lost: Vec<String> = callers
+        .into_iter()
+        .map(finish_tool)
+        .filter(|r| r["intact"] != true)
+        .map(|r| r.to_string())
+        .collect();
+    let exited = c.wait_proxy_exit("node-a", 0, Duration::from_secs(30));
+    assert!(
+        lost.is_empty(),
+        "{} of {queued} queued connections lost: {lost:?}\nnode-a log:\n{}",
+        lost.len(),
+        c.proxy_log("node-a")
+    );
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
 }
 
 /// From the moment a successor binds, every new connection goes to it: the
@@ -250,6 +330,9 @@ fn sigterm_drains_open_connections_until_the_deadline() {
     });
     c.serve_echo("backend", PORT);
     let to = SocketAddr::new(c.ip4("backend"), PORT);
+    // The pooled tunnel first: on Debian's 5.10 under TCG the first tunnel
+    // took ~13 s to open, longer than the short call lasts.
+    assert_eq!(c.call("frontend", to, 100)["intact"], true, "warm-up call");
     let (short, long) = std::thread::scope(|s| {
         // 1.5 s of writes: finishes inside the deadline.
         let short =
@@ -263,7 +346,22 @@ fn sigterm_drains_open_connections_until_the_deadline() {
                 &["--chunks", "16", "--pace-ms", "500"],
             )
         });
-        std::thread::sleep(Duration::from_millis(400));
+        // Both relayed before the stop (a fixed pause was too short for a
+        // slow guest: a call still connecting then met a stopped proxy).
+        let relayed = c.wait_metric(
+            "node-a",
+            "nodeward_active_connections",
+            &[],
+            2.0,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            relayed,
+            2.0,
+            "calls relayed before the stop\nnode-a log:\n{}\nnode-b log:\n{}",
+            c.proxy_log("node-a"),
+            c.proxy_log("node-b")
+        );
         c.signal_proxy("node-a", 0);
         (short.join().expect("short"), long.join().expect("long"))
     });

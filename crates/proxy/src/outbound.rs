@@ -122,11 +122,24 @@ pub async fn serve(
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let (first, second) = split(listeners);
+    let mut stopping = false;
+    let mut queue_deadline = tokio::time::Instant::now();
     loop {
-        let accepted = tokio::select! {
-            r = accept_on(first.as_ref()) => r,
-            r = accept_on(second.as_ref()) => r,
-            _ = shutdown.changed() => return,
+        let accepted = if stopping {
+            match take_queued(first.as_ref(), second.as_ref(), queue_deadline).await {
+                Some(r) => r,
+                None => return,
+            }
+        } else {
+            tokio::select! {
+                r = accept_on(first.as_ref()) => r,
+                r = accept_on(second.as_ref()) => r,
+                _ = shutdown.changed() => {
+                    stopping = true;
+                    queue_deadline = tokio::time::Instant::now() + QUEUE_TAKE_MAX;
+                    continue;
+                }
+            }
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -146,6 +159,36 @@ pub async fn serve(
             }
             Err(reason) => refuse(reason, peer, &shared.observer),
         }
+    }
+}
+
+/// Once the queues have been empty this long, none is coming: from the
+/// stop on the kernel sends no new connection here (the programs are
+/// detached, or a successor's listener takes every new one), so this only
+/// covers handshakes that were completing as the stop came.
+const QUEUE_QUIET: Duration = Duration::from_millis(50);
+/// Bound on taking queued connections at a stop, however many there are.
+const QUEUE_TAKE_MAX: Duration = Duration::from_secs(2);
+
+/// After the stop, the connections the kernel has already queued on our
+/// listeners: taken and relayed like any other instead of being reset by
+/// the close. Linux before 5.14 has no `tcp_migrate_req` to move them to a
+/// successor, and a plain stop has no successor at all. `None` once the
+/// queues stay empty for [`QUEUE_QUIET`] or at `deadline`.
+async fn take_queued(
+    first: Option<&TcpListener>,
+    second: Option<&TcpListener>,
+    deadline: tokio::time::Instant,
+) -> Option<std::io::Result<(TcpStream, SocketAddr)>> {
+    let now = tokio::time::Instant::now();
+    if now >= deadline {
+        return None;
+    }
+    let quiet = deadline.min(now + QUEUE_QUIET);
+    tokio::select! {
+        r = accept_on(first) => Some(r),
+        r = accept_on(second) => Some(r),
+        _ = tokio::time::sleep_until(quiet) => None,
     }
 }
 
