@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::{
     cgroups,
     cluster::{Cluster, ADMIN_PORT},
+    remote::Request,
 };
 
 impl Cluster {
@@ -58,6 +59,18 @@ impl Cluster {
 
     /// A node proxy's Prometheus text, fetched from inside its netns.
     pub fn metrics(&self, node: &str) -> String {
+        if let Some(split) = self.remote(node) {
+            let metrics = Request::Metrics {
+                node: node.to_owned(),
+            };
+            return split
+                .ask(
+                    &metrics,
+                    crate::processes::patience(Duration::from_secs(30)),
+                )
+                .unwrap_or_else(|e| panic!("{e:#}"))
+                .text;
+        }
         let out = Command::new(&self.bins.nw_pod)
             .arg("--netns")
             .arg(self.ns(node))

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cgroups, cgroups::cgroup2_mount, netns};
+use crate::{cgroups, cgroups::cgroup2_mount, netns, remote::Split};
 
 /// The mesh CIDRs every cluster configures.
 pub const MESH_CIDRS: [&str; 2] = ["10.20.0.0/16", "fd00:20::/32"];
@@ -143,6 +143,11 @@ pub struct Cluster {
     pub(crate) services: std::sync::Mutex<String>,
     /// With `Options::kubernetes`: the API server in node-a's netns.
     pub(crate) api: Option<crate::apiserver::BlockingApiServer>,
+    /// When the other node runs in another machine (see `remote`).
+    pub(crate) split: Option<Split>,
+    /// This cluster made its directory (false for an agent's half, whose
+    /// directory belongs to the driver in the other machine).
+    pub(crate) owns_dir: bool,
 }
 
 /// Proxy settings a test can change.
@@ -245,12 +250,43 @@ impl Cluster {
         release_mounts(&dir);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
-        let c = Self {
+        let mut c = Self::blank(prefix, dir, pods, options, mount.join(prefix))?;
+        c.split = Split::from_env();
+        fs::write(c.cgroup_root_marker(), std::process::id().to_string())?;
+        Ok(c)
+    }
+
+    /// This machine's half of the cluster `prefix` that the driver in the
+    /// other machine made in `dir` (shared): nothing built yet, the
+    /// directory left as it is.
+    pub(crate) fn joining(prefix: &str, dir: &Path, split: Split) -> Result<Self> {
+        let mount = cgroup2_mount()?;
+        let options = Options::default();
+        let mut c = Self::blank(
+            prefix,
+            dir.to_owned(),
+            standard_pods(),
+            options,
+            mount.join(prefix),
+        )?;
+        c.split = Some(split);
+        c.owns_dir = false;
+        Ok(c)
+    }
+
+    fn blank(
+        prefix: &str,
+        dir: PathBuf,
+        pods: Vec<PodSpec>,
+        options: Options,
+        cgroup_root: PathBuf,
+    ) -> Result<Self> {
+        Ok(Self {
             prefix: prefix.to_owned(),
             bins: Binaries::locate()?,
             pods,
             dir,
-            cgroup_root: mount.join(prefix),
+            cgroup_root,
             netns: Vec::new(),
             proxies: Vec::new(),
             others: Vec::new(),
@@ -260,9 +296,27 @@ impl Cluster {
             unenrolled: std::sync::Mutex::default(),
             services: std::sync::Mutex::default(),
             api: None,
-        };
-        fs::write(c.cgroup_root_marker(), std::process::id().to_string())?;
-        Ok(c)
+            split: None,
+            owns_dir: true,
+        })
+    }
+
+    /// Whether `node` runs in this machine (always, unless split).
+    pub fn is_local(&self, node: &str) -> bool {
+        self.split.as_ref().is_none_or(|s| s.local == node)
+    }
+
+    /// The agent to ask about `node` when it runs in the other machine.
+    pub(crate) fn remote(&self, node: &str) -> Option<&Split> {
+        self.split.as_ref().filter(|s| s.local != node)
+    }
+
+    /// The nodes this machine runs.
+    pub(crate) fn local_nodes(&self) -> Vec<NodeSpec> {
+        NODES
+            .into_iter()
+            .filter(|n| self.is_local(n.name))
+            .collect()
     }
 
     fn cgroup_root_marker(&self) -> PathBuf {
@@ -372,7 +426,8 @@ impl Cluster {
     pub(crate) fn remove(&self) {
         teardown(&self.cgroup_root, &self.netns);
         release_mounts(&self.dir);
-        if std::env::var_os("NW_KEEP_LOGS").is_none() && !std::thread::panicking() {
+        if self.owns_dir && std::env::var_os("NW_KEEP_LOGS").is_none() && !std::thread::panicking()
+        {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }

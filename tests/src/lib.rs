@@ -26,6 +26,8 @@
 //! - `netns`: named network namespaces through `ip` and `setns`;
 //! - `capture`: packet capture on an interface of a netns;
 //! - `certificates`: the root and node CAs, made with `nodeward ca`;
+//! - [`remote`]: the requests a harness sends to the agent running the
+//!   other node in another machine (uses no other module);
 //! - `programs`: what `nw-pod`, `nw-bench` and `nw-demo` share;
 //! - `cluster`: topology, the [`Cluster`] value, names, addresses, removal, sweep;
 //! - `config`: node configs and the workloads file;
@@ -36,7 +38,10 @@
 //! - `traffic`: `nw-pod` clients (calls, HTTP requests);
 //! - `admin`: a proxy's admin port and metrics;
 //! - `policies`: the shared policy directory;
-//! - `lifecycle`: starting a cluster, tearing it down on drop;
+//! - `lifecycle`: starting a cluster (or this machine's half of one),
+//!   tearing it down on drop;
+//! - [`agent`]: `nw-vm-node`, which runs the other machine's half of each
+//!   cluster a harness starts and answers its requests;
 //! - [`otlp`]: an OTLP receiver (HTTP/protobuf and gRPC) for the tracing
 //!   tests and the bench;
 //! - [`bench`](mod@bench): the benchmark `nw-bench run` drives;
@@ -63,11 +68,13 @@ mod processes;
 mod programs;
 mod traffic;
 
+pub mod agent;
 pub mod apiserver;
 pub mod bench;
 pub mod h2raw;
 pub mod jwt;
 pub mod otlp;
+pub mod remote;
 pub mod soak;
 pub mod tlspeer;
 

@@ -4,11 +4,15 @@
 //! and both node proxies), and tearing it down on drop (processes first,
 //! then what the cluster built). The top layer: it composes the others.
 
+use std::{path::Path, time::Duration};
+
 use anyhow::Result;
 
 use crate::{
     certificates::make_ca,
     cluster::{standard_pods, sweep, Cluster, Options, PodSpec, NODES},
+    processes::patience,
+    remote::{Request, Split},
 };
 
 /// True when the process may create namespaces, cgroups and BPF links.
@@ -48,7 +52,29 @@ impl Cluster {
             c.start_api_server()?;
         }
         c.write_files()?;
-        for node in NODES {
+        for node in c.local_nodes() {
+            c.start_proxy(node.name)?;
+        }
+        if let Some(split) = &c.split {
+            if c.options.kubernetes {
+                anyhow::bail!("a cluster split over two machines reads the workloads file only");
+            }
+            let join = Request::Join {
+                prefix: c.prefix.clone(),
+                dir: c.dir.clone(),
+            };
+            split.ask(&join, patience(Duration::from_secs(60)))?;
+        }
+        Ok(c)
+    }
+
+    /// The other machine's half of a cluster `prefix` whose driver wrote
+    /// its files in `dir`: this machine's node, pods and proxy.
+    pub(crate) fn join(prefix: &str, dir: &Path, split: Split) -> Result<Self> {
+        let mut c = Self::joining(prefix, dir, split)?;
+        c.mount_bpffs()?;
+        c.build_network()?;
+        for node in c.local_nodes() {
             c.start_proxy(node.name)?;
         }
         Ok(c)
@@ -69,6 +95,11 @@ impl Drop for Cluster {
     /// also when a test panics.
     fn drop(&mut self) {
         self.stop_processes();
+        if let Some(split) = self.split.as_ref().filter(|_| self.owns_dir) {
+            if let Err(e) = split.ask(&Request::Leave, patience(Duration::from_secs(60))) {
+                eprintln!("the other machine's half of {}: {e:#}", self.prefix);
+            }
+        }
         self.remove();
     }
 }

@@ -1,30 +1,73 @@
 //! Wiring the cluster's network namespaces: each node's netns with a bridge
 //! for its pods, the veth link between the nodes with routes to each other's
 //! pod CIDRs, and each pod's netns on its node's bridge (with the pod's
-//! cgroup). Nothing is added to the root network namespace.
+//! cgroup). Nothing is added to the root network namespace. With the other
+//! node in another machine, only this machine's node, with its real NIC as
+//! the link.
 
-use anyhow::Result;
+use std::{process::Command, time::Duration};
+
+use anyhow::{bail, Result};
 
 use crate::{
     cgroups,
     cluster::{node_index, Cluster, NodeSpec, PodSpec, NODES},
+    command::run_cmd,
     netns::{self, ip},
+    remote::Split,
 };
 
 impl Cluster {
     /// Builds both nodes, the link between them and every pod.
+    /// With the other node in another machine (see `remote`), only this
+    /// machine's node and pods, and its NIC on the wire as `link0`.
     pub(crate) fn build_network(&mut self) -> Result<()> {
-        for node in NODES {
-            self.add_node(&node)?;
+        let local = self.local_nodes();
+        for node in &local {
+            self.add_node(node)?;
         }
-        self.link_nodes()?;
-        for node in NODES {
+        match self.split.clone() {
+            None => self.link_nodes()?,
+            Some(split) => self.adopt_link(&split)?,
+        }
+        for node in &local {
             cgroups::create(&self.node_cgroup(node.name))?;
         }
         for pod in self.pods.clone() {
-            self.add_pod(&pod)?;
+            if self.is_local(pod.node) {
+                self.add_pod(&pod)?;
+            }
         }
         Ok(())
+    }
+
+    /// Moves this machine's NIC on the wire to the other machine into the
+    /// local node's netns as `link0`. It comes back to the machine's own
+    /// namespace when that netns is deleted (a physical device is not
+    /// destroyed with it), which takes a moment: the next cluster waits.
+    fn adopt_link(&self, split: &Split) -> Result<()> {
+        let node = node_index(&split.local);
+        let other = NODES
+            .iter()
+            .find(|n| n.name != split.local)
+            .map_or(node, |n| n.index);
+        let ns = self.ns(&split.local);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let nic = loop {
+            if let Some(nic) = interface_with_mac(&split.link_mac)? {
+                break nic;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "no interface with MAC {} (NW_SPLIT_LINK) in this machine",
+                    split.link_mac
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        run_cmd(Command::new("ip").args(["link", "set", "dev", &nic, "netns", &ns]))?;
+        ip(&ns, &["link", "set", "dev", &nic, "name", "link0"])?;
+        link_end(&ns, node, other)
     }
 
     /// A node's netns with its pod bridge `br0` (the proxy addresses), forwarding on.
@@ -185,4 +228,16 @@ fn address_pod(ns: &str, i: u8, h: u8) -> Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// The interface of this network namespace whose MAC address is `mac`.
+fn interface_with_mac(mac: &str) -> Result<Option<String>> {
+    for entry in std::fs::read_dir("/sys/class/net")? {
+        let entry = entry?;
+        let address = std::fs::read_to_string(entry.path().join("address")).unwrap_or_default();
+        if address.trim().eq_ignore_ascii_case(mac) {
+            return Ok(entry.file_name().to_str().map(str::to_owned));
+        }
+    }
+    Ok(None)
 }

@@ -17,6 +17,7 @@ use crate::{
     cgroups,
     cluster::Cluster,
     logs::{append, wait_for},
+    remote::Request,
 };
 
 impl Cluster {
@@ -28,6 +29,15 @@ impl Cluster {
     /// Starts another proxy on `node` with extra `nodeward run` flags (such
     /// as `--takeover`) and waits until it is ready; earlier ones keep running.
     pub fn start_proxy_with(&mut self, node: &str, extra: &[&str]) -> Result<()> {
+        if let Some(split) = self.remote(node) {
+            let start = Request::StartProxy {
+                node: node.to_owned(),
+                extra: extra.iter().map(|e| (*e).to_owned()).collect(),
+            };
+            return split
+                .ask(&start, patience(Duration::from_secs(60)))
+                .map(drop);
+        }
         let log = self.log_path(node);
         let start = fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let cg = self.cgroup_root.join(format!("proxy-{node}"));
@@ -127,6 +137,19 @@ impl Cluster {
         index: usize,
         timeout: Duration,
     ) -> Option<std::process::ExitStatus> {
+        if let Some(split) = self.remote(node) {
+            let wait = Request::WaitProxyExit {
+                node: node.to_owned(),
+                index,
+                timeout_ms: timeout.as_millis() as u64,
+            };
+            let reply = split
+                .ask(&wait, timeout + patience(Duration::from_secs(30)))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            return reply
+                .code
+                .map(|c| std::os::unix::process::ExitStatusExt::from_raw(c << 8));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let child = self
@@ -148,6 +171,16 @@ impl Cluster {
     /// Sends SIGTERM to the `index`-th proxy started on `node` without
     /// waiting for it.
     pub fn signal_proxy(&self, node: &str, index: usize) {
+        if let Some(split) = self.remote(node) {
+            let signal = Request::SignalProxy {
+                node: node.to_owned(),
+                index,
+            };
+            split
+                .ask(&signal, patience(Duration::from_secs(30)))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            return;
+        }
         let (_, child) = self
             .proxies
             .iter()
@@ -162,6 +195,10 @@ impl Cluster {
 
     /// The pid of the first running proxy of `node`.
     pub fn proxy_pid(&self, node: &str) -> u32 {
+        assert!(
+            self.is_local(node),
+            "the proxy of {node} runs in the other machine"
+        );
         self.proxies
             .iter()
             .find(|(n, _)| n == node)
@@ -195,6 +232,16 @@ impl Cluster {
     /// Runs an echo server in `pod` on `port` (all addresses, both families).
     pub fn serve_echo(&mut self, pod: &str, port: u16) {
         let p = self.pod(pod).clone();
+        if let Some(split) = self.remote(p.node) {
+            let serve = Request::ServeEcho {
+                pod: pod.to_owned(),
+                port,
+            };
+            split
+                .ask(&serve, patience(Duration::from_secs(30)))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            return;
+        }
         let (ns, cg) = (self.ns(pod), self.pod_cgroup(&p));
         self.serve_echo_in(&ns, Some(&cg), &format!("echo-{pod}-{port}"), port);
     }
@@ -250,6 +297,16 @@ impl Cluster {
 
     /// Runs an echo server in a node's netns (outside the mesh, for bypass tests).
     pub fn serve_echo_on_node(&mut self, node: &str, port: u16) {
+        if let Some(split) = self.remote(node) {
+            let serve = Request::ServeEchoOnNode {
+                node: node.to_owned(),
+                port,
+            };
+            split
+                .ask(&serve, patience(Duration::from_secs(30)))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            return;
+        }
         let ns = self.ns(node);
         self.serve_echo_in(&ns, None, &format!("echo-{node}-{port}"), port);
     }

@@ -169,6 +169,11 @@ enum Task {
         /// layout (v1 controllers, cgroup2 at /sys/fs/cgroup/unified).
         #[arg(long, value_enum, default_value = "unified")]
         cgroup: vm::CgroupMode,
+        /// 2: each node of the test clusters in its own VM, the two joined
+        /// by a virtual wire (tests that ask only what the harness can ask
+        /// of a node in another machine; see tests/src/remote.rs).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        nodes: u8,
         /// Passed to each test binary (a filter, `--test-threads=1`, …).
         #[arg(last = true)]
         filter: Vec<String>,
@@ -276,6 +281,7 @@ fn main() -> Result<()> {
             tests,
             timeout,
             cgroup,
+            nodes,
             filter,
         } => vm::run(
             &target_dir(),
@@ -285,6 +291,7 @@ fn main() -> Result<()> {
                 filter,
                 timeout: std::time::Duration::from_secs(timeout),
                 cgroup,
+                nodes,
             },
         ),
     }
@@ -402,6 +409,7 @@ fn vm_test_ci() -> Result<()> {
             filter: Vec::new(),
             timeout: std::time::Duration::from_secs(CI_VM_TIMEOUT),
             cgroup: vm::CgroupMode::Unified,
+            nodes: 1,
         },
     );
     eprintln!(

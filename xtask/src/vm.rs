@@ -57,8 +57,8 @@ const ROOTFS_PACKAGES: &[&str] = &["iproute2", "procps"];
 
 /// Kernel modules the guest loads before anything else: virtio-pci and
 /// virtio-rng, 9p and overlay for
-/// its root, veth and bridge for the e2e harness's networks. A module built
-/// into the kernel is skipped.
+/// its root, veth and bridge for the e2e harness's networks, virtio-net for
+/// the wire between two guests. A module built into the kernel is skipped.
 const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_rng",
@@ -67,6 +67,7 @@ const MODULES: &[&str] = &[
     "overlay",
     "veth",
     "bridge",
+    "virtio_net",
 ];
 
 const MIRROR: &str = "http://deb.debian.org/debian";
@@ -102,6 +103,10 @@ pub struct Job {
     /// Kill a guest that has not reported back after this long.
     pub timeout: Duration,
     pub cgroup: CgroupMode,
+    /// 1: both nodes of each test cluster in one guest (network
+    /// namespaces); 2: each node in its own guest, the two joined by a
+    /// virtual wire (see [`Wire`]).
+    pub nodes: u8,
 }
 
 /// How one kernel's guest ended; saved as
@@ -112,6 +117,9 @@ pub struct Outcome {
     /// `uname -r`; empty when the `.deb` could not be had.
     pub release: String,
     pub cgroup: CgroupMode,
+    /// Guests the cluster's two nodes ran in (1 or 2).
+    #[serde(default = "one")]
+    pub nodes: u8,
     /// When the run started (UTC) and the workspace's commit.
     pub date: String,
     pub commit: String,
@@ -131,7 +139,13 @@ pub struct Outcome {
     pub tests: Vec<TestRun>,
 }
 
-/// One e2e test binary in a guest.
+fn one() -> u8 {
+    1
+}
+
+/// One e2e test binary in a guest. A run keeps the saved results of the
+/// test files it did not run (see [`merge_earlier`]), so each carries its
+/// own date, commit and arguments.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TestRun {
     pub name: String,
@@ -139,6 +153,15 @@ pub struct TestRun {
     pub rc: Option<i32>,
     /// Seconds, guest clock.
     pub seconds: Option<f64>,
+    #[serde(default)]
+    pub date: String,
+    #[serde(default)]
+    pub commit: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The guest hung before this file reported.
+    #[serde(default)]
+    pub hung: bool,
 }
 
 /// The part of `nodeward probe --format json` the matrix shows (unknown
@@ -228,6 +251,7 @@ pub fn run(target: &Path, series: &[Series], job: &Job) -> Result<()> {
                 series: s.name.to_owned(),
                 release: String::new(),
                 cgroup: job.cgroup,
+                nodes: job.nodes,
                 date: String::new(),
                 commit: String::new(),
                 args: job.filter.clone(),
@@ -242,12 +266,20 @@ pub fn run(target: &Path, series: &[Series], job: &Job) -> Result<()> {
         });
         outcome.date.clone_from(&stamp.date);
         outcome.commit.clone_from(&stamp.commit);
+        for t in &mut outcome.tests {
+            t.date.clone_from(&stamp.date);
+            t.commit.clone_from(&stamp.commit);
+            t.args.clone_from(&job.filter);
+            t.hung = outcome.hung && t.rc.is_none();
+        }
         report(&outcome);
+        let failed_now = outcome.failed();
         let saved = vm
             .join("runs")
-            .join(format!("{}-{}.json", s.name, job.cgroup.name()));
+            .join(saved_name(s.name, job.cgroup, job.nodes));
+        merge_earlier(&mut outcome, &saved);
         fs::write(&saved, serde_json::to_string_pretty(&outcome)?)?;
-        if outcome.failed() {
+        if failed_now {
             failed.push(s.name);
         }
     }
@@ -260,7 +292,39 @@ pub fn run(target: &Path, series: &[Series], job: &Job) -> Result<()> {
     Ok(())
 }
 
-/// One kernel: its `.deb`, its initramfs, its guest.
+/// `<series>-<cgroup>.json`, `-2vm` before the extension for two guests.
+fn saved_name(series: &str, cgroup: CgroupMode, nodes: u8) -> String {
+    let vms = if nodes == 2 { "-2vm" } else { "" };
+    format!("{series}-{}{vms}.json", cgroup.name())
+}
+
+/// Keeps the earlier saved results of test files this run did not run, so
+/// the matrix accumulates files run at different times (each row keeps its
+/// own date and commit). The guest's own facts (release, probe) are this
+/// run's.
+fn merge_earlier(outcome: &mut Outcome, saved: &Path) {
+    let Some(earlier) = fs::read_to_string(saved)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Outcome>(&t).ok())
+    else {
+        return;
+    };
+    for mut t in earlier.tests {
+        if outcome.tests.iter().any(|now| now.name == t.name) {
+            continue;
+        }
+        // Saved before tests carried their own stamp.
+        if t.date.is_empty() {
+            t.date.clone_from(&earlier.date);
+            t.commit.clone_from(&earlier.commit);
+            t.args.clone_from(&earlier.args);
+            t.hung = earlier.hung && t.rc.is_none();
+        }
+        outcome.tests.push(t);
+    }
+}
+
+/// One kernel: its `.deb`, its initramfs, its guest (or two).
 fn guest(
     vm: &Path,
     series: Series,
@@ -273,17 +337,34 @@ fn guest(
     let initrd = kernel
         .initramfs()
         .with_context(|| format!("initramfs for {}", kernel.release))?;
-    boot(vm, &kernel, &initrd, rootfs, nodeward, bins, job).context("booting the guest")
+    let boot = Boot {
+        vm,
+        kernel: &kernel,
+        initrd: &initrd,
+        rootfs,
+        nodeward,
+        bins,
+        job,
+    };
+    if job.nodes == 2 {
+        boot.pair().context("booting the two guests")
+    } else {
+        boot.alone().context("booting the guest")
+    }
 }
 
-/// Every saved run, in [`SERIES`] order, unified before hybrid.
+/// Every saved run, in [`SERIES`] order, unified before hybrid, one guest
+/// before two.
 fn saved_outcomes(vm: &Path) -> Vec<Outcome> {
     let mut all = Vec::new();
     for s in SERIES {
-        for mode in [CgroupMode::Unified, CgroupMode::Hybrid] {
-            let path = vm
-                .join("runs")
-                .join(format!("{}-{}.json", s.name, mode.name()));
+        for (mode, nodes) in [
+            (CgroupMode::Unified, 1),
+            (CgroupMode::Unified, 2),
+            (CgroupMode::Hybrid, 1),
+            (CgroupMode::Hybrid, 2),
+        ] {
+            let path = vm.join("runs").join(saved_name(s.name, mode, nodes));
             let Ok(text) = fs::read_to_string(&path) else {
                 continue;
             };
@@ -657,12 +738,13 @@ echo o > /proc/sysrq-trigger
 
 /// The job script (PID 1 in the guest's root): the filesystems the harness
 /// needs, the host's directories at their host paths, `nodeward probe`,
-/// then each test.
+/// then each test; in the second of two guests, the agent instead.
 fn job_script(
     shares: &[(String, PathBuf, bool)],
     nodeward: &Path,
     bins: &[(String, PathBuf)],
     job: &Job,
+    role: &Role,
 ) -> String {
     let mut s = String::from(
         "#!/bin/sh\n\
@@ -688,6 +770,19 @@ fn job_script(
         let ro = if *ro { ",ro" } else { "" };
         s.push_str(&format!("mkdir -p {p}; mount -t 9p -o $O{ro} {tag} {p}\n"));
     }
+    if let Some(env) = role.env() {
+        s.push_str(&env);
+    }
+    if let Role::Agent(wire) = role {
+        s.push_str(&format!(
+            "echo \"nw-vm-agent start $(cut -d' ' -f1 /proc/uptime)\"\n\
+             {}\n\
+             echo \"nw-vm-agent exit=$? $(cut -d' ' -f1 /proc/uptime)\"\n\
+             sync\necho nw-vm-done\necho o > /proc/sysrq-trigger\nsleep 60\n",
+            shell_quote(&wire.agent.display().to_string())
+        ));
+        return s;
+    }
     // The probe's JSON goes to the host through the run share; the
     // verdict also to the console.
     s.push_str(&format!(
@@ -696,7 +791,11 @@ fn job_script(
          echo \"nw-vm-probe exit=$? $(cut -d' ' -f1 /proc/uptime)\"\n",
         shell_quote(&nodeward.display().to_string())
     ));
-    let filter: Vec<String> = job.filter.iter().map(|f| shell_quote(f)).collect();
+    let mut filter: Vec<String> = job.filter.iter().map(|f| shell_quote(f)).collect();
+    if let Role::Driver(_) = role {
+        // One agent serves one cluster at a time.
+        filter.push("--test-threads=1".to_owned());
+    }
     for (name, exe) in bins {
         // cargo runs a test binary in its package's directory. Afterwards
         // the console says what the harness left running (its cleanup
@@ -710,6 +809,12 @@ fn job_script(
              $(ls /run/netns 2>/dev/null | wc -l) netns\"\n",
             shell_quote(&exe.display().to_string()),
             filter.join(" ")
+        ));
+    }
+    if let Role::Driver(wire) = role {
+        s.push_str(&format!(
+            "{} done\n",
+            shell_quote(&wire.agent.display().to_string())
         ));
     }
     s.push_str("sync\necho nw-vm-done\necho o > /proc/sysrq-trigger\nsleep 60\n");
@@ -736,148 +841,336 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Boots one guest and waits for it to power off, or kills it at the timeout.
-fn boot(
-    vm: &Path,
-    kernel: &Kernel,
-    initrd: &Path,
-    rootfs: &Path,
-    nodeward: &Path,
-    bins: &[(String, PathBuf)],
-    job: &Job,
-) -> Result<Outcome> {
-    let series = kernel.series.name;
-    let tag = format!("{series}-{}", job.cgroup.name());
-    let prefix = format!("nw-vm-{}-{tag}", std::process::id());
-    let run = vm.join(&prefix);
-    let _ = fs::remove_dir_all(&run);
-    fs::create_dir_all(&run)?;
-    let src = fs::canonicalize(".")?;
-    let target = fs::canonicalize(crate::target_dir())?;
-    // Shorter paths first, so a target dir inside the workspace is mounted
-    // over the workspace's (read-only) one.
-    let shares = vec![
-        ("src".to_owned(), src.clone(), true),
-        ("target".to_owned(), target, false),
-    ];
-    let mut script = job_script(&shares, nodeward, bins, job);
-    script.insert_str(
-        script.find('\n').unwrap_or(0) + 1,
-        &format!(
-            "NW_TESTS_DIR={}\n",
-            shell_quote(&src.join("tests").display().to_string())
-        ),
-    );
-    write_exec(&run.join("job.sh"), &script)?;
-    let mut qemu = Command::new("nice");
-    qemu.args(["-n", "10", "qemu-system-x86_64", "-name", &prefix])
-        .args([
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "2048",
-        ])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(kernel.vmlinuz())
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=4"]);
-    let virtfs = |tag: &str, path: &Path, ro: bool| {
-        format!(
-            "local,path={},mount_tag={tag},security_model=none{}",
-            path.display(),
-            if ro { ",readonly=on" } else { "" }
-        )
-    };
-    qemu.arg("-virtfs").arg(virtfs("rootfs", rootfs, true));
-    qemu.arg("-virtfs").arg(virtfs("run", &run, false));
-    for (tag, path, ro) in &shares {
-        qemu.arg("-virtfs").arg(virtfs(tag, path, *ro));
+/// What a guest plays in a run.
+enum Role {
+    /// The only guest: both nodes of each cluster in it.
+    Alone,
+    /// The first of two: runs the tests, with node-a.
+    Driver(Wire),
+    /// The second of two: runs `nw-vm-node` with node-b until the driver is done.
+    Agent(Wire),
+}
+
+/// The wire between two guests: qemu's `dgram` netdev over a pair of Unix
+/// datagram sockets on the host (no port, no host interface, nothing
+/// routed: frames go only from one qemu to the other), a virtio NIC with
+/// a known MAC in each guest, and the directory the harness and the agent
+/// exchange requests in (see `nodeward_tests::remote`), inside the shared
+/// target directory.
+struct Wire {
+    dir: PathBuf,
+    agent: PathBuf,
+}
+
+/// The MAC address of each guest's NIC on the wire.
+const WIRE_MACS: [&str; 2] = ["52:54:00:99:00:01", "52:54:00:99:00:02"];
+
+impl Wire {
+    fn socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("wire-{i}.sock"))
     }
-    eprintln!(
-        "xtask vm-test: booting {} ({}, cgroup {}) as {prefix}, timeout {}s",
-        kernel.release,
-        kernel.series.suite,
-        job.cgroup.name(),
-        job.timeout.as_secs()
-    );
-    let started = Instant::now();
-    let mut child = qemu
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("running qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
-    let stdout = child.stdout.take().context("qemu stdout")?;
-    let log_path = vm.join(format!("console-{tag}.log"));
-    let reader = std::thread::spawn(move || -> Console {
-        let mut log = fs::File::create(&log_path).ok();
-        let mut console = Console::default();
-        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-            if let Some(f) = log.as_mut() {
-                let _ = writeln!(f, "{line}");
+}
+
+impl Role {
+    /// Index on the wire, node name.
+    fn side(&self) -> Option<(&Wire, usize, &'static str)> {
+        match self {
+            Self::Alone => None,
+            Self::Driver(w) => Some((w, 0, "node-a")),
+            Self::Agent(w) => Some((w, 1, "node-b")),
+        }
+    }
+
+    /// The variables that tell the harness (or the agent) its part.
+    fn env(&self) -> Option<String> {
+        let (wire, i, node) = self.side()?;
+        let dir = shell_quote(&wire.dir.display().to_string());
+        Some(format!(
+            "export NW_SPLIT_DIR={dir} NW_SPLIT_NODE={node} NW_SPLIT_LINK={}\n\
+             export TMPDIR={dir}/tmp; mkdir -p \"$TMPDIR\"\n",
+            WIRE_MACS[i]
+        ))
+    }
+
+    /// qemu's NIC on the wire.
+    fn qemu_args(&self) -> Vec<String> {
+        let Some((wire, i, _)) = self.side() else {
+            return Vec::new();
+        };
+        vec![
+            "-netdev".into(),
+            format!(
+                "dgram,id=wire,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                wire.socket(i).display(),
+                wire.socket(1 - i).display()
+            ),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=wire,mac={}", WIRE_MACS[i]),
+        ]
+    }
+
+    fn suffix(&self) -> &'static str {
+        match self {
+            Self::Alone | Self::Driver(_) => "",
+            Self::Agent(_) => "-node-b",
+        }
+    }
+}
+
+/// What booting needs.
+struct Boot<'a> {
+    vm: &'a Path,
+    kernel: &'a Kernel,
+    initrd: &'a Path,
+    rootfs: &'a Path,
+    nodeward: &'a Path,
+    bins: &'a [(String, PathBuf)],
+    job: &'a Job,
+}
+
+/// A guest running.
+struct Launched {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<Console>,
+    started: Instant,
+    run: PathBuf,
+    tag: String,
+}
+
+/// A guest ended.
+struct Ended {
+    hung: bool,
+    total: Duration,
+    console: Console,
+    run: PathBuf,
+    tag: String,
+}
+
+impl Boot<'_> {
+    /// Boots one guest and waits for it to power off, or kills it at the timeout.
+    fn alone(&self) -> Result<Outcome> {
+        let guest = self.launch(&Role::Alone)?;
+        let deadline = guest.started + self.job.timeout;
+        let ended = guest.wait(deadline)?;
+        self.outcome(ended, None)
+    }
+
+    /// Boots the agent's guest (node-b), then the driver's (node-a, the
+    /// tests), joined by a wire; waits for the driver, then for the agent,
+    /// which powers off once the driver says it is done.
+    fn pair(&self) -> Result<Outcome> {
+        let dir = self.vm.join(format!("nw-vm-{}-wire", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let agent = self
+            .bins
+            .first()
+            .and_then(|(_, exe)| exe.parent()?.parent().map(|d| d.join("nw-vm-node")))
+            .context("no test binary")?;
+        let wire = || Wire {
+            dir: dir.clone(),
+            agent: agent.clone(),
+        };
+        let second = self.launch(&Role::Agent(wire()))?;
+        let first = self.launch(&Role::Driver(wire()));
+        let first = match first {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = second.wait(Instant::now());
+                return Err(e);
             }
-            if console.booted.is_none() && line.starts_with("nw-vm-booted") {
-                console.booted = Some(started.elapsed());
+        };
+        let deadline = first.started + self.job.timeout;
+        let ended = first.wait(deadline)?;
+        // The driver told the agent it is done; a driver that hung did not.
+        let patience = if ended.hung {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(120)
+        };
+        let other = second.wait(Instant::now() + patience)?;
+        let _ = fs::remove_dir_all(&dir);
+        let note = other
+            .hung
+            .then(|| "the second guest (node-b's agent) did not power off".to_owned());
+        self.outcome(ended, note)
+    }
+
+    fn launch(&self, role: &Role) -> Result<Launched> {
+        let (kernel, job) = (self.kernel, self.job);
+        let series = kernel.series.name;
+        let tag = format!("{series}-{}{}", job.cgroup.name(), role.suffix());
+        let prefix = format!("nw-vm-{}-{tag}", std::process::id());
+        let run = self.vm.join(&prefix);
+        let _ = fs::remove_dir_all(&run);
+        fs::create_dir_all(&run)?;
+        let src = fs::canonicalize(".")?;
+        let target = fs::canonicalize(crate::target_dir())?;
+        // Shorter paths first, so a target dir inside the workspace is mounted
+        // over the workspace's (read-only) one.
+        let shares = vec![
+            ("src".to_owned(), src.clone(), true),
+            ("target".to_owned(), target, false),
+        ];
+        let mut script = job_script(&shares, self.nodeward, self.bins, job, role);
+        script.insert_str(
+            script.find('\n').unwrap_or(0) + 1,
+            &format!(
+                "NW_TESTS_DIR={}\n",
+                shell_quote(&src.join("tests").display().to_string())
+            ),
+        );
+        write_exec(&run.join("job.sh"), &script)?;
+        let mut qemu = Command::new("nice");
+        qemu.args(["-n", "10", "qemu-system-x86_64", "-name", &prefix])
+            .args([
+                "-accel",
+                "tcg,thread=multi",
+                "-cpu",
+                "max",
+                "-smp",
+                "2",
+                "-m",
+                "2048",
+            ])
+            .args([
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
+            .arg("-kernel")
+            .arg(kernel.vmlinuz())
+            .arg("-initrd")
+            .arg(self.initrd)
+            .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
+            .args(role.qemu_args());
+        let virtfs = |tag: &str, path: &Path, ro: bool| {
+            format!(
+                "local,path={},mount_tag={tag},security_model=none{}",
+                path.display(),
+                if ro { ",readonly=on" } else { "" }
+            )
+        };
+        qemu.arg("-virtfs").arg(virtfs("rootfs", self.rootfs, true));
+        qemu.arg("-virtfs").arg(virtfs("run", &run, false));
+        for (tag, path, ro) in &shares {
+            qemu.arg("-virtfs").arg(virtfs(tag, path, *ro));
+        }
+        eprintln!(
+            "xtask vm-test: booting {} ({}, cgroup {}) as {prefix}, timeout {}s",
+            kernel.release,
+            kernel.series.suite,
+            job.cgroup.name(),
+            job.timeout.as_secs()
+        );
+        let started = Instant::now();
+        let mut child = qemu
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("running qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        let stdout = child.stdout.take().context("qemu stdout")?;
+        let log_path = self.vm.join(format!("console-{tag}.log"));
+        let label = format!("{series}{}", role.suffix());
+        let reader = std::thread::spawn(move || -> Console {
+            let mut log = fs::File::create(&log_path).ok();
+            let mut console = Console::default();
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+                if console.booted.is_none() && line.starts_with("nw-vm-booted") {
+                    console.booted = Some(started.elapsed());
+                }
+                console.note_test(&line);
+                eprintln!("[{label}] {line}");
             }
-            console.note_test(&line);
-            eprintln!("[{series}] {line}");
-        }
-        console
-    });
-    let hung = loop {
-        if child.try_wait()?.is_some() {
-            break false;
-        }
-        if started.elapsed() > job.timeout {
-            // Our own qemu, by its pid (nice exec()s it).
-            let _ = child.kill();
-            let _ = child.wait();
-            break true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let total = started.elapsed();
-    let console = reader.join().unwrap_or_default();
-    let tests = bins
-        .iter()
-        .map(|(name, _)| TestRun {
-            name: name.clone(),
-            rc: fs::read_to_string(run.join(format!("exit-{name}")))
-                .ok()
-                .and_then(|s| s.trim().parse().ok()),
-            seconds: console.seconds(name),
+            console
+        });
+        Ok(Launched {
+            child,
+            reader,
+            started,
+            run,
+            tag,
         })
-        .collect();
-    let (probe, probe_error) = read_probe(&run, &vm.join(format!("probe-{tag}.json")));
-    fs::remove_dir_all(&run)?;
-    Ok(Outcome {
-        series: series.to_owned(),
-        release: kernel.release.clone(),
-        cgroup: job.cgroup,
-        date: String::new(),
-        commit: String::new(),
-        args: job.filter.clone(),
-        boot: console.booted.map(|b| b.as_secs_f64()),
-        total: total.as_secs_f64(),
-        error: None,
-        hung,
-        probe,
-        probe_error,
-        tests,
-    })
+    }
+
+    /// The driver's (or only) guest's outcome; `note` says what went wrong
+    /// with the other one.
+    fn outcome(&self, ended: Ended, note: Option<String>) -> Result<Outcome> {
+        let Ended {
+            hung,
+            total,
+            console,
+            run,
+            tag,
+        } = ended;
+        let tests = self
+            .bins
+            .iter()
+            .map(|(name, _)| TestRun {
+                name: name.clone(),
+                rc: fs::read_to_string(run.join(format!("exit-{name}")))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok()),
+                seconds: console.seconds(name),
+                date: String::new(),
+                commit: String::new(),
+                args: Vec::new(),
+                hung: false,
+            })
+            .collect();
+        let (probe, probe_error) = read_probe(&run, &self.vm.join(format!("probe-{tag}.json")));
+        fs::remove_dir_all(&run)?;
+        Ok(Outcome {
+            series: self.kernel.series.name.to_owned(),
+            release: self.kernel.release.clone(),
+            cgroup: self.job.cgroup,
+            nodes: self.job.nodes,
+            date: String::new(),
+            commit: String::new(),
+            args: self.job.filter.clone(),
+            boot: console.booted.map(|b| b.as_secs_f64()),
+            total: total.as_secs_f64(),
+            error: note,
+            hung,
+            probe,
+            probe_error,
+            tests,
+        })
+    }
+}
+
+impl Launched {
+    /// Waits for the guest to power off; kills it past `deadline`.
+    fn wait(mut self, deadline: Instant) -> Result<Ended> {
+        let hung = loop {
+            if self.child.try_wait()?.is_some() {
+                break false;
+            }
+            if Instant::now() > deadline {
+                // Our own qemu, by its pid (nice exec()s it).
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let total = self.started.elapsed();
+        let console = self.reader.join().unwrap_or_default();
+        Ok(Ended {
+            hung,
+            total,
+            console,
+            run: self.run,
+            tag: self.tag,
+        })
+    }
 }
 
 /// What the host learns from the guest's console.
@@ -1018,10 +1311,11 @@ fn render_matrix(outcomes: &[Outcome]) -> String {
             (None, Some(_), _) => "**not supported** (a required feature is missing)".into(),
             (None, None, why) => format!("no report: {}", cell(why.as_deref().unwrap_or(""), 300)),
         };
+        let vms = if o.nodes == 2 { ", 2 VMs" } else { "" };
         // The mode asked for, and where the probe found cgroup2.
         let cgroup = match o.probe.as_ref().and_then(|p| p.cgroup2.as_deref()) {
-            Some(mount) => format!("{} (cgroup2 at `{mount}`)", o.cgroup.name()),
-            None => o.cgroup.name().to_owned(),
+            Some(mount) => format!("{}{vms} (cgroup2 at `{mount}`)", o.cgroup.name()),
+            None => format!("{}{vms}", o.cgroup.name()),
         };
         md.push_str(&format!(
             "| {} | {} | {cgroup} | {} | {} | {} | {} | {verdict} |\n",
@@ -1040,33 +1334,41 @@ fn render_matrix(outcomes: &[Outcome]) -> String {
     md.push_str(&features_table(outcomes));
     md.push_str(
         "\n## Tests\n\n\
-         | kernel | cgroup | test file | args | result | time |\n|---|---|---|---|---|---|\n",
+         `2 VMs`: each node of the test clusters in its own guest, the two joined by a \
+         virtual wire (`--nodes 2`).\n\n\
+         | kernel | cgroup | test file | args | result | time | date | commit |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
+        let vms = if o.nodes == 2 { " (2 VMs)" } else { "" };
         if o.tests.is_empty() {
             md.push_str(&format!(
-                "| {} | {} | — | — | not run | — |\n",
+                "| {} | {}{vms} | — | — | not run | — | {} | {} |\n",
                 o.series,
-                o.cgroup.name()
+                o.cgroup.name(),
+                o.date,
+                o.commit
             ));
         }
-        let args = if o.args.is_empty() {
-            "all tests".to_owned()
-        } else {
-            format!("`{}`", o.args.join(" "))
-        };
         for t in &o.tests {
-            let result = if o.hung && t.rc.is_none() {
-                format!("hung: killed after {:.0} s", o.total)
+            let args = if t.args.is_empty() {
+                "all tests".to_owned()
+            } else {
+                format!("`{}`", t.args.join(" "))
+            };
+            let result = if t.hung {
+                "hung: killed at the timeout".to_owned()
             } else {
                 describe(t.rc)
             };
             md.push_str(&format!(
-                "| {} | {} | {} | {args} | {result} | {} |\n",
+                "| {} | {}{vms} | {} | {args} | {result} | {} | {} | {} |\n",
                 o.series,
                 o.cgroup.name(),
                 t.name,
-                seconds(t.seconds, "—")
+                seconds(t.seconds, "—"),
+                t.date,
+                t.commit
             ));
         }
     }
@@ -1176,6 +1478,7 @@ mod tests {
             series: series.into(),
             release: format!("{series}.0-1-amd64"),
             cgroup,
+            nodes: 1,
             date: "2026-12-06 09:00 UTC".into(),
             commit: "abc1234".into(),
             args: Vec::new(),
@@ -1209,6 +1512,10 @@ mod tests {
                 name: "redirect".into(),
                 rc: Some(0),
                 seconds: Some(42.0),
+                date: "2026-12-06 09:00 UTC".into(),
+                commit: "abc1234".into(),
+                args: Vec::new(),
+                hung: false,
             }],
         }
     }
@@ -1288,10 +1595,109 @@ mod tests {
             filter: Vec::new(),
             timeout: Duration::from_secs(1),
             cgroup: CgroupMode::Hybrid,
+            nodes: 1,
         };
-        let script = job_script(&[], Path::new("/t/debug/nodeward"), &[], &job);
+        let script = job_script(&[], Path::new("/t/debug/nodeward"), &[], &job, &Role::Alone);
         assert!(script.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified"));
         assert!(!script.contains("cgroup2 /sys/fs/cgroup\n"));
         assert!(script.contains("'/t/debug/nodeward' probe --format json > /nw-vm/probe.json"));
+        assert!(!script.contains("NW_SPLIT"), "{script}");
+    }
+
+    #[test]
+    fn two_guests_split_the_nodes_and_the_driver_ends_the_agent() {
+        let job = Job {
+            tests: vec!["tunnel".into()],
+            filter: vec!["cross_node".into()],
+            timeout: Duration::from_secs(1),
+            cgroup: CgroupMode::Unified,
+            nodes: 2,
+        };
+        let wire = || Wire {
+            dir: "/t/vm/w".into(),
+            agent: "/t/debug/nw-vm-node".into(),
+        };
+        let bins = [("tunnel".to_owned(), PathBuf::from("/t/debug/deps/tunnel-1"))];
+        let nodeward = Path::new("/t/debug/nodeward");
+        let driver = job_script(&[], nodeward, &bins, &job, &Role::Driver(wire()));
+        assert!(
+            driver.contains("NW_SPLIT_NODE=node-a NW_SPLIT_LINK=52:54:00:99:00:01"),
+            "{driver}"
+        );
+        assert!(
+            driver.contains("'/t/debug/deps/tunnel-1' 'cross_node' --test-threads=1"),
+            "{driver}"
+        );
+        assert!(driver.contains("'/t/debug/nw-vm-node' done"), "{driver}");
+        let agent = job_script(&[], nodeward, &bins, &job, &Role::Agent(wire()));
+        assert!(
+            agent.contains("NW_SPLIT_NODE=node-b NW_SPLIT_LINK=52:54:00:99:00:02"),
+            "{agent}"
+        );
+        assert!(agent.contains("'/t/debug/nw-vm-node'\n"), "{agent}");
+        assert!(!agent.contains("probe"), "{agent}");
+        assert!(!agent.contains("tunnel-1"), "{agent}");
+        let (a, b) = (
+            Role::Driver(wire()).qemu_args(),
+            Role::Agent(wire()).qemu_args(),
+        );
+        assert!(
+            a[1].contains(
+                "local.path=/t/vm/w/wire-0.sock,remote.type=unix,remote.path=/t/vm/w/wire-1.sock"
+            ),
+            "{a:?}"
+        );
+        assert!(
+            b[1].contains(
+                "local.path=/t/vm/w/wire-1.sock,remote.type=unix,remote.path=/t/vm/w/wire-0.sock"
+            ),
+            "{b:?}"
+        );
+    }
+
+    #[test]
+    fn a_run_keeps_the_saved_results_of_the_files_it_did_not_run() {
+        let dir = std::env::temp_dir().join(format!("nw-vm-merge-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let saved = dir.join("run.json");
+        let mut earlier = outcome("5.10", CgroupMode::Unified);
+        earlier.tests[0].rc = Some(1);
+        let mut other = earlier.tests.remove(0);
+        other.name = "lifecycle".into();
+        earlier.tests = vec![
+            TestRun {
+                name: "redirect".into(),
+                ..other
+            },
+            TestRun {
+                name: "lifecycle".into(),
+                rc: Some(0),
+                seconds: Some(7.0),
+                date: String::new(),
+                commit: String::new(),
+                args: Vec::new(),
+                hung: false,
+            },
+        ];
+        fs::write(&saved, serde_json::to_string(&earlier).expect("json")).expect("write");
+        let mut now = outcome("5.10", CgroupMode::Unified);
+        now.commit = "def5678".into();
+        now.tests[0].commit = "def5678".into();
+        merge_earlier(&mut now, &saved);
+        let _ = fs::remove_dir_all(&dir);
+        let names: Vec<(&str, Option<i32>, &str)> = now
+            .tests
+            .iter()
+            .map(|t| (t.name.as_str(), t.rc, t.commit.as_str()))
+            .collect();
+        // This run's redirect replaces the saved one; the saved lifecycle
+        // stays, stamped with the run it came from.
+        assert_eq!(
+            names,
+            [
+                ("redirect", Some(0), "def5678"),
+                ("lifecycle", Some(0), "abc1234")
+            ]
+        );
     }
 }
