@@ -59,6 +59,8 @@ pub struct Settings {
     pub bench_bin: PathBuf,
     /// Scenario names to run; empty runs them all.
     pub only: Vec<String>,
+    /// The proxies' `runtime.workerThreads`; `None`: their default.
+    pub worker_threads: Option<usize>,
 }
 
 /// Server in the destination pod's cgroup: what nodeward dials.
@@ -376,6 +378,7 @@ impl Bench {
         let mut options = Options {
             drain_deadline: "1s",
             sockmap: false,
+            worker_threads: settings.worker_threads,
             ..Options::default()
         };
         options
@@ -1186,6 +1189,7 @@ fn write_reports(settings: &Settings, machine: &Value, rows: &[Row]) -> Result<(
         "settings": {
             "seconds": settings.seconds,
             "idle_target": settings.idle,
+            "worker_threads": settings.worker_threads,
         },
         "rows": rows.iter().map(|r| json!({
             "path": r.kind.name(),
@@ -1250,7 +1254,7 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
     let s = |k: &str| m[k].as_str().unwrap_or("").to_owned();
     let mut md = format!(
         "Run {} on Linux {}, {} ({} cores), {} GB RAM; nodeward {}, {}. \
-         Each timed scenario ran {} s; idle target {} connections. \
+         Each timed scenario ran {} s; idle target {} connections; nodeward worker threads: {}. \
          1-min load average {} at the start, {} at the end.\n",
         s("date"),
         s("kernel"),
@@ -1261,6 +1265,9 @@ fn markdown(settings: &Settings, m: &Value, rows: &[Row]) -> String {
         s("haproxy"),
         settings.seconds,
         settings.idle,
+        settings
+            .worker_threads
+            .map_or_else(|| "default".to_owned(), |n| n.to_string()),
         s("loadavg_start"),
         s("loadavg_end"),
     );

@@ -184,6 +184,8 @@ pub struct Options {
     /// `tracing:` as a YAML flow mapping (see `otlp::tracing_config`);
     /// empty: tracing off, as in the product.
     pub tracing: String,
+    /// `runtime.workerThreads`; `None`: the product's default.
+    pub worker_threads: Option<usize>,
 }
 
 /// A mesh-wide policy that allows every connection: the default for tests
@@ -225,6 +227,7 @@ impl Default for Options {
             http: "",
             kubernetes: false,
             tracing: String::new(),
+            worker_threads: None,
         }
     }
 }

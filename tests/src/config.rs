@@ -137,6 +137,10 @@ impl Cluster {
             "" => tunnel,
             t => format!("{tunnel}tracing: {t}\n"),
         };
+        let tunnel = match options.worker_threads {
+            None => tunnel,
+            Some(n) => format!("{tunnel}runtime:\n  workerThreads: {n}\n"),
+        };
         let discovery = if options.kubernetes {
             format!(
                 "discovery: kubernetes\nkubernetes:\n  cgroupRoot: {}\n  syncTimeout: 15s\n",

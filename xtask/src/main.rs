@@ -135,6 +135,9 @@ enum Task {
         /// connrate, idle).
         #[arg(long)]
         only: Option<String>,
+        /// nodeward's `runtime.workerThreads` in the run (default: its own).
+        #[arg(long)]
+        worker_threads: Option<usize>,
     },
     /// Hold meshed connections on a netns cluster for MINUTES with churn,
     /// traffic, policy reloads and certificate renewals (needs root);
@@ -270,7 +273,8 @@ fn main() -> Result<()> {
             seconds,
             idle,
             only,
-        } => bench(seconds, idle, only.as_deref()),
+            worker_threads,
+        } => bench(seconds, idle, only.as_deref(), worker_threads),
         Task::Soak {
             minutes,
             connections,
@@ -444,7 +448,7 @@ fn test_image(archive: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn bench(seconds: f64, idle: usize, only: Option<&str>) -> Result<()> {
+fn bench(seconds: f64, idle: usize, only: Option<&str>, threads: Option<usize>) -> Result<()> {
     build()?;
     let mut cmd = Command::new(target_dir().join("release/nw-bench"));
     cmd.args(["run", "--out", "target/bench"])
@@ -452,6 +456,9 @@ fn bench(seconds: f64, idle: usize, only: Option<&str>) -> Result<()> {
         .args(["--idle", &idle.to_string()]);
     if let Some(only) = only {
         cmd.args(["--only", only]);
+    }
+    if let Some(n) = threads {
+        cmd.args(["--worker-threads", &n.to_string()]);
     }
     let status = cmd
         .env("NODEWARD_BIN", target_dir().join("release/nodeward"))

@@ -101,6 +101,9 @@ pub struct ConfigFile {
     /// The sockmap fast path for the pod ⇄ proxy hop.
     #[serde(default)]
     pub sockmap: SockmapFile,
+    /// The async runtime's threads.
+    #[serde(default)]
+    pub runtime: RuntimeFile,
     /// The tunnel server's connection timers and caps.
     #[serde(default)]
     pub tunnel: TunnelFile,
@@ -227,6 +230,47 @@ pub struct SockmapFile {
     /// Where the kernel cannot load it, it turns itself off with one log line.
     #[serde(default)]
     pub enabled: Option<bool>,
+}
+
+/// `runtime`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuntimeFile {
+    /// Threads that run connections (default: see [`default_worker_threads`]).
+    #[serde(default)]
+    pub worker_threads: Option<WorkerThreads>,
+}
+
+/// A worker-thread count from 1 to [`MAX_WORKER_THREADS`], checked while
+/// decoding, so a bad value is an error at its own line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerThreads(pub usize);
+
+impl<'de> Deserialize<'de> for WorkerThreads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = usize::deserialize(d)?;
+        if (1..=MAX_WORKER_THREADS).contains(&n) {
+            Ok(Self(n))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "must be from 1 to {MAX_WORKER_THREADS}"
+            )))
+        }
+    }
+}
+
+/// Most worker threads `runtime.workerThreads` takes.
+pub const MAX_WORKER_THREADS: usize = 256;
+
+/// Worker threads when `runtime.workerThreads` is unset: one per core the
+/// process may run on, at most 8. Every relayed byte crosses two tasks in
+/// each proxy (the connection's and the tunnel connection's), so the
+/// proxy needs more than one thread to use more than one core; past 8 a
+/// node proxy competes with the pods it serves for no measured gain.
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(8)
 }
 
 /// `accessLog`.
@@ -423,6 +467,8 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// Whether to try the sockmap fast path.
     pub sockmap: bool,
+    /// Threads of the async runtime that runs connections.
+    pub worker_threads: usize,
     /// The tunnel server's timers and caps.
     pub tunnel: TunnelSettings,
     /// Span export; `None`: tracing off.
@@ -481,6 +527,7 @@ impl Config {
                     idle_timeout,
                 },
             sockmap: SockmapFile { enabled: sockmap },
+            runtime: RuntimeFile { worker_threads },
             tunnel: tunnel_file,
             tracing,
             flows:
@@ -579,6 +626,7 @@ impl Config {
             max_edges: flows_enabled.unwrap_or(true).then_some(max_edges),
             peers,
         };
+        let worker_threads = worker_threads.map_or_else(default_worker_threads, |w| w.0);
         let tunnel = tunnel_settings(path, tunnel_file)?;
         let http_limits = http_limits(header_read_timeout, idle_timeout);
         let tracing = tracing.map(|t| tracing_settings(path, t)).transpose()?;
@@ -611,6 +659,7 @@ impl Config {
             },
             http_limits,
             sockmap: sockmap.unwrap_or(false),
+            worker_threads,
             tunnel,
             tracing,
             flows,

@@ -212,7 +212,16 @@ fn run(config: &std::path::Path, opts: nodeward::run::RunOptions) -> i32 {
     stop.add(nix::sys::signal::Signal::SIGINT);
     stop.add(nix::sys::signal::Signal::SIGTERM);
     let _ = stop.thread_unblock();
+    let cfg = match nodeward::config::Config::load(config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            let e = nodeward::run::RunError::from(e);
+            eprintln!("nodeward: {}", nodeward::report::one_line(&e));
+            return e.exit_code();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads)
         .enable_all()
         .build()
     {
@@ -222,7 +231,7 @@ fn run(config: &std::path::Path, opts: nodeward::run::RunOptions) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(nodeward::run::run(config, opts)) {
+    match runtime.block_on(nodeward::run::run(cfg, opts)) {
         Ok(()) => 0,
         Err(e) => {
             let code = e.exit_code();

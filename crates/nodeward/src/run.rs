@@ -90,10 +90,10 @@ enum Stop {
     Handover(lifecycle::Request),
 }
 
-/// Runs the node proxy described by the config file at `path` until
-/// SIGINT/SIGTERM, or until a successor takes over.
-pub async fn run(path: &Path, opts: RunOptions) -> Result<(), RunError> {
-    let cfg = Config::load(path)?;
+/// Runs the node proxy described by `cfg` (read by the caller, which
+/// sizes the runtime from it) until SIGINT/SIGTERM, or until a successor
+/// takes over.
+pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     // First, so a stop signal during a long start-up is handled, not fatal.
     let mut signals = Signals::install()?;
     let predecessor = find_predecessor(&cfg, opts.takeover)?;

@@ -64,6 +64,9 @@ enum Cmd {
         /// idle, httptrace); the others show as missing in the reports.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// The proxies' `runtime.workerThreads` (default: theirs).
+        #[arg(long)]
+        worker_threads: Option<usize>,
     },
     /// Build the cluster, hold connections with churn and traffic for
     /// MINUTES while sampling both proxies; write `soak.csv`, `soak.png`
@@ -184,6 +187,7 @@ fn main() -> Result<()> {
             seconds,
             idle,
             only,
+            worker_threads,
         } => {
             let settings = bench::Settings {
                 out_dir: out,
@@ -191,6 +195,7 @@ fn main() -> Result<()> {
                 idle,
                 bench_bin: std::env::current_exe()?,
                 only,
+                worker_threads,
             };
             return bench::run(&settings);
         }

@@ -419,3 +419,22 @@ fn tracing_errors_name_the_field() {
         assert!(err.contains(field), "{text}: {err}");
     }
 }
+
+#[test]
+fn worker_threads_default_to_the_cores_up_to_eight_and_are_checked() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(parse(GOOD).expect("valid").worker_threads, cores.min(8));
+    let cfg = parse(&format!("{GOOD}runtime:\n  workerThreads: 3\n")).expect("valid");
+    assert_eq!(cfg.worker_threads, 3);
+    for bad in ["0", "257"] {
+        let err = parse(&format!("{GOOD}runtime:\n  workerThreads: {bad}\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(err.starts_with("/etc/nodeward/config.yaml:12:"), "{err}");
+        assert!(err.contains("runtime.workerThreads"), "{bad}: {err}");
+    }
+    let err = parse(&format!("{GOOD}runtime:\n  threads: 2\n"))
+        .expect_err("unknown field")
+        .to_string();
+    assert!(err.contains("threads"), "{err}");
+}
