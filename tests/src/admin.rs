@@ -59,17 +59,11 @@ impl Cluster {
 
     /// A node proxy's Prometheus text, fetched from inside its netns.
     pub fn metrics(&self, node: &str) -> String {
-        if let Some(split) = self.remote(node) {
-            let metrics = Request::Metrics {
-                node: node.to_owned(),
-            };
-            return split
-                .ask(
-                    &metrics,
-                    crate::processes::patience(Duration::from_secs(30)),
-                )
-                .unwrap_or_else(|e| panic!("{e:#}"))
-                .text;
+        let metrics = || Request::Metrics {
+            node: node.to_owned(),
+        };
+        if let Some(reply) = self.ask_remote(node, metrics) {
+            return reply.text;
         }
         let out = Command::new(&self.bins.nw_pod)
             .arg("--netns")

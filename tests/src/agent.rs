@@ -27,12 +27,11 @@ pub fn run() -> Result<()> {
         split.dir.display()
     );
     let mut cluster: Option<Cluster> = None;
-    let me = split.clone();
     split.serve(|request| {
         eprintln!("nw-vm-node: {request:?}");
         // A failed step panics in the harness; the driver gets it as an
         // error reply, and the agent stays up for the next cluster.
-        let reply = catch_unwind(AssertUnwindSafe(|| handle(&me, &mut cluster, request)));
+        let reply = catch_unwind(AssertUnwindSafe(|| handle(&split, &mut cluster, request)));
         match reply {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => Reply::failed(format!("{e:#}")),
@@ -52,6 +51,9 @@ fn handle(split: &Split, cluster: &mut Option<Cluster>, request: Request) -> Res
         drop(cluster.take());
         return Ok(Reply::default());
     }
+    if let Some(node) = request.node().filter(|n| *n != split.local) {
+        anyhow::bail!("{node} does not run here (this is {})", split.local);
+    }
     let c = cluster.as_mut().context("no cluster joined")?;
     let mut reply = Reply::default();
     match request {
@@ -69,7 +71,7 @@ fn handle(split: &Split, cluster: &mut Option<Cluster>, request: Request) -> Res
             timeout_ms,
         } => {
             let status = c.wait_proxy_exit(&node, index, Duration::from_millis(timeout_ms));
-            reply.code = status.and_then(|s| s.code());
+            reply.code = status.map(std::os::unix::process::ExitStatusExt::into_raw);
         }
         Request::Join { .. } | Request::Leave | Request::Done => {}
     }

@@ -424,9 +424,18 @@ impl Cluster {
 
     /// Removes what the cluster built, once its processes are stopped:
     /// cgroups (killing what is left in them), namespaces and bpffs; its
-    /// directory too, unless `NW_KEEP_LOGS` is set or the thread panics
-    /// (its logs then say what went wrong).
+    /// directory too, if it made it (not an agent's half), unless
+    /// `NW_KEEP_LOGS` is set or the thread panics (its logs then say what
+    /// went wrong).
     pub(crate) fn remove(&self) {
+        if let Some(split) = &self.split {
+            // The NIC on the wire goes back to the machine's own namespace
+            // now, whatever still holds the node's netns (the next cluster
+            // needs it).
+            let ns = self.ns(&split.local);
+            let back = ["-n", &ns, "link", "set", "dev", "link0", "netns", "1"];
+            let _ = Command::new("ip").args(back).status();
+        }
         teardown(&self.cgroup_root, &self.netns);
         release_mounts(&self.dir);
         if self.owns_dir && std::env::var_os("NW_KEEP_LOGS").is_none() && !std::thread::panicking()

@@ -21,6 +21,19 @@ use crate::{
 };
 
 impl Cluster {
+    /// When `node` runs in the other machine: asks its agent (within 30 s,
+    /// times [`patience`]) and returns the reply; `None` for a local node.
+    /// A failed request panics, as the same step failing here does.
+    pub(crate) fn ask_remote(
+        &self,
+        node: &str,
+        request: impl FnOnce() -> Request,
+    ) -> Option<crate::remote::Reply> {
+        let split = self.remote(node)?;
+        let reply = split.ask(&request(), patience(Duration::from_secs(30)));
+        Some(reply.unwrap_or_else(|e| panic!("{e:#}")))
+    }
+
     /// Starts the node proxy of `node` and waits until it is ready.
     pub fn start_proxy(&mut self, node: &str) -> Result<()> {
         self.start_proxy_with(node, &[])
@@ -148,7 +161,7 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("{e:#}"));
             return reply
                 .code
-                .map(|c| std::os::unix::process::ExitStatusExt::from_raw(c << 8));
+                .map(std::os::unix::process::ExitStatusExt::from_raw);
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -171,14 +184,11 @@ impl Cluster {
     /// Sends SIGTERM to the `index`-th proxy started on `node` without
     /// waiting for it.
     pub fn signal_proxy(&self, node: &str, index: usize) {
-        if let Some(split) = self.remote(node) {
-            let signal = Request::SignalProxy {
-                node: node.to_owned(),
-                index,
-            };
-            split
-                .ask(&signal, patience(Duration::from_secs(30)))
-                .unwrap_or_else(|e| panic!("{e:#}"));
+        let signal = || Request::SignalProxy {
+            node: node.to_owned(),
+            index,
+        };
+        if self.ask_remote(node, signal).is_some() {
             return;
         }
         let (_, child) = self
@@ -232,14 +242,11 @@ impl Cluster {
     /// Runs an echo server in `pod` on `port` (all addresses, both families).
     pub fn serve_echo(&mut self, pod: &str, port: u16) {
         let p = self.pod(pod).clone();
-        if let Some(split) = self.remote(p.node) {
-            let serve = Request::ServeEcho {
-                pod: pod.to_owned(),
-                port,
-            };
-            split
-                .ask(&serve, patience(Duration::from_secs(30)))
-                .unwrap_or_else(|e| panic!("{e:#}"));
+        let serve = || Request::ServeEcho {
+            pod: pod.to_owned(),
+            port,
+        };
+        if self.ask_remote(p.node, serve).is_some() {
             return;
         }
         let (ns, cg) = (self.ns(pod), self.pod_cgroup(&p));
@@ -297,14 +304,11 @@ impl Cluster {
 
     /// Runs an echo server in a node's netns (outside the mesh, for bypass tests).
     pub fn serve_echo_on_node(&mut self, node: &str, port: u16) {
-        if let Some(split) = self.remote(node) {
-            let serve = Request::ServeEchoOnNode {
-                node: node.to_owned(),
-                port,
-            };
-            split
-                .ask(&serve, patience(Duration::from_secs(30)))
-                .unwrap_or_else(|e| panic!("{e:#}"));
+        let serve = || Request::ServeEchoOnNode {
+            node: node.to_owned(),
+            port,
+        };
+        if self.ask_remote(node, serve).is_some() {
             return;
         }
         let ns = self.ns(node);

@@ -57,6 +57,20 @@ pub enum Request {
     Done,
 }
 
+impl Request {
+    /// The node the request is about, if it names one.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Self::ServeEchoOnNode { node, .. }
+            | Self::Metrics { node }
+            | Self::StartProxy { node, .. }
+            | Self::SignalProxy { node, .. }
+            | Self::WaitProxyExit { node, .. } => Some(node),
+            Self::Join { .. } | Self::ServeEcho { .. } | Self::Leave | Self::Done => None,
+        }
+    }
+}
+
 /// The agent's answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -65,7 +79,7 @@ pub struct Reply {
     pub error: Option<String>,
     /// What the operation returns (metrics text).
     pub text: String,
-    /// An exit code (`WaitProxyExit`).
+    /// A raw wait status (`WaitProxyExit`): an exit code or a signal.
     pub code: Option<i32>,
 }
 
@@ -97,14 +111,26 @@ static SENDING: Mutex<()> = Mutex::new(());
 impl Split {
     /// From `NW_SPLIT_DIR`, `NW_SPLIT_NODE` and `NW_SPLIT_LINK`; `None`
     /// when the first is unset (one machine runs every node).
+    ///
+    /// # Panics
+    /// When the node is not `node-a` or `node-b`, or the MAC is missing:
+    /// a harness told it is split must not guess.
     pub fn from_env() -> Option<Self> {
         let dir = std::env::var_os("NW_SPLIT_DIR")?;
+        let local = std::env::var("NW_SPLIT_NODE").unwrap_or_else(|_| "node-a".to_owned());
+        let link_mac = std::env::var("NW_SPLIT_LINK").unwrap_or_default();
+        assert!(
+            ["node-a", "node-b"].contains(&local.as_str()),
+            "NW_SPLIT_NODE={local}: node-a or node-b"
+        );
+        assert!(
+            link_mac.split(':').count() == 6,
+            "NW_SPLIT_LINK={link_mac:?}: the MAC address of the NIC on the wire"
+        );
         Some(Self {
             dir: PathBuf::from(dir),
-            local: std::env::var("NW_SPLIT_NODE").unwrap_or_else(|_| "node-a".to_owned()),
-            link_mac: std::env::var("NW_SPLIT_LINK")
-                .unwrap_or_default()
-                .to_lowercase(),
+            local,
+            link_mac,
         })
     }
 
@@ -118,7 +144,7 @@ impl Split {
         let _one = SENDING.lock().unwrap_or_else(|e| e.into_inner());
         let dir = self.requests();
         fs::create_dir_all(&dir)?;
-        let n = last(&dir, "req-")? + 1;
+        let n = claim_number(&dir)?;
         write_atomically(
             &dir.join(format!("req-{n}.json")),
             &serde_json::to_vec(request)?,
@@ -168,6 +194,25 @@ impl Split {
                 &serde_json::to_vec(&reply)?,
             )?;
             n += 1;
+        }
+    }
+}
+
+/// The next request number, claimed with an exclusive create of
+/// `claim-N`: two processes asking at once get two numbers instead of
+/// overwriting each other's request.
+fn claim_number(dir: &Path) -> Result<u64> {
+    let mut n = last(dir, "claim-")? + 1;
+    loop {
+        let claim = dir.join(format!("claim-{n}.json"));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+        {
+            Ok(_) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(e).with_context(|| format!("claiming {}", claim.display())),
         }
     }
 }

@@ -131,6 +131,9 @@ pub struct Outcome {
     pub total: f64,
     /// Why there was no guest (fetch, initramfs or qemu failed).
     pub error: Option<String>,
+    /// With two guests: what went wrong with the second (node-b's agent).
+    #[serde(default)]
+    pub agent: Option<String>,
     pub hung: bool,
     /// `nodeward probe --format json` in the guest.
     pub probe: Option<Probe>,
@@ -153,10 +156,13 @@ pub struct TestRun {
     pub rc: Option<i32>,
     /// Seconds, guest clock.
     pub seconds: Option<f64>,
+    /// When the run that ran this file started (UTC).
     #[serde(default)]
     pub date: String,
+    /// The workspace's commit in that run.
     #[serde(default)]
     pub commit: String,
+    /// The arguments the file's test binary got.
     #[serde(default)]
     pub args: Vec<String>,
     /// The guest hung before this file reported.
@@ -186,6 +192,7 @@ pub struct ProbeFeature {
 impl Outcome {
     fn failed(&self) -> bool {
         self.error.is_some()
+            || self.agent.is_some()
             || self.hung
             || self.probe.as_ref().is_none_or(|p| !p.supported)
             || self.tests.iter().any(|t| t.rc != Some(0))
@@ -258,6 +265,7 @@ pub fn run(target: &Path, series: &[Series], job: &Job) -> Result<()> {
                 boot: None,
                 total: 0.0,
                 error: Some(format!("{e:#}")),
+                agent: None,
                 hung: false,
                 probe: None,
                 probe_error: None,
@@ -794,7 +802,9 @@ fn job_script(
     let mut filter: Vec<String> = job.filter.iter().map(|f| shell_quote(f)).collect();
     if let Role::Driver(_) = role {
         // One agent serves one cluster at a time.
-        filter.push("--test-threads=1".to_owned());
+        if !job.filter.iter().any(|f| f.starts_with("--test-threads")) {
+            filter.push("--test-threads=1".to_owned());
+        }
     }
     for (name, exe) in bins {
         // cargo runs a test binary in its package's directory. Afterwards
@@ -952,7 +962,7 @@ impl Boot<'_> {
         let guest = self.launch(&Role::Alone)?;
         let deadline = guest.started + self.job.timeout;
         let ended = guest.wait(deadline)?;
-        self.outcome(ended, None)
+        self.outcome(ended)
     }
 
     /// Boots the agent's guest (node-b), then the driver's (node-a, the
@@ -981,7 +991,13 @@ impl Boot<'_> {
             }
         };
         let deadline = first.started + self.job.timeout;
-        let ended = first.wait(deadline)?;
+        let ended = match first.wait(deadline) {
+            Ok(ended) => ended,
+            Err(e) => {
+                let _ = second.wait(Instant::now());
+                return Err(e);
+            }
+        };
         // The driver told the agent it is done; a driver that hung did not.
         let patience = if ended.hung {
             Duration::ZERO
@@ -990,10 +1006,12 @@ impl Boot<'_> {
         };
         let other = second.wait(Instant::now() + patience)?;
         let _ = fs::remove_dir_all(&dir);
-        let note = other
+        let _ = fs::remove_dir_all(&other.run);
+        let mut outcome = self.outcome(ended)?;
+        outcome.agent = other
             .hung
             .then(|| "the second guest (node-b's agent) did not power off".to_owned());
-        self.outcome(ended, note)
+        Ok(outcome)
     }
 
     fn launch(&self, role: &Role) -> Result<Launched> {
@@ -1100,9 +1118,8 @@ impl Boot<'_> {
         })
     }
 
-    /// The driver's (or only) guest's outcome; `note` says what went wrong
-    /// with the other one.
-    fn outcome(&self, ended: Ended, note: Option<String>) -> Result<Outcome> {
+    /// The driver's (or only) guest's outcome.
+    fn outcome(&self, ended: Ended) -> Result<Outcome> {
         let Ended {
             hung,
             total,
@@ -1137,7 +1154,8 @@ impl Boot<'_> {
             args: self.job.filter.clone(),
             boot: console.booted.map(|b| b.as_secs_f64()),
             total: total.as_secs_f64(),
-            error: note,
+            error: None,
+            agent: None,
             hung,
             probe,
             probe_error,
@@ -1310,6 +1328,10 @@ fn render_matrix(outcomes: &[Outcome]) -> String {
             (None, Some(p), _) if p.supported => "supported".into(),
             (None, Some(_), _) => "**not supported** (a required feature is missing)".into(),
             (None, None, why) => format!("no report: {}", cell(why.as_deref().unwrap_or(""), 300)),
+        };
+        let verdict = match &o.agent {
+            Some(why) => format!("{verdict}; {why}"),
+            None => verdict,
         };
         let vms = if o.nodes == 2 { ", 2 VMs" } else { "" };
         // The mode asked for, and where the probe found cgroup2.
@@ -1485,6 +1507,7 @@ mod tests {
             boot: Some(10.0),
             total: 100.0,
             error: None,
+            agent: None,
             hung: false,
             probe: Some(Probe {
                 kernel: format!("{series}.0-1-amd64"),

@@ -110,7 +110,8 @@ struct Accepted {
     source: Arc<Workload>,
 }
 
-/// Accepts on `listeners` until `shutdown` flips, spawning a relay per connection.
+/// Accepts on `listeners` until `shutdown` flips, spawning a relay per
+/// connection; then takes what is already queued (see [`take_queued`]).
 pub async fn serve(
     listeners: Vec<TcpListener>,
     mut flows: FlowTable,
