@@ -289,6 +289,15 @@ pub fn run(settings: &Settings) -> Result<()> {
     // exhaust the kernel's TCP memory, which would skew whatever ran next.
     for sockmap in [false, true] {
         for &scenario in &scenarios {
+            // A RequestAuthentication makes every port of the workloads
+            // it selects HTTP-judged, the raw echo ports too: it is in
+            // force only while the JWT scenario runs.
+            let jwt = scenario == Scenario::HttpJwt;
+            if jwt {
+                bench.cluster.change_policies("ok", |c| {
+                    c.write_policy(JWT_POLICY_FILE, &jwt_policy());
+                });
+            }
             for (path, row) in paths.iter().zip(rows.iter_mut()) {
                 if (path.kind == Kind::NodewardSockmap) != sockmap {
                     continue;
@@ -300,6 +309,11 @@ pub fn run(settings: &Settings) -> Result<()> {
                     path.locality.name()
                 );
                 bench.scenario(scenario, path, row)?;
+            }
+            if jwt {
+                bench
+                    .cluster
+                    .change_policies("ok", |c| c.remove_policy(JWT_POLICY_FILE));
             }
         }
     }
@@ -318,7 +332,7 @@ pub fn run(settings: &Settings) -> Result<()> {
 
 /// The scenarios, in the order they run (idle last: it leaves the most
 /// state behind).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     Bulk1,
     Bulk8,
@@ -1343,9 +1357,13 @@ fn fmt_ratio(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}×"))
 }
 
-/// Makes both HTTP ports HTTP-judged (a DENY on a path nobody asks for)
-/// and requires a valid demo-issuer token on [`PORT_HTTP_JWT`].
-fn http_policies() -> String {
+/// The policy file of the JWT scenario (see [`jwt_policy`]).
+const JWT_POLICY_FILE: &str = "bench-jwt.yaml";
+
+/// Tokens from the demo issuer are checked on the `shop` workloads: in
+/// force only during the JWT scenario, since it makes all their ports
+/// HTTP-judged.
+fn jwt_policy() -> String {
     let jwks = JwtSigner::demo().jwks();
     format!(
         "apiVersion: security.istio.io/v1
@@ -1353,8 +1371,16 @@ kind: RequestAuthentication
 metadata: {{name: bench-jwt, namespace: shop}}
 spec:
   jwtRules: [{{issuer: '{DEMO_ISSUER}', jwks: '{jwks}'}}]
----
-apiVersion: security.istio.io/v1
+"
+    )
+}
+
+/// Makes both HTTP ports HTTP-judged (a DENY on a path nobody asks for)
+/// and, with [`jwt_policy`] in force, requires a valid demo-issuer token
+/// on [`PORT_HTTP_JWT`].
+fn http_policies() -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: bench-http, namespace: shop}}
 spec:

@@ -190,6 +190,12 @@ pub struct ProbeFeature {
 }
 
 impl Outcome {
+    /// The cgroup mode, and `2 VMs` for a pair of guests.
+    fn guests(&self) -> String {
+        let vms = if self.nodes == 2 { ", 2 VMs" } else { "" };
+        format!("{}{vms}", self.cgroup.name())
+    }
+
     fn failed(&self) -> bool {
         self.error.is_some()
             || self.agent.is_some()
@@ -1064,6 +1070,9 @@ impl Boot<'_> {
             .arg("-initrd")
             .arg(self.initrd)
             .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
+            // Entropy from the host: a guest kernel seeds its CRNG slowly
+            // under TCG, and TLS handshakes in it want random bytes.
+            .args(["-device", "virtio-rng-pci"])
             .args(role.qemu_args());
         let virtfs = |tag: &str, path: &Path, ro: bool| {
             format!(
@@ -1333,11 +1342,10 @@ fn render_matrix(outcomes: &[Outcome]) -> String {
             Some(why) => format!("{verdict}; {why}"),
             None => verdict,
         };
-        let vms = if o.nodes == 2 { ", 2 VMs" } else { "" };
         // The mode asked for, and where the probe found cgroup2.
         let cgroup = match o.probe.as_ref().and_then(|p| p.cgroup2.as_deref()) {
-            Some(mount) => format!("{}{vms} (cgroup2 at `{mount}`)", o.cgroup.name()),
-            None => format!("{}{vms}", o.cgroup.name()),
+            Some(mount) => format!("{} (cgroup2 at `{mount}`)", o.guests()),
+            None => o.guests(),
         };
         md.push_str(&format!(
             "| {} | {} | {cgroup} | {} | {} | {} | {} | {verdict} |\n",
@@ -1362,21 +1370,26 @@ fn render_matrix(outcomes: &[Outcome]) -> String {
          |---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
-        let vms = if o.nodes == 2 { " (2 VMs)" } else { "" };
         if o.tests.is_empty() {
             md.push_str(&format!(
-                "| {} | {}{vms} | — | — | not run | — | {} | {} |\n",
+                "| {} | {} | — | — | not run | — | {} | {} |\n",
                 o.series,
-                o.cgroup.name(),
+                o.guests(),
                 o.date,
                 o.commit
             ));
         }
         for t in &o.tests {
-            let args = if t.args.is_empty() {
+            // Saved before each file carried its own stamp: the run's.
+            let (date, commit, args) = if t.date.is_empty() {
+                (&o.date, &o.commit, &o.args)
+            } else {
+                (&t.date, &t.commit, &t.args)
+            };
+            let args = if args.is_empty() {
                 "all tests".to_owned()
             } else {
-                format!("`{}`", t.args.join(" "))
+                format!("`{}`", args.join(" "))
             };
             let result = if t.hung {
                 "hung: killed at the timeout".to_owned()
@@ -1384,13 +1397,13 @@ fn render_matrix(outcomes: &[Outcome]) -> String {
                 describe(t.rc)
             };
             md.push_str(&format!(
-                "| {} | {}{vms} | {} | {args} | {result} | {} | {} | {} |\n",
+                "| {} | {} | {} | {args} | {result} | {} | {} | {} |\n",
                 o.series,
-                o.cgroup.name(),
+                o.guests(),
                 t.name,
                 seconds(t.seconds, "—"),
-                t.date,
-                t.commit
+                date,
+                commit
             ));
         }
     }
@@ -1418,7 +1431,7 @@ fn features_table(outcomes: &[Outcome]) -> String {
     md.push_str(&format!("\n|---|---|{}\n", "---|".repeat(columns.len())));
     let mut notes = Vec::new();
     for o in outcomes {
-        md.push_str(&format!("| {} | {} |", o.series, o.cgroup.name()));
+        md.push_str(&format!("| {} | {} |", o.series, o.guests()));
         for (name, _, _) in &columns {
             let f = o
                 .probe
@@ -1432,7 +1445,7 @@ fn features_table(outcomes: &[Outcome]) -> String {
                         "{}. {} ({}) {name}: {}",
                         notes.len() + 1,
                         o.series,
-                        o.cgroup.name(),
+                        o.guests(),
                         cell(
                             &summary(f.error.as_deref().unwrap_or("no error given")),
                             400
