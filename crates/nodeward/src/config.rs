@@ -262,15 +262,18 @@ impl<'de> Deserialize<'de> for WorkerThreads {
 /// Most worker threads `runtime.workerThreads` takes.
 pub const MAX_WORKER_THREADS: usize = 256;
 
-/// Worker threads when `runtime.workerThreads` is unset: one per core the
-/// process may run on, at most 8. Every relayed byte crosses two tasks in
-/// each proxy (the connection's and the tunnel connection's), so the
-/// proxy needs more than one thread to use more than one core; past 8 a
-/// node proxy competes with the pods it serves for no measured gain.
+/// Worker threads when `runtime.workerThreads` is unset: half the cores
+/// the process may run on (its affinity and cgroup CPU quota), at least 1,
+/// at most 8. A cross-node byte crosses two tasks in each proxy (the
+/// connection's and its tunnel connection's); on another thread each
+/// hand-off is a cross-thread wake-up. On two cores shared with the pods,
+/// one thread cut the added cross-node p50 from about +110 µs to +50-60 µs
+/// (below HAProxy's) with throughput within noise (docs/benchmarks.md,
+/// "Worker threads"); a node proxy shares its node with the pods it
+/// serves, so it takes half of a larger node at most, and 8 at most.
 pub fn default_worker_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(8)
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores / 2).clamp(1, 8)
 }
 
 /// `accessLog`.
