@@ -330,8 +330,9 @@ fn sigterm_drains_open_connections_until_the_deadline() {
     });
     c.serve_echo("backend", PORT);
     let to = SocketAddr::new(c.ip4("backend"), PORT);
-    // The pooled tunnel first: on Debian's 5.10 under TCG the first tunnel
-    // took ~13 s to open, longer than the short call lasts.
+    // The pooled tunnel first: in a 5.10 guest under TCG without an
+    // entropy device the first tunnel took ~13 s to open, longer than the
+    // short call lasts.
     assert_eq!(c.call("frontend", to, 100)["intact"], true, "warm-up call");
     let opened = |c: &Cluster| c.metric("node-a", "nodeward_connections_opened_total", &[]);
     let before = opened(&c);
