@@ -146,21 +146,7 @@ fn connections_queued_on_the_old_proxy_at_a_takeover_move_to_the_new_one() {
     let started = c.start_proxy_with("node-a", &["--takeover"]);
     resumed.join().expect("resume");
     started.unwrap_or_else(|e| panic!("takeover: {e:#}"));
-    let lost: Vec<String> = callers
-        .into_iter()
-        .map(finish_tool)
-        .filter(|r| r["intact"] != true)
-        .map(|r| r.to_string())
-        .collect();
-    let exited = c.wait_proxy_exit("node-a", 0, Duration::from_secs(30));
-    assert!(
-        lost.is_empty(),
-        "{} of {} queued connections lost: {lost:?}\nnode-a log:\n{}",
-        lost.len(),
-        2 * per_target,
-        c.proxy_log("node-a")
-    );
-    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    none_lost_and_the_old_proxy_exits(&mut c, callers);
     let log = c.proxy_log("node-a");
     assert!(log.contains("handed over to a new nodeward"), "{log}");
 }
@@ -182,14 +168,20 @@ fn a_stop_relays_the_connections_already_queued() {
     c.serve_echo("cache", PORT);
     let old = nix::unistd::Pid::from_raw(c.proxy_pid("node-a") as i32);
     nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
-    let queued = 20;
-    let callers: Vec<_> = (0..queued)
+    let callers: Vec<_> = (0..20)
         .map(|_| c.spawn_call_stream("frontend", SocketAddr::new(c.ip4("cache"), PORT), 1, 0))
         .collect();
     // Connected (the kernel completes the handshakes), none accepted.
     std::thread::sleep(Duration::from_secs(2));
     c.signal_proxy("node-a", 0);
     nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    none_lost_and_the_old_proxy_exits(&mut c, callers);
+}
+
+/// Every one of `callers` (one call each) came back intact, and node-a's
+/// first proxy exited cleanly.
+fn none_lost_and_the_old_proxy_exits(c: &mut Cluster, callers: Vec<std::process::Child>) {
+    let count = callers.len();
     let lost: Vec<String> = callers
         .into_iter()
         .map(finish_tool)
@@ -199,7 +191,7 @@ fn a_stop_relays_the_connections_already_queued() {
     let exited = c.wait_proxy_exit("node-a", 0, Duration::from_secs(30));
     assert!(
         lost.is_empty(),
-        "{} of {queued} queued connections lost: {lost:?}\nnode-a log:\n{}",
+        "{} of {count} queued connections lost: {lost:?}\nnode-a log:\n{}",
         lost.len(),
         c.proxy_log("node-a")
     );
