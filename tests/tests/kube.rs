@@ -320,6 +320,52 @@ async fn the_last_state_stays_while_the_api_server_is_away() {
     );
 }
 
+/// While the watches fail, discovery probes the API server every 2 s. A
+/// server that accepts connections and never answers must not hold the
+/// discovery loop (kube-client sets no read timeout): it still stops when
+/// told. Without a bound on the probe, `e2e_services_outages_and_410s`
+/// sometimes never saw discovery fresh again after the API server's
+/// restart.
+#[tokio::test]
+async fn an_api_server_that_never_answers_does_not_hold_discovery() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // Accepts and keeps every connection; answers nothing.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut config = kube::Config::new(format!("https://{addr}").parse().expect("url"));
+    config.accept_invalid_certs = true;
+    let client = kube::Client::try_from(config).expect("client");
+    let cgroups = tempfile::tempdir().expect("tempdir");
+    let status = Arc::new(Status::default());
+    // Stale, as after failed watches: the probe runs.
+    status.failed();
+    let discovery = Discovery {
+        node: "node-a".into(),
+        cgroup_mount: cgroups.path().to_owned(),
+        cgroup_root: cgroups.path().to_owned(),
+        debounce: Duration::from_millis(50),
+        status,
+        telemetry: Arc::new(Errors::default()),
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let running = tokio::spawn(discovery.run(client, |_| {}, stop_rx));
+    // Past the first probe, which starts 2 s in.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("discovery stopped although a probe never got an answer")
+        .expect("discovery task");
+    silent.abort();
+}
+
 // End to end: the netns cluster with `discovery: kubernetes`, the API
 // server in node-a's netns.
 

@@ -57,6 +57,11 @@ pub use strip::PodInfo;
 const PAGE_SIZE: u32 = 500;
 /// How often the API server is probed while the watches fail.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How long a probe may take. kube-client sets no read timeout, so a
+/// server (or a pooled connection to a gone one) that never answers would
+/// otherwise hold the discovery loop, and with it `/ready` and the stop,
+/// for ever.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How soon a local pod whose cgroup was missing is looked for again.
 const CGROUP_RETRY: Duration = Duration::from_secs(1);
 /// The name errors give the API source (in place of a file path).
@@ -229,7 +234,8 @@ impl Discovery {
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(CGROUP_RETRY), if retry => {}
                 _ = tokio::time::sleep(PROBE_EVERY), if stale => {
-                    if client.apiserver_version().await.is_ok() {
+                    let probe = tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version());
+                    if matches!(probe.await, Ok(Ok(_))) {
                         self.status.probe_ok();
                     }
                     continue;
