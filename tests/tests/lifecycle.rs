@@ -127,16 +127,7 @@ fn connections_queued_on_the_old_proxy_at_a_takeover_move_to_the_new_one() {
     });
     c.serve_echo("backend", PORT);
     c.serve_echo("cache", PORT);
-    let old = nix::unistd::Pid::from_raw(c.proxy_pid("node-a") as i32);
-    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
-    let per_target = 40;
-    let callers: Vec<_> = ["backend", "cache"]
-        .iter()
-        .flat_map(|pod| std::iter::repeat_n(*pod, per_target))
-        .map(|pod| c.spawn_call_stream("frontend", SocketAddr::new(c.ip4(pod), PORT), 1, 0))
-        .collect();
-    // Connected (the kernel completes the handshakes), none accepted.
-    std::thread::sleep(Duration::from_secs(2));
+    let (old, callers) = queue_calls_on_a_frozen_proxy(&c, &["backend", "cache"], 40);
     let resumed = std::thread::spawn(move || {
         // Time for the successor to bind, adopt and ask (it waits up to
         // 15 s for the answer).
@@ -166,16 +157,31 @@ fn a_stop_relays_the_connections_already_queued() {
         ..Options::default()
     });
     c.serve_echo("cache", PORT);
-    let old = nix::unistd::Pid::from_raw(c.proxy_pid("node-a") as i32);
-    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
-    let callers: Vec<_> = (0..20)
-        .map(|_| c.spawn_call_stream("frontend", SocketAddr::new(c.ip4("cache"), PORT), 1, 0))
-        .collect();
-    // Connected (the kernel completes the handshakes), none accepted.
-    std::thread::sleep(Duration::from_secs(2));
+    let (old, callers) = queue_calls_on_a_frozen_proxy(&c, &["cache"], 20);
     c.signal_proxy("node-a", 0);
     nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
     none_lost_and_the_old_proxy_exits(&mut c, callers);
+}
+
+/// Freezes node-a's first proxy (SIGSTOP) and starts `per_target` calls
+/// from frontend to each of `targets`; returns once the kernel has
+/// completed their handshakes, so they wait in the frozen proxy's accept
+/// queue. The proxy's pid and the calls.
+fn queue_calls_on_a_frozen_proxy(
+    c: &Cluster,
+    targets: &[&str],
+    per_target: usize,
+) -> (nix::unistd::Pid, Vec<std::process::Child>) {
+    let old = nix::unistd::Pid::from_raw(c.proxy_pid("node-a") as i32);
+    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let callers = targets
+        .iter()
+        .flat_map(|pod| std::iter::repeat_n(*pod, per_target))
+        .map(|pod| c.spawn_call_stream("frontend", SocketAddr::new(c.ip4(pod), PORT), 1, 0))
+        .collect();
+    // Connected (the kernel completes the handshakes), none accepted.
+    std::thread::sleep(Duration::from_secs(2));
+    (old, callers)
 }
 
 /// Every one of `callers` (one call each) came back intact, and node-a's

@@ -123,11 +123,11 @@ pub async fn serve(
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let (first, second) = split(listeners);
-    let mut stopping = false;
-    let mut queue_deadline = tokio::time::Instant::now();
+    // Set by the stop: until when queued connections are still taken.
+    let mut stop_by = None;
     loop {
-        let accepted = if stopping {
-            match take_queued(first.as_ref(), second.as_ref(), queue_deadline).await {
+        let accepted = if let Some(deadline) = stop_by {
+            match take_queued(first.as_ref(), second.as_ref(), deadline).await {
                 Some(r) => r,
                 None => return,
             }
@@ -136,8 +136,7 @@ pub async fn serve(
                 r = accept_on(first.as_ref()) => r,
                 r = accept_on(second.as_ref()) => r,
                 _ = shutdown.changed() => {
-                    stopping = true;
-                    queue_deadline = tokio::time::Instant::now() + QUEUE_TAKE_MAX;
+                    stop_by = Some(tokio::time::Instant::now() + QUEUE_TAKE_MAX);
                     continue;
                 }
             }
