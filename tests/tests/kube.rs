@@ -320,6 +320,38 @@ async fn the_last_state_stays_while_the_api_server_is_away() {
     );
 }
 
+/// An outage during which nothing changes: the re-started watches report
+/// nothing, so only the probe can tell discovery is fresh again. The loop
+/// was parked waiting for a change when the watches failed; it must wake
+/// to probe. (Found by `e2e_services_outages_and_410s`, which failed when
+/// no rebuild happened to follow the failures.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_again_after_an_outage_in_which_nothing_changed() {
+    let mut h = Harness::start().await;
+    h.until("the fixtures", |r| r.all().len() == 2).await;
+    // Past the debounce and rebuild: the loop waits for changes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = h.server.take().expect("server").stop().await;
+    let stale = async {
+        while h.status.stale_since().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, stale)
+        .await
+        .expect("reported stale");
+    h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
+    let fresh = async {
+        while h.status.stale_since().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // The watches' backoff reaches 30 s; probes come every 2 s.
+    tokio::time::timeout(Duration::from_secs(60), fresh)
+        .await
+        .expect("fresh again once the API server answers");
+}
+
 /// While the watches fail, discovery probes the API server every 2 s. A
 /// server that accepts connections and never answers must not hold the
 /// discovery loop (kube-client sets no read timeout): it still stops when

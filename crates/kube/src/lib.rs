@@ -122,6 +122,9 @@ pub trait WatchTelemetry: Send + Sync {
 #[derive(Debug, Default)]
 pub struct Status {
     inner: Mutex<StatusInner>,
+    /// Woken when the watches start failing, so that the discovery loop,
+    /// which may be parked waiting for changes, starts probing.
+    went_stale: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -160,8 +163,14 @@ impl Status {
     /// Records a failed watch: stale from now, unless already.
     pub fn failed(&self) {
         let mut s = self.lock();
+        let was_fresh = s.stale_since.is_none();
         s.stale_since.get_or_insert_with(SystemTime::now);
         s.last_error = Some(Instant::now());
+        drop(s);
+        if was_fresh {
+            // A stored permit if nobody waits yet: the wake-up is not lost.
+            self.went_stale.notify_one();
+        }
     }
 
     /// Records that a watch delivered something: the API server is back.
@@ -232,6 +241,11 @@ impl Discovery {
             let stale = self.status.stale_since().is_some();
             tokio::select! {
                 _ = changed.notified() => {}
+                // Watches fail without changing anything: the loop must
+                // wake to arm the probe, or it would stay stale after the
+                // API server returns (a re-started watch reports nothing
+                // until an object changes).
+                _ = self.status.went_stale.notified(), if !stale => continue,
                 _ = tokio::time::sleep(CGROUP_RETRY), if retry => {}
                 _ = tokio::time::sleep(PROBE_EVERY), if stale => {
                     let probe = tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version());
