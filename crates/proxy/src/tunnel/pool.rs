@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, RandomState},
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -136,19 +137,46 @@ impl tokio::io::AsyncWrite for Stream {
     }
 }
 
+/// Shards of the key map: checkouts for different keys mostly take
+/// different locks, so no lock is shared by every new connection.
+const SHARDS: usize = 16;
+
 /// Client-side connection pool.
 pub struct Pool {
-    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    /// Each shard maps a key's hash to the keys with that hash (almost
+    /// always one), so a checkout finds its slot without building a key.
+    shards: [Mutex<Shard>; SHARDS],
+    hasher: RandomState,
     bundle: Arc<TrustBundle>,
     observer: Arc<Observer>,
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// A shard: key hash → the keys with that hash and their slots.
+type Shard = HashMap<u64, Vec<(Key, Arc<Slot>)>>;
+
 struct Key {
     source: SpiffeId,
     destination: SpiffeId,
     node: String,
     addr: SocketAddr,
+}
+
+impl Key {
+    fn of(target: &Target<'_>) -> Self {
+        Self {
+            source: target.source.svid.id.clone(),
+            destination: target.destination.clone(),
+            node: target.node.to_owned(),
+            addr: target.node_addr,
+        }
+    }
+
+    fn is(&self, target: &Target<'_>) -> bool {
+        self.addr == target.node_addr
+            && self.node == target.node
+            && &self.destination == target.destination
+            && self.source == target.source.svid.id
+    }
 }
 
 /// One key's connections. The async lock is held while a handshake runs,
@@ -181,7 +209,8 @@ impl Pool {
     /// An empty pool verifying servers against `bundle`.
     pub fn new(bundle: Arc<TrustBundle>, observer: Arc<Observer>) -> Self {
         Self {
-            slots: Mutex::default(),
+            shards: Default::default(),
+            hasher: RandomState::new(),
             bundle,
             observer,
         }
@@ -243,15 +272,20 @@ impl Pool {
     /// Closes idle pooled connections and forgets empty keys.
     pub fn prune(&self) {
         let now = Instant::now();
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.retain(|_, slot| match slot.conns.try_lock() {
-            Ok(mut conns) => {
-                conns.retain(|c| usable(c, now));
-                !conns.is_empty()
-            }
-            // Busy: in use right now, keep it.
-            Err(_) => true,
-        });
+        for shard in &self.shards {
+            let mut keys = shard.lock().unwrap_or_else(|p| p.into_inner());
+            keys.retain(|_, same_hash| {
+                same_hash.retain(|(_, slot)| match slot.conns.try_lock() {
+                    Ok(mut conns) => {
+                        conns.retain(|c| usable(c, now));
+                        !conns.is_empty()
+                    }
+                    // Busy: in use right now, keep it.
+                    Err(_) => true,
+                });
+                !same_hash.is_empty()
+            });
+        }
     }
 
     /// A connection for the next stream to `target`: a pooled one (see
@@ -297,15 +331,38 @@ impl Pool {
         ))
     }
 
+    /// The key's slot, made on first use. Only a new key allocates.
     fn slot(&self, target: &Target<'_>) -> Arc<Slot> {
-        let key = Key {
-            source: target.source.svid.id.clone(),
-            destination: target.destination.clone(),
-            node: target.node.to_owned(),
-            addr: target.node_addr,
-        };
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(key).or_default().clone()
+        let hash = self.hasher.hash_one((
+            target.source.svid.id.as_str(),
+            target.destination.as_str(),
+            target.node,
+            target.node_addr,
+        ));
+        let shard = &self.shards[hash as usize % SHARDS];
+        let mut keys = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let same_hash = keys.entry(hash).or_default();
+        if let Some((_, slot)) = same_hash.iter().find(|(key, _)| key.is(target)) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot::default());
+        same_hash.push((Key::of(target), slot.clone()));
+        slot
+    }
+
+    /// How many keys hold pooled connections (for tests).
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .expect("shard")
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// TCP connect, TLS handshake as the source identity, HTTP/2 handshake.
@@ -428,6 +485,78 @@ fn connect_request(target: &Target<'_>) -> Request<Empty<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::{collections::BTreeSet, time::Duration, time::SystemTime};
+
+    use nodeward_identity::{ca, CertStore, NodeCa};
+
+    use crate::telemetry::Discard;
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://cluster.local/ns/shop/sa/{sa}")).expect("id")
+    }
+
+    /// Current certificates of `accounts`, minted by a fresh node CA, and
+    /// its trust bundle.
+    fn issued(accounts: &[&str]) -> (Vec<Arc<Issued>>, Arc<TrustBundle>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("ca");
+        ca::init("cluster.local", &root, false).expect("ca init");
+        let out = dir.path().join("node-a");
+        let hour = Duration::from_secs(3600);
+        ca::issue_node(&root, "node-a", &out, 24 * hour, false).expect("issue node");
+        let node = NodeCa::load(&out).expect("load node");
+        let bundle = node.trust_bundle();
+        let store = CertStore::new(node, 24 * hour);
+        let wanted: BTreeSet<SpiffeId> = accounts.iter().map(|a| id(a)).collect();
+        store.sync(&wanted, SystemTime::now()).expect("mint");
+        let certs = accounts
+            .iter()
+            .map(|a| store.get(&id(a)).expect("issued"))
+            .collect();
+        (certs, bundle)
+    }
+
+    fn target<'a>(
+        source: &'a Arc<Issued>,
+        destination: &'a SpiffeId,
+        node: &'a str,
+        port: u16,
+    ) -> Target<'a> {
+        Target {
+            source,
+            destination,
+            node,
+            node_addr: SocketAddr::from(([10, 99, 0, 2], port)),
+            authority: SocketAddr::from(([10, 20, 2, 10], 9000)),
+            client_ip: IpAddr::from([10, 20, 1, 10]),
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn one_slot_per_key_whatever_the_shard() {
+        let (certs, bundle) = issued(&["frontend", "cache"]);
+        let pool = Pool::new(bundle, Arc::new(Observer::new(Arc::new(Discard))));
+        let (backend, db) = (id("backend"), id("db"));
+        let first = pool.slot(&target(&certs[0], &backend, "node-b", 15008));
+        let again = pool.slot(&target(&certs[0], &backend, "node-b", 15008));
+        assert!(Arc::ptr_eq(&first, &again), "the same key, the same slot");
+        // Each part of the key makes another one.
+        let others = [
+            pool.slot(&target(&certs[1], &backend, "node-b", 15008)),
+            pool.slot(&target(&certs[0], &db, "node-b", 15008)),
+            pool.slot(&target(&certs[0], &backend, "node-c", 15008)),
+            pool.slot(&target(&certs[0], &backend, "node-b", 15009)),
+        ];
+        for other in &others {
+            assert!(!Arc::ptr_eq(&first, other));
+        }
+        assert_eq!(pool.keys(), 5);
+        // No connection in any: pruning forgets them all.
+        pool.prune();
+        assert_eq!(pool.keys(), 0);
+    }
 
     #[test]
     fn no_connection_opens_one() {
