@@ -222,6 +222,9 @@ fn run(config: &std::path::Path, opts: nodeward::run::RunOptions) -> i32 {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
+        // Named so that `top -H`, `perf` and /proc tell the proxy's threads
+        // from the pods' (at most 15 bytes: the kernel's comm length).
+        .thread_name("nodeward-worker")
         .enable_all()
         .build()
     {
