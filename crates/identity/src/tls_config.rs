@@ -23,11 +23,18 @@ use crate::{
 /// ALPN protocol of the tunnel.
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// The crypto provider every config uses (ring).
+/// The crypto provider every config uses: ring, or aws-lc-rs with the
+/// `aws-lc` feature.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| {
+            #[cfg(feature = "aws-lc")]
+            let provider = rustls::crypto::aws_lc_rs::default_provider();
+            #[cfg(not(feature = "aws-lc"))]
+            let provider = rustls::crypto::ring::default_provider();
+            Arc::new(provider)
+        })
         .clone()
 }
 
