@@ -97,6 +97,19 @@ impl Harness {
     }
 
     /// The first registry applied from now on that satisfies `check`.
+    /// Waits up to `within` for discovery to say stale (`true`) or fresh.
+    async fn until_stale(&self, stale: bool, within: Duration) {
+        let turned = async {
+            while self.status.stale_since().is_some() != stale {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let what = if stale { "stale" } else { "fresh" };
+        tokio::time::timeout(within, turned)
+            .await
+            .unwrap_or_else(|_| panic!("discovery never said {what}"));
+    }
+
     async fn until(&mut self, what: &str, check: impl Fn(&Registry) -> bool) -> Registry {
         let wait = async {
             loop {
@@ -280,14 +293,7 @@ async fn the_last_state_stays_while_the_api_server_is_away() {
     let first = h.until("the fixtures", |r| r.all().len() == 2).await;
     assert_eq!(h.status.stale_since(), None);
     let state = h.server.take().expect("server").stop().await;
-    let stale = async {
-        while h.status.stale_since().is_none() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, stale)
-        .await
-        .expect("reported stale");
+    h.until_stale(true, PATIENCE).await;
     assert!(h.status.synced(), "still synced: the last state stays");
     // While away, the registry stays the last state (a rebuild already
     // under way when the server went can still land: the same state).
@@ -306,14 +312,7 @@ async fn the_last_state_stays_while_the_api_server_is_away() {
         workload(r, "while-away").is_some()
     })
     .await;
-    let fresh = async {
-        while h.status.stale_since().is_some() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, fresh)
-        .await
-        .expect("no longer stale");
+    h.until_stale(false, PATIENCE).await;
     assert!(
         h.errors.0.load(Ordering::Relaxed) > 0,
         "the failures are counted"
@@ -332,24 +331,11 @@ async fn fresh_again_after_an_outage_in_which_nothing_changed() {
     // Past the debounce and rebuild: the loop waits for changes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let state = h.server.take().expect("server").stop().await;
-    let stale = async {
-        while h.status.stale_since().is_none() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, stale)
-        .await
-        .expect("reported stale");
+    h.until_stale(true, PATIENCE).await;
     h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
-    let fresh = async {
-        while h.status.stale_since().is_some() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    // The watches' backoff reaches 30 s; probes come every 2 s.
-    tokio::time::timeout(Duration::from_secs(60), fresh)
-        .await
-        .expect("fresh again once the API server answers");
+    // Probes come every 2 s (the watches' backoff alone reaches 30 s, and
+    // a re-started watch reports nothing here).
+    h.until_stale(false, Duration::from_secs(60)).await;
 }
 
 /// While the watches fail, discovery probes the API server every 2 s. A
