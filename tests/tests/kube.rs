@@ -96,7 +96,6 @@ impl Harness {
         &self.server.as_ref().expect("server running").state
     }
 
-    /// The first registry applied from now on that satisfies `check`.
     /// Waits up to `within` for discovery to say stale (`true`) or fresh.
     async fn until_stale(&self, stale: bool, within: Duration) {
         let turned = async {
@@ -110,6 +109,7 @@ impl Harness {
             .unwrap_or_else(|_| panic!("discovery never said {what}"));
     }
 
+    /// The first registry applied from now on that satisfies `check`.
     async fn until(&mut self, what: &str, check: impl Fn(&Registry) -> bool) -> Registry {
         let wait = async {
             loop {
@@ -335,6 +335,32 @@ async fn fresh_again_after_an_outage_in_which_nothing_changed() {
     h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
     // Probes come every 2 s (the watches' backoff alone reaches 30 s, and
     // a re-started watch reports nothing here).
+    h.until_stale(false, Duration::from_secs(60)).await;
+}
+
+/// The same while a local pod waits for its cgroup: discovery looks for it
+/// every second, and those wake-ups must not keep postponing the 2-s probe
+/// for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_again_after_an_outage_while_a_pod_waits_for_its_cgroup() {
+    let mut h = Harness::start().await;
+    h.until("the fixtures", |r| r.all().len() == 2).await;
+    // On this node, with no cgroup yet.
+    h.state().apply(pod(
+        "cart-starting",
+        "node-a",
+        "10.244.0.60",
+        "00000000-0000-4000-8000-000000000060",
+    ));
+    // Rebuilt once for the pod, then again a second later: looking again.
+    for _ in 0..3 {
+        tokio::time::timeout(PATIENCE, h.registries.recv())
+            .await
+            .expect("rebuilt while the pod waits");
+    }
+    let state = h.server.take().expect("server").stop().await;
+    h.until_stale(true, PATIENCE).await;
+    h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
     h.until_stale(false, Duration::from_secs(60)).await;
 }
 

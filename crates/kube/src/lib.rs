@@ -237,8 +237,17 @@ impl Discovery {
         let changed = Arc::new(Notify::new());
         let (stores, tasks) = self.spawn_watches(&client, &changed);
         let mut retry = false;
+        // Kept across wake-ups: a loop woken more often than PROBE_EVERY
+        // (a local pod's cgroup looked for every second) must still probe.
+        let mut next_probe = None;
         loop {
             let stale = self.status.stale_since().is_some();
+            let probe_at = match (stale, next_probe) {
+                (false, _) => None,
+                (true, Some(at)) => Some(at),
+                (true, None) => Some(tokio::time::Instant::now() + PROBE_EVERY),
+            };
+            next_probe = probe_at;
             tokio::select! {
                 _ = changed.notified() => {}
                 // Watches fail without changing anything: the loop must
@@ -247,11 +256,9 @@ impl Discovery {
                 // until an object changes).
                 _ = self.status.went_stale.notified(), if !stale => continue,
                 _ = tokio::time::sleep(CGROUP_RETRY), if retry => {}
-                _ = tokio::time::sleep(PROBE_EVERY), if stale => {
-                    let probe = tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version());
-                    if matches!(probe.await, Ok(Ok(_))) {
-                        self.status.probe_ok();
-                    }
+                _ = sleep_until(probe_at) => {
+                    next_probe = None;
+                    self.probe(&client).await;
                     continue;
                 }
                 _ = shutdown.changed() => break,
@@ -273,6 +280,16 @@ impl Discovery {
         }
         for t in tasks {
             t.abort();
+        }
+    }
+
+    /// Asks the API server for its version (bounded: kube-client sets no
+    /// read timeout); an answer with no watch failing since the previous
+    /// probe means fresh again.
+    async fn probe(&self, client: &Client) {
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version());
+        if matches!(probe.await, Ok(Ok(_))) {
+            self.status.probe_ok();
         }
     }
 
@@ -367,6 +384,14 @@ impl Discovery {
             nodes,
         };
         (stores, tasks)
+    }
+}
+
+/// Sleeps until `at`; never wakes without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
