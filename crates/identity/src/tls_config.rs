@@ -23,8 +23,9 @@ use crate::{
 /// ALPN protocol of the tunnel.
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// The crypto provider every config uses: ring, or aws-lc-rs with the
-/// `aws-lc` feature.
+/// The crypto provider of the tunnel's TLS configs (key exchange, record
+/// protection): ring, or aws-lc-rs with the `aws-lc` feature. Certificates
+/// are signed, and handshake signatures checked, with ring either way.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
@@ -36,6 +37,15 @@ pub fn provider() -> Arc<CryptoProvider> {
             Arc::new(provider)
         })
         .clone()
+}
+
+/// Makes [`provider`] the process's default, for TLS configs built by other
+/// crates (kube-client's, the JWKS fetcher's). Needed with the `aws-lc`
+/// feature: rustls then has two providers compiled in and picks neither by
+/// itself. Idempotent.
+pub fn install_default_provider() {
+    // An error only says a default is already installed.
+    let _ = CryptoProvider::install_default(provider().as_ref().clone());
 }
 
 /// The tunnel server's config: the certificate is picked by SNI (which names

@@ -183,6 +183,7 @@ fn main() {
     };
     // Kept for `run`, whose admin endpoint changes the filter at run time.
     let (log, writer) = init_tracing(cli.log_format);
+    nodeward_identity::tls_config::install_default_provider();
     let code = match cli.command {
         Command::Run { config, takeover } => run(
             &config,
