@@ -275,13 +275,22 @@ impl Pool {
         for shard in &self.shards {
             let mut keys = shard.lock().unwrap_or_else(|p| p.into_inner());
             keys.retain(|_, same_hash| {
-                same_hash.retain(|(_, slot)| match slot.conns.try_lock() {
-                    Ok(mut conns) => {
-                        conns.retain(|c| usable(c, now));
-                        !conns.is_empty()
+                same_hash.retain(|(_, slot)| {
+                    // Held by a checkout between finding its slot and
+                    // locking it (handed out only under this shard's lock,
+                    // which we hold): forgetting it would leave that
+                    // checkout's new connection in a slot nobody finds.
+                    if Arc::strong_count(slot) > 1 {
+                        return true;
                     }
-                    // Busy: in use right now, keep it.
-                    Err(_) => true,
+                    match slot.conns.try_lock() {
+                        Ok(mut conns) => {
+                            conns.retain(|c| usable(c, now));
+                            !conns.is_empty()
+                        }
+                        // Busy: in use right now, keep it.
+                        Err(_) => true,
+                    }
                 });
                 !same_hash.is_empty()
             });
@@ -341,7 +350,7 @@ impl Pool {
         ));
         let shard = &self.shards[hash as usize % SHARDS];
         let mut keys = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let same_hash = keys.entry(hash).or_default();
+        let same_hash = keys.entry(hash).or_insert_with(|| Vec::with_capacity(1));
         if let Some((_, slot)) = same_hash.iter().find(|(key, _)| key.is(target)) {
             return slot.clone();
         }
@@ -553,7 +562,12 @@ mod tests {
             assert!(!Arc::ptr_eq(&first, other));
         }
         assert_eq!(pool.keys(), 5);
-        // No connection in any: pruning forgets them all.
+        // One still held by a checkout that has not locked it yet: kept.
+        drop((again, others));
+        pool.prune();
+        assert_eq!(pool.keys(), 1);
+        // No connection in any and nobody holding them: all forgotten.
+        drop(first);
         pool.prune();
         assert_eq!(pool.keys(), 0);
     }
