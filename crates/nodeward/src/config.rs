@@ -267,8 +267,8 @@ pub const MAX_WORKER_THREADS: usize = 256;
 /// at most 8. A cross-node byte crosses two tasks in each proxy (the
 /// connection's and its tunnel connection's); on another thread each
 /// hand-off is a cross-thread wake-up. On two cores shared with the pods,
-/// one thread cut the added cross-node p50 from about +110 µs to +50-60 µs
-/// (below HAProxy's) with throughput within noise (docs/benchmarks.md,
+/// one thread cut the added cross-node p50 from about +110 µs to +45-80 µs
+/// (near HAProxy's) with throughput within noise (docs/benchmarks.md,
 /// "Worker threads"); a node proxy shares its node with the pods it
 /// serves, so it takes half of a larger node at most, and 8 at most.
 pub fn default_worker_threads() -> usize {
