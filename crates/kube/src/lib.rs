@@ -270,7 +270,7 @@ impl Discovery {
                 _ = tokio::time::sleep(self.debounce) => {}
                 _ = shutdown.changed() => break,
             }
-            retry = match self.rebuild(&stores) {
+            retry = match self.rebuild_off_runtime(&stores).await {
                 Ok((registry, waiting)) => {
                     apply(registry);
                     waiting
@@ -293,28 +293,18 @@ impl Discovery {
         }
     }
 
-    /// Converts the stores into a registry; also says whether a local pod
-    /// is still waiting for its cgroup (look again soon).
-    fn rebuild(&self, stores: &Stores) -> Result<(Registry, bool), ()> {
-        let snapshot = stores.snapshot();
-        let finder = convert::cgroup_finder(&self.cgroup_root);
-        let Converted {
-            file,
-            skipped,
-            waiting_for_cgroup,
-        } = convert(&snapshot, &self.node, &finder);
-        for why in &skipped {
-            tracing::debug!(reason = %why, "object left out of the registry");
-        }
-        match Registry::build(Path::new(SOURCE), file, &self.node, &self.cgroup_mount) {
-            Ok(registry) => Ok((registry, waiting_for_cgroup > 0)),
-            Err(e) => {
-                // A cgroup can vanish between finding and reading it (a pod
-                // stopping): try again shortly with fresh state.
-                tracing::warn!(error = %e, "registry from the API server rejected; keeping the last one");
-                Err(())
-            }
-        }
+    /// [`rebuild`] on a blocking thread: converting a large cluster's stores
+    /// and looking up its local pods' cgroups takes milliseconds of CPU and
+    /// file-system calls, which must not stall the runtime's workers (one,
+    /// by default, on a two-core node).
+    async fn rebuild_off_runtime(&self, stores: &Stores) -> Result<(Registry, bool), ()> {
+        let (stores, node) = (stores.clone(), self.node.clone());
+        let (root, mount) = (self.cgroup_root.clone(), self.cgroup_mount.clone());
+        let job = move || rebuild(&stores, &node, &root, &mount);
+        tokio::task::spawn_blocking(job).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "registry rebuild failed; keeping the last one");
+            Err(())
+        })
     }
 
     fn spawn_watches(
@@ -384,6 +374,35 @@ impl Discovery {
             nodes,
         };
         (stores, tasks)
+    }
+}
+
+/// Converts the stores into a registry for `node`; also says whether a
+/// local pod is still waiting for its cgroup (look again soon).
+fn rebuild(
+    stores: &Stores,
+    node: &str,
+    cgroup_root: &Path,
+    cgroup_mount: &Path,
+) -> Result<(Registry, bool), ()> {
+    let snapshot = stores.snapshot();
+    let finder = convert::cgroup_finder(cgroup_root);
+    let Converted {
+        file,
+        skipped,
+        waiting_for_cgroup,
+    } = convert(&snapshot, node, &finder);
+    for why in &skipped {
+        tracing::debug!(reason = %why, "object left out of the registry");
+    }
+    match Registry::build(Path::new(SOURCE), file, node, cgroup_mount) {
+        Ok(registry) => Ok((registry, waiting_for_cgroup > 0)),
+        Err(e) => {
+            // A cgroup can vanish between finding and reading it (a pod
+            // stopping): try again shortly with fresh state.
+            tracing::warn!(error = %e, "registry from the API server rejected; keeping the last one");
+            Err(())
+        }
     }
 }
 
