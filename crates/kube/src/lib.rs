@@ -242,12 +242,11 @@ impl Discovery {
         let mut next_probe = None;
         loop {
             let stale = self.status.stale_since().is_some();
-            let probe_at = match (stale, next_probe) {
-                (false, _) => None,
-                (true, Some(at)) => Some(at),
-                (true, None) => Some(tokio::time::Instant::now() + PROBE_EVERY),
-            };
-            next_probe = probe_at;
+            if !stale {
+                next_probe = None;
+            } else if next_probe.is_none() {
+                next_probe = Some(tokio::time::Instant::now() + PROBE_EVERY);
+            }
             tokio::select! {
                 _ = changed.notified() => {}
                 // Watches fail without changing anything: the loop must
@@ -256,7 +255,7 @@ impl Discovery {
                 // until an object changes).
                 _ = self.status.went_stale.notified(), if !stale => continue,
                 _ = tokio::time::sleep(CGROUP_RETRY), if retry => {}
-                _ = sleep_until(probe_at) => {
+                _ = sleep_until(next_probe) => {
                     next_probe = None;
                     self.probe(&client).await;
                     continue;

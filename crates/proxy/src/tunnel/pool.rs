@@ -275,23 +275,7 @@ impl Pool {
         for shard in &self.shards {
             let mut keys = shard.lock().unwrap_or_else(|p| p.into_inner());
             keys.retain(|_, same_hash| {
-                same_hash.retain(|(_, slot)| {
-                    // Held by a checkout between finding its slot and
-                    // locking it (handed out only under this shard's lock,
-                    // which we hold): forgetting it would leave that
-                    // checkout's new connection in a slot nobody finds.
-                    if Arc::strong_count(slot) > 1 {
-                        return true;
-                    }
-                    match slot.conns.try_lock() {
-                        Ok(mut conns) => {
-                            conns.retain(|c| usable(c, now));
-                            !conns.is_empty()
-                        }
-                        // Busy: in use right now, keep it.
-                        Err(_) => true,
-                    }
-                });
+                same_hash.retain(|(_, slot)| worth_keeping(slot, now));
                 !same_hash.is_empty()
             });
         }
@@ -461,6 +445,23 @@ fn choose(loads: impl ExactSizeIterator<Item = usize>) -> Choice {
         Choice::Spread(index)
     } else {
         Choice::Reuse(index)
+    }
+}
+
+/// Whether `prune` keeps a key's slot: it has usable connections, or a
+/// checkout holds it between finding and locking it (slots are handed out
+/// only under the shard lock `prune` holds; forgetting one would leave that
+/// checkout's new connection in a slot nobody finds), or it is in use.
+fn worth_keeping(slot: &Arc<Slot>, now: Instant) -> bool {
+    if Arc::strong_count(slot) > 1 {
+        return true;
+    }
+    match slot.conns.try_lock() {
+        Ok(mut conns) => {
+            conns.retain(|c| usable(c, now));
+            !conns.is_empty()
+        }
+        Err(_) => true,
     }
 }
 
