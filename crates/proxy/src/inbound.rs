@@ -434,7 +434,7 @@ async fn relay_upgraded(
             return;
         }
     };
-    let route = Route::Inbound {
+    let mut route = Route::Inbound {
         principal: peer.verified.id.clone(),
         source_node: peer.verified.node.clone(),
         source,
@@ -447,7 +447,7 @@ async fn relay_upgraded(
     let (authz, observer) = (&inbound.authz, &inbound.observer);
     let drain = peer.tracker.relays();
     relay::admitted(
-        admission, authz, io, upstream, route, dst, dest, observer, drain,
+        admission, authz, io, upstream, &mut route, dst, dest, observer, drain,
     )
     .await;
     drop(open);

@@ -338,7 +338,7 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
                 relay::run(
                     stream,
                     up,
-                    route,
+                    &mut route,
                     dst,
                     Some(w),
                     observer,
@@ -355,11 +355,12 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
                 connect_failed(stream, &source, peer, dst, e.reason(), &e, observer)
             }
         },
-        (Path::Local, Some(w)) => local(&shared, stream, route, w, peer, dst, pending).await,
+        (Path::Local, Some(w)) => local(&shared, stream, &mut route, w, peer, dst, pending).await,
         (_, dest) => match shared.dialer.dial(dst).await {
             Ok(up) => {
                 drop(pending);
-                relay::run(stream, up, route, dst, dest, observer, None, &shared.drain).await
+                let drain = &shared.drain;
+                relay::run(stream, up, &mut route, dst, dest, observer, None, drain).await
             }
             Err(e) => {
                 flow.error(&format!("connect: {e}"));
@@ -374,13 +375,13 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
 async fn local(
     shared: &Shared,
     stream: TcpStream,
-    route: Route,
+    route: &mut Route,
     dest: Arc<Workload>,
     peer: SocketAddr,
     dst: SocketAddr,
     pending: Pending,
 ) {
-    let Route::Outbound { source, .. } = &route else {
+    let Route::Outbound { source, .. } = &*route else {
         return;
     };
     let source = source.clone();

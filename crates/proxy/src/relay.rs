@@ -46,6 +46,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RELAY_BUF: usize = 64 * 1024;
 
 /// How a relayed connection got here, for logs and metric labels.
+///
+/// The relay's layers take it by `&mut`: an async fn keeps its arguments in
+/// its state for as long as it runs, so passed by value a `Route` (about
+/// 270 bytes) would be stored again at every layer of every connection's
+/// task.
 pub enum Route {
     /// A local pod's connection, captured by the kernel.
     Outbound {
@@ -219,7 +224,7 @@ fn defer_port_choice(socket: &TcpSocket) {
 pub async fn run<A, B>(
     mut a: A,
     mut b: B,
-    route: Route,
+    route: &mut Route,
     dst: SocketAddr,
     dest: Option<Arc<Workload>>,
     observer: &Observer,
@@ -276,7 +281,7 @@ pub async fn admitted<A>(
     authz: &Authz,
     client: A,
     upstream: TcpStream,
-    route: Route,
+    route: &mut Route,
     dst: SocketAddr,
     dest: Arc<Workload>,
     observer: &Observer,
@@ -301,7 +306,10 @@ pub async fn admitted<A>(
         }
         Admission::Http(lease) => {
             let gate = authz.gate(&lease);
-            run_http(
+            // Boxed: the HTTP server and client futures are about 5 KiB, and
+            // inlined they would size every relayed connection's task, byte
+            // relays too, for as long as it lives.
+            Box::pin(run_http(
                 client,
                 upstream,
                 gate,
@@ -312,7 +320,7 @@ pub async fn admitted<A>(
                 observer,
                 &lease,
                 drain,
-            )
+            ))
             .await;
         }
         Admission::Denied(_) | Admission::Limited(_) => {}
@@ -330,7 +338,7 @@ pub async fn run_http<A>(
     upstream: TcpStream,
     gate: RequestGate,
     limits: &http::Limits,
-    route: Route,
+    route: &mut Route,
     dst: SocketAddr,
     dest: Option<Arc<Workload>>,
     observer: &Observer,
@@ -383,20 +391,18 @@ struct Outcome {
 
 /// Counts the connection while `pump` moves its bytes, then logs it.
 async fn account(
-    mut route: Route,
+    route: &mut Route,
     dst: SocketAddr,
     dest: Option<Arc<Workload>>,
     observer: &Observer,
     pump: impl std::future::Future<Output = Outcome>,
 ) {
     let start = Instant::now();
-    let span = route.take_trace();
-    let series = series(&route, dest.as_deref(), observer);
+    let series = series(route, dest.as_deref(), observer);
     for s in &series {
         s.opened();
     }
-    let flow = route.flow();
-    flow.opened();
+    route.flow().opened();
     observer.active(1);
     let Outcome {
         sent,
@@ -408,16 +414,17 @@ async fn account(
     for s in &series {
         s.closed(sent, received);
     }
-    if let Some(span) = span {
+    if let Some(span) = route.take_trace() {
         finish_span(
             span,
-            &route,
+            route,
             dest.as_deref(),
             dst,
             (sent, received),
             error.is_some(),
         );
     }
+    let flow = route.flow();
     flow.closed(sent, received);
     if let Some(e) = &error {
         flow.error(e);
@@ -434,7 +441,7 @@ async fn account(
         millis: millis(start.elapsed()),
         error: error.as_deref().unwrap_or(""),
     };
-    log(&route, &done);
+    log(route, &done);
 }
 
 struct Done<'a> {

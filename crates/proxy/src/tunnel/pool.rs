@@ -298,12 +298,12 @@ impl Pool {
         let index = match choice {
             Choice::Reuse(index) => index,
             Choice::Open => {
-                conns.push(self.open(target).await?);
+                conns.push(Box::pin(self.open(target)).await?);
                 conns.len() - 1
             }
             // A connection opened only to spread load must not fail a
             // stream that fits on an existing one.
-            Choice::Spread(fallback) => match self.open(target).await {
+            Choice::Spread(fallback) => match Box::pin(self.open(target)).await {
                 Ok(fresh) => {
                     conns.push(fresh);
                     conns.len() - 1
@@ -359,6 +359,11 @@ impl Pool {
     }
 
     /// TCP connect, TLS handshake as the source identity, HTTP/2 handshake.
+    ///
+    /// Its future is about 5 KiB (the TLS and HTTP/2 handshakes); callers
+    /// box it, so that it is not inlined into every relayed connection's
+    /// task, which would keep that size for the connection's whole life
+    /// although a new tunnel connection is rare.
     async fn open(&self, target: &Target<'_>) -> Result<Pooled, TunnelError> {
         let addr = target.node_addr;
         let started = Instant::now();
