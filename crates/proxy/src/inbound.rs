@@ -450,6 +450,8 @@ async fn relay_upgraded(
         admission, authz, io, upstream, &mut route, dst, dest, observer, drain,
     )
     .await;
+    // The flow-map edge (in the route) closes with the stream, not after it.
+    drop(route);
     drop(open);
 }
 

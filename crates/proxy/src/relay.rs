@@ -389,7 +389,8 @@ struct Outcome {
     error: Option<String>,
 }
 
-/// Counts the connection while `pump` moves its bytes, then logs it.
+/// Counts the connection while `pump` moves its bytes, then logs it. The
+/// connection's span stays in `route` until then.
 async fn account(
     route: &mut Route,
     dst: SocketAddr,

@@ -125,7 +125,7 @@ fn dst() -> SocketAddr {
 }
 
 /// Relays one small exchange through [`run`].
-async fn relay_once(route: Route, dest: Option<Arc<Workload>>, metrics: &Counted) {
+async fn relay_once(mut route: Route, dest: Option<Arc<Workload>>, metrics: &Counted) {
     let (mut client, a) = tokio::io::duplex(1024);
     let (b, mut server) = tokio::io::duplex(1024);
     let peers = async {
@@ -141,7 +141,16 @@ async fn relay_once(route: Route, dest: Option<Arc<Workload>>, metrics: &Counted
     let drain = Drain::never();
     let (got, ()) = tokio::join!(
         peers,
-        run(a, b, route, dst(), dest, &metrics.observer, None, &drain)
+        run(
+            a,
+            b,
+            &mut route,
+            dst(),
+            dest,
+            &metrics.observer,
+            None,
+            &drain
+        )
     );
     assert_eq!(got, b"hellohi");
 }
@@ -301,7 +310,7 @@ async fn sampling_zero_drops_successful_connection_records_only() {
     run(
         a,
         b,
-        outbound(Path::Passthrough),
+        &mut outbound(Path::Passthrough),
         dst(),
         None,
         &metrics.observer,
