@@ -16,7 +16,7 @@
 //! API server restart looks to its clients.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::Path,
     pin::Pin,
@@ -86,6 +86,9 @@ pub struct ApiState {
     cut: broadcast::Sender<()>,
     /// `410 Gone` ERROR events sent.
     gone: Arc<std::sync::atomic::AtomicUsize>,
+    /// Kinds every list and watch of which is refused with `403
+    /// Forbidden`, as RBAC refuses a service account a resource.
+    forbidden: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Default for ApiState {
@@ -95,6 +98,7 @@ impl Default for ApiState {
             changes: broadcast::channel(4096).0,
             cut: broadcast::channel(16).0,
             gone: Arc::default(),
+            forbidden: Arc::default(),
         }
     }
 }
@@ -102,6 +106,22 @@ impl Default for ApiState {
 impl ApiState {
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses (or again serves) every list and watch of `kind` (`Pod`,
+    /// `EndpointSlice`, ...). Watches already open are not cut.
+    pub fn forbid(&self, kind: &str, forbidden: bool) {
+        let mut set = self.forbidden.lock().unwrap_or_else(|e| e.into_inner());
+        if forbidden {
+            set.insert(kind.to_owned());
+        } else {
+            set.remove(kind);
+        }
+    }
+
+    fn is_forbidden(&self, kind: &str) -> bool {
+        let set = self.forbidden.lock().unwrap_or_else(|e| e.into_inner());
+        set.contains(kind)
     }
 
     /// Creates or replaces `object` (it names its kind, namespace and name).
@@ -327,7 +347,26 @@ fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
         );
     };
     let query = parse_query(req.uri().query().unwrap_or(""));
-    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if state.is_forbidden(kind) {
+        // Worded as RBAC words it: `/apis/<group>/<version>/<resource>`.
+        let resource = path.rsplit('/').next().unwrap_or(path);
+        let group = path
+            .strip_prefix("/apis/")
+            .and_then(|p| p.split('/').next());
+        let qualified = group.map_or(resource.to_owned(), |g| format!("{resource}.{g}"));
+        let verb = if watching { "watch" } else { "list" };
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!(
+                "{qualified} is forbidden: User \"system:serviceaccount:nodeward:nodeward\" \
+                 cannot {verb} resource \"{resource}\" in API group \"{}\" at the cluster scope",
+                group.unwrap_or("")
+            ),
+        );
+    }
+    if watching {
         watch(state, kind, &query)
     } else {
         list(state, kind, api_version, &query)

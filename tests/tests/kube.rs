@@ -338,6 +338,45 @@ async fn fresh_again_after_an_outage_in_which_nothing_changed() {
     h.until_stale(false, Duration::from_secs(60)).await;
 }
 
+/// An API server that answers but refuses one kind (RBAC: `403
+/// Forbidden` after a ClusterRole edit) leaves discovery stale, saying
+/// which kind, for as long as it refuses: the probe lists each failing
+/// kind instead of asking for the server's version, which it would get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_the_api_server_refuses_keeps_discovery_stale() {
+    let mut h = Harness::start().await;
+    h.until("the fixtures", |r| r.all().len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Watches already open are not cut by a refusal: an outage restarts
+    // them, and from then on EndpointSlices are refused.
+    let state = h.server.take().expect("server").stop().await;
+    h.until_stale(true, PATIENCE).await;
+    state.forbid("EndpointSlice", true);
+    h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
+    let only_slices = async {
+        while h.status.failing() != [Kind::EndpointSlice] {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), only_slices)
+        .await
+        .expect("every other kind fresh again");
+    // Several probe rounds and watch retries (backoff past 2 s): the
+    // server answers every probe of the other kinds, and still stale.
+    let until = tokio::time::Instant::now() + Duration::from_secs(12);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(
+            h.status.failing(),
+            [Kind::EndpointSlice],
+            "fresh although refused"
+        );
+        assert!(h.status.stale_since().is_some());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.state().forbid("EndpointSlice", false);
+    h.until_stale(false, Duration::from_secs(60)).await;
+}
+
 /// The same while a local pod waits for its cgroup: discovery looks for it
 /// every second, and those wake-ups must not keep postponing the 2-s probe
 /// for ever.
@@ -389,7 +428,7 @@ async fn an_api_server_that_never_answers_does_not_hold_discovery() {
     let cgroups = tempfile::tempdir().expect("tempdir");
     let status = Arc::new(Status::default());
     // Stale, as after failed watches: the probe runs.
-    status.failed();
+    status.failed(Kind::Pod);
     let discovery = Discovery {
         node: "node-a".into(),
         cgroup_mount: cgroups.path().to_owned(),

@@ -17,7 +17,7 @@
 #![forbid(unsafe_code)]
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt::Debug,
     hash::Hash,
     path::{Path, PathBuf},
@@ -55,7 +55,7 @@ pub use strip::PodInfo;
 
 /// Objects per page of a (re-)list: bounds the memory one response takes.
 const PAGE_SIZE: u32 = 500;
-/// How often the API server is probed while the watches fail.
+/// How often the kinds whose watches fail are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// How long a probe may take. kube-client sets no read timeout, so a
 /// server (or a pooled connection to a gone one) that never answers would
@@ -118,7 +118,9 @@ pub trait WatchTelemetry: Send + Sync {
     fn watch_error(&self, kind: Kind);
 }
 
-/// Watch health, for `/ready`.
+/// Watch health, for `/ready`. Kept per kind: the API server can answer
+/// for one kind and refuse another (RBAC's `403 Forbidden`, a missing
+/// resource), and discovery is stale while any kind's watch fails.
 #[derive(Debug, Default)]
 pub struct Status {
     inner: Mutex<StatusInner>,
@@ -131,9 +133,17 @@ pub struct Status {
 struct StatusInner {
     /// Kinds whose first complete list arrived.
     listed: HashSet<Kind>,
-    /// Since when the watches fail (the registry is the last known state).
-    stale_since: Option<SystemTime>,
-    last_error: Option<Instant>,
+    /// Kinds whose watches fail (their part of the registry is the last
+    /// known state).
+    failing: HashMap<Kind, Failing>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    /// Since when.
+    since: SystemTime,
+    /// The latest failure.
+    last: Instant,
 }
 
 impl Status {
@@ -142,10 +152,19 @@ impl Status {
         self.lock().listed.len() == Kind::ALL.len()
     }
 
-    /// Since when the API server has been unreachable (or the watches
-    /// failing); `None` while they are healthy.
+    /// Since when a watch has been failing (the API server unreachable,
+    /// or a kind refused); `None` while every kind is healthy.
     pub fn stale_since(&self) -> Option<SystemTime> {
-        self.lock().stale_since
+        self.lock().failing.values().map(|f| f.since).min()
+    }
+
+    /// The kinds whose watches fail.
+    pub fn failing(&self) -> Vec<Kind> {
+        let s = self.lock();
+        Kind::ALL
+            .into_iter()
+            .filter(|k| s.failing.contains_key(k))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
@@ -157,15 +176,21 @@ impl Status {
     pub fn listed(&self, kind: Kind) {
         let mut s = self.lock();
         s.listed.insert(kind);
-        s.stale_since = None;
+        s.failing.remove(&kind);
     }
 
-    /// Records a failed watch: stale from now, unless already.
-    pub fn failed(&self) {
+    /// Records a failed watch of `kind`: stale from now, unless already.
+    pub fn failed(&self, kind: Kind) {
         let mut s = self.lock();
-        let was_fresh = s.stale_since.is_none();
-        s.stale_since.get_or_insert_with(SystemTime::now);
-        s.last_error = Some(Instant::now());
+        let was_fresh = s.failing.is_empty();
+        let now = (SystemTime::now(), Instant::now());
+        s.failing
+            .entry(kind)
+            .and_modify(|f| f.last = now.1)
+            .or_insert(Failing {
+                since: now.0,
+                last: now.1,
+            });
         drop(s);
         if was_fresh {
             // A stored permit if nobody waits yet: the wake-up is not lost.
@@ -173,17 +198,20 @@ impl Status {
         }
     }
 
-    /// Records that a watch delivered something: the API server is back.
-    pub fn healthy(&self) {
-        self.lock().stale_since = None;
+    /// Records that a watch of `kind` delivered something: it works again.
+    pub fn healthy(&self, kind: Kind) {
+        self.lock().failing.remove(&kind);
     }
 
-    /// The API server answered a probe: healthy unless a watch failed
-    /// since the previous probe.
-    fn probe_ok(&self) {
+    /// The API server listed `kind` for a probe: healthy unless its watch
+    /// failed since the previous probe.
+    fn probe_ok(&self, kind: Kind) {
         let mut s = self.lock();
-        if s.last_error.is_none_or(|t| t.elapsed() >= PROBE_EVERY) {
-            s.stale_since = None;
+        if s.failing
+            .get(&kind)
+            .is_some_and(|f| f.last.elapsed() >= PROBE_EVERY)
+        {
+            s.failing.remove(&kind);
         }
     }
 }
@@ -282,13 +310,21 @@ impl Discovery {
         }
     }
 
-    /// Asks the API server for its version (bounded: kube-client sets no
-    /// read timeout); an answer with no watch failing since the previous
-    /// probe means fresh again.
+    /// Lists one object of each kind whose watch fails (all at once, each
+    /// bounded: kube-client sets no read timeout); a kind the API server
+    /// lists, with no watch failure since the previous probe, is fresh
+    /// again. Per kind, not the server's version: a server that answers
+    /// but refuses one kind (RBAC) must leave discovery stale.
     async fn probe(&self, client: &Client) {
-        let probe = tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version());
-        if matches!(probe.await, Ok(Ok(_))) {
-            self.status.probe_ok();
+        let failing = self.status.failing();
+        let probes = failing.iter().map(|&kind| async move {
+            let listed = tokio::time::timeout(PROBE_TIMEOUT, list_one(client, kind));
+            (kind, matches!(listed.await, Ok(Ok(()))))
+        });
+        for (kind, ok) in futures_util::future::join_all(probes).await {
+            if ok {
+                self.status.probe_ok(kind);
+            }
         }
     }
 
@@ -448,17 +484,36 @@ async fn watch_kind<K, T>(
                 ctx.changed.notify_one();
             }
             Ok(Event::Apply(_) | Event::Delete(_)) => {
-                ctx.status.healthy();
+                ctx.status.healthy(ctx.kind);
                 ctx.changed.notify_one();
             }
-            Ok(Event::Init | Event::InitApply(_)) => ctx.status.healthy(),
+            Ok(Event::Init | Event::InitApply(_)) => ctx.status.healthy(ctx.kind),
             Err(e) => {
                 tracing::warn!(kind = ctx.kind.as_str(), error = %e, "Kubernetes watch failed; retrying with backoff");
                 ctx.telemetry.watch_error(ctx.kind);
-                ctx.status.failed();
+                ctx.status.failed(ctx.kind);
             }
         }
     }
+}
+
+/// Lists at most one object of `kind`: what a watch of it needs to be
+/// allowed and served (the same `list` permission).
+async fn list_one(client: &Client, kind: Kind) -> Result<(), kube::Error> {
+    let one = kube::api::ListParams::default().limit(1);
+    let c = client.clone();
+    match kind {
+        Kind::Pod => drop(
+            Api::<k8s_openapi::api::core::v1::Pod>::all(c)
+                .list(&one)
+                .await?,
+        ),
+        Kind::Namespace => drop(Api::<Namespace>::all(c).list(&one).await?),
+        Kind::Service => drop(Api::<Service>::all(c).list(&one).await?),
+        Kind::EndpointSlice => drop(Api::<EndpointSlice>::all(c).list(&one).await?),
+        Kind::Node => drop(Api::<Node>::all(c).list(&one).await?),
+    }
+    Ok(())
 }
 
 /// `event` with its object(s) turned into what the store keeps.

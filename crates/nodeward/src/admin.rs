@@ -416,12 +416,18 @@ async fn cluster_flows(state: &AdminState, query: Option<String>) -> Response<Fu
 
 fn ready(state: &AdminState) -> Response<Full<Bytes>> {
     let report = state.ready();
-    let stale = state.readiness.discovery().and_then(|d| d.stale_since());
-    if let (true, Some(since)) = (report.ready, stale) {
+    let discovery = state.readiness.discovery();
+    let stale = discovery.and_then(|d| Some((d.stale_since()?, d.failing())));
+    if let (true, Some((since, kinds))) = (report.ready, stale) {
         // Still serving on the last known state: ready, but say so.
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
         text(
             StatusCode::OK,
-            format!("ready\ndiscovery stale since {}\n", rfc3339(since)),
+            format!(
+                "ready\ndiscovery stale since {} (failing: {})\n",
+                rfc3339(since),
+                kinds.join(", ")
+            ),
         )
     } else if report.ready {
         text(StatusCode::OK, "ready\n")

@@ -260,15 +260,31 @@ async fn kubernetes_discovery_is_ready_after_the_first_list_and_says_when_stale(
     let r = admin.get("/ready").await;
     assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
     // The API server went away: still serving the last state, and saying so.
-    status.failed();
+    for kind in nodeward_kube::Kind::ALL {
+        status.failed(kind);
+    }
     let r = admin.get("/ready").await;
     assert_eq!(r.status, 200);
     assert!(
-        r.body.starts_with("ready\ndiscovery stale since 20"),
+        r.body.starts_with("ready\ndiscovery stale since 20")
+            && r.body
+                .ends_with(" (failing: pod, namespace, service, endpointslice, node)\n"),
         "{}",
         r.body
     );
-    status.healthy();
+    // Back, but one kind still refused: stale until that one works too.
+    for kind in nodeward_kube::Kind::ALL {
+        if kind != nodeward_kube::Kind::EndpointSlice {
+            status.healthy(kind);
+        }
+    }
+    let r = admin.get("/ready").await;
+    assert!(
+        r.body.ends_with(" (failing: endpointslice)\n"),
+        "{}",
+        r.body
+    );
+    status.healthy(nodeward_kube::Kind::EndpointSlice);
     let r = admin.get("/ready").await;
     assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
 }
