@@ -86,9 +86,9 @@ pub struct ApiState {
     cut: broadcast::Sender<()>,
     /// `410 Gone` ERROR events sent.
     gone: Arc<std::sync::atomic::AtomicUsize>,
-    /// Kinds every list and watch of which is refused with `403
-    /// Forbidden`, as RBAC refuses a service account a resource.
-    forbidden: Arc<Mutex<BTreeSet<String>>>,
+    /// (kind, verb) pairs refused with `403 Forbidden`, as RBAC refuses a
+    /// service account a verb on a resource.
+    forbidden: Arc<Mutex<BTreeSet<(String, &'static str)>>>,
 }
 
 impl Default for ApiState {
@@ -108,20 +108,18 @@ impl ApiState {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Refuses (or again serves) every list and watch of `kind` (`Pod`,
-    /// `EndpointSlice`, ...). Watches already open are not cut.
-    pub fn forbid(&self, kind: &str, forbidden: bool) {
+    /// Refuses `verbs` (`list`, `watch`) on `kind` (`Pod`,
+    /// `EndpointSlice`, ...) from now on, and serves its other verbs
+    /// again. Watches already open are not cut.
+    pub fn forbid(&self, kind: &str, verbs: &[&'static str]) {
         let mut set = self.forbidden.lock().unwrap_or_else(|e| e.into_inner());
-        if forbidden {
-            set.insert(kind.to_owned());
-        } else {
-            set.remove(kind);
-        }
+        set.retain(|(k, _)| k != kind);
+        set.extend(verbs.iter().map(|&v| (kind.to_owned(), v)));
     }
 
-    fn is_forbidden(&self, kind: &str) -> bool {
+    fn is_forbidden(&self, kind: &str, verb: &str) -> bool {
         let set = self.forbidden.lock().unwrap_or_else(|e| e.into_inner());
-        set.contains(kind)
+        set.iter().any(|(k, v)| k == kind && *v == verb)
     }
 
     /// Creates or replaces `object` (it names its kind, namespace and name).
@@ -348,23 +346,9 @@ fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
     };
     let query = parse_query(req.uri().query().unwrap_or(""));
     let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
-    if state.is_forbidden(kind) {
-        // Worded as RBAC words it: `/apis/<group>/<version>/<resource>`.
-        let resource = path.rsplit('/').next().unwrap_or(path);
-        let group = path
-            .strip_prefix("/apis/")
-            .and_then(|p| p.split('/').next());
-        let qualified = group.map_or(resource.to_owned(), |g| format!("{resource}.{g}"));
-        let verb = if watching { "watch" } else { "list" };
-        return status(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            &format!(
-                "{qualified} is forbidden: User \"system:serviceaccount:nodeward:nodeward\" \
-                 cannot {verb} resource \"{resource}\" in API group \"{}\" at the cluster scope",
-                group.unwrap_or("")
-            ),
-        );
+    let verb = if watching { "watch" } else { "list" };
+    if state.is_forbidden(kind, verb) {
+        return forbidden(path, verb);
     }
     if watching {
         watch(state, kind, &query)
@@ -506,6 +490,33 @@ fn line(v: &Value) -> Bytes {
     let mut text = v.to_string();
     text.push('\n');
     Bytes::from(text)
+}
+
+/// RBAC's refusal of `verb` on the resource at `path`
+/// (`/api/v1/<resource>` or `/apis/<group>/<version>/<resource>`), as the
+/// API server words it for the proxy's service account.
+fn forbidden(path: &str, verb: &str) -> Resp {
+    let resource = path.rsplit('/').next().unwrap_or(path);
+    let group = path
+        .strip_prefix("/apis/")
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("");
+    let qualified = if group.is_empty() {
+        resource.to_owned()
+    } else {
+        format!("{resource}.{group}")
+    };
+    let message = format!(
+        "{qualified} is forbidden: User \"system:serviceaccount:nodeward-system:nodeward\" \
+         cannot {verb} resource \"{resource}\" in API group \"{group}\" at the cluster scope"
+    );
+    let code = StatusCode::FORBIDDEN;
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": "Forbidden",
+            "details": {"group": group, "kind": resource}, "code": code.as_u16()}),
+    )
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Resp {

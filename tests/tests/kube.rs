@@ -340,19 +340,63 @@ async fn fresh_again_after_an_outage_in_which_nothing_changed() {
 
 /// An API server that answers but refuses one kind (RBAC: `403
 /// Forbidden` after a ClusterRole edit) leaves discovery stale, saying
-/// which kind, for as long as it refuses: the probe lists each failing
-/// kind instead of asking for the server's version, which it would get.
+/// which kind, for as long as it refuses: the probe lists and watches
+/// each failing kind instead of asking for the server's version, which it
+/// would get. Here its list and watch are refused, and an outage restarts
+/// the watches (refusals do not cut open ones).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kind_the_api_server_refuses_keeps_discovery_stale() {
+    let h = back_refusing_slices(&["list", "watch"]).await;
+    stale_while_slices_are_refused(&h).await;
+}
+
+/// The same when only `watch` is refused: listing the kind is not enough
+/// for a watcher, so not enough for the probe either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_whose_watch_is_refused_keeps_discovery_stale() {
+    let h = back_refusing_slices(&["watch"]).await;
+    stale_while_slices_are_refused(&h).await;
+}
+
+/// Discovery synced, then an outage (which restarts every watch), after
+/// which the API server refuses `verbs` on EndpointSlices.
+async fn back_refusing_slices(verbs: &[&'static str]) -> Harness {
     let mut h = Harness::start().await;
     h.until("the fixtures", |r| r.all().len() == 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Watches already open are not cut by a refusal: an outage restarts
-    // them, and from then on EndpointSlices are refused.
     let state = h.server.take().expect("server").stop().await;
     h.until_stale(true, PATIENCE).await;
-    state.forbid("EndpointSlice", true);
+    state.forbid("EndpointSlice", verbs);
     h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
+    h
+}
+
+/// The same when the refusal meets a re-list (after `410 Gone`): a list
+/// that starts and fails does not count as the kind working again, and
+/// the stale mark keeps its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_refused_across_a_relist_keeps_discovery_stale() {
+    let mut h = Harness::start().await;
+    h.until("the fixtures", |r| r.all().len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Watching stays allowed: the resumed watch gets `410 Gone`, and the
+    // re-list that follows is refused, again and again.
+    h.state().forbid("EndpointSlice", &["list"]);
+    let pod = pod(
+        "during-refusal",
+        "node-b",
+        "10.244.1.41",
+        "00000000-0000-4000-8000-000000000411",
+    );
+    h.state().compact_and_cut_with(pod);
+    stale_while_slices_are_refused(&h).await;
+}
+
+/// Waits for every kind but EndpointSlices to be fresh again, checks for
+/// 12 s (probe rounds and watch retries backing off past the 2-s probe)
+/// that discovery stays stale since the same time, then lifts the refusal
+/// and waits for fresh.
+async fn stale_while_slices_are_refused(h: &Harness) {
     let only_slices = async {
         while h.status.failing() != [Kind::EndpointSlice] {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -361,8 +405,7 @@ async fn a_kind_the_api_server_refuses_keeps_discovery_stale() {
     tokio::time::timeout(Duration::from_secs(60), only_slices)
         .await
         .expect("every other kind fresh again");
-    // Several probe rounds and watch retries (backoff past 2 s): the
-    // server answers every probe of the other kinds, and still stale.
+    let since = h.status.stale_since();
     let until = tokio::time::Instant::now() + Duration::from_secs(12);
     while tokio::time::Instant::now() < until {
         assert_eq!(
@@ -370,10 +413,10 @@ async fn a_kind_the_api_server_refuses_keeps_discovery_stale() {
             [Kind::EndpointSlice],
             "fresh although refused"
         );
-        assert!(h.status.stale_since().is_some());
+        assert_eq!(h.status.stale_since(), since, "stale mark restarted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    h.state().forbid("EndpointSlice", false);
+    h.state().forbid("EndpointSlice", &[]);
     h.until_stale(false, Duration::from_secs(60)).await;
 }
 

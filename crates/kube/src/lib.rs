@@ -57,6 +57,11 @@ pub use strip::PodInfo;
 const PAGE_SIZE: u32 = 500;
 /// How often the kinds whose watches fail are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// The longest a failing kind waits between probes: each probe it fails
+/// doubles its wait from [`PROBE_EVERY`], so that a kind refused for days
+/// (an RBAC mistake) costs the API server one request per node every 30 s,
+/// not every 2 s, as the watchers' own backoff does.
+const PROBE_MAX_GAP: Duration = Duration::from_secs(30);
 /// How long a probe may take. kube-client sets no read timeout, so a
 /// server (or a pooled connection to a gone one) that never answers would
 /// otherwise hold the discovery loop, and with it `/ready` and the stop,
@@ -144,6 +149,13 @@ struct Failing {
     since: SystemTime,
     /// The latest failure.
     last: Instant,
+    /// Its watcher has started listing again (after `410 Gone` or a failed
+    /// list): its store is the old state until the list completes, so
+    /// only the complete list clears it, never a probe.
+    relisting: bool,
+    /// When it is probed next, and the wait after a failed probe.
+    probe_at: Instant,
+    probe_gap: Duration,
 }
 
 impl Status {
@@ -160,11 +172,15 @@ impl Status {
 
     /// The kinds whose watches fail.
     pub fn failing(&self) -> Vec<Kind> {
+        self.stale().map(|(_, kinds)| kinds).unwrap_or_default()
+    }
+
+    /// Since when, and which kinds, in one look (`None` while healthy).
+    pub fn stale(&self) -> Option<(SystemTime, Vec<Kind>)> {
         let s = self.lock();
-        Kind::ALL
-            .into_iter()
-            .filter(|k| s.failing.contains_key(k))
-            .collect()
+        let since = s.failing.values().map(|f| f.since).min()?;
+        let kinds = Kind::ALL.into_iter().filter(|k| s.failing.contains_key(k));
+        Some((since, kinds.collect()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
@@ -190,6 +206,9 @@ impl Status {
             .or_insert(Failing {
                 since: now.0,
                 last: now.1,
+                relisting: false,
+                probe_at: now.1,
+                probe_gap: PROBE_EVERY,
             });
         drop(s);
         if was_fresh {
@@ -198,19 +217,41 @@ impl Status {
         }
     }
 
-    /// Records that a watch of `kind` delivered something: it works again.
+    /// Records that a watch of `kind` delivered a change: it works again.
     pub fn healthy(&self, kind: Kind) {
         self.lock().failing.remove(&kind);
     }
 
-    /// The API server listed `kind` for a probe: healthy unless its watch
-    /// failed since the previous probe.
+    /// Records that a failing kind's watcher lists it again: only the
+    /// complete list ([`Status::listed`]) clears it now.
+    pub fn relisting(&self, kind: Kind) {
+        if let Some(f) = self.lock().failing.get_mut(&kind) {
+            f.relisting = true;
+        }
+    }
+
+    /// The failing kinds whose probe is due.
+    fn due(&self) -> Vec<Kind> {
+        let s = self.lock();
+        let now = Instant::now();
+        let due = |k: &Kind| s.failing.get(k).is_some_and(|f| f.probe_at <= now);
+        Kind::ALL.into_iter().filter(due).collect()
+    }
+
+    /// A probe of `kind` failed: the next one waits twice as long.
+    fn probe_failed(&self, kind: Kind) {
+        if let Some(f) = self.lock().failing.get_mut(&kind) {
+            f.probe_at = Instant::now() + f.probe_gap;
+            f.probe_gap = (f.probe_gap * 2).min(PROBE_MAX_GAP);
+        }
+    }
+
+    /// The API server let a probe list and watch `kind`: healthy unless its
+    /// watch failed since the previous probe or its store awaits a list.
     fn probe_ok(&self, kind: Kind) {
         let mut s = self.lock();
-        if s.failing
-            .get(&kind)
-            .is_some_and(|f| f.last.elapsed() >= PROBE_EVERY)
-        {
+        let clears = |f: &Failing| !f.relisting && f.last.elapsed() >= PROBE_EVERY;
+        if s.failing.get(&kind).is_some_and(clears) {
             s.failing.remove(&kind);
         }
     }
@@ -310,20 +351,23 @@ impl Discovery {
         }
     }
 
-    /// Lists one object of each kind whose watch fails (all at once, each
-    /// bounded: kube-client sets no read timeout); a kind the API server
-    /// lists, with no watch failure since the previous probe, is fresh
-    /// again. Per kind, not the server's version: a server that answers
-    /// but refuses one kind (RBAC) must leave discovery stale.
+    /// Lists one object of each failing kind whose probe is due and starts
+    /// a watch of it (all at once, each bounded: kube-client sets no read
+    /// timeout); a kind the API server serves both for, with no watch
+    /// failure since the previous probe, is fresh again. Per kind, not the
+    /// server's version: a server that answers but refuses one kind (RBAC)
+    /// must leave discovery stale.
     async fn probe(&self, client: &Client) {
-        let failing = self.status.failing();
-        let probes = failing.iter().map(|&kind| async move {
-            let listed = tokio::time::timeout(PROBE_TIMEOUT, list_one(client, kind));
-            (kind, matches!(listed.await, Ok(Ok(()))))
+        let due = self.status.due();
+        let probes = due.iter().map(|&kind| async move {
+            let served = tokio::time::timeout(PROBE_TIMEOUT, probe_kind(client, kind));
+            (kind, matches!(served.await, Ok(Ok(()))))
         });
         for (kind, ok) in futures_util::future::join_all(probes).await {
             if ok {
                 self.status.probe_ok(kind);
+            } else {
+                self.status.probe_failed(kind);
             }
         }
     }
@@ -487,7 +531,10 @@ async fn watch_kind<K, T>(
                 ctx.status.healthy(ctx.kind);
                 ctx.changed.notify_one();
             }
-            Ok(Event::Init | Event::InitApply(_)) => ctx.status.healthy(ctx.kind),
+            // A (re-)list has started, not ended: the store is still the
+            // old state (and a list that fails comes straight back here).
+            Ok(Event::Init) => ctx.status.relisting(ctx.kind),
+            Ok(Event::InitApply(_)) => {}
             Err(e) => {
                 tracing::warn!(kind = ctx.kind.as_str(), error = %e, "Kubernetes watch failed; retrying with backoff");
                 ctx.telemetry.watch_error(ctx.kind);
@@ -497,22 +544,30 @@ async fn watch_kind<K, T>(
     }
 }
 
-/// Lists at most one object of `kind`: what a watch of it needs to be
-/// allowed and served (the same `list` permission).
-async fn list_one(client: &Client, kind: Kind) -> Result<(), kube::Error> {
-    let one = kube::api::ListParams::default().limit(1);
+/// Lists at most one object of `kind` and starts a watch from there (then
+/// drops it): both permissions a watcher needs, and the server serving
+/// both (RBAC can grant `list` without `watch`).
+async fn probe_kind(client: &Client, kind: Kind) -> Result<(), kube::Error> {
     let c = client.clone();
     match kind {
-        Kind::Pod => drop(
-            Api::<k8s_openapi::api::core::v1::Pod>::all(c)
-                .list(&one)
-                .await?,
-        ),
-        Kind::Namespace => drop(Api::<Namespace>::all(c).list(&one).await?),
-        Kind::Service => drop(Api::<Service>::all(c).list(&one).await?),
-        Kind::EndpointSlice => drop(Api::<EndpointSlice>::all(c).list(&one).await?),
-        Kind::Node => drop(Api::<Node>::all(c).list(&one).await?),
+        Kind::Pod => list_and_watch(Api::<k8s_openapi::api::core::v1::Pod>::all(c)).await,
+        Kind::Namespace => list_and_watch(Api::<Namespace>::all(c)).await,
+        Kind::Service => list_and_watch(Api::<Service>::all(c)).await,
+        Kind::EndpointSlice => list_and_watch(Api::<EndpointSlice>::all(c)).await,
+        Kind::Node => list_and_watch(Api::<Node>::all(c)).await,
     }
+}
+
+async fn list_and_watch<K>(api: Api<K>) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let one = kube::api::ListParams::default().limit(1);
+    let list = api.list(&one).await?;
+    let version = list.metadata.resource_version.unwrap_or_default();
+    // The response's status arrives before any event: a refusal shows here.
+    let watch = kube::api::WatchParams::default().timeout(1);
+    drop(api.watch(&watch, &version).await?);
     Ok(())
 }
 

@@ -416,8 +416,7 @@ async fn cluster_flows(state: &AdminState, query: Option<String>) -> Response<Fu
 
 fn ready(state: &AdminState) -> Response<Full<Bytes>> {
     let report = state.ready();
-    let discovery = state.readiness.discovery();
-    let stale = discovery.and_then(|d| Some((d.stale_since()?, d.failing())));
+    let stale = state.readiness.discovery().and_then(|d| d.stale());
     if let (true, Some((since, kinds))) = (report.ready, stale) {
         // Still serving on the last known state: ready, but say so.
         let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
