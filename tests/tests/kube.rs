@@ -420,6 +420,24 @@ async fn stale_while_slices_are_refused(h: &Harness) {
     h.until_stale(false, Duration::from_secs(60)).await;
 }
 
+/// A long outage does not slow the return: probes that find no server at
+/// all keep coming every 2 s (only a server that refuses a kind makes that
+/// kind's probes back off), so discovery is fresh within seconds of the
+/// server's return, not up to 30 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_again_soon_after_a_long_outage() {
+    let mut h = Harness::start().await;
+    h.until("the fixtures", |r| r.all().len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = h.server.take().expect("server").stop().await;
+    h.until_stale(true, PATIENCE).await;
+    // Long enough for several failed probes (2 + 4 + 8 s, were they
+    // backing off).
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
+    h.until_stale(false, Duration::from_secs(10)).await;
+}
+
 /// The same while a local pod waits for its cgroup: discovery looks for it
 /// every second, and those wake-ups must not keep postponing the 2-s probe
 /// for ever.

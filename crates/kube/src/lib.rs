@@ -57,10 +57,10 @@ pub use strip::PodInfo;
 const PAGE_SIZE: u32 = 500;
 /// How often the kinds whose watches fail are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
-/// The longest a failing kind waits between probes: each probe it fails
-/// doubles its wait from [`PROBE_EVERY`], so that a kind refused for days
-/// (an RBAC mistake) costs the API server one request per node every 30 s,
-/// not every 2 s, as the watchers' own backoff does.
+/// The longest a kind the API server refuses waits between probes: each
+/// refusal doubles its wait from [`PROBE_EVERY`], so that a kind refused
+/// for days (an RBAC mistake) costs one probe per node every 30 s, not
+/// every 2 s, on top of its watcher's own retries.
 const PROBE_MAX_GAP: Duration = Duration::from_secs(30);
 /// How long a probe may take. kube-client sets no read timeout, so a
 /// server (or a pooled connection to a gone one) that never answers would
@@ -234,11 +234,18 @@ impl Status {
     fn due(&self) -> Vec<Kind> {
         let s = self.lock();
         let now = Instant::now();
-        let due = |k: &Kind| s.failing.get(k).is_some_and(|f| f.probe_at <= now);
+        // A re-listing kind is cleared by its list alone: no probe for it.
+        let due = |k: &Kind| {
+            s.failing
+                .get(k)
+                .is_some_and(|f| !f.relisting && f.probe_at <= now)
+        };
         Kind::ALL.into_iter().filter(due).collect()
     }
 
-    /// A probe of `kind` failed: the next one waits twice as long.
+    /// The API server refused a probe of `kind`: the next one waits twice
+    /// as long. (A server that does not answer at all is an outage, which
+    /// is probed every [`PROBE_EVERY`] so that it is over within 2 s.)
     fn probe_failed(&self, kind: Kind) {
         if let Some(f) = self.lock().failing.get_mut(&kind) {
             f.probe_at = Instant::now() + f.probe_gap;
@@ -361,13 +368,14 @@ impl Discovery {
         let due = self.status.due();
         let probes = due.iter().map(|&kind| async move {
             let served = tokio::time::timeout(PROBE_TIMEOUT, probe_kind(client, kind));
-            (kind, matches!(served.await, Ok(Ok(()))))
+            (kind, served.await)
         });
-        for (kind, ok) in futures_util::future::join_all(probes).await {
-            if ok {
-                self.status.probe_ok(kind);
-            } else {
-                self.status.probe_failed(kind);
+        for (kind, served) in futures_util::future::join_all(probes).await {
+            match served {
+                Ok(Ok(())) => self.status.probe_ok(kind),
+                Ok(Err(kube::Error::Api(_))) => self.status.probe_failed(kind),
+                // Unreachable or silent: an outage, probed again in 2 s.
+                Ok(Err(_)) | Err(_) => {}
             }
         }
     }
@@ -539,6 +547,11 @@ async fn watch_kind<K, T>(
                 tracing::warn!(kind = ctx.kind.as_str(), error = %e, "Kubernetes watch failed; retrying with backoff");
                 ctx.telemetry.watch_error(ctx.kind);
                 ctx.status.failed(ctx.kind);
+                if relists(&e) {
+                    // Its next `Init` may be a whole backoff away: a probe
+                    // in between must not call the old store fresh.
+                    ctx.status.relisting(ctx.kind);
+                }
             }
         }
     }
@@ -569,6 +582,16 @@ where
     let watch = kube::api::WatchParams::default().timeout(1);
     drop(api.watch(&watch, &version).await?);
     Ok(())
+}
+
+/// Whether the watcher answers `e` by listing the kind again (kube-runtime
+/// goes back to its empty state): `410 Gone`, and a failed list.
+fn relists(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::InitialListFailed(_) | watcher::Error::NoResourceVersion => true,
+        watcher::Error::WatchStartFailed(_) | watcher::Error::WatchFailed(_) => false,
+    }
 }
 
 /// `event` with its object(s) turned into what the store keeps.
