@@ -96,6 +96,17 @@ impl Harness {
         &self.server.as_ref().expect("server running").state
     }
 
+    /// Once the fixtures are applied and the loop waits for changes (past
+    /// the debounce and rebuild), stops the API server and waits for
+    /// discovery to say stale; returns the server's state for a restart.
+    async fn synced_then_stopped(&mut self) -> ApiState {
+        self.until("the fixtures", |r| r.all().len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let state = self.server.take().expect("server").stop().await;
+        self.until_stale(true, PATIENCE).await;
+        state
+    }
+
     /// Waits up to `within` for discovery to say stale (`true`) or fresh.
     async fn until_stale(&self, stale: bool, within: Duration) {
         let turned = async {
@@ -327,11 +338,7 @@ async fn the_last_state_stays_while_the_api_server_is_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_again_after_an_outage_in_which_nothing_changed() {
     let mut h = Harness::start().await;
-    h.until("the fixtures", |r| r.all().len() == 2).await;
-    // Past the debounce and rebuild: the loop waits for changes.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let state = h.server.take().expect("server").stop().await;
-    h.until_stale(true, PATIENCE).await;
+    let state = h.synced_then_stopped().await;
     h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
     // Probes come every 2 s (the watches' backoff alone reaches 30 s, and
     // a re-started watch reports nothing here).
@@ -362,10 +369,7 @@ async fn a_kind_whose_watch_is_refused_keeps_discovery_stale() {
 /// which the API server refuses `verbs` on EndpointSlices.
 async fn back_refusing_slices(verbs: &[&'static str]) -> Harness {
     let mut h = Harness::start().await;
-    h.until("the fixtures", |r| r.all().len() == 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let state = h.server.take().expect("server").stop().await;
-    h.until_stale(true, PATIENCE).await;
+    let state = h.synced_then_stopped().await;
     state.forbid("EndpointSlice", verbs);
     h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
     h
@@ -427,10 +431,7 @@ async fn stale_while_slices_are_refused(h: &Harness) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_again_soon_after_a_long_outage() {
     let mut h = Harness::start().await;
-    h.until("the fixtures", |r| r.all().len() == 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let state = h.server.take().expect("server").stop().await;
-    h.until_stale(true, PATIENCE).await;
+    let state = h.synced_then_stopped().await;
     // Long enough for several failed probes (2 + 4 + 8 s, were they
     // backing off).
     tokio::time::sleep(Duration::from_secs(16)).await;
