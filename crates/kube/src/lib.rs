@@ -167,7 +167,7 @@ impl Status {
     /// Since when a watch has been failing (the API server unreachable,
     /// or a kind refused); `None` while every kind is healthy.
     pub fn stale_since(&self) -> Option<SystemTime> {
-        self.lock().failing.values().map(|f| f.since).min()
+        self.stale().map(|(since, _)| since)
     }
 
     /// The kinds whose watches fail.
