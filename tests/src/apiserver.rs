@@ -89,6 +89,9 @@ pub struct ApiState {
     /// (kind, verb) pairs refused with `403 Forbidden`, as RBAC refuses a
     /// service account a verb on a resource.
     forbidden: Arc<Mutex<BTreeSet<(String, &'static str)>>>,
+    /// Kinds whose lists and watches are answered `200` with a body that
+    /// is not JSON (a broken proxy in front of the server, a cut response).
+    garbled: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Default for ApiState {
@@ -99,6 +102,7 @@ impl Default for ApiState {
             cut: broadcast::channel(16).0,
             gone: Arc::default(),
             forbidden: Arc::default(),
+            garbled: Arc::default(),
         }
     }
 }
@@ -115,6 +119,22 @@ impl ApiState {
         let mut set = self.forbidden.lock().unwrap_or_else(|e| e.into_inner());
         set.retain(|(k, _)| k != kind);
         set.extend(verbs.iter().map(|&v| (kind.to_owned(), v)));
+    }
+
+    /// Answers (or stops answering) every list and watch of `kind` with
+    /// bytes that are not JSON.
+    pub fn garble(&self, kind: &str, garbled: bool) {
+        let mut set = self.garbled.lock().unwrap_or_else(|e| e.into_inner());
+        if garbled {
+            set.insert(kind.to_owned());
+        } else {
+            set.remove(kind);
+        }
+    }
+
+    fn is_garbled(&self, kind: &str) -> bool {
+        let set = self.garbled.lock().unwrap_or_else(|e| e.into_inner());
+        set.contains(kind)
     }
 
     fn is_forbidden(&self, kind: &str, verb: &str) -> bool {
@@ -349,6 +369,15 @@ fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
     let verb = if watching { "watch" } else { "list" };
     if state.is_forbidden(kind, verb) {
         return forbidden(path, verb);
+    }
+    if state.is_garbled(kind) {
+        let garbage = Bytes::from_static(b"{\"kind\": \x00\xff<html>");
+        let mut resp = Response::new(ApiBody::Full(Full::new(garbage)));
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        return resp;
     }
     if watching {
         watch(state, kind, &query)

@@ -365,6 +365,18 @@ async fn a_kind_whose_watch_is_refused_keeps_discovery_stale() {
     stale_while_slices_are_refused(&h).await;
 }
 
+/// Hostile input: a server whose answers for one kind are not JSON (a
+/// broken proxy in front of it, a cut response) leaves that kind stale and
+/// panics nothing; a probe that cannot read what it got clears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_the_api_server_garbles_keeps_discovery_stale() {
+    let mut h = Harness::start().await;
+    let state = h.synced_then_stopped().await;
+    state.garble("EndpointSlice", true);
+    h.server = Some(ApiServer::start(h.addr, state).await.expect("restart"));
+    stale_while_slices_are_refused(&h).await;
+}
+
 /// Discovery synced, then an outage (which restarts every watch), after
 /// which the API server refuses `verbs` on EndpointSlices.
 async fn back_refusing_slices(verbs: &[&'static str]) -> Harness {
@@ -421,6 +433,7 @@ async fn stale_while_slices_are_refused(h: &Harness) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     h.state().forbid("EndpointSlice", &[]);
+    h.state().garble("EndpointSlice", false);
     h.until_stale(false, Duration::from_secs(60)).await;
 }
 
