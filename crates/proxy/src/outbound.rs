@@ -30,7 +30,7 @@ use crate::{
     relay::{self, Dialer, Path, Route, ServiceCall},
     telemetry::{Observer, Pending},
     trace::{ConnSpan, TraceParent},
-    tunnel::{pool, Pool, Target, TunnelError},
+    tunnel::{self, Pool, Target, TunnelError},
 };
 
 /// Why a connection was refused before being relayed.
@@ -332,7 +332,7 @@ async fn relay(conn: Accepted, shared: Arc<Shared>, pending: Pending) {
     let observer = &shared.observer;
     let hop = (peer, dst, route.trace_context());
     match (path, dest) {
-        (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, &w, hop).await {
+        (Path::Tunnel, Some(w)) => match tunnel(&shared, &source, &w, hop, &stream).await {
             Ok(up) => {
                 drop(pending);
                 relay::run(
@@ -447,13 +447,15 @@ fn edge(source: &Workload, resolved: Option<&Resolved>, orig_dst: SocketAddr) ->
 }
 
 /// Opens a tunnel stream to `dest`'s node as `source`, for the caller at
-/// `peer` dialling `dst`, with the hop's span context when traced.
+/// `peer` dialling `dst`, with the hop's span context when traced; what
+/// `caller` sends meanwhile goes with the CONNECT.
 async fn tunnel(
     shared: &Shared,
     source: &Workload,
     dest: &Workload,
     (peer, dst, trace): (SocketAddr, SocketAddr, Option<TraceParent>),
-) -> Result<pool::Stream, TunnelFailure> {
+    caller: &TcpStream,
+) -> Result<tunnel::Stream, TunnelFailure> {
     let td = shared.certs.ca().trust_domain().to_owned();
     let src_id = SpiffeId::workload(&td, &source.namespace, &source.service_account)
         .map_err(|_| TunnelFailure::NoCertificate)?;
@@ -476,6 +478,7 @@ async fn tunnel(
         authority: dst,
         client_ip: peer.ip(),
         trace,
+        caller: Some(caller),
     };
     Ok(shared.pool.connect(target).await?)
 }

@@ -36,7 +36,7 @@ use crate::{
     http,
     telemetry::{ConnLabels, ConnectionSeries, Observer, Reporter, UNKNOWN},
     trace::{ConnSpan, TraceParent},
-    tunnel::pool,
+    tunnel,
 };
 
 /// How long to wait for a destination to accept.
@@ -137,27 +137,39 @@ impl Path {
 /// A stream that can be torn down with a reset instead of a clean close,
 /// so a broken relay never looks like a complete exchange.
 pub trait Abort {
-    fn abort(&self);
+    fn abort(&mut self);
+
+    /// Bytes already sent to this end on the other end's behalf before the
+    /// relay began (a tunnel stream's early data), counted as relayed.
+    fn sent_early(&self) -> u64 {
+        0
+    }
 }
 
 impl Abort for TcpStream {
-    fn abort(&self) {
+    fn abort(&mut self) {
         let _ = self.set_zero_linger();
     }
 }
 
 impl Abort for TokioIo<Upgraded> {
     /// Dropping an HTTP/2 stream before its end resets it.
-    fn abort(&self) {}
+    fn abort(&mut self) {}
 }
 
-impl Abort for pool::Stream {
-    fn abort(&self) {}
+impl Abort for tunnel::Stream {
+    fn abort(&mut self) {
+        self.reset();
+    }
+
+    fn sent_early(&self) -> u64 {
+        tunnel::Stream::sent_early(self)
+    }
 }
 
 impl Abort for tokio::io::DuplexStream {
     /// An in-memory pipe (tests, tools) has no reset to send.
-    fn abort(&self) {}
+    fn abort(&mut self) {}
 }
 
 /// Dials local workloads from the proxy's own address, so the strict
@@ -234,6 +246,7 @@ pub async fn run<A, B>(
     A: AsyncRead + AsyncWrite + Unpin + Abort,
     B: AsyncRead + AsyncWrite + Unpin + Abort,
 {
+    let early = b.sent_early();
     let pump = async {
         let result = {
             let revocation = async {
@@ -250,7 +263,7 @@ pub async fn run<A, B>(
         };
         match result {
             Ok((sent, received)) => Outcome {
-                sent,
+                sent: early + sent,
                 received,
                 refused: 0,
                 error: None,

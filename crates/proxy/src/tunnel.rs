@@ -13,8 +13,10 @@
 use std::time::Duration;
 
 pub mod pool;
+mod stream;
 
 pub use pool::{Pool, Target, TunnelError};
+pub use stream::Stream;
 
 /// HTTP/2 stream window: big enough that one stream fills a fast link.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -22,6 +24,12 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest HTTP/2 frame we accept (fewer frames per bulk transfer).
 pub const MAX_FRAME: u32 = 256 * 1024;
+/// Most bytes of a caller's first read sent with its CONNECT, before the
+/// destination proxy answers (optimistic CONNECT; see `pool::Early`).
+pub const EARLY_DATA: usize = 16 * 1024;
+/// Bytes one stream may queue in HTTP/2 beyond what the peer's windows let
+/// out; the relay's writes wait past it (hyper's default).
+pub const SEND_BUFFER: usize = 1024 * 1024;
 /// Most streams on one pooled connection; past this another connection is
 /// opened even beyond [`MAX_CONNECTIONS_PER_KEY`] (the pool never refuses).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;

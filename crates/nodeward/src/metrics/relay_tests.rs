@@ -452,5 +452,5 @@ impl AsyncWrite for Failing {
 }
 
 impl Abort for Failing {
-    fn abort(&self) {}
+    fn abort(&mut self) {}
 }

@@ -276,6 +276,7 @@ impl Mesh {
             authority: self.backend,
             client_ip: FRONTEND_IP.parse().expect("ip"),
             trace: None,
+            caller: None,
         }
     }
 
@@ -311,7 +312,7 @@ impl Mesh {
     }
 
     /// A stream through the pool, as the outbound path opens one.
-    async fn pooled(&self) -> crate::tunnel::pool::Stream {
+    async fn pooled(&self) -> crate::tunnel::Stream {
         timeout(WAIT, self.pool.connect(self.target()))
             .await
             .expect("pool answered")
@@ -780,3 +781,5 @@ async fn a_stream_that_never_reads_is_held_back_by_flow_control_and_others_go_on
     echoes(&mut other, b"still served").await;
     writer.abort();
 }
+
+mod early;

@@ -12,15 +12,21 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{client::conn::http2::SendRequest, upgrade::Upgraded, Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, time::timeout};
+use h2::{
+    client::{ResponseFuture, SendRequest},
+    Ping, PingPong, Reason, SendStream,
+};
+use hyper::{Method, Request, StatusCode};
+use tokio::{
+    net::TcpStream,
+    time::{sleep, timeout},
+};
 use tokio_rustls::TlsConnector;
 
 use super::{
-    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE, MAX_CONNECTIONS_PER_KEY,
-    MAX_FRAME, MAX_STREAMS_PER_CONNECTION, SPREAD_STREAMS, STREAM_WINDOW,
+    stream::Stream, CONNECTION_WINDOW, EARLY_DATA, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE,
+    KEEPALIVE_TIMEOUT, MAX_CONNECTIONS_PER_KEY, MAX_FRAME, MAX_STREAMS_PER_CONNECTION, SEND_BUFFER,
+    SPREAD_STREAMS, STREAM_WINDOW,
 };
 use nodeward_identity::{
     tls::TrustBundle,
@@ -55,7 +61,9 @@ pub enum TunnelError {
     #[error("building the TLS config: {0}")]
     Config(#[from] rustls::Error),
     #[error("HTTP/2: {0}")]
-    Http(#[from] hyper::Error),
+    Http(#[from] h2::Error),
+    #[error("the caller's connection failed while its stream was opened: {0}")]
+    Caller(#[source] std::io::Error),
     #[error("tunnel refused the stream: {status} {message}")]
     Status { status: StatusCode, message: String },
 }
@@ -69,6 +77,7 @@ impl TunnelError {
             Self::Handshake { reason, .. } => reason,
             Self::Config(_) => "config",
             Self::Http(_) => "http2",
+            Self::Caller(_) => "caller_reset",
             // The destination's policy said no: not a failure of the path.
             Self::Status { status, .. } if *status == StatusCode::FORBIDDEN => "denied",
             Self::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
@@ -95,46 +104,9 @@ pub struct Target<'a> {
     /// The source proxy's span of this hop, sent as `traceparent` when the
     /// connection is traced.
     pub trace: Option<TraceParent>,
-}
-
-/// An open tunnel stream; keep it alive as long as the stream is used.
-pub struct Stream {
-    pub io: TokioIo<Upgraded>,
-    _slot: StreamSlot,
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+    /// The calling pod's socket: what it sends before the destination
+    /// proxy answers goes along with the CONNECT (optimistic CONNECT).
+    pub caller: Option<&'a TcpStream>,
 }
 
 /// Shards of the key map: checkouts for different keys mostly take
@@ -188,7 +160,10 @@ struct Slot {
 }
 
 struct Pooled {
-    send: SendRequest<Empty<Bytes>>,
+    send: SendRequest<Bytes>,
+    /// The connection's task ended (closed by either side, or its PINGs
+    /// went unanswered).
+    closed: Arc<AtomicBool>,
     streams: Arc<AtomicUsize>,
     generation: u64,
     last_used: Instant,
@@ -197,7 +172,7 @@ struct Pooled {
 }
 
 /// Counts a stream against its connection until dropped.
-struct StreamSlot(Arc<AtomicUsize>);
+pub(super) struct StreamSlot(Arc<AtomicUsize>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -218,11 +193,14 @@ impl Pool {
 
     /// Opens a CONNECT stream to `target` on a pooled connection that uses
     /// the source's current certificate, spreading streams over a few
-    /// connections (see `choose`).
+    /// connections (see `choose`). Bytes the caller sends before the
+    /// destination proxy answers go with the CONNECT (see [`Early`]).
     pub async fn connect(&self, target: Target<'_>) -> Result<Stream, TunnelError> {
-        let (mut send, slot, broken) = self.checkout(&target, false).await?;
-        let response = match send.send_request(connect_request(&target)).await {
-            Ok(r) => r,
+        let (send, slot, broken) = self.checkout(&target, false).await?;
+        let mut early = Early::new(target.caller);
+        match open_stream(send, &target, &mut early).await {
+            Ok((send, response)) => return Self::accepted(send, response, early, slot),
+            Err(e) if !early.may_retry(&e) => return Err(e.into()),
             // A pooled connection the peer is closing (GOAWAY: its proxy is
             // stopping or handing over, or the connection reached its
             // maximum age) refuses new streams: retire it and try once more
@@ -230,24 +208,22 @@ impl Pool {
             Err(_) => {
                 broken.store(true, Ordering::Relaxed);
                 drop(slot);
-                return self.connect_fresh(&target).await;
             }
-        };
-        Self::upgrade(response, slot).await
+        }
+        // On a connection opened for this stream: the key's other pooled
+        // connections may have had the same GOAWAY (a server closes
+        // connections of the same age together), and we cannot tell until
+        // a stream fails on them.
+        let (send, slot, _) = self.checkout(&target, true).await?;
+        let (send, response) = open_stream(send, &target, &mut early).await?;
+        Self::accepted(send, response, early, slot)
     }
 
-    /// On a connection opened for this stream: the key's other pooled
-    /// connections may have had the same GOAWAY (a server closes
-    /// connections of the same age together), and we cannot tell until a
-    /// stream fails on them.
-    async fn connect_fresh(&self, target: &Target<'_>) -> Result<Stream, TunnelError> {
-        let (mut send, slot, _) = self.checkout(target, true).await?;
-        let response = send.send_request(connect_request(target)).await?;
-        Self::upgrade(response, slot).await
-    }
-
-    async fn upgrade(
-        response: hyper::Response<hyper::body::Incoming>,
+    /// The stream, if the destination proxy answered `200`.
+    fn accepted(
+        send: SendStream<Bytes>,
+        response: hyper::Response<h2::RecvStream>,
+        early: Early,
         slot: StreamSlot,
     ) -> Result<Stream, TunnelError> {
         if response.status() != StatusCode::OK {
@@ -262,11 +238,8 @@ impl Pool {
                 message,
             });
         }
-        let upgraded = hyper::upgrade::on(response).await?;
-        Ok(Stream {
-            io: TokioIo::new(upgraded),
-            _slot: slot,
-        })
+        let recv = response.into_body();
+        Ok(Stream::new(send, recv, early.sent(), slot))
     }
 
     /// Closes idle pooled connections and forgets empty keys.
@@ -287,7 +260,7 @@ impl Pool {
         &self,
         target: &Target<'_>,
         fresh: bool,
-    ) -> Result<(SendRequest<Empty<Bytes>>, StreamSlot, Arc<AtomicBool>), TunnelError> {
+    ) -> Result<(SendRequest<Bytes>, StreamSlot, Arc<AtomicBool>), TunnelError> {
         let slot = self.slot(target);
         let mut conns = slot.conns.lock().await;
         let now = Instant::now();
@@ -396,27 +369,192 @@ impl Pool {
         };
         self.observer
             .tunnel_handshake(Side::Client, started.elapsed().as_secs_f64());
-        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
+        let (send, mut conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
-            .keep_alive_interval(KEEPALIVE)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
+            .max_send_buffer_size(SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
             .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ping = conn.ping_pong();
+        let ended = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "tunnel connection ended");
+            tokio::select! {
+                served = &mut conn => if let Err(e) = served {
+                    tracing::debug!(error = %e, "tunnel connection ended");
+                },
+                why = keepalive(ping) => tracing::debug!(why, "tunnel connection closed"),
             }
+            ended.store(true, Ordering::Relaxed);
         });
         Ok(Pooled {
             send,
+            closed,
             streams: Arc::new(AtomicUsize::new(0)),
             generation: target.source.generation,
             last_used: started,
             broken: Arc::new(AtomicBool::new(false)),
         })
+    }
+}
+
+/// Largest header block accepted from a tunnel server (its responses carry
+/// a status and at most an error header).
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// PINGs the peer every [`KEEPALIVE`], idle or not, and returns when one
+/// goes unanswered for [`KEEPALIVE_TIMEOUT`]: a dead peer's connection is
+/// closed instead of taking streams that would never be answered.
+async fn keepalive(ping: Option<PingPong>) -> &'static str {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        sleep(KEEPALIVE).await;
+        match timeout(KEEPALIVE_TIMEOUT, ping.ping(Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) => return "ping failed",
+            Err(_) => return "keepalive timed out",
+        }
+    }
+}
+
+/// Sends the CONNECT on `send`'s connection, then the caller's first bytes
+/// without waiting for the answer (see [`Early`]); returns the stream's
+/// sending half and the answer.
+async fn open_stream(
+    send: SendRequest<Bytes>,
+    target: &Target<'_>,
+    early: &mut Early<'_>,
+) -> Result<(SendStream<Bytes>, hyper::Response<h2::RecvStream>), StreamError> {
+    let mut send = send.ready().await.map_err(StreamError::NotSent)?;
+    let (response, mut stream) = send
+        .send_request(connect_request(target), false)
+        .map_err(StreamError::NotSent)?;
+    let response = early.send_awaiting(&mut stream, response).await?;
+    Ok((stream, response))
+}
+
+/// How opening a stream failed.
+#[derive(Debug)]
+enum StreamError {
+    /// Before the CONNECT was sent: the connection takes no new streams.
+    NotSent(h2::Error),
+    /// After it: refused, reset or lost with its connection.
+    Sent(h2::Error),
+    /// Reading the caller's first bytes failed (it reset its connection).
+    Caller(std::io::Error),
+}
+
+impl From<StreamError> for TunnelError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::NotSent(e) | StreamError::Sent(e) => Self::Http(e),
+            StreamError::Caller(source) => Self::Caller(source),
+        }
+    }
+}
+
+/// Optimistic CONNECT: the caller's first bytes (one read, up to
+/// [`EARLY_DATA`]) go in a DATA frame right behind the CONNECT, so a new
+/// connection's first request reaches the destination one round trip
+/// sooner. The destination proxy reads nothing of a stream before it
+/// answers `200` (`h2` holds the frame in the stream's window), so on a
+/// refusal the bytes are dropped with the stream: none reaches a pod that
+/// policy denies, and the caller's connection is reset as before.
+///
+/// A caller that speaks second (the server talks first) sends nothing, and
+/// waits for nothing here: the CONNECT's answer is awaited alongside.
+struct Early<'a> {
+    caller: Option<&'a TcpStream>,
+    /// The bytes read, kept to send again if the stream has to be retried.
+    data: Option<Bytes>,
+}
+
+impl<'a> Early<'a> {
+    fn new(caller: Option<&'a TcpStream>) -> Self {
+        Self { caller, data: None }
+    }
+
+    /// Bytes sent ahead of the answer.
+    fn sent(&self) -> u64 {
+        self.data.as_ref().map_or(0, |d| d.len() as u64)
+    }
+
+    /// Whether a stream that failed with `e` may be opened again elsewhere:
+    /// always if the CONNECT never left, or if nothing was sent with it
+    /// (the destination forwards nothing before its answer); with early
+    /// bytes sent, only if the peer proves it never processed the stream
+    /// (REFUSED_STREAM, or a graceful GOAWAY below its id): otherwise they
+    /// might have reached the destination and would be sent twice.
+    fn may_retry(&self, e: &StreamError) -> bool {
+        match e {
+            StreamError::NotSent(_) => true,
+            StreamError::Caller(_) => false,
+            StreamError::Sent(_) if self.data.is_none() => true,
+            StreamError::Sent(e) => {
+                e.reason() == Some(Reason::REFUSED_STREAM)
+                    || (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR))
+            }
+        }
+    }
+
+    /// Sends what the caller has sent or sends before `response` arrives
+    /// (bytes read before, on a retried stream), and returns the response.
+    async fn send_awaiting(
+        &mut self,
+        stream: &mut SendStream<Bytes>,
+        response: ResponseFuture,
+    ) -> Result<hyper::Response<h2::RecvStream>, StreamError> {
+        if let Some(data) = &self.data {
+            stream
+                .send_data(data.clone(), false)
+                .map_err(StreamError::Sent)?;
+            return response.await.map_err(StreamError::Sent);
+        }
+        let Some(caller) = self.caller else {
+            return response.await.map_err(StreamError::Sent);
+        };
+        tokio::pin!(response);
+        loop {
+            tokio::select! {
+                biased;
+                answer = &mut response => return answer.map_err(StreamError::Sent),
+                readable = caller.readable() => {
+                    readable.map_err(StreamError::Caller)?;
+                    match read_now(caller) {
+                        Ok(None) => continue,
+                        // The caller ended its side at once: the relay passes that on.
+                        Ok(Some(data)) if data.is_empty() => {}
+                        Ok(Some(data)) => {
+                            stream.send_data(data.clone(), false).map_err(StreamError::Sent)?;
+                            self.data = Some(data);
+                        }
+                        Err(e) => return Err(StreamError::Caller(e)),
+                    }
+                    // One read only: the rest waits for the answer.
+                    return response.await.map_err(StreamError::Sent);
+                }
+            }
+        }
+    }
+}
+
+/// One read of what the caller has sent: `None` if nothing yet (a spurious
+/// readiness); an empty chunk at its end of stream, which stays readable
+/// for the relay (a TCP end of stream is read again).
+fn read_now(caller: &TcpStream) -> std::io::Result<Option<Bytes>> {
+    // On the stack, not held across an await: the connection's task does
+    // not grow by it.
+    let mut buf = [0u8; EARLY_DATA];
+    match caller.try_read(&mut buf) {
+        Ok(0) => Ok(Some(Bytes::new())),
+        Ok(n) => Ok(Some(Bytes::copy_from_slice(&buf[..n]))),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -472,17 +610,17 @@ fn worth_keeping(slot: &Arc<Slot>, now: Instant) -> bool {
 }
 
 fn usable(c: &Pooled, now: Instant) -> bool {
-    !c.send.is_closed()
+    !c.closed.load(Ordering::Relaxed)
         && !c.broken.load(Ordering::Relaxed)
         && (c.streams.load(Ordering::Relaxed) > 0 || now.duration_since(c.last_used) < IDLE_TIMEOUT)
 }
 
-fn connect_request(target: &Target<'_>) -> Request<Empty<Bytes>> {
+fn connect_request(target: &Target<'_>) -> Request<()> {
     let forwarded = match target.client_ip {
         IpAddr::V4(ip) => format!("for={ip}"),
         IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
     };
-    let mut request = Request::new(Empty::new());
+    let mut request = Request::new(());
     *request.method_mut() = Method::CONNECT;
     *request.uri_mut() = hyper::Uri::from(
         hyper::http::uri::Authority::try_from(target.authority.to_string())
@@ -547,6 +685,7 @@ mod tests {
             authority: SocketAddr::from(([10, 20, 2, 10], 9000)),
             client_ip: IpAddr::from([10, 20, 1, 10]),
             trace: None,
+            caller: None,
         }
     }
 
@@ -577,6 +716,21 @@ mod tests {
         drop(first);
         pool.prune();
         assert_eq!(pool.keys(), 0);
+    }
+
+    #[test]
+    fn a_stream_is_retried_only_if_no_early_byte_can_have_reached_its_destination() {
+        let failed = |reason| StreamError::Sent(h2::Error::from(reason));
+        let mut early = Early::new(None);
+        assert!(early.may_retry(&StreamError::NotSent(h2::Error::from(Reason::NO_ERROR))));
+        // Nothing sent with the CONNECT: the destination forwarded nothing.
+        assert!(early.may_retry(&failed(Reason::CANCEL)));
+        early.data = Some(Bytes::from_static(b"GET / HTTP/1.1"));
+        assert!(early.may_retry(&failed(Reason::REFUSED_STREAM)));
+        assert!(!early.may_retry(&failed(Reason::CANCEL)));
+        assert!(!early.may_retry(&failed(Reason::INTERNAL_ERROR)));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!early.may_retry(&StreamError::Caller(reset)));
     }
 
     #[test]

@@ -1,0 +1,158 @@
+//! A tunnel stream as a byte stream: one HTTP/2 CONNECT stream, driven
+//! through `h2` directly.
+//!
+//! hyper's upgraded CONNECT stream would sit between the relay and `h2`: it
+//! copies each write into a boxed slice and hands it over a channel to a
+//! task of its own that waits for flow-control capacity, so every write
+//! costs an allocation, a task wake-up and that task's memory for the
+//! stream's whole life. Here the relay's own task asks `h2` for capacity
+//! and queues the frame itself.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use bytes::{Buf, Bytes};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::pool::StreamSlot;
+
+/// An open tunnel stream; dropping it before both ends finished resets it.
+pub struct Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// What is left of the last DATA frame, not yet read.
+    unread: Bytes,
+    /// Bytes sent with the CONNECT, before the destination accepted it.
+    early: u64,
+    /// END_STREAM was sent.
+    shut: bool,
+    _slot: StreamSlot,
+}
+
+impl Stream {
+    pub(super) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        early: u64,
+        slot: StreamSlot,
+    ) -> Self {
+        Self {
+            send,
+            recv,
+            unread: Bytes::new(),
+            early,
+            shut: false,
+            _slot: slot,
+        }
+    }
+
+    /// Bytes of the caller's that went with the CONNECT (optimistic
+    /// CONNECT), before this stream was handed to the relay.
+    pub fn sent_early(&self) -> u64 {
+        self.early
+    }
+
+    /// Resets the stream now (the relay failed or was cut), rather than
+    /// when it is dropped.
+    pub fn reset(&mut self) {
+        self.send.send_reset(Reason::CANCEL);
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.unread.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                // An empty frame (END_STREAM alone) is read past.
+                Some(Ok(data)) => this.unread = data,
+                Some(Err(e)) => return Poll::Ready(read_error(e)),
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread[..n]);
+        this.unread.advance(n);
+        // The window reopens as the relay takes bytes, so a slow pod holds
+        // back its sender instead of growing a buffer here.
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A stream error as the relay sees it: the peer ending the stream without
+/// an error (NO_ERROR, CANCEL) is an end of stream, as with hyper's
+/// upgraded stream.
+fn read_error(e: h2::Error) -> io::Result<()> {
+    match e.reason() {
+        Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(()),
+        Some(Reason::STREAM_CLOSED) => Err(io::Error::new(io::ErrorKind::BrokenPipe, e)),
+        _ => Err(h2_to_io(e)),
+    }
+}
+
+/// An `h2` error as an I/O error, keeping the socket's own error when the
+/// connection failed underneath.
+pub(super) fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
+    } else {
+        io::Error::other(e)
+    }
+}
+
+impl AsyncWrite for Stream {
+    /// Queues `buf` as one DATA frame once the stream has any send
+    /// capacity. Capacity is asked for only with bytes to send: capacity
+    /// reserved by an idle stream would be taken from the connection's
+    /// window, which its other streams share. `h2` splits and paces the
+    /// frame by the windows, and reports capacity only while less than its
+    /// send buffer (1 MiB) is queued, which is the writer's backpressure.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = self.get_mut();
+        while this.send.capacity() == 0 {
+            this.send.reserve_capacity(1);
+            match ready!(this.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                // No longer open for sending: reset by the peer.
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+        let data = Bytes::copy_from_slice(buf);
+        this.send.send_data(data, false).map_err(h2_to_io)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    /// Frames are written by the connection's task as soon as they are
+    /// queued; there is nothing to flush here.
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends our half of the stream (END_STREAM); reading goes on.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.shut {
+            this.shut = true;
+            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
