@@ -10,7 +10,6 @@
 //! reads a stream's destination and calling workload.
 
 use std::{
-    convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -18,14 +17,13 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::{server::SendResponse, RecvStream};
+use hyper::{header::HeaderValue, Method, Request, Response, StatusCode};
 use rustls::{server::Acceptor, ServerConfig};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
-    time::{timeout_at, Instant},
+    time::{timeout, timeout_at, Instant},
 };
 use tokio_rustls::{server::TlsStream, LazyConfigAcceptor};
 
@@ -38,6 +36,7 @@ use nodeward_workloads::{Registry, Workload};
 pub mod connect;
 mod lifetime;
 pub mod limits;
+mod served;
 
 use crate::{
     authz::{Admission, Authz, Subject},
@@ -48,13 +47,14 @@ use crate::{
     telemetry::{Observer, Pending, Side},
     trace::ConnSpan,
     tunnel::{
-        CONNECTION_WINDOW, ERROR_HEADER, HANDSHAKE_TIMEOUT, KEEPALIVE, KEEPALIVE_TIMEOUT,
-        MAX_FRAME, SERVER_MAX_STREAMS, STREAM_WINDOW,
+        self, CONNECTION_WINDOW, ERROR_HEADER, HANDSHAKE_TIMEOUT, MAX_FRAME, SERVER_MAX_STREAMS,
+        STREAM_WINDOW,
     },
 };
 use connect::{connect_destination, forwarded_for, BadForwarded};
 use lifetime::{Open, Tracker, Watched};
 use limits::{HandshakeSlot, Limits};
+use served::Served;
 
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -197,29 +197,33 @@ async fn connection(
         addr,
         tracker,
     });
-    let service = {
-        let (inbound, peer) = (inbound.clone(), peer.clone());
-        service_fn(move |req| {
-            let (inbound, peer) = (inbound.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(stream_request(req, &inbound, &peer).await) }
-        })
-    };
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(SERVER_MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST)
         // Rapid reset (CVE-2023-44487) and its kin end the connection.
         .max_pending_accept_reset_streams(http::MAX_PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(http::MAX_LOCAL_ERROR_RESETS)
-        .max_send_buf_size(SEND_BUF)
-        // A peer that stops answering PINGs (gone, or not reading at all)
-        // is closed even while it holds streams open.
-        .timer(TokioTimer::new())
-        .keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .serve_connection(TokioIo::new(tls), service);
+        .max_local_error_reset_streams(Some(http::MAX_LOCAL_ERROR_RESETS))
+        .max_send_buffer_size(SEND_BUF)
+        .handshake::<_, Bytes>(tls);
+    // A peer that finished TLS but never sends the HTTP/2 preface holds
+    // nothing past the handshake deadline.
+    let conn = match timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, peer = %addr, "tunnel connection ended before HTTP/2");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %addr, "no HTTP/2 preface in time");
+            return;
+        }
+    };
+    // A peer that stops answering PINGs (gone, or not reading at all) is
+    // closed even while it holds streams open.
+    let conn = Served::new(conn, inbound.clone(), peer.clone());
     tokio::pin!(conn);
     let still_hosted = || {
         hosts(
@@ -242,7 +246,7 @@ async fn connection(
     // GOAWAY (graceful shutdown) tells the peer's pool to open new streams
     // elsewhere (a new connection, or a successor on the same port) while
     // the streams already open finish.
-    let served = lifetime::supervise(conn.as_mut(), |c| c.graceful_shutdown(), watched).await;
+    let served = lifetime::supervise(conn.as_mut(), Served::graceful_shutdown, watched).await;
     if let Some(Err(e)) = served {
         tracing::debug!(error = %e, peer = %addr, "tunnel connection ended");
     }
@@ -297,36 +301,67 @@ async fn handshake(
     Ok((tls, verified, served))
 }
 
-/// Handles one CONNECT stream: checks, dials the workload, answers 200 and
-/// relays once the stream is upgraded. Nothing is forwarded before the 200.
-async fn stream_request(
-    req: Request<Incoming>,
+/// Handles one CONNECT stream on its own task: checks, dials the workload,
+/// answers `200` and relays. Nothing is read from the stream before the
+/// `200`: early DATA (optimistic CONNECT) waits in the stream's window, and
+/// is dropped unread with a refused stream.
+async fn stream(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
     inbound: &Arc<Inbound>,
     peer: &Arc<Peer>,
-) -> Response<Full<Bytes>> {
+) {
     let tracer = inbound.observer.tracer();
     let mut span = tracer.map(|t| ConnSpan::server(t, req.headers()));
-    let response = admit_stream(req, inbound, peer, &mut span).await;
-    // Still here: the stream was refused (a relayed one took its span).
-    if let Some(span) = span {
-        let why = response.headers().get(ERROR_HEADER);
-        span.finish(Some(why.and_then(|v| v.to_str().ok()).unwrap_or("refused")));
-    }
-    response
+    // A stream the client resets while it is checked or dialled is
+    // dropped with its dial, which frees the calling node's dial slot.
+    let admitted = tokio::select! {
+        admitted = admit_stream(&req, inbound, peer, &mut span) => admitted,
+        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+            if let Some(span) = span {
+                span.finish(Some("reset by the client"));
+            }
+            return;
+        }
+    };
+    let relayed = match admitted {
+        Ok(relayed) => relayed,
+        Err(refusal) => {
+            answer_refusal(&mut respond, refusal);
+            if let Some(span) = span {
+                span.finish(Some(refusal.message()));
+            }
+            return;
+        }
+    };
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            // Reset by the client while it was dialled.
+            tracing::debug!(error = %e, "CONNECT stream gone before its answer");
+            if let Some(span) = relayed.trace {
+                span.finish(Some("upgrade_failed"));
+            }
+            return;
+        }
+    };
+    let stream = tunnel::Stream::accepted(send, req.into_body());
+    relay_stream(stream, relayed, inbound, peer).await;
 }
 
-/// [`stream_request`] itself; an admitted stream takes `span` along.
+/// Checks, authorizes and dials a stream; the admitted stream's relay
+/// takes `span` along.
 async fn admit_stream(
-    mut req: Request<Incoming>,
+    req: &Request<RecvStream>,
     inbound: &Arc<Inbound>,
     peer: &Arc<Peer>,
     span: &mut Option<ConnSpan>,
-) -> Response<Full<Bytes>> {
+) -> Result<Relayed, Refusal> {
     let open = peer.tracker.open();
     let pending = Pending::start(&inbound.observer);
-    let checked = match check_request(&req, inbound, peer) {
+    let checked = match check_request(req, inbound, peer) {
         Ok(ok) => ok,
-        Err(refusal) => return refuse(inbound, peer, refusal),
+        Err(refusal) => return Err(refuse(inbound, peer, refusal)),
     };
     let Checked {
         dst,
@@ -337,7 +372,7 @@ async fn admit_stream(
     // Before authorization: a stream refused here costs no policy work,
     // rate-limit token or audit record.
     let Some(dialing) = inbound.limits.start_dial(&peer.verified.node) else {
-        return refuse(inbound, peer, Refusal::DialLimit);
+        return Err(refuse(inbound, peer, Refusal::DialLimit));
     };
     let flow = inbound
         .observer
@@ -351,8 +386,8 @@ async fn admit_stream(
     };
     let admission = inbound.authz.admit(subject);
     match admission {
-        Admission::Denied(_) => return refuse(inbound, peer, Refusal::Denied),
-        Admission::Limited(_) => return refuse(inbound, peer, Refusal::RateLimited),
+        Admission::Denied(_) => return Err(refuse(inbound, peer, Refusal::Denied)),
+        Admission::Limited(_) => return Err(refuse(inbound, peer, Refusal::RateLimited)),
         Admission::Relay(_) | Admission::Http(_) => {}
     }
     let dialled = inbound.dialer.dial(dst).await;
@@ -361,16 +396,15 @@ async fn admit_stream(
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             flow.error(&format!("dial: {e}"));
-            return refuse(inbound, peer, Refusal::DialTimeout);
+            return Err(refuse(inbound, peer, Refusal::DialTimeout));
         }
         Err(e) => {
             flow.error(&format!("dial: {e}"));
-            return refuse(inbound, peer, Refusal::Unreachable);
+            return Err(refuse(inbound, peer, Refusal::Unreachable));
         }
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
     inbound.observer.tunnel_stream(Side::Server, "200");
-    let relayed = Relayed {
+    Ok(Relayed {
         admission,
         upstream,
         dst,
@@ -380,14 +414,21 @@ async fn admit_stream(
         pending,
         open,
         trace: span.take(),
-    };
-    tokio::spawn(relay_upgraded(
-        on_upgrade,
-        relayed,
-        inbound.clone(),
-        peer.clone(),
-    ));
-    Response::new(Full::new(Bytes::new()))
+    })
+}
+
+/// Answers a refused stream: its status, the reason in `nodeward-error`
+/// and as the body. The client may have reset it already.
+fn answer_refusal(respond: &mut SendResponse<Bytes>, refusal: Refusal) {
+    let why = refusal.message();
+    let mut response = Response::new(());
+    *response.status_mut() = refusal.status();
+    response
+        .headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(why));
+    if let Ok(mut body) = respond.send_response(response, false) {
+        let _ = body.send_data(Bytes::from_static(why.as_bytes()), true);
+    }
 }
 
 /// An admitted stream, dialled, waiting for its upgrade.
@@ -405,13 +446,13 @@ struct Relayed {
     trace: Option<ConnSpan>,
 }
 
-/// Relays an upgraded stream until it ends, its admission is revoked, or
+/// Relays an accepted stream until it ends, its admission is revoked, or
 /// its connection's drain cuts it.
-async fn relay_upgraded(
-    on_upgrade: hyper::upgrade::OnUpgrade,
+async fn relay_stream(
+    stream: tunnel::Stream,
     relayed: Relayed,
-    inbound: Arc<Inbound>,
-    peer: Arc<Peer>,
+    inbound: &Arc<Inbound>,
+    peer: &Arc<Peer>,
 ) {
     let Relayed {
         admission,
@@ -424,16 +465,6 @@ async fn relay_upgraded(
         open,
         trace,
     } = relayed;
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            tracing::debug!(error = %e, "CONNECT stream never upgraded");
-            if let Some(span) = trace {
-                span.finish(Some("upgrade_failed"));
-            }
-            return;
-        }
-    };
     let mut route = Route::Inbound {
         principal: peer.verified.id.clone(),
         source_node: peer.verified.node.clone(),
@@ -443,11 +474,10 @@ async fn relay_upgraded(
         flow,
     };
     drop(pending);
-    let io = TokioIo::new(upgraded);
     let (authz, observer) = (&inbound.authz, &inbound.observer);
     let drain = peer.tracker.relays();
     relay::admitted(
-        admission, authz, io, upstream, &mut route, dst, dest, observer, drain,
+        admission, authz, stream, upstream, &mut route, dst, dest, observer, drain,
     )
     .await;
     // The flow-map edge (in the route) closes with the stream, not after it.
@@ -491,7 +521,7 @@ struct Checked {
 /// The stream's destination (a local workload whose identity this
 /// connection authenticated as) and, from `Forwarded`, the calling workload.
 fn check_request(
-    req: &Request<Incoming>,
+    req: &Request<RecvStream>,
     inbound: &Inbound,
     peer: &Peer,
 ) -> Result<Checked, Refusal> {
@@ -533,7 +563,8 @@ fn same_identity(w: &Workload, id: &SpiffeId) -> bool {
     id.namespace_and_sa() == Some((w.namespace.as_str(), w.service_account.as_str()))
 }
 
-fn refuse(inbound: &Inbound, peer: &Peer, refusal: Refusal) -> Response<Full<Bytes>> {
+/// Counts and logs a refusal; the caller answers it.
+fn refuse(inbound: &Inbound, peer: &Peer, refusal: Refusal) -> Refusal {
     let status = refusal.status();
     inbound
         .observer
@@ -545,13 +576,7 @@ fn refuse(inbound: &Inbound, peer: &Peer, refusal: Refusal) -> Response<Full<Byt
     if refusal == Refusal::IdentityLeftNode {
         peer.tracker.identity_left();
     }
-    let why = refusal.message();
-    let mut response = Response::new(Full::new(Bytes::from_static(why.as_bytes())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(ERROR_HEADER, hyper::header::HeaderValue::from_static(why));
-    response
+    refusal
 }
 
 impl Refusal {

@@ -15,8 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpSocket, TcpStream},
@@ -150,11 +148,6 @@ impl Abort for TcpStream {
     fn abort(&mut self) {
         let _ = self.set_zero_linger();
     }
-}
-
-impl Abort for TokioIo<Upgraded> {
-    /// Dropping an HTTP/2 stream before its end resets it.
-    fn abort(&mut self) {}
 }
 
 impl Abort for tunnel::Stream {

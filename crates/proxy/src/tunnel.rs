@@ -58,3 +58,22 @@ pub const KEEPALIVE: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Response header naming why a CONNECT failed (non-2xx only).
 pub const ERROR_HEADER: &str = "nodeward-error";
+
+/// PINGs the peer every [`KEEPALIVE`], idle or not, and returns when one
+/// goes unanswered for [`KEEPALIVE_TIMEOUT`]: a dead peer's connection is
+/// closed instead of holding streams (or, client side, taking new ones)
+/// that would never be answered. Never returns without a `PingPong` (it was
+/// taken already).
+pub(crate) async fn keepalive(ping: Option<h2::PingPong>) -> &'static str {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(KEEPALIVE).await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) => return "ping failed",
+            Err(_) => return "keepalive timed out",
+        }
+    }
+}

@@ -783,3 +783,4 @@ async fn a_stream_that_never_reads_is_held_back_by_flow_control_and_others_go_on
 }
 
 mod early;
+mod reset;

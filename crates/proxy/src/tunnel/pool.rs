@@ -14,19 +14,16 @@ use std::{
 use bytes::Bytes;
 use h2::{
     client::{ResponseFuture, SendRequest},
-    Ping, PingPong, Reason, SendStream,
+    Reason, SendStream,
 };
 use hyper::{Method, Request, StatusCode};
-use tokio::{
-    net::TcpStream,
-    time::{sleep, timeout},
-};
+use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::TlsConnector;
 
 use super::{
-    stream::Stream, CONNECTION_WINDOW, EARLY_DATA, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE,
-    KEEPALIVE_TIMEOUT, MAX_CONNECTIONS_PER_KEY, MAX_FRAME, MAX_STREAMS_PER_CONNECTION, SEND_BUFFER,
-    SPREAD_STREAMS, STREAM_WINDOW,
+    stream::Stream, CONNECTION_WINDOW, EARLY_DATA, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
+    MAX_CONNECTIONS_PER_KEY, MAX_FRAME, MAX_STREAMS_PER_CONNECTION, SEND_BUFFER, SPREAD_STREAMS,
+    STREAM_WINDOW,
 };
 use nodeward_identity::{
     tls::TrustBundle,
@@ -239,7 +236,7 @@ impl Pool {
             });
         }
         let recv = response.into_body();
-        Ok(Stream::new(send, recv, early.sent(), slot))
+        Ok(Stream::opened(send, recv, early.sent(), slot))
     }
 
     /// Closes idle pooled connections and forgets empty keys.
@@ -386,7 +383,7 @@ impl Pool {
                 served = &mut conn => if let Err(e) = served {
                     tracing::debug!(error = %e, "tunnel connection ended");
                 },
-                why = keepalive(ping) => tracing::debug!(why, "tunnel connection closed"),
+                why = super::keepalive(ping) => tracing::debug!(why, "tunnel connection closed"),
             }
             ended.store(true, Ordering::Relaxed);
         });
@@ -404,23 +401,6 @@ impl Pool {
 /// Largest header block accepted from a tunnel server (its responses carry
 /// a status and at most an error header).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
-
-/// PINGs the peer every [`KEEPALIVE`], idle or not, and returns when one
-/// goes unanswered for [`KEEPALIVE_TIMEOUT`]: a dead peer's connection is
-/// closed instead of taking streams that would never be answered.
-async fn keepalive(ping: Option<PingPong>) -> &'static str {
-    let Some(mut ping) = ping else {
-        return std::future::pending().await;
-    };
-    loop {
-        sleep(KEEPALIVE).await;
-        match timeout(KEEPALIVE_TIMEOUT, ping.ping(Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(_)) => return "ping failed",
-            Err(_) => return "keepalive timed out",
-        }
-    }
-}
 
 /// Sends the CONNECT on `send`'s connection, then the caller's first bytes
 /// without waiting for the answer (see [`Early`]); returns the stream's

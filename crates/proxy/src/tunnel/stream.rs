@@ -1,5 +1,5 @@
 //! A tunnel stream as a byte stream: one HTTP/2 CONNECT stream, driven
-//! through `h2` directly.
+//! through `h2` directly, on either side of the tunnel.
 //!
 //! hyper's upgraded CONNECT stream would sit between the relay and `h2`: it
 //! copies each write into a boxed slice and hands it over a channel to a
@@ -30,11 +30,14 @@ pub struct Stream {
     early: u64,
     /// END_STREAM was sent.
     shut: bool,
-    _slot: StreamSlot,
+    /// A client stream's place in its pooled connection's count.
+    _slot: Option<StreamSlot>,
 }
 
 impl Stream {
-    pub(super) fn new(
+    /// A client stream the pool opened, with `early` bytes sent with its
+    /// CONNECT.
+    pub(super) fn opened(
         send: SendStream<Bytes>,
         recv: RecvStream,
         early: u64,
@@ -46,7 +49,20 @@ impl Stream {
             unread: Bytes::new(),
             early,
             shut: false,
-            _slot: slot,
+            _slot: Some(slot),
+        }
+    }
+
+    /// A stream the tunnel server accepted: the request's body and the
+    /// sending half of its `200`.
+    pub fn accepted(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            unread: Bytes::new(),
+            early: 0,
+            shut: false,
+            _slot: None,
         }
     }
 
@@ -115,8 +131,9 @@ impl AsyncWrite for Stream {
     /// capacity. Capacity is asked for only with bytes to send: capacity
     /// reserved by an idle stream would be taken from the connection's
     /// window, which its other streams share. `h2` splits and paces the
-    /// frame by the windows, and reports capacity only while less than its
-    /// send buffer (1 MiB) is queued, which is the writer's backpressure.
+    /// frame by the windows, and reports capacity only while less than the
+    /// connection's send buffer is queued, which is the writer's
+    /// backpressure.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
