@@ -21,9 +21,9 @@ use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::TlsConnector;
 
 use super::{
-    stream::Stream, CONNECTION_WINDOW, EARLY_DATA, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
-    MAX_CONNECTIONS_PER_KEY, MAX_FRAME, MAX_STREAMS_PER_CONNECTION, SEND_BUFFER, SPREAD_STREAMS,
-    STREAM_WINDOW,
+    stream::{Stream, StreamSlot},
+    CONNECTION_WINDOW, EARLY_DATA, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS_PER_KEY,
+    MAX_FRAME, MAX_STREAMS_PER_CONNECTION, SEND_BUFFER, SPREAD_STREAMS, STREAM_WINDOW,
 };
 use nodeward_identity::{
     tls::TrustBundle,
@@ -166,15 +166,6 @@ struct Pooled {
     last_used: Instant,
     /// A stream was refused on it: take no more.
     broken: Arc<AtomicBool>,
-}
-
-/// Counts a stream against its connection until dropped.
-pub(super) struct StreamSlot(Arc<AtomicUsize>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Pool {

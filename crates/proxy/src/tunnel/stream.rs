@@ -11,6 +11,10 @@
 use std::{
     io,
     pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     task::{ready, Context, Poll},
 };
 
@@ -18,7 +22,14 @@ use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::pool::StreamSlot;
+/// Counts a client stream against its pooled connection until dropped.
+pub(super) struct StreamSlot(pub(super) Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// An open tunnel stream; dropping it before both ends finished resets it.
 pub struct Stream {
