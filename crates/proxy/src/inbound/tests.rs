@@ -595,13 +595,24 @@ async fn a_handshake_beyond_the_cap_is_refused_and_counted() {
 
 #[tokio::test]
 async fn a_node_with_too_many_pending_dials_gets_503_for_more_streams() {
+    let (mesh, mut second, hanging) = one_dial_pending().await;
+    let refused = second.connect(mesh.backend).await.expect("a response");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(mesh.recorder.count("refused:dial_limit"), 1);
+    hanging.abort();
+}
+
+/// A server that lets the calling node have one dial pending, the dial of
+/// a CONNECT to a blackhole hanging in it, and a second handle on that
+/// CONNECT's connection.
+async fn one_dial_pending() -> (Mesh, Raw, JoinHandle<hyper::Result<StatusCode>>) {
     let settings = Settings {
         max_pending_dials_per_node: 1,
         ..Settings::default()
     };
     let mesh = Mesh::start(settings, ALLOW_ALL, Upstream::Blackhole).await;
     let mut raw = mesh.raw().await;
-    let mut second = Raw {
+    let second = Raw {
         send: raw.send.clone(),
         ended: tokio::spawn(async {}),
     };
@@ -614,10 +625,7 @@ async fn a_node_with_too_many_pending_dials_gets_503_for_more_streams() {
     })
     .await
     .expect("the first dial started");
-    let refused = second.connect(mesh.backend).await.expect("a response");
-    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(mesh.recorder.count("refused:dial_limit"), 1);
-    hanging.abort();
+    (mesh, second, hanging)
 }
 
 // ---- hostile CONNECT requests ----

@@ -4,25 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn a_stream_reset_while_it_is_dialled_gives_its_dial_slot_back() {
-    let settings = Settings {
-        max_pending_dials_per_node: 1,
-        ..Settings::default()
-    };
-    let mesh = Mesh::start(settings, ALLOW_ALL, Upstream::Blackhole).await;
-    let mut raw = mesh.raw().await;
-    let mut second = Raw {
-        send: raw.send.clone(),
-        ended: tokio::spawn(async {}),
-    };
-    let backend = mesh.backend;
-    let hanging = tokio::spawn(async move { raw.connect(backend).await.map(|r| r.status()) });
-    timeout(WAIT, async {
-        while mesh.recorder.pending() < 1 {
-            sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the first dial started");
+    let (mesh, mut second, hanging) = one_dial_pending().await;
     // Dropping the response resets the stream (RST_STREAM CANCEL).
     hanging.abort();
     // Well before the dial's own 10-s timeout.
@@ -35,7 +17,7 @@ async fn a_stream_reset_while_it_is_dialled_gives_its_dial_slot_back() {
     .expect("the reset stream's dial was dropped");
     // The calling node may dial again: this stream waits on its own dial
     // instead of getting 503 at once.
-    let next = timeout(Duration::from_secs(1), second.connect(backend)).await;
+    let next = timeout(Duration::from_secs(1), second.connect(mesh.backend)).await;
     if let Ok(answer) = next {
         let status = answer.expect("a response").status();
         assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE);
