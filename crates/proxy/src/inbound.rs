@@ -206,6 +206,11 @@ async fn connection(
         // Rapid reset (CVE-2023-44487) and its kin end the connection.
         .max_pending_accept_reset_streams(http::MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(http::MAX_LOCAL_ERROR_RESETS))
+        // A refused stream's early DATA may arrive after the refusal reset
+        // it: remembered, the stream's late frames are dropped quietly; a
+        // forgotten one would draw a STREAM_CLOSED error, and those count
+        // towards ending the connection (`max_local_error_reset_streams`).
+        .max_concurrent_reset_streams(2 * SERVER_MAX_STREAMS as usize)
         .max_send_buffer_size(SEND_BUF)
         .handshake::<_, Bytes>(tls);
     // A peer that finished TLS but never sends the HTTP/2 preface holds

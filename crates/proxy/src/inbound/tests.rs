@@ -421,7 +421,10 @@ async fn echoes(
     io: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
     bytes: &[u8],
 ) {
-    io.write_all(bytes).await.expect("write");
+    timeout(WAIT, io.write_all(bytes))
+        .await
+        .expect("written in time")
+        .expect("write");
     let mut back = vec![0u8; bytes.len()];
     timeout(WAIT, io.read_exact(&mut back))
         .await

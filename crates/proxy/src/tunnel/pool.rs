@@ -443,16 +443,35 @@ struct Early<'a> {
     caller: Option<&'a TcpStream>,
     /// The bytes read, kept to send again if the stream has to be retried.
     data: Option<Bytes>,
+    /// They were queued on the current stream (`h2` took them): they may
+    /// have reached the destination proxy.
+    on_wire: bool,
 }
 
 impl<'a> Early<'a> {
     fn new(caller: Option<&'a TcpStream>) -> Self {
-        Self { caller, data: None }
+        Self {
+            caller,
+            data: None,
+            on_wire: false,
+        }
     }
 
     /// Bytes sent ahead of the answer.
     fn sent(&self) -> u64 {
-        self.data.as_ref().map_or(0, |d| d.len() as u64)
+        match &self.data {
+            Some(d) if self.on_wire => d.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// Queues the bytes read on `stream`. A stream that closed meanwhile
+    /// (refused, reset) refuses them: they did not leave, and its answer
+    /// says what happened.
+    fn send(&mut self, stream: &mut SendStream<Bytes>) {
+        if let Some(data) = &self.data {
+            self.on_wire = stream.send_data(data.clone(), false).is_ok();
+        }
     }
 
     /// Whether a stream that failed with `e` may be opened again elsewhere:
@@ -465,7 +484,7 @@ impl<'a> Early<'a> {
         match e {
             StreamError::NotSent(_) => true,
             StreamError::Caller(_) => false,
-            StreamError::Sent(_) if self.data.is_none() => true,
+            StreamError::Sent(_) if !self.on_wire => true,
             StreamError::Sent(e) => {
                 e.reason() == Some(Reason::REFUSED_STREAM)
                     || (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR))
@@ -480,10 +499,8 @@ impl<'a> Early<'a> {
         stream: &mut SendStream<Bytes>,
         response: ResponseFuture,
     ) -> Result<hyper::Response<h2::RecvStream>, StreamError> {
-        if let Some(data) = &self.data {
-            stream
-                .send_data(data.clone(), false)
-                .map_err(StreamError::Sent)?;
+        if self.data.is_some() {
+            self.send(stream);
             return response.await.map_err(StreamError::Sent);
         }
         let Some(caller) = self.caller else {
@@ -500,9 +517,11 @@ impl<'a> Early<'a> {
                         Ok(None) => continue,
                         // The caller ended its side at once: the relay passes that on.
                         Ok(Some(data)) if data.is_empty() => {}
+                        // Kept before it is sent: a stream that refuses it
+                        // is retried with it.
                         Ok(Some(data)) => {
-                            stream.send_data(data.clone(), false).map_err(StreamError::Sent)?;
                             self.data = Some(data);
+                            self.send(stream);
                         }
                         Err(e) => return Err(StreamError::Caller(e)),
                     }
@@ -697,6 +716,9 @@ mod tests {
         // Nothing sent with the CONNECT: the destination forwarded nothing.
         assert!(early.may_retry(&failed(Reason::CANCEL)));
         early.data = Some(Bytes::from_static(b"GET / HTTP/1.1"));
+        // Read but refused by a stream that had closed: never left.
+        assert!(early.may_retry(&failed(Reason::CANCEL)));
+        early.on_wire = true;
         assert!(early.may_retry(&failed(Reason::REFUSED_STREAM)));
         assert!(!early.may_retry(&failed(Reason::CANCEL)));
         assert!(!early.may_retry(&failed(Reason::INTERNAL_ERROR)));
