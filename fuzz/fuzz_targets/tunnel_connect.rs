@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         Some(at) => (&data[..at], Some(&data[at + 1..])),
         None => (data, None),
     };
-    // hyper hands the tunnel server a CONNECT's `:authority` as the URI.
+    // h2 hands the tunnel server a CONNECT's `:authority` as the URI.
     if let Ok(authority) = http::uri::Authority::try_from(authority) {
         let uri = Uri::from(authority);
         if let Some(dst) = connect_destination(&uri) {
