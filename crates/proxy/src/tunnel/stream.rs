@@ -55,12 +55,9 @@ impl Stream {
         slot: StreamSlot,
     ) -> Self {
         Self {
-            send,
-            recv,
-            unread: Bytes::new(),
             early,
-            shut: false,
             _slot: Some(slot),
+            ..Self::accepted(send, recv)
         }
     }
 

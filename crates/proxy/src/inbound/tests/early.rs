@@ -17,19 +17,42 @@ async fn caller_pair() -> (TcpStream, TcpStream) {
     (caller, accepted)
 }
 
+/// Only a principal that never calls: frontend's streams are denied.
+const ALLOW_NOBODY: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nobody, namespace: shop}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [\"cluster.local/ns/other/sa/nobody\"]}}]}]
+";
+
+/// A stream through the pool to `to`, for the caller whose socket the
+/// proxy holds as `accepted`.
+async fn connect_for(
+    mesh: &Mesh,
+    accepted: &TcpStream,
+    to: SocketAddr,
+) -> Result<crate::tunnel::Stream, TunnelError> {
+    let target = Target {
+        caller: Some(accepted),
+        authority: to,
+        ..mesh.target()
+    };
+    timeout(WAIT, mesh.pool.connect(target))
+        .await
+        .expect("answered")
+}
+
 #[tokio::test]
 async fn the_callers_first_bytes_go_with_the_connect() {
     let mesh = Mesh::start(Settings::default(), ALLOW_ALL, Upstream::Echo).await;
     let (mut caller, accepted) = caller_pair().await;
     caller.write_all(b"hello first").await.expect("write");
     accepted.readable().await.expect("readable");
-    let target = Target {
-        caller: Some(&accepted),
-        ..mesh.target()
-    };
-    let mut stream = timeout(WAIT, mesh.pool.connect(target))
+    let mut stream = connect_for(&mesh, &accepted, mesh.backend)
         .await
-        .expect("answered")
         .expect("stream");
     assert_eq!(stream.sent_early(), 11);
     // Nothing written on the stream: the echo is of the bytes that went
@@ -54,13 +77,8 @@ async fn the_callers_first_bytes_go_with_the_connect() {
 async fn a_caller_that_waits_for_the_server_to_speak_gets_its_stream() {
     let mesh = Mesh::start(Settings::default(), ALLOW_ALL, Upstream::Echo).await;
     let (_caller, accepted) = caller_pair().await;
-    let target = Target {
-        caller: Some(&accepted),
-        ..mesh.target()
-    };
-    let mut stream = timeout(WAIT, mesh.pool.connect(target))
+    let mut stream = connect_for(&mesh, &accepted, mesh.backend)
         .await
-        .expect("the answer is not held for the caller's bytes")
         .expect("stream");
     assert_eq!(stream.sent_early(), 0);
     echoes(&mut stream, b"late").await;
@@ -81,15 +99,7 @@ async fn early_bytes_of_refused_streams_do_not_use_up_the_connection_window() {
             .expect("the proxy took the last chunk")
             .expect("write");
         accepted.readable().await.expect("readable");
-        let target = Target {
-            caller: Some(&accepted),
-            authority: elsewhere,
-            ..mesh.target()
-        };
-        let refused = timeout(WAIT, mesh.pool.connect(target))
-            .await
-            .expect("answered");
-        match refused {
+        match connect_for(&mesh, &accepted, elsewhere).await {
             Err(TunnelError::Status { status, .. }) => {
                 assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
             }
@@ -102,4 +112,26 @@ async fn early_bytes_of_refused_streams_do_not_use_up_the_connection_window() {
     // could not be sent.
     let mut stream = mesh.pooled().await;
     echoes(&mut stream, &vec![3u8; 1024 * 1024]).await;
+}
+
+#[tokio::test]
+async fn early_bytes_of_a_denied_stream_never_reach_the_destination() {
+    let mesh = Mesh::start(Settings::default(), ALLOW_NOBODY, Upstream::Echo).await;
+    // A port of backend's address that records whether anyone dials it.
+    let pod = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (mut caller, accepted) = caller_pair().await;
+    caller
+        .write_all(b"DELETE /all HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    accepted.readable().await.expect("readable");
+    let to = pod.local_addr().expect("addr");
+    match connect_for(&mesh, &accepted, to).await {
+        Err(TunnelError::Status { status, .. }) => assert_eq!(status, StatusCode::FORBIDDEN),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a denied stream was accepted"),
+    }
+    assert_eq!(mesh.recorder.count("refused:denied"), 1);
+    let dialled = timeout(Duration::from_millis(500), pod.accept()).await;
+    assert!(dialled.is_err(), "the destination was dialled: {dialled:?}");
 }
