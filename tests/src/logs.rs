@@ -67,6 +67,16 @@ impl Cluster {
             .collect()
     }
 
+    /// How the echo server's connections ended, in order: `ended` (the
+    /// peer), `received` (bytes) and `error` (an `io::ErrorKind` name, or
+    /// null for a clean end of stream).
+    pub fn echo_endings(&self, server: &str, port: u16) -> Vec<Value> {
+        json_lines(&self.log_path(&format!("echo-{server}-{port}")))
+            .into_iter()
+            .filter(|v| v["ended"].is_string())
+            .collect()
+    }
+
     /// Requests (`"METHOD /path"`) an HTTP server in `pod` received, in order.
     pub fn http_requests_seen(&self, pod: &str, port: u16) -> Vec<String> {
         json_lines(&self.log_path(&format!("http-{pod}-{port}")))

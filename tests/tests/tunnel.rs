@@ -133,6 +133,39 @@ fn pooled_tunnels_open_far_fewer_handshakes_than_connections() {
 }
 
 #[test]
+fn a_caller_reset_mid_upload_reaches_the_far_pod_as_a_reset() {
+    if !require_root("a_caller_reset_mid_upload_reaches_the_far_pod_as_a_reset") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.serve_echo("backend", PORT);
+    let to = addr(c.ip4("backend"), PORT);
+    // 512 KiB of a 4 MiB upload, then the caller resets its connection.
+    let r = c.call_with(
+        "frontend",
+        to,
+        4 << 20,
+        &["--abort-after", &(512 << 10).to_string()],
+    );
+    assert_eq!(r["connected"], true, "{r}");
+    let deadline = std::time::Instant::now() + WAIT;
+    let ending = loop {
+        if let Some(e) = c.echo_endings("backend", PORT).pop() {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the echo's connection never ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // A clean end of stream here would pass a truncated upload on as a
+    // complete one.
+    assert!(ending["error"].is_string(), "{ending}");
+    assert!(ending["received"].as_u64() < Some(4 << 20), "{ending}");
+}
+
+#[test]
 fn certificates_rotate_under_a_live_connection() {
     if !require_root("certificates_rotate_under_a_live_connection") {
         return;

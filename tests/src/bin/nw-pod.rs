@@ -242,22 +242,33 @@ fn echo(addr: SocketAddr) -> Result<()> {
             .map(|p| canonical(p).to_string())
             .unwrap_or_default();
         println!("{}", json!({"accepted": peer}));
-        std::thread::spawn(move || echo_one(stream));
+        std::thread::spawn(move || {
+            let mut total = 0;
+            let end = echo_one(stream, &mut total);
+            // How the connection ended, for tests that tell a clean close
+            // from a reset.
+            let error = end.err().map(|e| format!("{:?}", e.kind()));
+            println!(
+                "{}",
+                json!({"ended": peer, "received": total, "error": error})
+            );
+        });
     }
     Ok(())
 }
 
-fn echo_one(mut stream: TcpStream) -> std::io::Result<()> {
+/// Echoes until end of stream, then reports the bytes received; `total`
+/// counts them also when the connection fails.
+fn echo_one(mut stream: TcpStream, total: &mut usize) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0usize;
     loop {
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        total += n;
+        *total += n;
         stream.write_all(&buf[..n])?;
     }
     stream.write_all(format!("#eof:{total}").as_bytes())?;

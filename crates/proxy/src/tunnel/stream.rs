@@ -81,9 +81,12 @@ impl Stream {
     }
 
     /// Resets the stream now (the relay failed or was cut), rather than
-    /// when it is dropped.
+    /// when it is dropped. CONNECT_ERROR is RFC 9113's reason for a
+    /// tunnelled TCP connection that was reset or failed (§8.5): the other
+    /// proxy resets its side's connection too, so a cut upload never reads
+    /// as a complete one.
     pub fn reset(&mut self) {
-        self.send.send_reset(Reason::CANCEL);
+        self.send.send_reset(Reason::CONNECT_ERROR);
     }
 }
 
@@ -112,12 +115,19 @@ impl AsyncRead for Stream {
     }
 }
 
-/// A stream error as the relay sees it: the peer ending the stream without
-/// an error (NO_ERROR, CANCEL) is an end of stream, as with hyper's
-/// upgraded stream.
+/// A stream error as the relay sees it. NO_ERROR is the one clean end: a
+/// server that has sent its whole response tells the client to stop
+/// sending with it. Any other reset means the other end's connection broke
+/// (CONNECT_ERROR, or CANCEL from a proxy whose relay was dropped), and RFC
+/// 9113 §8.5 has the proxy reset its TCP connection in turn, so it reads as
+/// a reset; hyper's upgraded stream read CANCEL as end of stream, which
+/// passed a cut connection on as a clean close.
 fn read_error(e: h2::Error) -> io::Result<()> {
     match e.reason() {
-        Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(()),
+        Some(Reason::NO_ERROR) => Ok(()),
+        Some(Reason::CONNECT_ERROR | Reason::CANCEL) => {
+            Err(io::Error::new(io::ErrorKind::ConnectionReset, e))
+        }
         Some(Reason::STREAM_CLOSED) => Err(io::Error::new(io::ErrorKind::BrokenPipe, e)),
         _ => Err(h2_to_io(e)),
     }
