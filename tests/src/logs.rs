@@ -68,8 +68,8 @@ impl Cluster {
     }
 
     /// How the echo server's connections ended, in order: `ended` (the
-    /// peer), `received` (bytes) and `error` (an `io::ErrorKind` name, or
-    /// null for a clean end of stream).
+    /// peer), `received` (bytes), `eof` (the peer's FIN came) and `error`
+    /// (an `io::ErrorKind` name, or null).
     pub fn echo_endings(&self, server: &str, port: u16) -> Vec<Value> {
         json_lines(&self.log_path(&format!("echo-{server}-{port}")))
             .into_iter()

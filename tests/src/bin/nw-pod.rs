@@ -243,14 +243,14 @@ fn echo(addr: SocketAddr) -> Result<()> {
             .unwrap_or_default();
         println!("{}", json!({"accepted": peer}));
         std::thread::spawn(move || {
-            let mut total = 0;
-            let end = echo_one(stream, &mut total);
+            let (mut total, mut eof) = (0, false);
+            let end = echo_one(stream, &mut total, &mut eof);
             // How the connection ended, for tests that tell a clean close
             // from a reset.
             let error = end.err().map(|e| format!("{:?}", e.kind()));
             println!(
                 "{}",
-                json!({"ended": peer, "received": total, "error": error})
+                json!({"ended": peer, "received": total, "eof": eof, "error": error})
             );
         });
     }
@@ -258,14 +258,16 @@ fn echo(addr: SocketAddr) -> Result<()> {
 }
 
 /// Echoes until end of stream, then reports the bytes received; `total`
-/// counts them also when the connection fails.
-fn echo_one(mut stream: TcpStream, total: &mut usize) -> std::io::Result<()> {
+/// counts them and `eof` says whether the peer's FIN came, also when the
+/// connection fails.
+fn echo_one(mut stream: TcpStream, total: &mut usize, eof: &mut bool) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = stream.read(&mut buf)?;
         if n == 0 {
+            *eof = true;
             break;
         }
         *total += n;

@@ -41,6 +41,7 @@ use crate::{
         Authz,
     },
     drain::DrainControl,
+    http,
     relay::Dialer,
     telemetry::{
         ConnLabels, ConnectionSeries, Discard, LimitKind, Observer, RateLimitOutcome, Reporter,
@@ -177,6 +178,9 @@ struct Mesh {
     recorder: Arc<Recorder>,
     pool: Pool,
     addr: SocketAddr,
+    /// The server's TLS set-up (node-b's certificates, its client check),
+    /// for stand-in servers.
+    tls: Arc<rustls::ServerConfig>,
     _stop: watch::Sender<bool>,
     _drain: DrainControl,
     /// A blackhole upstream, and the connections that fill its queue.
@@ -192,6 +196,17 @@ struct Raw {
 
 impl Mesh {
     async fn start(settings: Settings, policy: &str, upstream: Upstream) -> Self {
+        Self::start_with_http_limits(settings, policy, upstream, http::Limits::default()).await
+    }
+
+    /// As [`Mesh::start`], with the timers of the connections whose HTTP
+    /// the server judges.
+    async fn start_with_http_limits(
+        settings: Settings,
+        policy: &str,
+        upstream: Upstream,
+        http_limits: http::Limits,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("ca");
         ca::init("cluster.local", &root, false).expect("ca init");
@@ -207,11 +222,15 @@ impl Mesh {
         let (backend, held) = start_upstream(upstream).await;
         let recorder = Arc::new(Recorder::default());
         let observer = Arc::new(Observer::new(recorder.clone()));
+        let registry = Arc::new(ArcSwap::from_pointee(Registry::default()));
+        let verifier = client_verifier(bundle.clone(), registry.clone());
+        let tls = tls_config::server_config(server_certs.clone(), verifier).expect("config");
         let mut mesh = Self {
             frontend: client_certs.get(&id("frontend")).expect("frontend cert"),
             backend_id: id("backend"),
             backend,
-            registry: Arc::new(ArcSwap::from_pointee(Registry::default())),
+            registry,
+            tls,
             reloaded: watch::Sender::new(()),
             pool: Pool::new(bundle.clone(), observer.clone()),
             bundle,
@@ -225,14 +244,15 @@ impl Mesh {
         mesh.write_workloads(true);
         let (control, drain) = DrainControl::new();
         mesh._drain = control;
-        let verifier = client_verifier(mesh.bundle.clone(), mesh.registry.clone());
         let inbound = Inbound {
             node: "node-b".into(),
             registry: mesh.registry.clone(),
             workloads: mesh.reloaded.subscribe(),
-            tls: tls_config::server_config(server_certs.clone(), verifier).expect("config"),
+            tls: mesh.tls.clone(),
             certs: server_certs,
-            authz: Arc::new(authz(&mesh.dir, policy, observer.clone())),
+            authz: Arc::new(
+                authz(&mesh.dir, policy, observer.clone()).with_http_limits(http_limits),
+            ),
             observer,
             dialer: Dialer {
                 ipv4: [127, 0, 0, 1].into(),
@@ -795,3 +815,4 @@ async fn a_stream_that_never_reads_is_held_back_by_flow_control_and_others_go_on
 
 mod early;
 mod reset;
+mod retry;

@@ -486,7 +486,7 @@ impl<'a> Early<'a> {
             StreamError::Caller(_) => false,
             StreamError::Sent(_) if !self.on_wire => true,
             StreamError::Sent(e) => {
-                e.reason() == Some(Reason::REFUSED_STREAM)
+                (e.reason() == Some(Reason::REFUSED_STREAM) && e.is_remote())
                     || (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR))
             }
         }
@@ -719,7 +719,10 @@ mod tests {
         // Read but refused by a stream that had closed: never left.
         assert!(early.may_retry(&failed(Reason::CANCEL)));
         early.on_wire = true;
-        assert!(early.may_retry(&failed(Reason::REFUSED_STREAM)));
+        // A REFUSED_STREAM made up on this side proves nothing of the peer
+        // (`h2::Error::from` is local; the peer's own is retried, see
+        // inbound::tests::retry).
+        assert!(!early.may_retry(&failed(Reason::REFUSED_STREAM)));
         assert!(!early.may_retry(&failed(Reason::CANCEL)));
         assert!(!early.may_retry(&failed(Reason::INTERNAL_ERROR)));
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);

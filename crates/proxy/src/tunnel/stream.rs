@@ -31,7 +31,8 @@ impl Drop for StreamSlot {
     }
 }
 
-/// An open tunnel stream; dropping it before both ends finished resets it.
+/// An open tunnel stream. Dropped, it ends our half (END_STREAM) as a
+/// closed socket sends FIN; [`Stream::reset`] is the reset.
 pub struct Stream {
     send: SendStream<Bytes>,
     recv: RecvStream,
@@ -54,11 +55,10 @@ impl Stream {
         early: u64,
         slot: StreamSlot,
     ) -> Self {
-        Self {
-            early,
-            _slot: Some(slot),
-            ..Self::accepted(send, recv)
-        }
+        let mut stream = Self::accepted(send, recv);
+        stream.early = early;
+        stream._slot = Some(slot);
+        stream
     }
 
     /// A stream the tunnel server accepted: the request's body and the
@@ -80,8 +80,8 @@ impl Stream {
         self.early
     }
 
-    /// Resets the stream now (the relay failed or was cut), rather than
-    /// when it is dropped. CONNECT_ERROR is RFC 9113's reason for a
+    /// Resets the stream (the relay failed, was revoked or cut).
+    /// CONNECT_ERROR is RFC 9113's reason for a
     /// tunnelled TCP connection that was reset or failed (§8.5): the other
     /// proxy resets its side's connection too, so a cut upload never reads
     /// as a complete one.
@@ -181,13 +181,35 @@ impl AsyncWrite for Stream {
         Poll::Ready(Ok(()))
     }
 
-    /// Ends our half of the stream (END_STREAM); reading goes on.
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Ends our half of the stream (END_STREAM); reading goes on. A peer
+    /// that has already told us to stop sending (RST_STREAM NO_ERROR, as a
+    /// server does after its whole response) leaves nothing to end: that is
+    /// no error.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.shut {
             this.shut = true;
-            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+            if let Err(e) = this.send.send_data(Bytes::new(), true) {
+                let stopped = matches!(this.send.poll_reset(cx), Poll::Ready(Ok(Reason::NO_ERROR)));
+                if !stopped {
+                    return Poll::Ready(Err(h2_to_io(e)));
+                }
+            }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Stream {
+    /// A stream dropped before its end is closed as a dropped socket is,
+    /// with END_STREAM where TCP sends FIN: hyper's HTTP server ends a
+    /// connection by dropping it (a timeout, a malformed request), and the
+    /// caller must see that close, not a reset. A relay that failed has
+    /// reset the stream already ([`Stream::reset`]), and then this does
+    /// nothing.
+    fn drop(&mut self) {
+        if !self.shut {
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
     }
 }

@@ -8,7 +8,7 @@ use crate::tunnel::{TunnelError, CONNECTION_WINDOW, EARLY_DATA};
 
 /// A connected loopback pair: the caller's end and the proxy's end (the
 /// socket the outbound listener would have accepted).
-async fn caller_pair() -> (TcpStream, TcpStream) {
+pub(super) async fn caller_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let caller = TcpStream::connect(listener.local_addr().expect("addr"))
         .await

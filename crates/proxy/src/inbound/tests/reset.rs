@@ -82,3 +82,40 @@ async fn a_destination_that_resets_its_connection_resets_the_callers_stream() {
         .expect("ended in time");
     assert!(is_reset(&read), "{read:?}");
 }
+
+#[tokio::test]
+async fn a_connection_the_destinations_http_server_times_out_reads_as_closed_not_reset() {
+    let limits = http::Limits {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: WAIT,
+    };
+    let mesh =
+        Mesh::start_with_http_limits(Settings::default(), HTTP_ALLOW, Upstream::Http, limits).await;
+    let mut stream = mesh.pooled().await;
+    assert_eq!(http_status(&mut stream, "/").await, Some(200));
+    // No next request: node-b's HTTP server drops the keep-alive connection
+    // at its header read timeout, and a local caller would see a FIN.
+    let mut rest = Vec::new();
+    let read = timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("ended in time");
+    assert!(read.is_ok(), "{read:?}");
+}
+
+#[tokio::test]
+async fn the_callers_end_after_a_closing_http_response_is_no_error() {
+    let mesh = Mesh::start(Settings::default(), HTTP_ALLOW, Upstream::Http).await;
+    let mut stream = mesh.pooled().await;
+    let request = b"GET / HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n";
+    stream.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("answered in time")
+        .expect("response");
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    // Its END_STREAM is followed by RST_STREAM NO_ERROR (stop sending): the
+    // caller's own end, when it comes, has nothing left to end.
+    sleep(Duration::from_millis(200)).await;
+    stream.shutdown().await.expect("a clean end");
+}
