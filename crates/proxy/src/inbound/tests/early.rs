@@ -17,6 +17,18 @@ pub(super) async fn caller_pair() -> (TcpStream, TcpStream) {
     (caller, accepted)
 }
 
+/// Asserts that `early` went with the stream's CONNECT and that the echo
+/// upstream sent them back.
+pub(super) async fn echoed_early(stream: &mut crate::tunnel::Stream, early: &[u8]) {
+    assert_eq!(stream.sent_early(), early.len() as u64);
+    let mut back = vec![0u8; early.len()];
+    timeout(WAIT, stream.read_exact(&mut back))
+        .await
+        .expect("echo of the early bytes")
+        .expect("read");
+    assert_eq!(back, early);
+}
+
 /// Only a principal that never calls: frontend's streams are denied.
 const ALLOW_NOBODY: &str = "\
 apiVersion: security.istio.io/v1
@@ -54,15 +66,9 @@ async fn the_callers_first_bytes_go_with_the_connect() {
     let mut stream = connect_for(&mesh, &accepted, mesh.backend)
         .await
         .expect("stream");
-    assert_eq!(stream.sent_early(), 11);
     // Nothing written on the stream: the echo is of the bytes that went
     // with the CONNECT.
-    let mut back = [0u8; 11];
-    timeout(WAIT, stream.read_exact(&mut back))
-        .await
-        .expect("echo of the early bytes")
-        .expect("read");
-    assert_eq!(&back, b"hello first");
+    echoed_early(&mut stream, b"hello first").await;
     // Taken from the caller's socket once: the relay will not send them again.
     let mut rest = [0u8; 16];
     let read = accepted.try_read(&mut rest);
