@@ -81,12 +81,20 @@ impl Stream {
     }
 
     /// Resets the stream (the relay failed, was revoked or cut).
-    /// CONNECT_ERROR is RFC 9113's reason for a
-    /// tunnelled TCP connection that was reset or failed (§8.5): the other
-    /// proxy resets its side's connection too, so a cut upload never reads
-    /// as a complete one.
+    /// CONNECT_ERROR is RFC 9113's reason for a tunnelled TCP connection
+    /// that was reset or failed (§8.5): the other proxy resets its side's
+    /// connection too, so a cut upload never reads as a complete one.
     pub fn reset(&mut self) {
         self.send.send_reset(Reason::CONNECT_ERROR);
+    }
+
+    /// Ends our half (END_STREAM), once: shutdown and drop both come here.
+    fn end(&mut self) -> Result<(), h2::Error> {
+        if self.shut {
+            return Ok(());
+        }
+        self.shut = true;
+        self.send.send_data(Bytes::new(), true)
     }
 }
 
@@ -187,13 +195,10 @@ impl AsyncWrite for Stream {
     /// no error.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.shut {
-            this.shut = true;
-            if let Err(e) = this.send.send_data(Bytes::new(), true) {
-                let stopped = matches!(this.send.poll_reset(cx), Poll::Ready(Ok(Reason::NO_ERROR)));
-                if !stopped {
-                    return Poll::Ready(Err(h2_to_io(e)));
-                }
+        if let Err(e) = this.end() {
+            let stopped = matches!(this.send.poll_reset(cx), Poll::Ready(Ok(Reason::NO_ERROR)));
+            if !stopped {
+                return Poll::Ready(Err(h2_to_io(e)));
             }
         }
         Poll::Ready(Ok(()))
@@ -208,8 +213,6 @@ impl Drop for Stream {
     /// reset the stream already ([`Stream::reset`]), and then this does
     /// nothing.
     fn drop(&mut self) {
-        if !self.shut {
-            let _ = self.send.send_data(Bytes::new(), true);
-        }
+        let _ = self.end();
     }
 }
