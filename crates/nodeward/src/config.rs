@@ -217,6 +217,9 @@ pub struct TunnelFile {
     /// Pod dials in progress at once for one calling node (default 256).
     #[serde(default)]
     pub max_pending_dials_per_node: Option<usize>,
+    /// A stream's budget for a dial slot and its dial (default `10s`).
+    #[serde(default)]
+    pub dial_timeout: Option<String>,
 }
 
 /// `sockmap`.
@@ -741,6 +744,7 @@ fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, Conf
         max_handshakes,
         max_handshakes_per_address,
         max_pending_dials_per_node,
+        dial_timeout,
     } = file;
     let defaults = TunnelSettings::default();
     let duration = |field: &str, text: Option<String>, default: Duration| match text {
@@ -786,6 +790,7 @@ fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, Conf
             max_pending_dials_per_node,
             defaults.max_pending_dials_per_node,
         )?,
+        dial_timeout: duration("dialTimeout", dial_timeout, defaults.dial_timeout)?,
     })
 }
 

@@ -109,7 +109,7 @@ enum Refusal {
     ForwardedClient,
     Denied,
     RateLimited,
-    /// Too many dials of the calling node's streams are still waiting.
+    /// No dial slot for the calling node freed within the dial budget.
     DialLimit,
     Unreachable,
     DialTimeout,
@@ -375,8 +375,14 @@ async fn admit_stream(
         source_ip,
     } = checked;
     // Before authorization: a stream refused here costs no policy work,
-    // rate-limit token or audit record.
-    let Some(dialing) = inbound.limits.start_dial(&peer.verified.node) else {
+    // rate-limit token or audit record. The wait for a slot and the dial
+    // share one budget.
+    let deadline = tokio::time::Instant::now() + inbound.limits.settings().dial_timeout;
+    let Some(dialing) = inbound
+        .limits
+        .start_dial(&peer.verified.node, deadline)
+        .await
+    else {
         return Err(refuse(inbound, peer, Refusal::DialLimit));
     };
     let flow = inbound
@@ -395,7 +401,7 @@ async fn admit_stream(
         Admission::Limited(_) => return Err(refuse(inbound, peer, Refusal::RateLimited)),
         Admission::Relay(_) | Admission::Http(_) => {}
     }
-    let dialled = inbound.dialer.dial(dst).await;
+    let dialled = inbound.dialer.dial_by(dst, deadline).await;
     drop(dialing);
     let upstream = match dialled {
         Ok(s) => s,
@@ -631,7 +637,7 @@ impl Refusal {
             }
             Self::Denied => "denied by authorization policy",
             Self::RateLimited => "connection rate limited",
-            Self::DialLimit => "too many dials from the calling node are pending",
+            Self::DialLimit => "no dial slot for the calling node within the dial timeout",
             Self::Unreachable | Self::DialTimeout => "destination unreachable",
         }
     }

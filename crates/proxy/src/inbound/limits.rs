@@ -1,8 +1,11 @@
 //! What one tunnel peer may hold on this server: its connections' timers
 //! ([`Settings`]), TLS handshakes in progress (a global cap and one per
 //! source address), and dials to local pods waiting for an answer (per
-//! calling node). A peer over a cap is refused at once and counted; nothing
-//! waits in line for a slot.
+//! calling node). A connection over a handshake cap is refused at once and
+//! counted. A stream over the dial cap waits in line for a slot, within its
+//! dial budget ([`Settings::dial_timeout`]): the cap bounds the sockets and
+//! ports a node's dials hold, and a burst of streams whose dials finish in
+//! microseconds must not be refused for arriving together.
 
 use std::{
     collections::HashMap,
@@ -12,7 +15,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::{timeout_at, Instant},
+};
 
 /// Default: a connection without streams this long is closed. Longer than
 /// the pool's idle timeout, so in normal operation the client closes first.
@@ -28,6 +34,9 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 128;
 /// Default: dials to local pods waiting for an answer, per calling node.
 pub const DEFAULT_MAX_PENDING_DIALS_PER_NODE: usize = 256;
+/// Default: how long a stream may take to get a connection to its pod,
+/// waiting for a dial slot included.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The tunnel server's timers and caps (config file `tunnel:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +53,13 @@ pub struct Settings {
     /// TLS handshakes in progress at once from one source address.
     pub max_handshakes_per_address: usize,
     /// Dials to local pods in progress at once for one calling node, over
-    /// all its connections; more streams are refused (`503`).
+    /// all its connections; more streams wait in line for a slot.
     pub max_pending_dials_per_node: usize,
+    /// A stream's budget for a connection to its pod: the wait for a dial
+    /// slot and the dial itself. A stream still without a slot at the end
+    /// is refused (`503`), one whose dial does not finish in time gets
+    /// `504`.
+    pub dial_timeout: Duration,
 }
 
 /// The shared state behind the caps; one per tunnel server.
@@ -71,15 +85,30 @@ pub struct HandshakeSlot {
     _address: Held<IpAddr>,
 }
 
-/// At most `max` holders per key at once.
+/// At most `max` holders per key at once: a semaphore per key, made on
+/// first use and forgotten once nobody holds or waits for it, so departed
+/// peers leave nothing behind.
 struct PerKey<K: Hash + Eq> {
     max: usize,
-    held: Arc<Mutex<HashMap<K, usize>>>,
+    slots: Slots<K>,
 }
+
+type Slots<K> = Arc<Mutex<HashMap<K, Arc<Semaphore>>>>;
 
 /// One holder's place under a per-key cap, given back on drop.
 pub struct Held<K: Hash + Eq> {
-    held: Arc<Mutex<HashMap<K, usize>>>,
+    /// Taken in `drop` so the slot is free before the key is looked at.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Dropped after `permit` (see `Drop for Held`).
+    _forget: Forget<K>,
+}
+
+/// Forgets its key's semaphore when dropped, if it is idle by then: run
+/// after a holder gave its slot back and after a waiter stopped waiting
+/// (served, timed out or cancelled).
+struct Forget<K: Hash + Eq> {
+    slots: Slots<K>,
+    max: usize,
     key: K,
 }
 
@@ -92,6 +121,7 @@ impl Default for Settings {
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_address: DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
             max_pending_dials_per_node: DEFAULT_MAX_PENDING_DIALS_PER_NODE,
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
         }
     }
 }
@@ -140,9 +170,11 @@ impl Limits {
         })
     }
 
-    /// A slot for one dial on behalf of `node`, if it has room.
-    pub fn start_dial(&self, node: &str) -> Option<Held<String>> {
-        self.dials.try_hold(node.to_owned())
+    /// A slot for one dial on behalf of `node`: at once if it has room,
+    /// else the first one freed (in order of asking), or `None` if none is
+    /// freed by `deadline`.
+    pub async fn start_dial(&self, node: &str, deadline: Instant) -> Option<Held<String>> {
+        self.dials.hold_by(node.to_owned(), deadline).await
     }
 }
 
@@ -150,33 +182,74 @@ impl<K: Hash + Eq + Clone> PerKey<K> {
     fn new(max: usize) -> Self {
         Self {
             max,
-            held: Arc::default(),
+            slots: Arc::default(),
         }
     }
 
+    /// A place for `key` if one is free now.
     fn try_hold(&self, key: K) -> Option<Held<K>> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = held.entry(key.clone()).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
+        let forget = self.forget(key);
+        let permit = self.semaphore(&forget.key).try_acquire_owned().ok()?;
         Some(Held {
-            held: self.held.clone(),
-            key,
+            permit: Some(permit),
+            _forget: forget,
         })
+    }
+
+    /// A place for `key`, waiting for one until `deadline`. Cancel-safe: a
+    /// dropped wait leaves its place in line and nothing else.
+    async fn hold_by(&self, key: K, deadline: Instant) -> Option<Held<K>> {
+        // Declared first, dropped last: after the wait gave up its handle
+        // on the semaphore.
+        let forget = self.forget(key);
+        let semaphore = self.semaphore(&forget.key);
+        let permit = timeout_at(deadline, semaphore.acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some(Held {
+            permit: Some(permit),
+            _forget: forget,
+        })
+    }
+
+    /// `key`'s semaphore, made if it has none. Handles on it are only ever
+    /// made here, under the lock, which is what lets [`Forget`] trust the
+    /// count it sees.
+    fn semaphore(&self, key: &K) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
+            .clone()
+    }
+
+    fn forget(&self, key: K) -> Forget<K> {
+        Forget {
+            slots: self.slots.clone(),
+            max: self.max,
+            key,
+        }
     }
 }
 
 impl<K: Hash + Eq> Drop for Held<K> {
     fn drop(&mut self) {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.key) {
-            *count -= 1;
-            // Forgotten at zero, so departed peers leave nothing behind.
-            if *count == 0 {
-                held.remove(&self.key);
-            }
+        // The slot goes back first; `forget` runs after this body.
+        drop(self.permit.take());
+    }
+}
+
+impl<K: Hash + Eq> Drop for Forget<K> {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = slots.get(&self.key).is_some_and(|s| {
+            // Only the map's handle left (no holder's permit, no waiter)
+            // and every place free.
+            Arc::strong_count(s) == 1 && s.available_permits() == self.max
+        });
+        if idle {
+            slots.remove(&self.key);
         }
     }
 }
@@ -233,18 +306,66 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pending_dials_are_capped_per_node_and_forgotten_when_done() {
+    fn after(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    fn forgotten(l: &Limits) -> bool {
+        l.dials.slots.lock().expect("lock").is_empty()
+    }
+
+    #[tokio::test]
+    async fn pending_dials_are_capped_per_node_and_forgotten_when_done() {
         let l = limits(10, 10, 2);
-        let a1 = l.start_dial("node-a").expect("a1");
-        let a2 = l.start_dial("node-a").expect("a2");
-        assert!(l.start_dial("node-a").is_none());
+        let a1 = l.start_dial("node-a", after(0)).await.expect("a1");
+        let a2 = l.start_dial("node-a", after(0)).await.expect("a2");
         assert!(
-            l.start_dial("node-c").is_some(),
+            l.start_dial("node-a", after(50)).await.is_none(),
+            "no slot freed before the deadline"
+        );
+        assert!(
+            l.start_dial("node-c", after(0)).await.is_some(),
             "other nodes are not affected"
         );
         drop((a1, a2));
-        assert!(l.dials.held.lock().expect("lock").is_empty());
-        assert!(l.start_dial("node-a").is_some());
+        assert!(forgotten(&l));
+        assert!(l.start_dial("node-a", after(0)).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_dial_over_the_cap_gets_the_first_slot_freed_in_order_of_asking() {
+        let l = Arc::new(limits(10, 10, 1));
+        let held = l.start_dial("node-a", after(0)).await.expect("held");
+        let wait = |l: &Arc<Limits>| {
+            let l = l.clone();
+            tokio::spawn(async move { l.start_dial("node-a", after(5_000)).await.is_some() })
+        };
+        let first = wait(&l);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = wait(&l);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!first.is_finished() && !second.is_finished(), "both wait");
+        drop(held);
+        assert!(first.await.expect("first"), "the first in line is served");
+        // The first's slot was dropped with its task: the second follows.
+        assert!(second.await.expect("second"));
+        assert!(forgotten(&l));
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_leaves_nothing_behind() {
+        let l = limits(10, 10, 1);
+        let held = l.start_dial("node-a", after(0)).await.expect("held");
+        // Cancelled from outside (the client reset its stream)...
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(20),
+            l.start_dial("node-a", after(5_000)),
+        );
+        assert!(cancelled.await.is_err());
+        // ...or timed out.
+        assert!(l.start_dial("node-a", after(20)).await.is_none());
+        drop(held);
+        assert!(forgotten(&l));
+        assert!(l.start_dial("node-a", after(0)).await.is_some());
     }
 }

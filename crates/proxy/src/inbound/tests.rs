@@ -185,6 +185,8 @@ struct Mesh {
     _drain: DrainControl,
     /// A blackhole upstream, and the connections that fill its queue.
     _held: Option<(TcpListener, Vec<TcpStream>)>,
+    /// The server's state, once started.
+    server: Option<Arc<Inbound>>,
 }
 
 /// One raw HTTP/2 connection to the tunnel server, as node-a's frontend.
@@ -239,6 +241,7 @@ impl Mesh {
             _stop: watch::Sender::new(false),
             _drain: DrainControl::new().0,
             _held: held,
+            server: None,
             dir,
         };
         mesh.write_workloads(true);
@@ -263,8 +266,17 @@ impl Mesh {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         mesh.addr = listener.local_addr().expect("addr");
-        tokio::spawn(serve(listener, Arc::new(inbound), mesh._stop.subscribe()));
+        let inbound = Arc::new(inbound);
+        mesh.server = Some(inbound.clone());
+        tokio::spawn(serve(listener, inbound, mesh._stop.subscribe()));
         mesh
+    }
+
+    /// Whether a dial slot for node-a is free right now (none is kept).
+    async fn dial_slot_free(&self) -> bool {
+        let server = self.server.as_ref().expect("started");
+        let now = tokio::time::Instant::now();
+        server.limits.start_dial("node-a", now).await.is_some()
     }
 
     /// node-b's workloads file, with or without frontend on node-a; loaded
@@ -617,20 +629,67 @@ async fn a_handshake_beyond_the_cap_is_refused_and_counted() {
 }
 
 #[tokio::test]
-async fn a_node_with_too_many_pending_dials_gets_503_for_more_streams() {
-    let (mesh, mut second, hanging) = one_dial_pending().await;
-    let refused = second.connect(mesh.backend).await.expect("a response");
-    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(mesh.recorder.count("refused:dial_limit"), 1);
-    hanging.abort();
+async fn a_stream_over_the_dial_cap_waits_for_a_slot_instead_of_being_refused() {
+    let budget = Duration::from_millis(1500);
+    let (mesh, mut second, hanging) = one_dial_pending(budget).await;
+    let backend = mesh.backend;
+    let waiting = tokio::spawn(async move { second.connect(backend).await.map(|r| r.status()) });
+    timeout(WAIT, async {
+        while mesh.recorder.pending() < 2 {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the second stream arrived");
+    sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "in line for the slot, not refused");
+    // The first dial runs out of budget and frees the slot; the second
+    // takes it and dials (the blackhole again) until its own budget ends.
+    let first = hanging.await.expect("task").expect("response");
+    assert_eq!(first, StatusCode::GATEWAY_TIMEOUT);
+    let second = waiting.await.expect("task").expect("response");
+    assert_eq!(second, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(mesh.recorder.count("refused:dial_timeout"), 2);
+    assert_eq!(mesh.recorder.count("refused:dial_limit"), 0);
+}
+
+#[tokio::test]
+async fn a_burst_of_streams_beyond_the_dial_cap_all_get_through() {
+    let settings = Settings {
+        max_pending_dials_per_node: 2,
+        ..Settings::default()
+    };
+    let mesh = Mesh::start(settings, ALLOW_ALL, Upstream::Echo).await;
+    let raw = mesh.raw().await;
+    let backend = mesh.backend;
+    // Sent together on one connection, so their dials overlap far beyond
+    // the two slots, though each takes microseconds.
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let mut each = Raw {
+            send: raw.send.clone(),
+            ended: tokio::spawn(async {}),
+        };
+        burst.spawn(async move { each.connect(backend).await.map(|r| r.status()) });
+    }
+    let statuses: Vec<StatusCode> = burst
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.expect("response"))
+        .collect();
+    let served = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(served, 64, "{statuses:?}");
+    assert_eq!(mesh.recorder.count("refused:dial_limit"), 0);
 }
 
 /// A server that lets the calling node have one dial pending, the dial of
-/// a CONNECT to a blackhole hanging in it, and a second handle on that
-/// CONNECT's connection.
-async fn one_dial_pending() -> (Mesh, Raw, JoinHandle<hyper::Result<StatusCode>>) {
+/// a CONNECT to a blackhole hanging in it (for `budget`), and a second
+/// handle on that CONNECT's connection.
+async fn one_dial_pending(budget: Duration) -> (Mesh, Raw, JoinHandle<hyper::Result<StatusCode>>) {
     let settings = Settings {
         max_pending_dials_per_node: 1,
+        dial_timeout: budget,
         ..Settings::default()
     };
     let mesh = Mesh::start(settings, ALLOW_ALL, Upstream::Blackhole).await;
