@@ -218,10 +218,13 @@ impl<K: Hash + Eq + Clone> PerKey<K> {
     /// count it sees.
     fn semaphore(&self, key: &K) -> Arc<Semaphore> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
-            .clone()
+        if let Some(semaphore) = slots.get(key) {
+            // The common case under load: no key copied.
+            return semaphore.clone();
+        }
+        let semaphore = Arc::new(Semaphore::new(self.max));
+        slots.insert(key.clone(), semaphore.clone());
+        semaphore
     }
 
     fn forget(&self, key: K) -> Forget<K> {
