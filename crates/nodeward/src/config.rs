@@ -217,9 +217,9 @@ pub struct TunnelFile {
     /// Pod dials in progress at once for one calling node (default 256).
     #[serde(default)]
     pub max_pending_dials_per_node: Option<usize>,
-    /// A stream's budget for a dial slot and its dial (default `10s`).
+    /// How long a stream over the dial cap waits for a slot (default `1s`).
     #[serde(default)]
-    pub dial_timeout: Option<String>,
+    pub dial_queue_timeout: Option<String>,
 }
 
 /// `sockmap`.
@@ -736,6 +736,13 @@ fn http_limits(
 }
 
 /// Validates `tunnel:`; unset fields take their defaults.
+/// Largest cap a `tunnel` count takes: far above any real node's need,
+/// and far below what a semaphore holds.
+const MAX_TUNNEL_COUNT: usize = 1_000_000;
+/// Longest wait in line for a dial slot. Waiting streams hold their h2
+/// stream and task, so the wait is bounded even when configured.
+const MAX_DIAL_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, ConfigError> {
     let TunnelFile {
         idle_timeout,
@@ -744,7 +751,7 @@ fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, Conf
         max_handshakes,
         max_handshakes_per_address,
         max_pending_dials_per_node,
-        dial_timeout,
+        dial_queue_timeout,
     } = file;
     let defaults = TunnelSettings::default();
     let duration = |field: &str, text: Option<String>, default: Duration| match text {
@@ -760,12 +767,21 @@ fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, Conf
     };
     let count = |field: &str, n: Option<usize>, default: usize| match n {
         None => Ok(default),
-        Some(0) => Err(ConfigError::invalid(
+        Some(n) if (1..=MAX_TUNNEL_COUNT).contains(&n) => Ok(n),
+        Some(_) => Err(ConfigError::invalid(
             path,
             format!("tunnel.{field}"),
-            "must be at least 1",
+            format!("must be from 1 to {MAX_TUNNEL_COUNT}"),
         )),
-        Some(n) => Ok(n),
+    };
+    let queue = match dial_queue_timeout {
+        None => defaults.dial_queue_timeout,
+        Some(text) => parse_duration(&text)
+            .filter(|d| *d <= MAX_DIAL_QUEUE_TIMEOUT)
+            .ok_or_else(|| {
+                let msg = "must be a duration from `0s` (refuse at once) to `60s`";
+                ConfigError::invalid(path, "tunnel.dialQueueTimeout", msg)
+            })?,
     };
     Ok(TunnelSettings {
         idle_timeout: duration("idleTimeout", idle_timeout, defaults.idle_timeout)?,
@@ -790,7 +806,7 @@ fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, Conf
             max_pending_dials_per_node,
             defaults.max_pending_dials_per_node,
         )?,
-        dial_timeout: duration("dialTimeout", dial_timeout, defaults.dial_timeout)?,
+        dial_queue_timeout: queue,
     })
 }
 

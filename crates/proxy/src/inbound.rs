@@ -109,7 +109,7 @@ enum Refusal {
     ForwardedClient,
     Denied,
     RateLimited,
-    /// No dial slot for the calling node freed within the dial budget.
+    /// No dial slot for the calling node freed within the queue timeout.
     DialLimit,
     Unreachable,
     DialTimeout,
@@ -375,9 +375,9 @@ async fn admit_stream(
         source_ip,
     } = checked;
     // Before authorization: a stream refused here costs no policy work,
-    // rate-limit token or audit record. The wait for a slot and the dial
-    // share one budget.
-    let deadline = tokio::time::Instant::now() + inbound.limits.settings().dial_timeout;
+    // rate-limit token or audit record.
+    let queue = inbound.limits.settings().dial_queue_timeout;
+    let deadline = tokio::time::Instant::now() + queue;
     let Some(dialing) = inbound
         .limits
         .start_dial(&peer.verified.node, deadline)
@@ -401,7 +401,7 @@ async fn admit_stream(
         Admission::Limited(_) => return Err(refuse(inbound, peer, Refusal::RateLimited)),
         Admission::Relay(_) | Admission::Http(_) => {}
     }
-    let dialled = inbound.dialer.dial_by(dst, deadline).await;
+    let dialled = inbound.dialer.dial(dst).await;
     drop(dialing);
     let upstream = match dialled {
         Ok(s) => s,
@@ -637,7 +637,7 @@ impl Refusal {
             }
             Self::Denied => "denied by authorization policy",
             Self::RateLimited => "connection rate limited",
-            Self::DialLimit => "no dial slot for the calling node within the dial timeout",
+            Self::DialLimit => "too many dials from the calling node are pending",
             Self::Unreachable | Self::DialTimeout => "destination unreachable",
         }
     }

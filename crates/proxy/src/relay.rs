@@ -18,7 +18,7 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpSocket, TcpStream},
-    time::timeout_at,
+    time::timeout,
 };
 
 mod copy;
@@ -174,18 +174,8 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    /// Connects to `dst` within [`CONNECT_TIMEOUT`].
+    /// Connects to `dst` with a deadline.
     pub async fn dial(&self, dst: SocketAddr) -> std::io::Result<TcpStream> {
-        self.dial_by(dst, tokio::time::Instant::now() + CONNECT_TIMEOUT)
-            .await
-    }
-
-    /// Connects to `dst` by `deadline` (`TimedOut` after it).
-    pub async fn dial_by(
-        &self,
-        dst: SocketAddr,
-        deadline: tokio::time::Instant,
-    ) -> std::io::Result<TcpStream> {
         let (socket, local) = match dst.ip() {
             IpAddr::V4(_) => (TcpSocket::new_v4()?, IpAddr::V4(self.ipv4)),
             IpAddr::V6(_) => (
@@ -195,7 +185,7 @@ impl Dialer {
         };
         defer_port_choice(&socket);
         socket.bind(SocketAddr::new(local, 0))?;
-        let stream = timeout_at(deadline, socket.connect(dst))
+        let stream = timeout(CONNECT_TIMEOUT, socket.connect(dst))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         let _ = stream.set_nodelay(true);

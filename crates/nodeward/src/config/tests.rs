@@ -287,7 +287,7 @@ fn tunnel_timers_and_caps_default_and_are_read() {
         TunnelSettings::default()
     );
     let text = format!(
-        "{GOOD}tunnel:\n  idleTimeout: 30s\n  maxConnectionAge: 2h\n  maxConnectionAgeGrace: 0s\n  maxHandshakes: 8\n  maxHandshakesPerAddress: 2\n  maxPendingDialsPerNode: 4\n  dialTimeout: 3s\n"
+        "{GOOD}tunnel:\n  idleTimeout: 30s\n  maxConnectionAge: 2h\n  maxConnectionAgeGrace: 0s\n  maxHandshakes: 8\n  maxHandshakesPerAddress: 2\n  maxPendingDialsPerNode: 4\n  dialQueueTimeout: 0s\n"
     );
     let t = parse(&text).expect("valid").tunnel;
     assert_eq!(t.idle_timeout, Duration::from_secs(30));
@@ -301,7 +301,7 @@ fn tunnel_timers_and_caps_default_and_are_read() {
         ),
         (8, 2, 4)
     );
-    assert_eq!(t.dial_timeout, Duration::from_secs(3));
+    assert_eq!(t.dial_queue_timeout, Duration::ZERO, "zero: refuse at once");
 }
 
 #[test]
@@ -312,7 +312,13 @@ fn tunnel_values_that_would_close_everything_are_refused_by_field() {
         ("maxConnectionAge: soon", "tunnel.maxConnectionAge"),
         ("maxHandshakes: 0", "tunnel.maxHandshakes"),
         ("maxPendingDialsPerNode: 0", "tunnel.maxPendingDialsPerNode"),
-        ("dialTimeout: 0s", "tunnel.dialTimeout"),
+        ("maxHandshakes: 1000001", "tunnel.maxHandshakes"),
+        (
+            "maxHandshakesPerAddress: 18446744073709551615",
+            "tunnel.maxHandshakesPerAddress",
+        ),
+        ("dialQueueTimeout: 61s", "tunnel.dialQueueTimeout"),
+        ("dialQueueTimeout: soon", "tunnel.dialQueueTimeout"),
     ] {
         let err = parse(&format!("{GOOD}tunnel:\n  {bad}\n"))
             .expect_err(bad)

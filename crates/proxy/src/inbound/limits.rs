@@ -2,10 +2,12 @@
 //! ([`Settings`]), TLS handshakes in progress (a global cap and one per
 //! source address), and dials to local pods waiting for an answer (per
 //! calling node). A connection over a handshake cap is refused at once and
-//! counted. A stream over the dial cap waits in line for a slot, within its
-//! dial budget ([`Settings::dial_timeout`]): the cap bounds the sockets and
-//! ports a node's dials hold, and a burst of streams whose dials finish in
-//! microseconds must not be refused for arriving together.
+//! counted. A stream over the dial cap waits in line for a slot, briefly
+//! ([`Settings::dial_queue_timeout`]): the cap bounds the sockets and ports
+//! a node's dials hold, and a burst of streams whose dials finish in
+//! microseconds must not be refused for arriving together; dials that hang
+//! (an unresponsive pod) free no slot in that time, and what waits behind
+//! them is refused.
 
 use std::{
     collections::HashMap,
@@ -34,9 +36,10 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 128;
 /// Default: dials to local pods waiting for an answer, per calling node.
 pub const DEFAULT_MAX_PENDING_DIALS_PER_NODE: usize = 256;
-/// Default: how long a stream may take to get a connection to its pod,
-/// waiting for a dial slot included.
-pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default: how long a stream over the dial cap waits for a slot. Slots
+/// of dials that complete free in microseconds; one second covers a burst
+/// on a loaded node, and is a tenth of a hanging dial's timeout.
+pub const DEFAULT_DIAL_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The tunnel server's timers and caps (config file `tunnel:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,13 +56,10 @@ pub struct Settings {
     /// TLS handshakes in progress at once from one source address.
     pub max_handshakes_per_address: usize,
     /// Dials to local pods in progress at once for one calling node, over
-    /// all its connections; more streams wait in line for a slot.
+    /// all its connections; more streams wait in line for a slot...
     pub max_pending_dials_per_node: usize,
-    /// A stream's budget for a connection to its pod: the wait for a dial
-    /// slot and the dial itself. A stream still without a slot at the end
-    /// is refused (`503`), one whose dial does not finish in time gets
-    /// `504`.
-    pub dial_timeout: Duration,
+    /// ...this long at most, then are refused (`503`). Zero refuses at once.
+    pub dial_queue_timeout: Duration,
 }
 
 /// The shared state behind the caps; one per tunnel server.
@@ -121,7 +121,7 @@ impl Default for Settings {
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_address: DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
             max_pending_dials_per_node: DEFAULT_MAX_PENDING_DIALS_PER_NODE,
-            dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            dial_queue_timeout: DEFAULT_DIAL_QUEUE_TIMEOUT,
         }
     }
 }
@@ -140,7 +140,9 @@ impl Limits {
     /// Fresh caps for `settings`.
     pub fn new(settings: Settings) -> Self {
         Self {
-            handshakes: Arc::new(Semaphore::new(settings.max_handshakes)),
+            handshakes: Arc::new(Semaphore::new(
+                settings.max_handshakes.min(Semaphore::MAX_PERMITS),
+            )),
             handshakes_per_address: PerKey::new(settings.max_handshakes_per_address),
             dials: PerKey::new(settings.max_pending_dials_per_node),
             settings,
@@ -181,7 +183,8 @@ impl Limits {
 impl<K: Hash + Eq + Clone> PerKey<K> {
     fn new(max: usize) -> Self {
         Self {
-            max,
+            // A semaphore cannot hold more; the config allows far fewer.
+            max: max.min(Semaphore::MAX_PERMITS),
             slots: Arc::default(),
         }
     }
@@ -339,9 +342,10 @@ mod tests {
     async fn a_dial_over_the_cap_gets_the_first_slot_freed_in_order_of_asking() {
         let l = Arc::new(limits(10, 10, 1));
         let held = l.start_dial("node-a", after(0)).await.expect("held");
+        // Each waiter hands its slot back to the test: only the test frees.
         let wait = |l: &Arc<Limits>| {
             let l = l.clone();
-            tokio::spawn(async move { l.start_dial("node-a", after(5_000)).await.is_some() })
+            tokio::spawn(async move { l.start_dial("node-a", after(5_000)).await })
         };
         let first = wait(&l);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -349,9 +353,16 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!first.is_finished() && !second.is_finished(), "both wait");
         drop(held);
-        assert!(first.await.expect("first"), "the first in line is served");
-        // The first's slot was dropped with its task: the second follows.
-        assert!(second.await.expect("second"));
+        let first = first
+            .await
+            .expect("first")
+            .expect("the first in line is served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "the second still waits: one slot");
+        drop(first);
+        let second = second.await.expect("second");
+        assert!(second.is_some());
+        drop(second);
         assert!(forgotten(&l));
     }
 
@@ -366,6 +377,9 @@ mod tests {
         );
         assert!(cancelled.await.is_err());
         // ...or timed out.
+        assert!(l.start_dial("node-a", after(20)).await.is_none());
+        // Neither took the held slot with it, nor made a second one.
+        assert!(!forgotten(&l));
         assert!(l.start_dial("node-a", after(20)).await.is_none());
         drop(held);
         assert!(forgotten(&l));

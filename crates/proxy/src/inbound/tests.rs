@@ -630,27 +630,35 @@ async fn a_handshake_beyond_the_cap_is_refused_and_counted() {
 
 #[tokio::test]
 async fn a_stream_over_the_dial_cap_waits_for_a_slot_instead_of_being_refused() {
-    let budget = Duration::from_millis(1500);
-    let (mesh, mut second, hanging) = one_dial_pending(budget).await;
-    let backend = mesh.backend;
-    let waiting = tokio::spawn(async move { second.connect(backend).await.map(|r| r.status()) });
-    timeout(WAIT, async {
-        while mesh.recorder.pending() < 2 {
-            sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the second stream arrived");
-    sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "in line for the slot, not refused");
-    // The first dial runs out of budget and frees the slot; the second
-    // takes it and dials (the blackhole again) until its own budget ends.
-    let first = hanging.await.expect("task").expect("response");
-    assert_eq!(first, StatusCode::GATEWAY_TIMEOUT);
-    let second = waiting.await.expect("task").expect("response");
-    assert_eq!(second, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(mesh.recorder.count("refused:dial_timeout"), 2);
+    let (mesh, mut second, hanging) = one_dial_pending(WAIT).await;
+    // To a destination that answers at once: only the cap can hold it.
+    let (echo, _) = start_upstream(Upstream::Echo).await;
+    let waiting = tokio::spawn(async move { second.connect(echo).await.map(|r| r.status()) });
+    sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "in line for the slot, not dialled");
+    // The client resets the hanging stream: its dial and slot go, and the
+    // waiting stream takes the slot.
+    hanging.abort();
+    let status = timeout(WAIT, waiting)
+        .await
+        .expect("served once the slot is free")
+        .expect("task")
+        .expect("response");
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(mesh.recorder.count("refused:dial_limit"), 0);
+}
+
+#[tokio::test]
+async fn a_stream_that_waits_too_long_for_a_dial_slot_gets_503() {
+    let queue = Duration::from_millis(300);
+    let (mesh, mut second, hanging) = one_dial_pending(queue).await;
+    let (echo, _) = start_upstream(Upstream::Echo).await;
+    let started = std::time::Instant::now();
+    let refused = second.connect(echo).await.expect("a response");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() >= queue, "it waited first");
+    assert_eq!(mesh.recorder.count("refused:dial_limit"), 1);
+    hanging.abort();
 }
 
 #[tokio::test]
@@ -683,13 +691,14 @@ async fn a_burst_of_streams_beyond_the_dial_cap_all_get_through() {
     assert_eq!(mesh.recorder.count("refused:dial_limit"), 0);
 }
 
-/// A server that lets the calling node have one dial pending, the dial of
-/// a CONNECT to a blackhole hanging in it (for `budget`), and a second
-/// handle on that CONNECT's connection.
-async fn one_dial_pending(budget: Duration) -> (Mesh, Raw, JoinHandle<hyper::Result<StatusCode>>) {
+/// A server that lets the calling node have one dial pending and a
+/// stream over it wait `queue` for it, the dial of a CONNECT to a
+/// blackhole hanging in it, and a second handle on that CONNECT's
+/// connection.
+async fn one_dial_pending(queue: Duration) -> (Mesh, Raw, JoinHandle<hyper::Result<StatusCode>>) {
     let settings = Settings {
         max_pending_dials_per_node: 1,
-        dial_timeout: budget,
+        dial_queue_timeout: queue,
         ..Settings::default()
     };
     let mesh = Mesh::start(settings, ALLOW_ALL, Upstream::Blackhole).await;
