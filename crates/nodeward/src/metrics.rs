@@ -20,7 +20,7 @@ use std::{
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use nodeward_bpf::KernelStats;
@@ -95,6 +95,9 @@ pub struct Metrics {
     pub tunnel_streams_refused: IntCounterVec,
     /// Tunnel connections the server closed on its own, by reason.
     pub tunnel_closed: IntCounterVec,
+    /// How long CONNECT streams over the per-node dial cap waited for a
+    /// slot.
+    pub tunnel_dial_queue_seconds: Histogram,
     /// Workload certificates minted, by cause (new|renewal).
     pub certificates_issued: IntCounterVec,
     /// Expiry (Unix seconds) of the current certificate of each local identity.
@@ -190,6 +193,15 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let _ = registry.register(Box::new(tunnel_handshake_seconds.clone()));
+        let tunnel_dial_queue_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tunnel_dial_queue_seconds",
+                "Time CONNECT streams over the per-node dial cap waited for a slot",
+            )
+            .buckets(vec![0.000_1, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let _ = registry.register(Box::new(tunnel_dial_queue_seconds.clone()));
         let connections = CounterFamily::new(CONN_COUNTERS, CONN_LABELS);
         let _ = registry.register(Box::new(connections.clone()));
         let http_requests = CounterFamily::new(
@@ -237,6 +249,7 @@ impl Metrics {
                 &["side"],
             ),
             tunnel_handshake_seconds,
+            tunnel_dial_queue_seconds,
             tunnel_rejected: counters(
                 "tunnel_rejected_total",
                 "Connections to the tunnel port rejected before any stream",
@@ -710,6 +723,10 @@ impl Telemetry for Metrics {
         self.tunnel_closed.with_label_values(&[reason]).inc();
     }
 
+    fn tunnel_dial_queued(&self, seconds: f64) {
+        self.tunnel_dial_queue_seconds.observe(seconds);
+    }
+
     fn authz_decision(&self, decision: &str, policy: &str, layer: &str) {
         self.authz_decisions
             .with_label_values(&[decision, policy, layer])
@@ -981,6 +998,7 @@ mod tests {
         t.tunnel_stream(Side::Server, "403");
         t.tunnel_stream_refused("identity_left_node");
         t.tunnel_closed("max_age");
+        t.tunnel_dial_queued(0.02);
         t.authz_decision("deny", "shop/deny-admin", "request");
         t.ratelimit("shop/api", RateLimitOutcome::Limited, LimitKind::Requests);
         t.ratelimit_buckets(7);
@@ -1000,6 +1018,8 @@ mod tests {
             r#"nodeward_tunnel_streams_total{side="server",status="403"} 1"#,
             r#"nodeward_tunnel_streams_refused_total{reason="identity_left_node"} 1"#,
             r#"nodeward_tunnel_closed_total{reason="max_age"} 1"#,
+            "nodeward_tunnel_dial_queue_seconds_count 1",
+            r#"nodeward_tunnel_dial_queue_seconds_bucket{le="0.05"} 1"#,
             r#"nodeward_authz_decisions_total{decision="deny",layer="request",policy="shop/deny-admin"} 1"#,
             r#"nodeward_ratelimit_decisions_total{limit="requests",outcome="limited",policy="shop/api"} 1"#,
             "nodeward_ratelimit_buckets 7",

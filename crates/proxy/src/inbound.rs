@@ -376,13 +376,7 @@ async fn admit_stream(
     } = checked;
     // Before authorization: a stream refused here costs no policy work,
     // rate-limit token or audit record.
-    let queue = inbound.limits.settings().dial_queue_timeout;
-    let deadline = tokio::time::Instant::now() + queue;
-    let Some(dialing) = inbound
-        .limits
-        .start_dial(&peer.verified.node, deadline)
-        .await
-    else {
+    let Some(dialing) = dial_slot(inbound, &peer.verified.node).await else {
         return Err(refuse(inbound, peer, Refusal::DialLimit));
     };
     let flow = inbound
@@ -426,6 +420,21 @@ async fn admit_stream(
         open,
         trace: span.take(),
     })
+}
+
+/// A dial slot for a stream of `node`'s: free now, or the first freed
+/// within the queue timeout (the wait is counted, served or not).
+async fn dial_slot(inbound: &Inbound, node: &str) -> Option<limits::Held<String>> {
+    if let Some(slot) = inbound.limits.try_start_dial(node) {
+        return Some(slot);
+    }
+    let queued = tokio::time::Instant::now();
+    let deadline = queued + inbound.limits.settings().dial_queue_timeout;
+    let slot = inbound.limits.start_dial(node, deadline).await;
+    inbound
+        .observer
+        .tunnel_dial_queued(queued.elapsed().as_secs_f64());
+    slot
 }
 
 /// Answers a refused stream: its status, the reason in `nodeward-error`

@@ -132,6 +132,10 @@ pub trait Telemetry: Send + Sync {
     /// A tunnel connection the server closed on its own, by reason
     /// (`identity_left_node`, `max_age`, `idle`).
     fn tunnel_closed(&self, reason: &str);
+    /// A CONNECT stream that found its calling node's dial slots all taken
+    /// and waited `seconds` in line (served or, past the queue timeout,
+    /// refused).
+    fn tunnel_dial_queued(&self, seconds: f64);
     /// An authorization decision (`allow`, `deny`, `audit`) by the deciding
     /// policy (`ns/name` or `default`) at `layer` (connection|request).
     fn authz_decision(&self, decision: &str, policy: &str, layer: &str);
@@ -172,6 +176,7 @@ impl Telemetry for Discard {
     fn tunnel_stream(&self, _: Side, _: &str) {}
     fn tunnel_stream_refused(&self, _: &str) {}
     fn tunnel_closed(&self, _: &str) {}
+    fn tunnel_dial_queued(&self, _: f64) {}
     fn authz_decision(&self, _: &str, _: &str, _: &str) {}
     fn ratelimit(&self, _: &str, _: RateLimitOutcome, _: LimitKind) {}
     fn ratelimit_buckets(&self, _: usize) {}

@@ -172,6 +172,11 @@ impl Limits {
         })
     }
 
+    /// A slot for one dial on behalf of `node`, if one is free now.
+    pub fn try_start_dial(&self, node: &str) -> Option<Held<String>> {
+        self.dials.try_hold(node.to_owned())
+    }
+
     /// A slot for one dial on behalf of `node`: at once if it has room,
     /// else the first one freed (in order of asking), or `None` if none is
     /// freed by `deadline`.

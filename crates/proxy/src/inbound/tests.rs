@@ -145,6 +145,9 @@ impl Telemetry for Recorder {
     fn tunnel_closed(&self, reason: &str) {
         self.push(format!("closed:{reason}"));
     }
+    fn tunnel_dial_queued(&self, _: f64) {
+        self.push("dial_queued".to_owned());
+    }
     fn authz_decision(&self, _: &str, _: &str, _: &str) {}
     fn ratelimit(&self, _: &str, _: RateLimitOutcome, _: LimitKind) {}
     fn ratelimit_buckets(&self, _: usize) {}
@@ -646,6 +649,7 @@ async fn a_stream_over_the_dial_cap_waits_for_a_slot_instead_of_being_refused() 
         .expect("response");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(mesh.recorder.count("refused:dial_limit"), 0);
+    assert_eq!(mesh.recorder.count("dial_queued"), 1);
 }
 
 #[tokio::test]
@@ -658,6 +662,7 @@ async fn a_stream_that_waits_too_long_for_a_dial_slot_gets_503() {
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(started.elapsed() >= queue, "it waited first");
     assert_eq!(mesh.recorder.count("refused:dial_limit"), 1);
+    assert_eq!(mesh.recorder.count("dial_queued"), 1, "its wait is counted");
     hanging.abort();
 }
 
@@ -689,6 +694,8 @@ async fn a_burst_of_streams_beyond_the_dial_cap_all_get_through() {
     let served = statuses.iter().filter(|s| **s == StatusCode::OK).count();
     assert_eq!(served, 64, "{statuses:?}");
     assert_eq!(mesh.recorder.count("refused:dial_limit"), 0);
+    // They did overlap past the cap, and waited rather than dialling.
+    assert!(mesh.recorder.count("dial_queued") > 0);
 }
 
 /// A server that lets the calling node have one dial pending and a

@@ -89,6 +89,7 @@ impl Telemetry for Counted {
     fn tunnel_rejected(&self, _: &str) {}
     fn tunnel_stream(&self, _: crate::telemetry::Side, _: &str) {}
     fn tunnel_stream_refused(&self, _: &str) {}
+    fn tunnel_dial_queued(&self, _: f64) {}
     fn tunnel_closed(&self, _: &str) {}
     fn authz_decision(&self, _: &str, _: &str, _: &str) {}
     fn ratelimit(
