@@ -735,7 +735,6 @@ fn http_limits(
     }
 }
 
-/// Validates `tunnel:`; unset fields take their defaults.
 /// Largest cap a `tunnel` count takes: far above any real node's need,
 /// and far below what a semaphore holds.
 const MAX_TUNNEL_COUNT: usize = 1_000_000;
@@ -743,6 +742,7 @@ const MAX_TUNNEL_COUNT: usize = 1_000_000;
 /// stream and task, so the wait is bounded even when configured.
 const MAX_DIAL_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Validates `tunnel:`; unset fields take their defaults.
 fn tunnel_settings(path: &Path, file: TunnelFile) -> Result<TunnelSettings, ConfigError> {
     let TunnelFile {
         idle_timeout,

@@ -108,7 +108,6 @@ pub struct Held<K: Hash + Eq> {
 /// (served, timed out or cancelled).
 struct Forget<K: Hash + Eq> {
     slots: Slots<K>,
-    max: usize,
     key: K,
 }
 
@@ -238,7 +237,6 @@ impl<K: Hash + Eq + Clone> PerKey<K> {
     fn forget(&self, key: K) -> Forget<K> {
         Forget {
             slots: self.slots.clone(),
-            max: self.max,
             key,
         }
     }
@@ -254,11 +252,11 @@ impl<K: Hash + Eq> Drop for Held<K> {
 impl<K: Hash + Eq> Drop for Forget<K> {
     fn drop(&mut self) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle = slots.get(&self.key).is_some_and(|s| {
-            // Only the map's handle left (no holder's permit, no waiter)
-            // and every place free.
-            Arc::strong_count(s) == 1 && s.available_permits() == self.max
-        });
+        // Only the map's handle left: every permit and every wait holds
+        // one of its own, so nobody holds a place or waits for one.
+        let idle = slots
+            .get(&self.key)
+            .is_some_and(|s| Arc::strong_count(s) == 1);
         if idle {
             slots.remove(&self.key);
         }

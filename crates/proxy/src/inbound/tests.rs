@@ -356,6 +356,15 @@ impl Mesh {
 }
 
 impl Raw {
+    /// Another handle on this connection, for streams sent concurrently
+    /// (its `ended` does not follow the connection).
+    fn another(&self) -> Raw {
+        Raw {
+            send: self.send.clone(),
+            ended: tokio::spawn(async {}),
+        }
+    }
+
     /// A CONNECT to backend on this connection; the response.
     async fn connect(&mut self, to: SocketAddr) -> hyper::Result<Response<hyper::body::Incoming>> {
         let mut req = Request::new(Empty::new());
@@ -679,10 +688,7 @@ async fn a_burst_of_streams_beyond_the_dial_cap_all_get_through() {
     // the two slots, though each takes microseconds.
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..64 {
-        let mut each = Raw {
-            send: raw.send.clone(),
-            ended: tokio::spawn(async {}),
-        };
+        let mut each = raw.another();
         burst.spawn(async move { each.connect(backend).await.map(|r| r.status()) });
     }
     let statuses: Vec<StatusCode> = burst
@@ -710,10 +716,7 @@ async fn one_dial_pending(queue: Duration) -> (Mesh, Raw, JoinHandle<hyper::Resu
     };
     let mesh = Mesh::start(settings, ALLOW_ALL, Upstream::Blackhole).await;
     let mut raw = mesh.raw().await;
-    let second = Raw {
-        send: raw.send.clone(),
-        ended: tokio::spawn(async {}),
-    };
+    let second = raw.another();
     let backend = mesh.backend;
     let hanging = tokio::spawn(async move { raw.connect(backend).await.map(|r| r.status()) });
     timeout(WAIT, async {
